@@ -1,0 +1,79 @@
+//! The `labwire-agent` command line: run the daemon, check its config.
+
+use crate::config::AgentConfig;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// The default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/labwire/agent.yaml";
+
+/// labwire-agent: the lab daemon of labwire.
+#[derive(Debug, Parser)]
+#[command(name = "labwire-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Agent commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent daemon.
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "LABWIRE_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the config file and print the devices it defines.
+    CheckConfig {
+        /// The config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "LABWIRE_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = AgentConfig::load(&config)?;
+            let shutdown = CancellationToken::new();
+            spawn_signal_handler(shutdown.clone());
+            crate::daemon::run(cfg, shutdown).await
+        }
+        Command::CheckConfig { config } => {
+            let cfg = AgentConfig::load(&config)?;
+            println!(
+                "{}: ok (lab `{}`, {} device(s))",
+                config.display(),
+                cfg.lab,
+                cfg.devices.len()
+            );
+            for d in &cfg.devices {
+                println!("  {} ({}, {})", d.name, d.device_type, d.driver.kind());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn spawn_signal_handler(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+        token.cancel();
+    });
+}

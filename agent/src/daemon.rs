@@ -1,0 +1,631 @@
+//! The agent daemon: registers with the coordinator, keeps its leases alive with heartbeats,
+//! long-polls for work with the devices it has free, runs each job on its device's driver,
+//! and delivers everything through the outbox. On shutdown it drains: stops pulling, lets
+//! running jobs finish (up to `limits.drain_timeout`, then stops them), flushes the outbox.
+
+use crate::client::{self, Client, backoff, is_transient};
+use crate::config::AgentConfig;
+use crate::devices::{self, Device};
+use crate::driver::{JobContext, Outcome};
+use crate::joblog::JobLog;
+use crate::outbox::{Item, Outbox};
+use labwire_proto::{convert, v1};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+#[derive(Default)]
+struct DevState {
+    busy: usize,
+    polling: bool,
+    last_used: Option<Instant>,
+}
+
+struct RunningJob {
+    cancel: CancellationToken,
+}
+
+#[derive(Default)]
+struct State {
+    session: Option<String>,
+    heartbeat: Duration,
+    devs: HashMap<String, DevState>,
+    polls: usize,
+    running: HashMap<(i64, i32), RunningJob>,
+}
+
+/// The running agent.
+pub struct Agent {
+    cfg: AgentConfig,
+    devices: Vec<Arc<Device>>,
+    outbox: Arc<Outbox>,
+    client: Client,
+    state: Mutex<State>,
+    /// Bumped on every change of device or session state; the pull loop waits on it.
+    changed: watch::Sender<u64>,
+    /// Cancelled when the agent starts draining.
+    draining: CancellationToken,
+    /// Cancelled when the agent must stop everything now.
+    stop: CancellationToken,
+    max_jobs: usize,
+}
+
+impl Agent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn device(&self, name: &str) -> Option<&Arc<Device>> {
+        self.devices.iter().find(|d| d.info.name == name)
+    }
+
+    fn advertised(&self) -> Vec<v1::Device> {
+        let st = self.lock();
+        self.devices
+            .iter()
+            .map(|d| {
+                let busy = st.devs.get(&d.info.name).is_some_and(|s| s.busy > 0);
+                convert::device_to_proto(&d.info, busy)
+            })
+            .collect()
+    }
+
+    fn free_slots(&self) -> u32 {
+        let st = self.lock();
+        let busy: usize = st.devs.values().map(|d| d.busy).sum();
+        self.max_jobs.saturating_sub(busy) as u32
+    }
+
+    fn held_jobs(&self) -> Vec<v1::JobRef> {
+        match self.outbox.journal() {
+            Ok(j) => j
+                .into_iter()
+                .map(|e| v1::JobRef {
+                    job: e.job,
+                    attempt: e.attempt,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the job journal");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Stops the listed attempts (the coordinator withdrew them) and forgets their results.
+    fn withdraw(&self, jobs: &[v1::JobRef]) {
+        for j in jobs {
+            tracing::warn!(
+                job = j.job,
+                attempt = j.attempt,
+                "the coordinator withdrew this job; stopping it"
+            );
+            if let Some(r) = self.lock().running.get(&(j.job, j.attempt)) {
+                r.cancel.cancel();
+            }
+            if let Err(e) = self.outbox.drop_attempt(j.job, j.attempt) {
+                tracing::error!(error = %e, "cannot drop a withdrawn job from the outbox");
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled, then drains and returns.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let lib = cfg.library()?;
+    let devices = devices::build(&cfg, &lib)?;
+    let outbox = Arc::new(Outbox::open(&cfg.state_dir)?);
+    let client = client::connect(&cfg.coordinator)?;
+    let max_jobs = cfg
+        .limits
+        .max_jobs
+        .unwrap_or_else(|| devices.iter().map(|d| d.max_jobs).sum::<usize>().max(1));
+    let (changed, _) = watch::channel(0);
+    let agent = Arc::new(Agent {
+        devices,
+        outbox,
+        client,
+        state: Mutex::new(State::default()),
+        changed,
+        draining: CancellationToken::new(),
+        stop: CancellationToken::new(),
+        max_jobs,
+        cfg,
+    });
+    {
+        let mut st = agent.lock();
+        for d in &agent.devices {
+            st.devs.insert(d.info.name.clone(), DevState::default());
+        }
+    }
+    recover_journal(&agent)?;
+    tracing::info!(lab = %agent.cfg.lab, devices = agent.devices.len(), max_jobs, "agent starting");
+
+    let sender = tokio::spawn(send_outbox(agent.clone()));
+    let session = tokio::spawn(keep_session(agent.clone()));
+    let mut jobs = JoinSet::new();
+    let puller = tokio::spawn(pull_loop(agent.clone()));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    shutdown.cancelled().await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("draining: no new jobs; waiting for running ones");
+    agent.draining.cancel();
+    agent.bump();
+    if let Ok(js) = puller.await {
+        jobs = js;
+    }
+    let drain = tokio::time::sleep(agent.cfg.limits.drain_timeout);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            r = jobs.join_next() => if r.is_none() { break },
+            _ = &mut drain => {
+                tracing::warn!(running = jobs.len(), "drain timeout: stopping the running jobs");
+                for r in agent.lock().running.values() {
+                    r.cancel.cancel();
+                }
+                while jobs.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    // Last chance to deliver what is pending; what is left stays in the outbox for the next
+    // start.
+    let flushed = tokio::time::timeout(Duration::from_secs(15), async {
+        while !agent.outbox.is_empty().unwrap_or(true) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if flushed.is_err() {
+        tracing::warn!(
+            pending = agent.outbox.len().unwrap_or(0),
+            "outbox not empty at exit; it will be sent at the next start"
+        );
+    }
+    agent.stop.cancel();
+    let _ = sender.await;
+    let _ = session.await;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Jobs journalled by an earlier run of the agent and not finished then: that run died with
+/// them, so each is reported `incomplete` with `error_code=agent_restart`.
+fn recover_journal(agent: &Agent) -> anyhow::Result<()> {
+    for e in agent.outbox.journal()? {
+        if e.finished {
+            continue;
+        }
+        tracing::warn!(job = e.job, attempt = e.attempt, device = %e.device, "job interrupted by an agent restart; reporting it incomplete");
+        let report = v1::ReportResultRequest {
+            job: Some(v1::JobRef {
+                job: e.job,
+                attempt: e.attempt,
+            }),
+            result: v1::NodeResult::Incomplete as i32,
+            error_code: "agent_restart".into(),
+            error_msg: format!("the agent restarted while the job ran on `{}`", e.device),
+            ..Default::default()
+        };
+        agent.outbox.push(e.job, e.attempt, Item::Result(report))?;
+    }
+    Ok(())
+}
+
+/// Registers, then heartbeats; registers again whenever the coordinator forgot the session.
+async fn keep_session(agent: Arc<Agent>) {
+    let mut failures = 0u32;
+    loop {
+        let session = agent.lock().session.clone();
+        let wait = match session {
+            None => {
+                let req = v1::RegisterRequest {
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    devices: agent.advertised(),
+                    free_slots: agent.free_slots(),
+                    held_jobs: agent.held_jobs(),
+                };
+                match agent.client.clone().register(req).await {
+                    Ok(resp) => {
+                        let r = resp.into_inner();
+                        failures = 0;
+                        if r.lab != agent.cfg.lab {
+                            tracing::warn!(config = %agent.cfg.lab, certificate = %r.lab, "the certificate names another lab than the config; the certificate wins");
+                        }
+                        agent.withdraw(&r.lost_jobs);
+                        let hb = Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(100)));
+                        {
+                            let mut st = agent.lock();
+                            st.session = Some(r.session.clone());
+                            st.heartbeat = hb;
+                        }
+                        agent.bump();
+                        tracing::info!(lab = %r.lab, session = %r.session, "registered with the coordinator");
+                        hb
+                    }
+                    Err(s) => {
+                        failures += 1;
+                        let wait = backoff(
+                            failures,
+                            Duration::from_millis(500),
+                            Duration::from_secs(30),
+                        );
+                        tracing::warn!(code = ?s.code(), error = %s.message(), retry_in = ?wait, "cannot register with the coordinator");
+                        wait
+                    }
+                }
+            }
+            Some(session) => {
+                let running = agent.held_jobs();
+                let req = v1::HeartbeatRequest {
+                    session,
+                    running,
+                    devices: Vec::new(),
+                    free_slots: agent.free_slots(),
+                    draining: agent.draining.is_cancelled(),
+                };
+                match agent.client.clone().heartbeat(req).await {
+                    Ok(resp) => {
+                        failures = 0;
+                        agent.withdraw(&resp.into_inner().cancel);
+                    }
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                        tracing::info!("the coordinator forgot this session; registering again");
+                        agent.lock().session = None;
+                        agent.bump();
+                        continue;
+                    }
+                    Err(s) => {
+                        failures += 1;
+                        tracing::warn!(code = ?s.code(), error = %s.message(), "heartbeat failed");
+                    }
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                agent.lock().heartbeat
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = agent.stop.cancelled() => return,
+        }
+    }
+}
+
+/// Sends the outbox in order; each item is removed only once the coordinator acknowledged it.
+async fn send_outbox(agent: Arc<Agent>) {
+    let mut failures = 0u32;
+    loop {
+        let next = match agent.outbox.peek() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                None
+            }
+        };
+        let Some((id, item)) = next else {
+            tokio::select! {
+                _ = agent.outbox.added.notified() => continue,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = agent.stop.cancelled() => return,
+            }
+        };
+        let mut c = agent.client.clone();
+        let (job, res) = match &item {
+            Item::Start(r) => (r.job.clone(), c.start_job(r.clone()).await.map(|_| ())),
+            Item::Log(r) => (r.job.clone(), c.append_log(r.clone()).await.map(|_| ())),
+            Item::Result(r) => (r.job.clone(), c.report_result(r.clone()).await.map(|_| ())),
+        };
+        match res {
+            Ok(()) => {
+                failures = 0;
+                if let Err(e) = agent.outbox.ack(id, &item) {
+                    tracing::error!(error = %e, "cannot remove a delivered item from the outbox");
+                }
+            }
+            Err(s) if !is_transient(&s) => {
+                let j = job.unwrap_or_default();
+                tracing::warn!(job = j.job, attempt = j.attempt, code = ?s.code(), error = %s.message(), "the coordinator refused this job's update; dropping the job's pending updates");
+                if let Err(e) = agent.outbox.drop_attempt(j.job, j.attempt) {
+                    tracing::error!(error = %e, "cannot drop refused updates");
+                }
+                if let Some(r) = agent.lock().running.get(&(j.job, j.attempt)) {
+                    r.cancel.cancel();
+                }
+            }
+            Err(s) => {
+                failures += 1;
+                let wait = backoff(
+                    failures,
+                    Duration::from_millis(200),
+                    Duration::from_secs(15),
+                );
+                tracing::debug!(code = ?s.code(), error = %s.message(), retry_in = ?wait, "outbox delivery failed; will retry");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = agent.stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a long poll open for every free device (polls carry disjoint device sets) while
+/// the agent has free slots; returns the running jobs when draining starts.
+async fn pull_loop(agent: Arc<Agent>) -> JoinSet<()> {
+    let mut jobs: JoinSet<()> = JoinSet::new();
+    let mut polls: JoinSet<Option<(v1::Assignment, Vec<String>)>> = JoinSet::new();
+    let mut changed = agent.changed.subscribe();
+    loop {
+        if agent.draining.is_cancelled() {
+            break;
+        }
+        // Start a poll for the free devices not yet covered by one.
+        let start = {
+            let mut st = agent.lock();
+            let busy: usize = st.devs.values().map(|d| d.busy).sum();
+            match st.session.clone() {
+                Some(session) if busy + st.polls < agent.max_jobs => {
+                    let mut free: Vec<(&Arc<Device>, Option<Instant>, usize)> = agent
+                        .devices
+                        .iter()
+                        .filter_map(|d| {
+                            let s = st.devs.get(&d.info.name)?;
+                            (!s.polling && s.busy < d.max_jobs).then_some((d, s.last_used, s.busy))
+                        })
+                        .collect();
+                    // Idle first, then least recently used.
+                    free.sort_by_key(|(_, last, busy)| (*busy, *last));
+                    let names: Vec<String> =
+                        free.iter().map(|(d, _, _)| d.info.name.clone()).collect();
+                    if names.is_empty() {
+                        None
+                    } else {
+                        for n in &names {
+                            if let Some(s) = st.devs.get_mut(n) {
+                                s.polling = true;
+                            }
+                        }
+                        st.polls += 1;
+                        Some((session, names))
+                    }
+                }
+                _ => None,
+            }
+        };
+        if let Some((session, names)) = start {
+            let a = agent.clone();
+            polls.spawn(async move { poll(a, session, names).await });
+            continue;
+        }
+        tokio::select! {
+            _ = changed.changed() => {}
+            _ = agent.draining.cancelled() => {}
+            Some(done) = polls.join_next() => {
+                if let Ok(Some((assignment, names))) = done {
+                    start_job(&agent, assignment, &names, &mut jobs);
+                }
+            }
+            Some(_) = jobs.join_next() => {}
+        }
+    }
+    // Draining: outstanding polls are abandoned; a job that raced in is handed back.
+    polls.abort_all();
+    while let Some(done) = polls.join_next().await {
+        if let Ok(Some((a, _))) = done {
+            reject(&agent, &a, "the agent is shutting down").await;
+        }
+    }
+    jobs
+}
+
+/// One long poll. Returns the assignment (if any) and the devices it covered, which are
+/// released for the next poll.
+async fn poll(
+    agent: Arc<Agent>,
+    session: String,
+    names: Vec<String>,
+) -> Option<(v1::Assignment, Vec<String>)> {
+    let req = v1::AcquireJobRequest {
+        session,
+        free_devices: names.clone(),
+        wait_ms: agent.cfg.limits.poll_wait.as_millis() as u32,
+    };
+    let res = agent.client.clone().acquire_job(req).await;
+    let out = match res {
+        Ok(r) => r.into_inner().assignment.map(|a| (a, names.clone())),
+        Err(s) => {
+            if s.code() == tonic::Code::FailedPrecondition {
+                agent.lock().session = None;
+            } else {
+                tracing::warn!(code = ?s.code(), error = %s.message(), "polling for work failed");
+            }
+            tokio::time::sleep(backoff(
+                2,
+                Duration::from_millis(500),
+                Duration::from_secs(5),
+            ))
+            .await;
+            None
+        }
+    };
+    {
+        let mut st = agent.lock();
+        for n in &names {
+            if let Some(s) = st.devs.get_mut(n) {
+                s.polling = false;
+            }
+        }
+        st.polls = st.polls.saturating_sub(1);
+    }
+    agent.bump();
+    out
+}
+
+async fn reject(agent: &Agent, a: &v1::Assignment, reason: &str) {
+    let session = agent.lock().session.clone().unwrap_or_default();
+    let req = v1::RejectJobRequest {
+        session,
+        job: a.job.clone(),
+        reason: reason.to_string(),
+    };
+    if let Err(s) = agent.client.clone().reject_job(req).await {
+        tracing::warn!(error = %s.message(), "could not hand a job back; its lease will expire");
+    }
+}
+
+/// Picks a device for an assignment and starts the job, or hands it back.
+fn start_job(agent: &Arc<Agent>, a: v1::Assignment, polled: &[String], jobs: &mut JoinSet<()>) {
+    let Some(jr) = a.job.clone() else { return };
+    let spec = a.spec.clone().unwrap_or_default();
+    let criteria = convert::criteria_from_proto(&spec.criteria.clone().unwrap_or_default());
+    let chosen = {
+        let mut st = agent.lock();
+        let free: Vec<&Arc<Device>> = polled
+            .iter()
+            .filter_map(|n| agent.device(n))
+            .filter(|d| {
+                st.devs
+                    .get(&d.info.name)
+                    .is_some_and(|s| s.busy < d.max_jobs)
+            })
+            .collect();
+        let chosen = devices::choose(&criteria, &a.device, &free).cloned();
+        if let Some(d) = &chosen
+            && let Some(s) = st.devs.get_mut(&d.info.name)
+        {
+            s.busy += 1;
+        }
+        chosen
+    };
+    let Some(device) = chosen else {
+        let a2 = agent.clone();
+        jobs.spawn(async move {
+            reject(
+                &a2,
+                &a,
+                "no free device of this lab matches the job's criteria any more",
+            )
+            .await;
+        });
+        return;
+    };
+    let cancel = CancellationToken::new();
+    agent.lock().running.insert(
+        (jr.job, jr.attempt),
+        RunningJob {
+            cancel: cancel.clone(),
+        },
+    );
+    let span = tracing::info_span!("job", job = jr.job, attempt = jr.attempt, device = %device.info.name, lab = %agent.cfg.lab);
+    let agent2 = agent.clone();
+    jobs.spawn(
+        async move {
+            run_job(&agent2, jr.job, jr.attempt, spec, &device, cancel).await;
+            {
+                let mut st = agent2.lock();
+                st.running.remove(&(jr.job, jr.attempt));
+                if let Some(s) = st.devs.get_mut(&device.info.name) {
+                    s.busy = s.busy.saturating_sub(1);
+                    s.last_used = Some(Instant::now());
+                }
+            }
+            agent2.bump();
+        }
+        .instrument(span),
+    );
+}
+
+/// Runs one job attempt on a device and queues its result.
+async fn run_job(
+    agent: &Agent,
+    job: i64,
+    attempt: i32,
+    spec: v1::JobSpec,
+    device: &Arc<Device>,
+    cancel: CancellationToken,
+) {
+    tracing::info!(name = %spec.name, "job starting");
+    let started = Instant::now();
+    let push = |item: Item| {
+        if let Err(e) = agent.outbox.push(job, attempt, item) {
+            tracing::error!(error = %e, "cannot write to the outbox");
+        }
+    };
+    if let Err(e) = agent
+        .outbox
+        .journal_add(job, attempt, &device.info.name, &spec)
+    {
+        tracing::error!(error = %e, "cannot journal the job");
+    }
+    push(Item::Start(v1::StartJobRequest {
+        session: agent.lock().session.clone().unwrap_or_default(),
+        job: Some(v1::JobRef { job, attempt }),
+        device: device.info.name.clone(),
+    }));
+    let dir = agent
+        .cfg
+        .state_dir
+        .join("jobs")
+        .join(format!("{job}-{attempt}"));
+    let outcome = match std::fs::create_dir_all(&dir)
+        .and_then(|_| JobLog::create(&dir, agent.outbox.clone(), job, attempt))
+    {
+        Err(e) => (
+            Outcome::infra(
+                "infrastructure",
+                format!("cannot create the job folder {}: {e}", dir.display()),
+            ),
+            0,
+        ),
+        Ok(log) => {
+            let timeout = if spec.timeout_seconds > 0 {
+                Duration::from_secs(u64::from(spec.timeout_seconds))
+            } else {
+                agent.cfg.limits.job_timeout
+            };
+            let mut ctx = JobContext {
+                job,
+                attempt,
+                spec: spec.clone(),
+                dir: dir.clone(),
+                log,
+                cancel,
+                timeout,
+            };
+            let outcome = device.driver.run(&mut ctx).await;
+            ctx.log.flush();
+            (outcome, ctx.log.len())
+        }
+    };
+    let (o, log_length) = outcome;
+    let mut data = o.data.clone();
+    data.insert("device".into(), device.info.name.clone().into());
+    data.insert("device_type".into(), device.info.device_type.clone().into());
+    data.insert(
+        "duration_ms".into(),
+        (started.elapsed().as_millis() as u64).into(),
+    );
+    tracing::info!(result = %o.result, error_code = ?o.error_code, "job finished");
+    push(Item::Result(v1::ReportResultRequest {
+        job: Some(v1::JobRef { job, attempt }),
+        result: convert::result_to_proto(Some(o.result)) as i32,
+        error_code: o.error_code.unwrap_or_default(),
+        error_msg: o.error_msg.unwrap_or_default(),
+        tests: o.tests.iter().map(convert::test_to_proto).collect(),
+        data: Some(convert::map_to_struct(&data)),
+        log_length,
+    }));
+}

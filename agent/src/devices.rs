@@ -1,0 +1,72 @@
+//! The lab's devices: their configuration, what they advertise (device-type properties,
+//! tags, health) and their drivers; and the choice of a device for a job among the free ones
+//! (a device that matches, idle first, least recently used).
+
+use crate::config::{AgentConfig, DeviceConfig, DriverConfig};
+use crate::device_types::Library;
+use crate::driver::Driver;
+use crate::driver::shell::ShellDriver;
+use labwire_common::{Criteria, DeviceInfo, Health};
+use std::sync::Arc;
+
+/// One device with its driver.
+pub struct Device {
+    /// Its configuration.
+    pub config: DeviceConfig,
+    /// What it advertises.
+    pub info: DeviceInfo,
+    /// Its driver.
+    pub driver: Arc<dyn Driver>,
+    /// How many jobs may run on it at once.
+    pub max_jobs: usize,
+}
+
+/// Builds the devices of a config.
+pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>>> {
+    cfg.devices
+        .iter()
+        .map(|d| {
+            let dt = lib.get(&d.device_type).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "device `{}`: unknown device type `{}`",
+                    d.name,
+                    d.device_type
+                )
+            })?;
+            let info = DeviceInfo {
+                name: d.name.clone(),
+                device_type: d.device_type.clone(),
+                driver: d.driver.kind().to_string(),
+                properties: dt.properties(),
+                features: dt.features.clone(),
+                tags: d.tags.clone(),
+                health: Health::Good,
+            };
+            let (driver, max_jobs): (Arc<dyn Driver>, usize) = match &d.driver {
+                DriverConfig::Shell(s) => (
+                    Arc::new(ShellDriver::new(d.clone(), s.clone())),
+                    s.max_jobs.max(1),
+                ),
+            };
+            Ok(Arc::new(Device {
+                config: d.clone(),
+                info,
+                driver,
+                max_jobs,
+            }))
+        })
+        .collect()
+}
+
+/// Picks the device for a job among `free` (already in preference order: idle first, least
+/// recently used): the coordinator's suggestion if it matches, else the first that matches.
+pub fn choose<'a>(
+    criteria: &Criteria,
+    suggested: &str,
+    free: &[&'a Arc<Device>],
+) -> Option<&'a Arc<Device>> {
+    free.iter()
+        .find(|d| d.info.name == suggested && criteria.matches(&d.info))
+        .or_else(|| free.iter().find(|d| criteria.matches(&d.info)))
+        .copied()
+}

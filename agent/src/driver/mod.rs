@@ -1,0 +1,80 @@
+//! Drivers run a job on a device. One trait, one implementation per kind of device:
+//! `shell` runs a command on the lab host (serial, LAVA and Labgrid follow the same trait).
+
+pub mod shell;
+
+use crate::joblog::JobLog;
+use futures::future::BoxFuture;
+use labwire_common::{NodeResult, TestNode};
+use labwire_proto::v1;
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a driver needs for one job attempt.
+pub struct JobContext {
+    /// The job node id.
+    pub job: i64,
+    /// The attempt.
+    pub attempt: i32,
+    /// What to run.
+    pub spec: v1::JobSpec,
+    /// The job's own folder (created, empty).
+    pub dir: PathBuf,
+    /// The job's log: everything the device prints goes here.
+    pub log: JobLog,
+    /// Cancelled when the job must stop (coordinator cancel, lease lost, agent shutdown).
+    pub cancel: CancellationToken,
+    /// The time limit of the run.
+    pub timeout: Duration,
+}
+
+/// How a run ended, as the driver sees it. Parsed test results are added by the caller.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The job's result.
+    pub result: NodeResult,
+    /// KernelCI-style error code for infrastructure failures.
+    pub error_code: Option<String>,
+    /// Human-readable error.
+    pub error_msg: Option<String>,
+    /// Test results the driver itself produced (setup steps, exit status).
+    pub tests: Vec<TestNode>,
+    /// Extra data for the job node.
+    pub data: Map<String, Value>,
+}
+
+impl Outcome {
+    /// A run that passed or failed on its own terms.
+    pub fn finished(result: NodeResult) -> Self {
+        Outcome {
+            result,
+            error_code: None,
+            error_msg: None,
+            tests: Vec::new(),
+            data: Map::new(),
+        }
+    }
+
+    /// An infrastructure failure: `incomplete` with an error code and message.
+    pub fn infra(code: &str, msg: impl Into<String>) -> Self {
+        Outcome {
+            result: NodeResult::Incomplete,
+            error_code: Some(code.to_string()),
+            error_msg: Some(msg.into()),
+            tests: Vec::new(),
+            data: Map::new(),
+        }
+    }
+}
+
+/// A kind of device driver.
+pub trait Driver: Send + Sync {
+    /// The driver's name (`shell`, ...), as advertised to the coordinator.
+    fn kind(&self) -> &'static str;
+
+    /// Runs one job attempt to its end. Must return (not hang) when `ctx.cancel` fires or
+    /// the timeout passes, and must leave the device off/idle whatever happens.
+    fn run<'a>(&'a self, ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome>;
+}

@@ -1,0 +1,175 @@
+//! The `shell` driver: runs the device's configured command on the lab host. Job parameters
+//! reach it only as whole arguments or as `LABWIRE_PARAM_*` environment variables, never as
+//! text for a shell to parse. Standard output and error, in arrival order, are the job's log;
+//! exit code 0 is `pass`, any other `fail`; a timeout or a cancel kills the whole process group.
+
+use super::{Driver, JobContext, Outcome};
+use crate::config::{DeviceConfig, ShellConfig, placeholder};
+use futures::future::BoxFuture;
+use labwire_common::{NodeResult, TestNode};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+/// The shell driver of one device.
+pub struct ShellDriver {
+    device: DeviceConfig,
+    shell: ShellConfig,
+}
+
+impl ShellDriver {
+    /// A driver for `device` with its shell settings.
+    pub fn new(device: DeviceConfig, shell: ShellConfig) -> Self {
+        ShellDriver { device, shell }
+    }
+}
+
+/// The command line with placeholders replaced, each by one whole argument.
+pub fn expand(
+    argv: &[String],
+    device: &DeviceConfig,
+    ctx: &JobContext,
+) -> Result<Vec<String>, String> {
+    argv.iter()
+        .map(|arg| match placeholder(arg) {
+            Some(("params", name)) => ctx.spec.params.get(name).cloned().ok_or_else(|| {
+                format!("the command needs job parameter `{name}`, which the job does not set")
+            }),
+            Some(("device", "name")) => Ok(device.name.clone()),
+            Some(("device", name)) => device
+                .settings
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("device setting `{name}` is not set")),
+            Some(("job", "id")) => Ok(ctx.job.to_string()),
+            Some(("job", "attempt")) => Ok(ctx.attempt.to_string()),
+            Some(("job", "dir")) => Ok(ctx.dir.display().to_string()),
+            _ => Ok(arg.clone()),
+        })
+        .collect()
+}
+
+fn kill_group(pid: Option<u32>, sig: nix::sys::signal::Signal) {
+    if let Some(pid) = pid {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), sig);
+    }
+}
+
+impl Driver for ShellDriver {
+    fn kind(&self) -> &'static str {
+        "shell"
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let argv = match expand(&self.shell.command, &self.device, ctx) {
+                Ok(a) => a,
+                Err(e) => return Outcome::infra("invalid_job", e),
+            };
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..])
+                .current_dir(self.shell.workdir.as_ref().unwrap_or(&ctx.dir))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true)
+                .env("LABWIRE_JOB_ID", ctx.job.to_string())
+                .env("LABWIRE_JOB_ATTEMPT", ctx.attempt.to_string())
+                .env("LABWIRE_JOB_DIR", &ctx.dir)
+                .env("LABWIRE_DEVICE", &self.device.name);
+            for (k, v) in &ctx.spec.params {
+                cmd.env(format!("LABWIRE_PARAM_{}", k.to_ascii_uppercase()), v);
+            }
+            cmd.envs(&self.shell.env);
+            ctx.log.note(&format!("running {argv:?} on the lab host"));
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    return Outcome::infra(
+                        "infrastructure",
+                        format!("cannot start `{}`: {e}", argv[0]),
+                    );
+                }
+            };
+            let pid = child.id();
+            let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+                return Outcome::infra("infrastructure", "no pipes to the command");
+            };
+            let deadline = tokio::time::sleep(ctx.timeout);
+            tokio::pin!(deadline);
+            // Once the command has exited, output still in the pipes is read for at most this
+            // long (a background child that escaped the process group could hold them open).
+            let drain = tokio::time::sleep(Duration::from_secs(3600 * 24 * 365));
+            tokio::pin!(drain);
+            let mut flush = tokio::time::interval(Duration::from_millis(250));
+            let (mut obuf, mut ebuf) = (vec![0u8; 16384], vec![0u8; 16384]);
+            let (mut out_open, mut err_open) = (true, true);
+            let mut stopped: Option<Outcome> = None;
+            let mut status = None;
+            while out_open || err_open || status.is_none() {
+                tokio::select! {
+                    n = out.read(&mut obuf), if out_open => match n {
+                        Ok(0) | Err(_) => out_open = false,
+                        Ok(n) => ctx.log.write(&obuf[..n]),
+                    },
+                    n = err.read(&mut ebuf), if err_open => match n {
+                        Ok(0) | Err(_) => err_open = false,
+                        Ok(n) => ctx.log.write(&ebuf[..n]),
+                    },
+                    st = child.wait(), if status.is_none() => {
+                        status = Some(st);
+                        // Whatever the command left running in its group goes too.
+                        kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+                        drain.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(5));
+                    }
+                    _ = &mut drain => break,
+                    _ = flush.tick() => ctx.log.flush(),
+                    _ = &mut deadline, if stopped.is_none() => {
+                        ctx.log.note(&format!("time limit of {} reached: stopping the command", humantime::format_duration(ctx.timeout)));
+                        stopped = Some(Outcome::infra("test_timeout", format!("the command ran longer than {}", humantime::format_duration(ctx.timeout))));
+                        kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
+                    _ = ctx.cancel.cancelled(), if stopped.is_none() => {
+                        ctx.log.note("job cancelled: stopping the command");
+                        stopped = Some(Outcome::infra("cancelled", "the job was cancelled while running"));
+                        kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+            }
+            ctx.log.flush();
+            if let Some(o) = stopped {
+                return o;
+            }
+            let Some(status) = status else {
+                return Outcome::infra("infrastructure", "the command's status was lost");
+            };
+            let status = match status {
+                Ok(s) => s,
+                Err(e) => {
+                    return Outcome::infra(
+                        "infrastructure",
+                        format!("cannot wait for the command: {e}"),
+                    );
+                }
+            };
+            let (result, what) = match (status.code(), status.signal()) {
+                (Some(0), _) => (NodeResult::Pass, "exit code 0".to_string()),
+                (Some(c), _) => (NodeResult::Fail, format!("exit code {c}")),
+                (None, Some(s)) => (NodeResult::Fail, format!("killed by signal {s}")),
+                (None, None) => (NodeResult::Fail, "unknown exit status".to_string()),
+            };
+            ctx.log.note(&format!("command finished: {what}"));
+            let mut o = Outcome::finished(result);
+            o.data.insert("exit_code".into(), status.code().into());
+            let mut t = TestNode::leaf("exit-status", result);
+            if result != NodeResult::Pass {
+                t.error = Some(what);
+            }
+            o.tests.push(t);
+            o
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! AdminService: labs, jobs, revocation and cancellation. Needs the `admin` scope.
+
+use super::{SharedRef, node_id};
+use crate::store::JobStatus;
+use crate::store::labs::Scope;
+use labwire_proto::convert;
+use labwire_proto::v1::{self, admin_service_server::AdminService};
+use tonic::{Request, Response, Status};
+
+/// The admin service.
+pub struct AdminApi {
+    shared: SharedRef,
+}
+
+impl AdminApi {
+    /// The service over shared state.
+    pub fn new(shared: SharedRef) -> Self {
+        AdminApi { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn list_labs(
+        &self,
+        req: Request<v1::ListLabsRequest>,
+    ) -> Result<Response<v1::ListLabsResponse>, Status> {
+        self.shared.auth.token(&req, Scope::Admin).await?;
+        let (labs, leases) = self
+            .shared
+            .store
+            .read(|c| {
+                Ok((
+                    crate::store::labs::list_labs(c)?,
+                    crate::store::jobs::leases_by_lab(c)?,
+                ))
+            })
+            .await?;
+        let connected = self.shared.connected_labs();
+        let labs = labs
+            .into_iter()
+            .map(|l| {
+                let devices: Vec<labwire_common::DeviceInfo> =
+                    serde_json::from_value(l.devices.clone()).unwrap_or_default();
+                v1::Lab {
+                    fingerprints: l
+                        .certs
+                        .iter()
+                        .map(|(fp, revoked)| {
+                            if *revoked {
+                                format!("{fp} (revoked)")
+                            } else {
+                                fp.clone()
+                            }
+                        })
+                        .collect(),
+                    last_seen: l.last_seen.map(convert::timestamp),
+                    devices: devices
+                        .iter()
+                        .map(|d| convert::device_to_proto(d, false))
+                        .collect(),
+                    free_slots: l.free_slots,
+                    revoked: l.revoked_at.is_some(),
+                    connected: connected.contains_key(&l.name),
+                    jobs_in_flight: leases.get(&l.name).copied().unwrap_or(0),
+                    name: l.name,
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::ListLabsResponse { labs }))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        self.shared.auth.token(&req, Scope::Admin).await?;
+        let r = req.into_inner();
+        let status = match v1::JobStatus::try_from(r.status) {
+            Ok(v1::JobStatus::Unspecified) => None,
+            Ok(v1::JobStatus::Queued) => Some(JobStatus::Queued),
+            Ok(v1::JobStatus::Leased) => Some(JobStatus::Leased),
+            Ok(v1::JobStatus::Finished) => Some(JobStatus::Finished),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "status: {} is not a known value",
+                    r.status
+                )));
+            }
+        };
+        let limit = if r.limit == 0 {
+            100
+        } else {
+            r.limit.min(1000) as usize
+        };
+        let jobs = self
+            .shared
+            .store
+            .read(move |c| {
+                let rows = crate::store::jobs::list_jobs(c, status, limit)?;
+                rows.into_iter()
+                    .map(|j| Ok((crate::store::nodes::get_node(c, j.id)?, j)))
+                    .collect::<crate::error::Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(Response::new(v1::ListJobsResponse {
+            jobs: jobs
+                .into_iter()
+                .map(|(node, j)| v1::Job {
+                    node: Some(node.to_proto()),
+                    status: j.status.to_proto() as i32,
+                    lease_owner: j.lease_owner.unwrap_or_default(),
+                    lease_until: j.lease_expires.map(convert::timestamp),
+                    attempt: j.attempt,
+                    priority: j.priority,
+                    device: j.device.unwrap_or_default(),
+                    spec: Some(j.spec),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_lab(
+        &self,
+        req: Request<v1::RevokeLabRequest>,
+    ) -> Result<Response<v1::RevokeLabResponse>, Status> {
+        self.shared.auth.token(&req, Scope::Admin).await?;
+        let lab = req.into_inner().lab;
+        let l2 = lab.clone();
+        let (certs, requeued) = self
+            .shared
+            .store
+            .write(move |w| {
+                let jobs = w.requeue_lab_jobs(&l2)?;
+                let n = w.revoke_lab(&l2)?;
+                Ok((n, jobs))
+            })
+            .await?;
+        if let Ok(mut map) = self.shared.sessions.write() {
+            map.retain(|_, s| s.lab != lab);
+        }
+        for j in &requeued {
+            self.shared.dispatcher.enqueue(j).await;
+        }
+        tracing::warn!(lab = %lab, certificates = certs, jobs = requeued.len(), "lab revoked");
+        Ok(Response::new(v1::RevokeLabResponse {
+            certificates: certs as u32,
+            jobs_requeued: requeued.len() as u32,
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<v1::CancelJobRequest>,
+    ) -> Result<Response<v1::CancelJobResponse>, Status> {
+        self.shared.auth.token(&req, Scope::Admin).await?;
+        let r = req.into_inner();
+        let id = node_id("job", r.job)?;
+        let reason = r.reason;
+        let node = self
+            .shared
+            .store
+            .write(move |w| w.cancel_job(id, &reason))
+            .await?;
+        self.shared.dispatcher.forget(id).await;
+        Ok(Response::new(v1::CancelJobResponse {
+            node: Some(node.to_proto()),
+        }))
+    }
+}

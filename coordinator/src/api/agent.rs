@@ -1,0 +1,312 @@
+//! AgentService: what lab agents call. Every call is authenticated by the client certificate;
+//! every job call is checked against the lease held by the calling lab.
+
+use super::{Session, SharedRef, node_id};
+use crate::model::NodeId;
+use crate::store::ReportOutcome;
+use labwire_common::NodeResult;
+use labwire_proto::convert;
+use labwire_proto::v1::{self, agent_service_server::AgentService};
+use rand::RngCore;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+/// The agent service.
+pub struct AgentApi {
+    shared: SharedRef,
+}
+
+impl AgentApi {
+    /// The service over shared state.
+    pub fn new(shared: SharedRef) -> Self {
+        AgentApi { shared }
+    }
+
+    fn lease_until(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+            + chrono::Duration::from_std(self.shared.config.leases.duration)
+                .unwrap_or(chrono::Duration::seconds(60))
+    }
+
+    async fn session_of(&self, lab: &str, session: &str) -> Result<Session, Status> {
+        let s = self.shared.session(session)?;
+        if s.lab != lab {
+            return Err(Status::permission_denied(format!(
+                "session `{session}` belongs to another lab"
+            )));
+        }
+        Ok(s)
+    }
+}
+
+fn job_ref(r: Option<&v1::JobRef>) -> Result<(NodeId, i32), Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument("job is required"))?;
+    Ok((node_id("job.job", r.job)?, r.attempt))
+}
+
+fn devices_json(devices: &[labwire_common::DeviceInfo]) -> serde_json::Value {
+    serde_json::to_value(devices).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn register(
+        &self,
+        req: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let lab = self.shared.auth.lab(&req).await?;
+        let r = req.into_inner();
+        let devices: Vec<_> = r.devices.iter().map(convert::device_from_proto).collect();
+        let mut id = [0u8; 12];
+        rand::rng().fill_bytes(&mut id);
+        let session = hex::encode(id);
+        let held: Vec<(NodeId, i32)> = r
+            .held_jobs
+            .iter()
+            .filter(|j| j.job > 0)
+            .map(|j| (NodeId(j.job), j.attempt))
+            .collect();
+        let until = self.lease_until();
+        let max_retries = self.shared.config.leases.max_retries as i32;
+        let (lab2, json, slots) = (lab.clone(), devices_json(&devices), r.free_slots);
+        let (lost, sweep) = self
+            .shared
+            .store
+            .write(move |w| {
+                w.touch_lab(&lab2, Some(&json), Some(slots))?;
+                let lost = w.renew_leases(&lab2, &held, until)?;
+                // Leases of this lab that the agent no longer holds (it restarted and lost
+                // them) expire now: the job goes back to the queue as a retry.
+                let keep: Vec<NodeId> = held.iter().map(|h| h.0).collect();
+                w.expire_lab_leases_except(&lab2, &keep)?;
+                let sweep = w.sweep_expired_leases(max_retries)?;
+                Ok((lost, sweep))
+            })
+            .await?;
+        for job in &sweep.requeued {
+            self.shared.dispatcher.enqueue(job).await;
+        }
+        tracing::info!(lab = %lab, session = %session, devices = devices.len(), "agent registered");
+        self.shared
+            .sessions
+            .write()
+            .map_err(|_| Status::internal("session table lock poisoned"))?
+            .insert(
+                session.clone(),
+                Session {
+                    lab: lab.clone(),
+                    devices,
+                    free_slots: r.free_slots,
+                    last_seen: Instant::now(),
+                },
+            );
+        let cfg = &self.shared.config.leases;
+        Ok(Response::new(v1::RegisterResponse {
+            lab,
+            session,
+            heartbeat_interval_ms: cfg.heartbeat.as_millis() as u32,
+            lease_ms: cfg.duration.as_millis() as u32,
+            lost_jobs: lost
+                .into_iter()
+                .map(|(j, a)| v1::JobRef {
+                    job: j.0,
+                    attempt: a,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let lab = self.shared.auth.lab(&req).await?;
+        let r = req.into_inner();
+        self.session_of(&lab, &r.session).await?;
+        let devices: Option<Vec<_>> = (!r.devices.is_empty())
+            .then(|| r.devices.iter().map(convert::device_from_proto).collect());
+        if let Ok(mut map) = self.shared.sessions.write()
+            && let Some(s) = map.get_mut(&r.session)
+        {
+            if let Some(d) = &devices {
+                s.devices = d.clone();
+            }
+            s.free_slots = r.free_slots;
+        }
+        let running: Vec<(NodeId, i32)> = r
+            .running
+            .iter()
+            .filter(|j| j.job > 0)
+            .map(|j| (NodeId(j.job), j.attempt))
+            .collect();
+        let until = self.lease_until();
+        let json = devices.as_deref().map(devices_json);
+        let slots = r.free_slots;
+        let lost = self
+            .shared
+            .store
+            .write(move |w| {
+                w.touch_lab(&lab, json.as_ref(), Some(slots))?;
+                w.renew_leases(&lab, &running, until)
+            })
+            .await?;
+        Ok(Response::new(v1::HeartbeatResponse {
+            cancel: lost
+                .into_iter()
+                .map(|(j, a)| v1::JobRef {
+                    job: j.0,
+                    attempt: a,
+                })
+                .collect(),
+            lease_until: Some(convert::timestamp(until)),
+        }))
+    }
+
+    async fn acquire_job(
+        &self,
+        req: Request<v1::AcquireJobRequest>,
+    ) -> Result<Response<v1::AcquireJobResponse>, Status> {
+        let lab = self.shared.auth.lab(&req).await?;
+        let r = req.into_inner();
+        let session = self.session_of(&lab, &r.session).await?;
+        let mut free = Vec::new();
+        for name in &r.free_devices {
+            match session.devices.iter().find(|d| &d.name == name) {
+                Some(d) => free.push(d.clone()),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "free_devices: `{name}` is not one of the devices this session advertised"
+                    )));
+                }
+            }
+        }
+        let wait = Duration::from_millis(u64::from(r.wait_ms.min(60_000)));
+        let acquire = self.shared.dispatcher.acquire(&lab, &r.session, free, wait);
+        let got = tokio::select! {
+            got = acquire => got?,
+            _ = self.shared.shutdown.cancelled() => None,
+        };
+        let Some(a) = got else {
+            return Ok(Response::new(v1::AcquireJobResponse { assignment: None }));
+        };
+        tracing::info!(job = %a.claim.job.id, attempt = a.claim.job.attempt, lab = %lab, device = %a.device, "job leased");
+        Ok(Response::new(v1::AcquireJobResponse {
+            assignment: Some(v1::Assignment {
+                job: Some(v1::JobRef {
+                    job: a.claim.job.id.0,
+                    attempt: a.claim.job.attempt,
+                }),
+                spec: Some(a.claim.job.spec.clone()),
+                device: a.device,
+                lease_until: a.claim.job.lease_expires.map(convert::timestamp),
+                node: Some(a.claim.node.to_proto()),
+            }),
+        }))
+    }
+
+    async fn reject_job(
+        &self,
+        req: Request<v1::RejectJobRequest>,
+    ) -> Result<Response<v1::RejectJobResponse>, Status> {
+        let lab = self.shared.auth.lab(&req).await?;
+        let r = req.into_inner();
+        let (job, attempt) = job_ref(r.job.as_ref())?;
+        let reason = r.reason;
+        let row = self
+            .shared
+            .store
+            .write(move |w| w.release_job(&lab, job, attempt, &reason))
+            .await?;
+        self.shared.dispatcher.enqueue(&row).await;
+        Ok(Response::new(v1::RejectJobResponse {}))
+    }
+
+    async fn start_job(
+        &self,
+        req: Request<v1::StartJobRequest>,
+    ) -> Result<Response<v1::StartJobResponse>, Status> {
+        let lab = self.shared.auth.lab(&req).await?;
+        let r = req.into_inner();
+        let (job, attempt) = job_ref(r.job.as_ref())?;
+        if r.device.is_empty() {
+            return Err(Status::invalid_argument("device is required"));
+        }
+        let device = r.device;
+        self.shared
+            .store
+            .write(move |w| w.start_job(&lab, job, attempt, &device))
+            .await?;
+        Ok(Response::new(v1::StartJobResponse {}))
+    }
+
+    async fn append_log(
+        &self,
+        req: Request<v1::AppendLogRequest>,
+    ) -> Result<Response<v1::AppendLogResponse>, Status> {
+        let lab = self.shared.auth.lab(&req).await?;
+        let r = req.into_inner();
+        let (job, attempt) = job_ref(r.job.as_ref())?;
+        let (offset, data) = (r.offset, r.data);
+        let length = self
+            .shared
+            .store
+            .write(move |w| w.append_log(&lab, job, attempt, offset, &data))
+            .await?;
+        Ok(Response::new(v1::AppendLogResponse { length }))
+    }
+
+    async fn report_result(
+        &self,
+        req: Request<v1::ReportResultRequest>,
+    ) -> Result<Response<v1::ReportResultResponse>, Status> {
+        let lab = self.shared.auth.lab(&req).await?;
+        let r = req.into_inner();
+        let (job, attempt) = job_ref(r.job.as_ref())?;
+        let result = convert::result_from_proto(r.result).ok_or_else(|| {
+            Status::invalid_argument("result is required (pass, fail, skip or incomplete)")
+        })?;
+        let tests: Vec<_> = r.tests.iter().map(convert::test_from_proto).collect();
+        let total: usize = tests.iter().map(|t| t.count_nodes()).sum();
+        if total > 100_000 {
+            return Err(Status::invalid_argument(format!(
+                "the result tree has {total} tests; at most 100000 are accepted"
+            )));
+        }
+        let mut extra = r
+            .data
+            .as_ref()
+            .map(convert::struct_to_map)
+            .unwrap_or_default();
+        // Keys that the coordinator owns cannot be set by a report.
+        for k in ["error_code", "error_msg", "attempt", "lab", "criteria"] {
+            extra.remove(k);
+        }
+        extra.insert("log_length".into(), r.log_length.into());
+        let lab2 = lab.clone();
+        let outcome = self
+            .shared
+            .store
+            .write(move |w| {
+                w.report_result(
+                    &lab2,
+                    job,
+                    attempt,
+                    result,
+                    &r.error_code,
+                    &r.error_msg,
+                    &tests,
+                    extra,
+                )
+            })
+            .await?;
+        match outcome {
+            ReportOutcome::Applied(node) => {
+                tracing::info!(job = %job, attempt, lab = %lab, result = %node.result.unwrap_or(NodeResult::Incomplete), "job finished");
+            }
+            ReportOutcome::Duplicate => {
+                tracing::debug!(job = %job, attempt, "duplicate result report acknowledged");
+            }
+        }
+        Ok(Response::new(v1::ReportResultResponse {}))
+    }
+}

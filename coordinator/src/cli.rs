@@ -1,0 +1,293 @@
+//! The `labwire-coordinator` command line: run the daemon, manage the CA, lab certificates
+//! and client tokens, check config files.
+
+use crate::config::CoordinatorConfig;
+use crate::pki;
+use crate::store::Store;
+use crate::store::labs::Scope;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+
+/// The default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/labwire/coordinator.yaml";
+
+/// labwire-coordinator: the central daemon of labwire and its admin commands.
+#[derive(Debug, Parser)]
+#[command(name = "labwire-coordinator", version, about)]
+pub struct Cli {
+    /// The config file. When the default one does not exist, built-in defaults are used.
+    #[arg(long, short, global = true, env = "LABWIRE_COORDINATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Coordinator commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator daemon.
+    Serve(ServeArgs),
+    /// Manage the certificate authority and lab certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Manage client tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Validate config files (the coordinator's own when none is given).
+    CheckConfig {
+        /// Files to check.
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Options of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen here instead of the config's `listen` (e.g. 127.0.0.1:0 for any free port).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Write the address actually listened on to this file once the port is open.
+    #[arg(long)]
+    pub addr_file: Option<PathBuf>,
+}
+
+/// CA commands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the CA, the server certificate and a first admin token.
+    Init {
+        /// DNS names of the coordinator for its server certificate (repeatable).
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// IP addresses of the coordinator for its server certificate (repeatable).
+        #[arg(long = "ip")]
+        ip: Vec<IpAddr>,
+        /// Write the admin token to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Issue a lab's client certificate and write a folder to copy to the lab host.
+    IssueAgent {
+        /// The lab's name (becomes the certificate's common name).
+        lab: String,
+        /// The folder to write (default: ./LAB).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke every certificate of a lab; its agent is refused from the next call on.
+    Revoke {
+        /// The lab's name.
+        lab: String,
+    },
+}
+
+/// Token commands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (it is stored only as a hash).
+    Create {
+        /// A unique name for the token (who or what uses it).
+        name: String,
+        /// Scopes: read, submit, admin (comma-separated or repeated).
+        #[arg(long = "scope", value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// List tokens (names, scopes, dates; never secrets).
+    List,
+    /// Revoke a token by name.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+}
+
+/// Loads the config named on the command line, or the default one, or built-in defaults.
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<CoordinatorConfig> {
+    match path {
+        Some(p) => CoordinatorConfig::load(p),
+        None if Path::new(DEFAULT_CONFIG).exists() => {
+            CoordinatorConfig::load(Path::new(DEFAULT_CONFIG))
+        }
+        None => Ok(CoordinatorConfig::default()),
+    }
+}
+
+fn open_store(cfg: &CoordinatorConfig) -> anyhow::Result<Store> {
+    let path = cfg.database_path();
+    Store::open(&path).with_context(|| format!("cannot open the store {}", path.display()))
+}
+
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Creates the CA, server certificate and admin token for `cfg`. Returns the token.
+pub fn ca_init(cfg: &CoordinatorConfig, dns: &[String], ip: &[IpAddr]) -> anyhow::Result<String> {
+    let files = pki::init_ca(&cfg.pki_dir(), dns, ip)?;
+    let store = open_store(cfg)?;
+    let token = store
+        .write_blocking(|w| w.create_token("admin", &[Scope::Admin]))
+        .context("cannot create the admin token")?;
+    tracing::info!(ca = %files.ca_cert.display(), "CA created");
+    Ok(token)
+}
+
+/// Issues a lab certificate, registers it and writes the bundle to `out`.
+pub fn ca_issue_agent(
+    cfg: &CoordinatorConfig,
+    lab: &str,
+    out: &Path,
+) -> anyhow::Result<pki::Issued> {
+    let issued = pki::issue_agent_cert(&cfg.pki_dir(), lab)?;
+    let store = open_store(cfg)?;
+    let fp = issued.fingerprint.clone();
+    let not_after = issued.not_after;
+    store.write_blocking(|w| w.register_lab_cert(lab, &fp, Some(not_after)))?;
+    pki::write_agent_bundle(out, &cfg.pki_dir(), lab, &issued, &cfg.public_url)?;
+    Ok(issued)
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = load_config(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve(args) => {
+            let addr = args.listen.unwrap_or(cfg.listen);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            if let Some(f) = &args.addr_file {
+                let tmp = f.with_extension("tmp");
+                std::fs::write(&tmp, listener.local_addr()?.to_string())?;
+                std::fs::rename(&tmp, f)
+                    .with_context(|| format!("cannot write {}", f.display()))?;
+            }
+            let shutdown = CancellationToken::new();
+            spawn_signal_handler(shutdown.clone());
+            crate::server::serve(cfg, listener, shutdown).await
+        }
+        Command::Ca(CaCommand::Init {
+            dns,
+            ip,
+            token_file,
+        }) => {
+            let token = ca_init(&cfg, &dns, &ip)?;
+            println!(
+                "CA and server certificate written to {}",
+                cfg.pki_dir().display()
+            );
+            match token_file {
+                Some(f) => {
+                    write_secret(&f, &token)?;
+                    println!("admin token written to {}", f.display());
+                }
+                None => println!("admin token (shown once; keep it safe): {token}"),
+            }
+            Ok(())
+        }
+        Command::Ca(CaCommand::IssueAgent { lab, out }) => {
+            let out = out.unwrap_or_else(|| PathBuf::from(&lab));
+            let issued = ca_issue_agent(&cfg, &lab, &out)?;
+            println!(
+                "lab `{lab}`: certificate {} (valid until {}) written to {}/\n\
+                 copy that folder to /etc/labwire/ on the lab host, add devices to agent.yaml, \
+                 then start `labwire-agent run`",
+                issued.fingerprint,
+                issued.not_after.format("%Y-%m-%d"),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Ca(CaCommand::Revoke { lab }) => {
+            let store = open_store(&cfg)?;
+            let n = store.write_blocking(|w| {
+                w.requeue_lab_jobs(&lab)?;
+                w.revoke_lab(&lab)
+            })?;
+            println!("lab `{lab}`: {n} certificate(s) revoked");
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create { name, scopes }) => {
+            let scopes = scopes
+                .iter()
+                .map(|s| s.parse::<Scope>().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let store = open_store(&cfg)?;
+            let token = store.write_blocking(|w| w.create_token(&name, &scopes))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Token(TokenCommand::List) => {
+            let store = open_store(&cfg)?;
+            let tokens = store.read_blocking(crate::store::labs::list_tokens)?;
+            println!("{:<24} {:<20} {:<22} STATE", "NAME", "SCOPES", "CREATED");
+            for t in tokens {
+                println!(
+                    "{:<24} {:<20} {:<22} {}",
+                    t.name,
+                    t.scopes
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    t.created.format("%Y-%m-%d %H:%M:%S"),
+                    t.revoked_at.map_or("active".to_string(), |r| format!(
+                        "revoked {}",
+                        r.format("%Y-%m-%d")
+                    ))
+                );
+            }
+            Ok(())
+        }
+        Command::Token(TokenCommand::Revoke { name }) => {
+            let store = open_store(&cfg)?;
+            store.write_blocking(|w| w.revoke_token(&name))?;
+            println!("token `{name}` revoked");
+            Ok(())
+        }
+        Command::CheckConfig { files } => {
+            if files.is_empty() {
+                println!("coordinator config: ok");
+                return Ok(());
+            }
+            for f in &files {
+                CoordinatorConfig::load(f)?;
+                println!("{}: ok", f.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn spawn_signal_handler(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+}

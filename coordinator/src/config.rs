@@ -1,0 +1,224 @@
+//! The coordinator's configuration file (`/etc/labwire/coordinator.yaml`): parsed with unknown
+//! keys refused, defaults filled in, then checked by one validation pass whose errors name the
+//! file and the key.
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole coordinator configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address of the gRPC port (agents and clients). Default `0.0.0.0:7443`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory for the database and the CA. Default `/var/lib/labwire-coordinator`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Where the store lives: `sqlite://PATH`. Default `sqlite://{data_dir}/labwire.db`.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// The URL agents and clients use to reach this coordinator; written into agent config
+    /// skeletons and used as the CloudEvents `source`. Default `https://localhost:7443`.
+    #[serde(default = "default_public_url")]
+    pub public_url: String,
+    /// TLS files.
+    #[serde(default)]
+    pub tls: TlsFiles,
+    /// Leases and retries of jobs.
+    #[serde(default)]
+    pub leases: LeaseConfig,
+    /// The event log.
+    #[serde(default)]
+    pub events: EventConfig,
+}
+
+/// TLS files of the coordinator; each defaults to a file under `{data_dir}/pki/`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The server certificate (PEM). Default `{data_dir}/pki/server.pem`.
+    pub cert: Option<PathBuf>,
+    /// The server key (PEM). Default `{data_dir}/pki/server.key`.
+    pub key: Option<PathBuf>,
+    /// The CA that signs agent certificates (PEM). Default `{data_dir}/pki/ca.pem`.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How jobs are leased to agents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// How long a lease lasts without a heartbeat. Default `60s`.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub duration: Duration,
+    /// How often agents send heartbeats. Default `15s`; must be under a third of `duration`.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How many times a job whose lease expired goes back to the queue before it ends
+    /// `incomplete` with `error_code=lease_expired`. Default 2.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            duration: default_lease(),
+            heartbeat: default_heartbeat(),
+            max_retries: default_max_retries(),
+        }
+    }
+}
+
+/// The event log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventConfig {
+    /// How long events are kept; subscribers away longer must start again. Default `30d`.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for EventConfig {
+    fn default() -> Self {
+        EventConfig {
+            retention: default_retention(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/labwire-coordinator")
+}
+fn default_public_url() -> String {
+    "https://localhost:7443".into()
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_max_retries() -> u32 {
+    2
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            store: None,
+            public_url: default_public_url(),
+            tls: TlsFiles::default(),
+            leases: LeaseConfig::default(),
+            events: EventConfig::default(),
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let cfg: CoordinatorConfig = yaml_serde::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense; errors name the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.leases.duration < Duration::from_secs(1) {
+            bail!("leases.duration must be at least 1s");
+        }
+        if self.leases.heartbeat.is_zero() || self.leases.heartbeat * 3 > self.leases.duration {
+            bail!(
+                "leases.heartbeat ({}) must be more than 0 and at most a third of leases.duration ({})",
+                humantime::format_duration(self.leases.heartbeat),
+                humantime::format_duration(self.leases.duration)
+            );
+        }
+        if let Some(s) = &self.store
+            && !s.starts_with("sqlite://")
+        {
+            bail!("store `{s}` is not supported: expected sqlite://PATH");
+        }
+        if !(self.public_url.starts_with("https://")) {
+            bail!("public_url `{}` must start with https://", self.public_url);
+        }
+        Ok(())
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        match &self.store {
+            Some(s) => PathBuf::from(s.trim_start_matches("sqlite://")),
+            None => self.data_dir.join("labwire.db"),
+        }
+    }
+
+    /// The directory of the CA and server certificate.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.data_dir.join("pki")
+    }
+
+    /// The server certificate file.
+    pub fn cert_path(&self) -> PathBuf {
+        self.tls
+            .cert
+            .clone()
+            .unwrap_or_else(|| self.pki_dir().join("server.pem"))
+    }
+
+    /// The server key file.
+    pub fn key_path(&self) -> PathBuf {
+        self.tls
+            .key
+            .clone()
+            .unwrap_or_else(|| self.pki_dir().join("server.key"))
+    }
+
+    /// The client CA file.
+    pub fn client_ca_path(&self) -> PathBuf {
+        self.tls
+            .client_ca
+            .clone()
+            .unwrap_or_else(|| self.pki_dir().join("ca.pem"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let c =
+            CoordinatorConfig::parse("data_dir: /tmp/x\nleases: {duration: 30s, heartbeat: 5s}\n")
+                .unwrap();
+        assert_eq!(c.database_path(), PathBuf::from("/tmp/x/labwire.db"));
+        assert_eq!(c.leases.duration, Duration::from_secs(30));
+        let e = CoordinatorConfig::parse("listen: 1.2.3.4:5\nbogus: 1\n").unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `bogus`"), "{e:#}");
+        let e = CoordinatorConfig::parse("leases: {duration: 30s, heartbeat: 20s}\n").unwrap_err();
+        assert!(format!("{e:#}").contains("leases.heartbeat"), "{e:#}");
+        let e = CoordinatorConfig::parse("leases: {duration: soon}\n").unwrap_err();
+        assert!(format!("{e:#}").contains("leases.duration"), "{e:#}");
+    }
+}

@@ -1,0 +1,84 @@
+//! The coordinator's domain errors and how each maps to a gRPC status.
+
+use crate::model::{NodeId, NodeState};
+use tonic::Status;
+
+/// Everything that can go wrong in the store and the services above it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such node.
+    #[error("node {0} not found")]
+    NodeNotFound(NodeId),
+    /// A state transition that the node state machine refuses.
+    #[error("node {node}: state transition {from} -> {to} is not allowed")]
+    BadTransition {
+        /// The node.
+        node: NodeId,
+        /// Its current state.
+        from: NodeState,
+        /// The wanted state.
+        to: NodeState,
+    },
+    /// The parent does not take new children.
+    #[error("node {parent} is {state} and takes no new children")]
+    ParentClosed {
+        /// The parent.
+        parent: NodeId,
+        /// Its state.
+        state: NodeState,
+    },
+    /// A request is malformed; the message names the field.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The caller's lease on a job is gone (expired, reassigned, cancelled, finished).
+    #[error("{0}")]
+    LeaseLost(String),
+    /// The caller is not allowed to do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The caller did not prove who it is.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Something asked for is gone for good (pruned events).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A named thing (lab, token) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The thing exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// Stored data could not be decoded (a bug or a damaged database).
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    /// The blocking task running a database call died.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Shorthand for results with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let msg = e.to_string();
+        match e {
+            Error::NodeNotFound(_) | Error::NotFound(_) => Status::not_found(msg),
+            Error::BadTransition { .. } | Error::ParentClosed { .. } | Error::LeaseLost(_) => {
+                Status::failed_precondition(msg)
+            }
+            Error::Invalid(_) => Status::invalid_argument(msg),
+            Error::PermissionDenied(_) => Status::permission_denied(msg),
+            Error::Unauthenticated(_) => Status::unauthenticated(msg),
+            Error::OutOfRange(_) => Status::out_of_range(msg),
+            Error::AlreadyExists(_) => Status::already_exists(msg),
+            Error::Db(_) | Error::Corrupt(_) | Error::Internal(_) => {
+                tracing::error!(error = %msg, "internal error");
+                Status::internal(msg)
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The labwire coordinator: the store of CI nodes, events and jobs, the gRPC API, dispatch
+//! to lab agents under leases, and the certificate authority that identifies labs.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod model;
+pub mod pki;
+pub mod server;
+pub mod store;

@@ -1,0 +1,163 @@
+//! Runs the coordinator: opens the store, starts dispatch and the background sweeps, and
+//! serves the gRPC API over TLS until the shutdown token is cancelled.
+
+use crate::api::{AdminApi, AgentApi, EventApi, NodeApi, Shared};
+use crate::auth::Auth;
+use crate::config::CoordinatorConfig;
+use crate::dispatch::Dispatcher;
+use crate::store::Store;
+use anyhow::Context;
+use labwire_proto::MAX_MESSAGE_BYTES;
+use labwire_proto::v1::admin_service_server::AdminServiceServer;
+use labwire_proto::v1::agent_service_server::AgentServiceServer;
+use labwire_proto::v1::event_service_server::EventServiceServer;
+use labwire_proto::v1::node_service_server::NodeServiceServer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+fn read(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read the {what} {} (run `labwire-coordinator ca init` to create it)",
+            path.display()
+        )
+    })
+}
+
+/// The TLS settings: the server's identity, and client certificates from the coordinator's
+/// CA accepted but not required (clients with tokens have none; the agent service refuses
+/// calls without one).
+pub fn tls_config(cfg: &CoordinatorConfig) -> anyhow::Result<ServerTlsConfig> {
+    let cert = read(&cfg.cert_path(), "server certificate")?;
+    let key = read(&cfg.key_path(), "server key")?;
+    let ca = read(&cfg.client_ca_path(), "client CA certificate")?;
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .client_ca_root(Certificate::from_pem(ca))
+        .client_auth_optional(true)
+        .timeout(Duration::from_secs(10)))
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then drains: long polls and event
+/// streams end, in-flight calls finish.
+pub async fn serve(
+    cfg: CoordinatorConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tls = tls_config(&cfg)?;
+    let db = cfg.database_path();
+    let store = tokio::task::spawn_blocking(move || Store::open(&db))
+        .await?
+        .with_context(|| format!("cannot open the store {}", cfg.database_path().display()))?;
+    let grace = chrono::Utc::now()
+        + chrono::Duration::from_std(cfg.leases.duration).unwrap_or(chrono::Duration::seconds(60));
+    let extended = store.write(move |w| w.extend_all_leases(grace)).await?;
+    if extended > 0 {
+        tracing::info!(
+            leases = extended,
+            "gave leases held before the restart a grace period"
+        );
+    }
+    let dispatcher = Dispatcher::load(store.clone(), cfg.leases.duration).await?;
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        dispatcher,
+        auth: Auth::new(store.clone()),
+        sessions: Default::default(),
+        config: cfg.clone(),
+        shutdown: shutdown.clone(),
+    });
+
+    let sweeper = tokio::spawn(sweep_leases(shared.clone()));
+    let pruner = tokio::spawn(prune_events(shared.clone()));
+
+    let addr = listener.local_addr()?;
+    let router = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .add_service(
+            AgentServiceServer::new(AgentApi::new(shared.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            NodeServiceServer::new(NodeApi::new(shared.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(EventServiceServer::new(EventApi::new(shared.clone())))
+        .add_service(AdminServiceServer::new(AdminApi::new(shared.clone())));
+    tracing::info!(%addr, store = %store.path().display(), "coordinator listening");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let s2 = shutdown.clone();
+    let res = router
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async move {
+                s2.cancelled().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                tracing::info!("coordinator draining");
+            },
+        )
+        .await;
+    shutdown.cancel();
+    sweeper.abort();
+    pruner.abort();
+    res.context("the gRPC server failed")?;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+/// Puts expired leases back in the queue, a few times per lease period.
+async fn sweep_leases(shared: Arc<Shared>) {
+    let period = (shared.config.leases.duration / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let max_retries = shared.config.leases.max_retries as i32;
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        match shared
+            .store
+            .write(move |w| w.sweep_expired_leases(max_retries))
+            .await
+        {
+            Ok(sweep) => {
+                for job in &sweep.requeued {
+                    tracing::warn!(job = %job.id, "lease expired; job back in the queue");
+                    shared.dispatcher.enqueue(job).await;
+                }
+                for id in &sweep.failed {
+                    tracing::warn!(job = %id, "lease expired and no retries left; job incomplete");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "lease sweep failed"),
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+    }
+}
+
+/// Deletes events older than the retention, hourly.
+async fn prune_events(shared: Arc<Shared>) {
+    let retention = chrono::Duration::from_std(shared.config.events.retention)
+        .unwrap_or(chrono::Duration::days(30));
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        let before = chrono::Utc::now() - retention;
+        match shared.store.write(move |w| w.prune_events(before)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "pruned old events"),
+            Err(e) => tracing::error!(error = %e, "event pruning failed"),
+        }
+    }
+}

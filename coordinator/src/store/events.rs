@@ -1,0 +1,213 @@
+//! Reading the durable event log: catch-up reads from a cursor, the newest sequence number,
+//! and pruning by age with a record of what was pruned.
+
+use super::{Write, corrupt, from_micros, micros};
+use crate::error::{Error, Result};
+use crate::model::{Node, NodeKind, NodeState};
+use chrono::{DateTime, Utc};
+use labwire_common::NodeResult;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// One stored event.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Sequence number.
+    pub seq: i64,
+    /// When the change happened.
+    pub time: DateTime<Utc>,
+    /// `create` or `update`.
+    pub op: String,
+    /// State before an update.
+    pub previous_state: Option<NodeState>,
+    /// Result before an update.
+    pub previous_result: Option<NodeResult>,
+    /// The node after the change.
+    pub node: Node,
+}
+
+impl StoredEvent {
+    /// The CloudEvents `type` of this event.
+    pub fn event_type(&self) -> &'static str {
+        if self.op == "create" {
+            "org.labwire.node.created"
+        } else {
+            "org.labwire.node.updated"
+        }
+    }
+
+    /// The event as a CloudEvents 1.0 JSON record; `data` is the node plus `op`,
+    /// `previous_state` and `previous_result`.
+    pub fn to_cloudevent(&self, source: &str) -> serde_json::Value {
+        let mut data = serde_json::to_value(&self.node).unwrap_or_default();
+        if let Some(obj) = data.as_object_mut() {
+            obj.insert("op".into(), self.op.clone().into());
+            obj.insert(
+                "previous_state".into(),
+                self.previous_state.map(|s| s.as_str()).into(),
+            );
+            obj.insert(
+                "previous_result".into(),
+                self.previous_result.map(|r| r.as_str()).into(),
+            );
+        }
+        serde_json::json!({
+            "specversion": "1.0",
+            "id": self.seq.to_string(),
+            "type": self.event_type(),
+            "source": source,
+            "time": self.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "datacontenttype": "application/json",
+            "data": data,
+        })
+    }
+}
+
+/// The newest sequence number ever assigned (0 if none). Pruned events still count.
+pub fn last_seq(conn: &Connection) -> Result<i64> {
+    let from_table: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(from_table.unwrap_or(0))
+}
+
+/// The highest sequence number removed by pruning (0 if none).
+pub fn pruned_through(conn: &Connection) -> Result<i64> {
+    let v: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'events_pruned_through'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    v.map_or(Ok(0), |s| {
+        s.parse().map_err(|e| corrupt("events_pruned_through", e))
+    })
+}
+
+/// Up to `limit` events with a sequence number greater than `after`, in order, optionally
+/// only those of nodes of `kind`. Refuses a cursor older than what pruning kept.
+pub fn events_after(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+    kind: Option<NodeKind>,
+) -> Result<Vec<StoredEvent>> {
+    let pruned = pruned_through(conn)?;
+    if after < pruned {
+        return Err(Error::OutOfRange(format!(
+            "events up to sequence number {pruned} were pruned (retention); \
+             resubscribe from {pruned} or later"
+        )));
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, time, op, previous_state, previous_result, node FROM events \
+         WHERE seq > ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(
+        params![after, kind.map(|k| k.as_str()), limit as i64],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, time, op, ps, pr, node) = row?;
+        out.push(StoredEvent {
+            seq,
+            time: from_micros(time),
+            op,
+            previous_state: ps
+                .map(|s| s.parse().map_err(|e| corrupt("event state", e)))
+                .transpose()?,
+            previous_result: pr
+                .map(|s| s.parse().map_err(|e| corrupt("event result", e)))
+                .transpose()?,
+            node: serde_json::from_str(&node).map_err(|e| corrupt("event node", e))?,
+        });
+    }
+    Ok(out)
+}
+
+impl Write<'_> {
+    /// Deletes events older than `before` and records the highest pruned sequence number.
+    /// Returns how many were deleted.
+    pub fn prune_events(&mut self, before: DateTime<Utc>) -> Result<usize> {
+        let max: Option<i64> = self.tx.query_row(
+            "SELECT MAX(seq) FROM events WHERE time < ?1",
+            [micros(before)],
+            |r| r.get(0),
+        )?;
+        let Some(max) = max else { return Ok(0) };
+        let n = self
+            .tx
+            .execute("DELETE FROM events WHERE seq <= ?1", [max])?;
+        self.tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('events_pruned_through', ?1) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [max.to_string()],
+        )?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewNode, temp_store};
+
+    #[test]
+    fn read_from_cursor_and_prune() {
+        let (_d, store) = temp_store();
+        for i in 0..10 {
+            store
+                .write_blocking(move |w| {
+                    w.create_node(NewNode::new(NodeKind::Checkout, format!("c{i}")))
+                })
+                .unwrap();
+        }
+        let evs = store
+            .read_blocking(|c| events_after(c, 3, 100, None))
+            .unwrap();
+        assert_eq!(
+            evs.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (4..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(*store.last_seq().borrow(), 10);
+        let n = store
+            .write_blocking(|w| {
+                let later = w.now() + chrono::Duration::seconds(1);
+                w.prune_events(later)
+            })
+            .unwrap();
+        assert_eq!(n, 10);
+        let err = store
+            .read_blocking(|c| events_after(c, 3, 100, None))
+            .unwrap_err();
+        assert!(matches!(err, Error::OutOfRange(_)), "{err}");
+        assert!(
+            store
+                .read_blocking(|c| events_after(c, 10, 100, None))
+                .unwrap()
+                .is_empty()
+        );
+        // Sequence numbers are never reused after pruning.
+        store
+            .write_blocking(|w| w.create_node(NewNode::new(NodeKind::Checkout, "again")))
+            .unwrap();
+        let evs = store
+            .read_blocking(|c| events_after(c, 10, 100, None))
+            .unwrap();
+        assert_eq!(evs[0].seq, 11);
+    }
+}

@@ -1,0 +1,951 @@
+//! The job queue: a job node plus its queue entry. Leases (claim, renew, expire, give back),
+//! log appends and result reports, each checked against the lease so that only the agent
+//! holding the current attempt of a job can act on it.
+
+use super::nodes::{NewNode, NodeUpdate, get_node};
+use super::{Write, corrupt, from_micros, micros};
+use crate::error::{Error, Result};
+use crate::model::{Node, NodeId, NodeKind, NodeState};
+use chrono::{DateTime, Utc};
+use labwire_common::{Criteria, NodeResult, TestNode};
+use labwire_proto::{convert, v1};
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::{Map, Value, json};
+
+/// Where a job is in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Waiting for an agent.
+    Queued,
+    /// Leased to an agent.
+    Leased,
+    /// Finished; the node is done.
+    Finished,
+}
+
+impl JobStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Leased => "leased",
+            Self::Finished => "finished",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "queued" => Ok(Self::Queued),
+            "leased" => Ok(Self::Leased),
+            "finished" => Ok(Self::Finished),
+            other => Err(corrupt("job status", other)),
+        }
+    }
+
+    /// The protobuf enum.
+    pub fn to_proto(self) -> v1::JobStatus {
+        match self {
+            Self::Queued => v1::JobStatus::Queued,
+            Self::Leased => v1::JobStatus::Leased,
+            Self::Finished => v1::JobStatus::Finished,
+        }
+    }
+}
+
+/// A job to queue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// What to run.
+    pub spec: v1::JobSpec,
+    /// Parent node.
+    pub parent: Option<NodeId>,
+    /// Who asked for it.
+    pub submitter: String,
+    /// The token name that created it.
+    pub owner: String,
+}
+
+/// A queue entry.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    /// The job node's id.
+    pub id: NodeId,
+    /// The job's spec.
+    pub spec: v1::JobSpec,
+    /// Its criteria, decoded.
+    pub criteria: Criteria,
+    /// Priority (higher first).
+    pub priority: i32,
+    /// Queue state.
+    pub status: JobStatus,
+    /// The lab holding the lease.
+    pub lease_owner: Option<String>,
+    /// The agent session holding the lease.
+    pub lease_session: Option<String>,
+    /// When the lease runs out.
+    pub lease_expires: Option<DateTime<Utc>>,
+    /// The lease generation: grows by one with every lease of the job.
+    pub attempt: i32,
+    /// The device the job runs on.
+    pub device: Option<String>,
+    /// When it was (last) queued.
+    pub queued_at: DateTime<Utc>,
+}
+
+/// A lease just granted.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The queue entry, now leased.
+    pub job: JobRow,
+    /// The job node.
+    pub node: Node,
+}
+
+/// What [`Write::sweep_expired_leases`] did.
+#[derive(Debug, Default)]
+pub struct LeaseSweep {
+    /// Jobs back in the queue.
+    pub requeued: Vec<JobRow>,
+    /// Jobs that ran out of retries and ended incomplete.
+    pub failed: Vec<NodeId>,
+}
+
+/// The outcome of a result report.
+#[derive(Debug)]
+pub enum ReportOutcome {
+    /// Applied now; the job node after the change.
+    Applied(Box<Node>),
+    /// The same attempt was reported before; nothing changed.
+    Duplicate,
+}
+
+const JOB_COLUMNS: &str = "node_id, spec, criteria, priority, status, lease_owner, lease_session, \
+                           lease_expires, attempt, device, queued_at";
+
+fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Result<JobRow>> {
+    let spec: Vec<u8> = r.get(1)?;
+    let criteria: String = r.get(2)?;
+    let status: String = r.get(4)?;
+    let id = NodeId(r.get(0)?);
+    let build = || -> Result<JobRow> {
+        Ok(JobRow {
+            id,
+            spec: v1::JobSpec::decode(spec.as_slice()).map_err(|e| corrupt("job spec", e))?,
+            criteria: serde_json::from_str(&criteria).map_err(|e| corrupt("job criteria", e))?,
+            priority: r.get(3)?,
+            status: JobStatus::parse(&status)?,
+            lease_owner: r.get(5)?,
+            lease_session: r.get(6)?,
+            lease_expires: r.get::<_, Option<i64>>(7)?.map(from_micros),
+            attempt: r.get(8)?,
+            device: r.get(9)?,
+            queued_at: from_micros(r.get(10)?),
+        })
+    };
+    Ok(build())
+}
+
+/// Reads one queue entry, or `None`.
+pub fn find_job(conn: &Connection, id: NodeId) -> Result<Option<JobRow>> {
+    conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE node_id = ?1"
+    ))?
+    .query_row([id.0], job_from_row)
+    .optional()?
+    .transpose()
+}
+
+fn get_job(conn: &Connection, id: NodeId) -> Result<JobRow> {
+    find_job(conn, id)?.ok_or_else(|| Error::NotFound(format!("job {id} not found")))
+}
+
+/// Lists queue entries in a state (all when `None`), newest first.
+pub fn list_jobs(
+    conn: &Connection,
+    status: Option<JobStatus>,
+    limit: usize,
+) -> Result<Vec<JobRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) \
+         ORDER BY node_id DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(
+        params![status.map(|s| s.as_str()), limit as i64],
+        job_from_row,
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r??);
+    }
+    Ok(out)
+}
+
+/// Every queued job in dispatch order: priority, then submission order.
+pub fn queued_jobs(conn: &Connection) -> Result<Vec<JobRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY priority DESC, node_id"
+    ))?;
+    let rows = stmt.query_map([], job_from_row)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r??);
+    }
+    Ok(out)
+}
+
+/// Number of jobs leased to each lab.
+pub fn leases_by_lab(conn: &Connection) -> Result<std::collections::HashMap<String, u32>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT lease_owner, COUNT(*) FROM jobs WHERE status = 'leased' GROUP BY lease_owner",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The attempt whose log a reader wants: the reported one, else the newest with a log.
+pub fn log_attempt(conn: &Connection, job: NodeId) -> Result<Option<i32>> {
+    let reported: Option<i32> = conn
+        .query_row(
+            "SELECT attempt FROM job_reports WHERE job = ?1 ORDER BY attempt DESC LIMIT 1",
+            [job.0],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if reported.is_some() {
+        return Ok(reported);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT attempt FROM logs WHERE job = ?1 ORDER BY attempt DESC LIMIT 1",
+            [job.0],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Reads up to `max` bytes of chunks of a job attempt's log starting at chunk offset `from`.
+/// Returns (offset, data) pairs in order.
+pub fn read_log(
+    conn: &Connection,
+    job: NodeId,
+    attempt: i32,
+    from: u64,
+    max: usize,
+) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT offset, data FROM log_chunks WHERE job = ?1 AND attempt = ?2 AND offset >= ?3 \
+         ORDER BY offset",
+    )?;
+    let mut rows = stmt.query(params![job.0, attempt, from as i64])?;
+    let (mut out, mut size) = (Vec::new(), 0usize);
+    while let Some(r) = rows.next()? {
+        let off: i64 = r.get(0)?;
+        let data: Vec<u8> = r.get(1)?;
+        size += data.len();
+        out.push((off as u64, data));
+        if size >= max {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The spec's visible parts as node data, for people reading the node.
+fn spec_data(spec: &v1::JobSpec, criteria: &Criteria) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(
+        "criteria".into(),
+        serde_json::to_value(criteria).unwrap_or_default(),
+    );
+    if !spec.params.is_empty() {
+        m.insert("params".into(), json!(spec.params));
+    }
+    if !spec.commands.is_empty() {
+        m.insert("commands".into(), json!(spec.commands));
+    }
+    if !spec.artifacts.is_empty() {
+        let a: Map<String, Value> = spec
+            .artifacts
+            .iter()
+            .map(|(k, v)| (k.clone(), json!({"url": v.url, "sha256": v.sha256})))
+            .collect();
+        m.insert("inputs".into(), Value::Object(a));
+    }
+    if let Some(d) = &criteria.driver {
+        m.insert("runtime".into(), d.clone().into());
+    }
+    m.insert("priority".into(), spec.priority.into());
+    if spec.timeout_seconds > 0 {
+        m.insert("timeout_seconds".into(), spec.timeout_seconds.into());
+    }
+    m
+}
+
+/// Checks a job spec before it is queued; errors name the field.
+pub fn validate_spec(spec: &v1::JobSpec) -> Result<()> {
+    if spec.name.trim().is_empty() {
+        return Err(Error::Invalid("spec.name must not be empty".into()));
+    }
+    for (k, a) in &spec.artifacts {
+        let scheme_ok = ["http://", "https://", "file://"]
+            .iter()
+            .any(|s| a.url.starts_with(s));
+        if !scheme_ok {
+            return Err(Error::Invalid(format!(
+                "spec.artifacts.{k}.url `{}` must be an http, https or file URL",
+                a.url
+            )));
+        }
+        if !a.sha256.is_empty()
+            && (a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(Error::Invalid(format!(
+                "spec.artifacts.{k}.sha256 must be 64 hexadecimal digits"
+            )));
+        }
+    }
+    if !matches!(
+        spec.parser.as_str(),
+        "" | "auto" | "ktap" | "lava" | "kmsg" | "pattern" | "none"
+    ) {
+        return Err(Error::Invalid(format!(
+            "spec.parser `{}` is not one of auto, ktap, lava, kmsg, pattern, none",
+            spec.parser
+        )));
+    }
+    for k in spec.params.keys() {
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(Error::Invalid(format!(
+                "spec.params key `{k}` must be letters, digits and underscores"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn insert_tests(w: &mut Write<'_>, parent: &Node, tests: &[TestNode]) -> Result<()> {
+    for t in tests {
+        let mut n = NewNode::new(NodeKind::Test, t.name.clone());
+        n.parent = Some(parent.id);
+        n.state = NodeState::Done;
+        n.result = Some(t.result);
+        n.group = parent.group.clone();
+        n.owner = parent.owner.clone();
+        n.submitter = parent.submitter.clone();
+        if let Some(x) = &t.log_excerpt {
+            n.data.insert("log_excerpt".into(), x.clone().into());
+        }
+        if let Some(m) = t.measurement {
+            n.data.insert("measurement".into(), m.into());
+        }
+        if let Some(u) = &t.units {
+            n.data.insert("units".into(), u.clone().into());
+        }
+        if let Some(e) = &t.error {
+            n.data.insert("error_msg".into(), e.clone().into());
+        }
+        // A suite node stays open for its children, then closes.
+        if !t.tests.is_empty() {
+            n.state = NodeState::Running;
+        }
+        let node = w.create_node(n)?;
+        if !t.tests.is_empty() {
+            insert_tests(w, &node, &t.tests)?;
+            w.update_node(
+                node.id,
+                NodeUpdate {
+                    state: Some(NodeState::Done),
+                    ..Default::default()
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+impl Write<'_> {
+    /// Queues a job: creates its node (running) and its queue entry.
+    pub fn submit_job(&mut self, j: NewJob) -> Result<(Node, JobRow)> {
+        validate_spec(&j.spec)?;
+        let criteria = convert::criteria_from_proto(&j.spec.criteria.clone().unwrap_or_default());
+        let mut n = NewNode::new(NodeKind::Job, j.spec.name.clone());
+        n.parent = j.parent;
+        n.group = Some(j.spec.name.clone());
+        n.data = spec_data(&j.spec, &criteria);
+        n.owner = j.owner;
+        n.submitter = j.submitter;
+        let node = self.create_node(n)?;
+        let criteria_json =
+            serde_json::to_string(&criteria).map_err(|e| Error::Internal(e.to_string()))?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO jobs (node_id, spec, criteria, runtime, priority, status, attempt, queued_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6)",
+            )?
+            .execute(params![
+                node.id.0,
+                j.spec.encode_to_vec(),
+                criteria_json,
+                criteria.driver.clone().unwrap_or_default(),
+                j.spec.priority,
+                micros(self.now),
+            ])?;
+        let job = get_job(&self.tx, node.id)?;
+        Ok((node, job))
+    }
+
+    /// Leases a queued job to a lab's agent session, starting a new attempt.
+    pub fn claim_job(
+        &mut self,
+        id: NodeId,
+        lab: &str,
+        session: &str,
+        device: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Claim> {
+        let revoked: Option<Option<i64>> = self
+            .tx
+            .prepare_cached("SELECT revoked_at FROM labs WHERE name = ?1")?
+            .query_row([lab], |r| r.get(0))
+            .optional()?;
+        if matches!(revoked, Some(Some(_))) {
+            return Err(Error::PermissionDenied(format!("lab `{lab}` is revoked")));
+        }
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE jobs SET status = 'leased', lease_owner = ?2, lease_session = ?3, \
+                 lease_expires = ?4, attempt = attempt + 1, device = ?5, leased_at = ?6 \
+                 WHERE node_id = ?1 AND status = 'queued'",
+            )?
+            .execute(params![
+                id.0,
+                lab,
+                session,
+                micros(lease_until),
+                device,
+                micros(self.now)
+            ])?;
+        if n != 1 {
+            return Err(Error::LeaseLost(format!("job {id} is no longer queued")));
+        }
+        let job = get_job(&self.tx, id)?;
+        let mut data = Map::new();
+        data.insert("lab".into(), lab.into());
+        data.insert("device".into(), device.into());
+        let node = self.update_node(
+            id,
+            NodeUpdate {
+                data,
+                ..Default::default()
+            },
+        )?;
+        Ok(Claim { job, node })
+    }
+
+    /// The queue entry of `job`, checked to be the current attempt leased to `lab`.
+    fn leased_to(&self, lab: &str, job: NodeId, attempt: i32) -> Result<JobRow> {
+        let row = get_job(&self.tx, job)?;
+        if row.status != JobStatus::Leased
+            || row.lease_owner.as_deref() != Some(lab)
+            || row.attempt != attempt
+        {
+            return Err(Error::LeaseLost(format!(
+                "job {job} attempt {attempt} is not leased to lab `{lab}` (now {}{})",
+                row.status.as_str(),
+                match (&row.lease_owner, row.status) {
+                    (Some(o), JobStatus::Leased) =>
+                        format!(", attempt {} leased to `{o}`", row.attempt),
+                    _ => String::new(),
+                }
+            )));
+        }
+        Ok(row)
+    }
+
+    /// Gives a leased attempt back to the queue without counting a retry (the agent refused
+    /// it, or never received it).
+    pub fn release_job(
+        &mut self,
+        lab: &str,
+        job: NodeId,
+        attempt: i32,
+        reason: &str,
+    ) -> Result<JobRow> {
+        self.leased_to(lab, job, attempt)?;
+        self.tx.execute(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_session = NULL, \
+             lease_expires = NULL, device = NULL, queued_at = ?2 WHERE node_id = ?1",
+            params![job.0, micros(self.now)],
+        )?;
+        let mut data = Map::new();
+        data.insert("lab".into(), Value::Null);
+        data.insert("device".into(), Value::Null);
+        data.insert("last_rejection".into(), format!("{lab}: {reason}").into());
+        self.update_node(
+            job,
+            NodeUpdate {
+                data,
+                ..Default::default()
+            },
+        )?;
+        get_job(&self.tx, job)
+    }
+
+    /// Extends the leases of the listed attempts held by `lab`. Returns the attempts that are
+    /// not (or no longer) leased to it: the agent must stop them.
+    pub fn renew_leases(
+        &mut self,
+        lab: &str,
+        running: &[(NodeId, i32)],
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(NodeId, i32)>> {
+        let mut lost = Vec::new();
+        for &(job, attempt) in running {
+            let n = self
+                .tx
+                .prepare_cached(
+                    "UPDATE jobs SET lease_expires = ?4 WHERE node_id = ?1 AND attempt = ?2 \
+                     AND lease_owner = ?3 AND status = 'leased'",
+                )?
+                .execute(params![job.0, attempt, lab, micros(until)])?;
+            if n == 0 {
+                lost.push((job, attempt));
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Puts every lease that ran out before now back in the queue (retry_counter + 1), or,
+    /// past `max_retries`, ends the job `done`/`incomplete` with `error_code=lease_expired`.
+    pub fn sweep_expired_leases(&mut self, max_retries: i32) -> Result<LeaseSweep> {
+        let expired: Vec<i64> = {
+            let mut stmt = self.tx.prepare_cached(
+                "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_expires < ?1",
+            )?;
+            stmt.query_map([micros(self.now)], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut sweep = LeaseSweep::default();
+        for id in expired.into_iter().map(NodeId) {
+            let row = get_job(&self.tx, id)?;
+            let node = get_node(&self.tx, id)?;
+            let lab = row.lease_owner.clone().unwrap_or_default();
+            if node.retry_counter < max_retries {
+                self.tx.execute(
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_session = NULL, \
+                     lease_expires = NULL, device = NULL, queued_at = ?2 WHERE node_id = ?1",
+                    params![id.0, micros(self.now)],
+                )?;
+                let mut data = Map::new();
+                data.insert("lab".into(), Value::Null);
+                data.insert("device".into(), Value::Null);
+                data.insert(
+                    "last_error".into(),
+                    format!("lease of attempt {} held by `{lab}` expired", row.attempt).into(),
+                );
+                self.update_node(
+                    id,
+                    NodeUpdate {
+                        data,
+                        retry_counter: Some(node.retry_counter + 1),
+                        ..Default::default()
+                    },
+                )?;
+                sweep.requeued.push(get_job(&self.tx, id)?);
+            } else {
+                self.finish_job_row(id)?;
+                let mut data = Map::new();
+                data.insert("error_code".into(), "lease_expired".into());
+                data.insert(
+                    "error_msg".into(),
+                    format!(
+                        "the lease held by `{lab}` expired and the job ran out of retries ({max_retries})"
+                    )
+                    .into(),
+                );
+                self.update_node(
+                    id,
+                    NodeUpdate {
+                        state: Some(NodeState::Done),
+                        result: Some(NodeResult::Incomplete),
+                        data,
+                        ..Default::default()
+                    },
+                )?;
+                sweep.failed.push(id);
+            }
+        }
+        Ok(sweep)
+    }
+
+    fn finish_job_row(&mut self, id: NodeId) -> Result<()> {
+        self.tx.execute(
+            "UPDATE jobs SET status = 'finished', lease_expires = NULL, finished_at = ?2 \
+             WHERE node_id = ?1",
+            params![id.0, micros(self.now)],
+        )?;
+        Ok(())
+    }
+
+    /// Records that the job started on a device.
+    pub fn start_job(&mut self, lab: &str, job: NodeId, attempt: i32, device: &str) -> Result<()> {
+        self.leased_to(lab, job, attempt)?;
+        self.tx.execute(
+            "UPDATE jobs SET device = ?2, started_at = ?3 WHERE node_id = ?1",
+            params![job.0, device, micros(self.now)],
+        )?;
+        let mut data = Map::new();
+        data.insert("device".into(), device.into());
+        self.update_node(
+            job,
+            NodeUpdate {
+                data,
+                ..Default::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Appends bytes to an attempt's log; bytes already stored are skipped. Returns the
+    /// stored length.
+    pub fn append_log(
+        &mut self,
+        lab: &str,
+        job: NodeId,
+        attempt: i32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64> {
+        let reported_by: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT lab FROM job_reports WHERE job = ?1 AND attempt = ?2",
+                params![job.0, attempt],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match &reported_by {
+            Some(l) if l == lab => {}
+            Some(_) => {
+                return Err(Error::LeaseLost(format!(
+                    "job {job} attempt {attempt} was reported by another lab"
+                )));
+            }
+            None => {
+                self.leased_to(lab, job, attempt)?;
+            }
+        }
+        let length: u64 = self
+            .tx
+            .query_row(
+                "SELECT length FROM logs WHERE job = ?1 AND attempt = ?2",
+                params![job.0, attempt],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .unwrap_or(0) as u64;
+        if offset > length {
+            return Err(Error::Invalid(format!(
+                "log of job {job} attempt {attempt} has {length} bytes; a chunk at offset {offset} would leave a gap"
+            )));
+        }
+        let end = offset + data.len() as u64;
+        if end <= length {
+            return Ok(length);
+        }
+        if reported_by.is_some() {
+            return Err(Error::LeaseLost(format!(
+                "job {job} attempt {attempt} is finished; its log is closed at {length} bytes"
+            )));
+        }
+        let fresh = &data[(length - offset) as usize..];
+        self.tx
+            .prepare_cached(
+                "INSERT INTO log_chunks (job, attempt, offset, data) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![job.0, attempt, length as i64, fresh])?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO logs (job, attempt, length) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(job, attempt) DO UPDATE SET length = excluded.length",
+            )?
+            .execute(params![job.0, attempt, end as i64])?;
+        Ok(end)
+    }
+
+    /// Applies an attempt's final result: the result tree becomes test nodes, the job node
+    /// goes `done`. A second report of the same attempt by the same lab is a no-op.
+    #[allow(clippy::too_many_arguments)]
+    pub fn report_result(
+        &mut self,
+        lab: &str,
+        job: NodeId,
+        attempt: i32,
+        result: NodeResult,
+        error_code: &str,
+        error_msg: &str,
+        tests: &[TestNode],
+        extra: Map<String, Value>,
+    ) -> Result<ReportOutcome> {
+        let reported_by: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT lab FROM job_reports WHERE job = ?1 AND attempt = ?2",
+                params![job.0, attempt],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if reported_by.as_deref() == Some(lab) {
+            return Ok(ReportOutcome::Duplicate);
+        }
+        self.leased_to(lab, job, attempt)?;
+        let node = get_node(&self.tx, job)?;
+        insert_tests(self, &node, tests)?;
+        self.finish_job_row(job)?;
+        self.tx.execute(
+            "INSERT INTO job_reports (job, attempt, lab, reported) VALUES (?1, ?2, ?3, ?4)",
+            params![job.0, attempt, lab, micros(self.now)],
+        )?;
+        let mut data = extra;
+        if !error_code.is_empty() {
+            data.insert("error_code".into(), error_code.into());
+        }
+        if !error_msg.is_empty() {
+            data.insert("error_msg".into(), error_msg.into());
+        }
+        data.insert("attempt".into(), attempt.into());
+        let mut artifacts = std::collections::BTreeMap::new();
+        artifacts.insert("log".into(), format!("/logs/{job}/{attempt}"));
+        let node = self.update_node(
+            job,
+            NodeUpdate {
+                state: Some(NodeState::Done),
+                result: Some(result),
+                data,
+                artifacts,
+                ..Default::default()
+            },
+        )?;
+        Ok(ReportOutcome::Applied(Box::new(node)))
+    }
+
+    /// Cancels a job that is not finished: it leaves the queue and its node ends `done`,
+    /// `incomplete`, `error_code=cancelled`. A leased job's agent learns at its next heartbeat.
+    pub fn cancel_job(&mut self, job: NodeId, reason: &str) -> Result<Node> {
+        let row = get_job(&self.tx, job)?;
+        if row.status == JobStatus::Finished {
+            return Err(Error::BadTransition {
+                node: job,
+                from: NodeState::Done,
+                to: NodeState::Done,
+            });
+        }
+        self.finish_job_row(job)?;
+        let mut data = Map::new();
+        data.insert("error_code".into(), "cancelled".into());
+        data.insert(
+            "error_msg".into(),
+            if reason.is_empty() {
+                "cancelled".to_string()
+            } else {
+                reason.to_string()
+            }
+            .into(),
+        );
+        self.update_node(
+            job,
+            NodeUpdate {
+                state: Some(NodeState::Done),
+                result: Some(NodeResult::Incomplete),
+                data,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Gives every job leased to `lab` back to the queue (the lab was revoked).
+    pub fn requeue_lab_jobs(&mut self, lab: &str) -> Result<Vec<JobRow>> {
+        let ids: Vec<i64> = {
+            let mut stmt = self.tx.prepare_cached(
+                "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_owner = ?1",
+            )?;
+            stmt.query_map([lab], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::new();
+        for id in ids.into_iter().map(NodeId) {
+            let attempt = get_job(&self.tx, id)?.attempt;
+            out.push(self.release_job(lab, id, attempt, "lab revoked")?);
+        }
+        Ok(out)
+    }
+
+    /// Makes every lease of `lab` except those of `keep` expire now (the lab's agent started
+    /// again and no longer holds them); the next sweep puts them back in the queue.
+    pub fn expire_lab_leases_except(&mut self, lab: &str, keep: &[NodeId]) -> Result<usize> {
+        let keep = serde_json::to_string(&keep.iter().map(|k| k.0).collect::<Vec<_>>())
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(self.tx.execute(
+            "UPDATE jobs SET lease_expires = 0 WHERE status = 'leased' AND lease_owner = ?1 \
+             AND node_id NOT IN (SELECT value FROM json_each(?2))",
+            params![lab, keep],
+        )?)
+    }
+
+    /// Gives every lease a grace period of `lease` from now: run at start-up so that agents
+    /// have time to reconnect after a coordinator outage before their jobs are taken away.
+    pub fn extend_all_leases(&mut self, until: DateTime<Utc>) -> Result<usize> {
+        Ok(self.tx.execute(
+            "UPDATE jobs SET lease_expires = ?1 WHERE status = 'leased' AND lease_expires < ?1",
+            [micros(until)],
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::temp_store;
+
+    fn spec(name: &str) -> v1::JobSpec {
+        v1::JobSpec {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lease_cycle_and_stale_reports() {
+        let (_d, store) = temp_store();
+        let (node, _) = store
+            .write_blocking(|w| {
+                w.submit_job(NewJob {
+                    spec: spec("j"),
+                    parent: None,
+                    submitter: "me".into(),
+                    owner: "admin".into(),
+                })
+            })
+            .unwrap();
+        let id = node.id;
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        let claim = store
+            .write_blocking(move |w| w.claim_job(id, "lab-a", "s1", "dev", past))
+            .unwrap();
+        assert_eq!(claim.job.attempt, 1);
+        // Claiming twice is refused.
+        assert!(
+            store
+                .write_blocking(move |w| w.claim_job(id, "lab-b", "s2", "dev", past))
+                .is_err()
+        );
+        let sweep = store.write_blocking(|w| w.sweep_expired_leases(3)).unwrap();
+        assert_eq!(sweep.requeued.len(), 1);
+        let later = chrono::Utc::now() + chrono::Duration::seconds(60);
+        let claim = store
+            .write_blocking(move |w| w.claim_job(id, "lab-b", "s2", "dev", later))
+            .unwrap();
+        assert_eq!(claim.job.attempt, 2);
+        assert_eq!(claim.node.retry_counter, 1);
+        // The first lab's late report is refused.
+        let err = store
+            .write_blocking(move |w| {
+                w.report_result("lab-a", id, 1, NodeResult::Pass, "", "", &[], Map::new())
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::LeaseLost(_)), "{err}");
+        // The holder's report applies once; a repeat is a duplicate.
+        let tests = vec![TestNode::group(
+            "suite",
+            vec![TestNode::leaf("t1", NodeResult::Pass)],
+        )];
+        let t2 = tests.clone();
+        let out = store
+            .write_blocking(move |w| {
+                w.report_result("lab-b", id, 2, NodeResult::Pass, "", "", &t2, Map::new())
+            })
+            .unwrap();
+        assert!(matches!(out, ReportOutcome::Applied(_)));
+        let out = store
+            .write_blocking(move |w| {
+                w.report_result("lab-b", id, 2, NodeResult::Pass, "", "", &tests, Map::new())
+            })
+            .unwrap();
+        assert!(matches!(out, ReportOutcome::Duplicate));
+        let kids = store
+            .read_blocking(move |c| super::super::nodes::children(c, id))
+            .unwrap();
+        assert_eq!(kids.len(), 1);
+        assert_eq!(kids[0].state, NodeState::Done);
+    }
+
+    #[test]
+    fn log_appends_are_idempotent() {
+        let (_d, store) = temp_store();
+        let (node, _) = store
+            .write_blocking(|w| {
+                w.submit_job(NewJob {
+                    spec: spec("j"),
+                    parent: None,
+                    submitter: String::new(),
+                    owner: String::new(),
+                })
+            })
+            .unwrap();
+        let id = node.id;
+        let later = chrono::Utc::now() + chrono::Duration::seconds(60);
+        store
+            .write_blocking(move |w| w.claim_job(id, "lab", "s", "d", later))
+            .unwrap();
+        let append = |off: u64, data: &'static [u8]| {
+            store.write_blocking(move |w| w.append_log("lab", id, 1, off, data))
+        };
+        assert_eq!(append(0, b"hello ").unwrap(), 6);
+        assert_eq!(append(0, b"hello ").unwrap(), 6);
+        assert_eq!(append(3, b"lo world").unwrap(), 11);
+        assert!(append(20, b"gap").is_err());
+        let chunks = store
+            .read_blocking(move |c| read_log(c, id, 1, 0, 1 << 20))
+            .unwrap();
+        let all: Vec<u8> = chunks.into_iter().flat_map(|(_, d)| d).collect();
+        assert_eq!(all, b"hello world");
+        assert!(
+            store
+                .write_blocking(move |w| w.append_log("other", id, 1, 11, b"x"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn retries_run_out() {
+        let (_d, store) = temp_store();
+        let (node, _) = store
+            .write_blocking(|w| {
+                w.submit_job(NewJob {
+                    spec: spec("j"),
+                    parent: None,
+                    submitter: String::new(),
+                    owner: String::new(),
+                })
+            })
+            .unwrap();
+        let id = node.id;
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        for round in 0..2 {
+            store
+                .write_blocking(move |w| w.claim_job(id, "lab", "s", "d", past))
+                .unwrap();
+            let sweep = store.write_blocking(|w| w.sweep_expired_leases(1)).unwrap();
+            if round == 0 {
+                assert_eq!(sweep.requeued.len(), 1);
+            } else {
+                assert_eq!(sweep.failed, vec![id]);
+            }
+        }
+        let node = store.read_blocking(move |c| get_node(c, id)).unwrap();
+        assert_eq!(node.state, NodeState::Done);
+        assert_eq!(node.result, Some(NodeResult::Incomplete));
+        assert_eq!(node.error_code(), Some("lease_expired"));
+    }
+}

@@ -1,0 +1,30 @@
+//! The `labwire` package: the command-line client for people and scripts (`labwire`), the
+//! local demo, and the thin `main`s of the coordinator and agent daemons. Shared start-up
+//! code (TLS crypto provider, logging) lives here so that every binary starts the same way.
+
+pub mod client;
+pub mod commands;
+pub mod demo;
+
+use std::io::IsTerminal;
+
+/// Installs the process-wide rustls crypto provider (ring). Every binary and TLS test calls
+/// this first: the workspace uses one provider only.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Sets up logging: human-readable on a terminal, JSON lines otherwise (for journald and log
+/// collectors). The filter comes from `LABWIRE_LOG` (default `info`).
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LABWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::io::stderr().is_terminal() {
+        builder.try_init()
+    } else {
+        builder.json().flatten_event(true).try_init()
+    };
+}
