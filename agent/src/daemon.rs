@@ -324,9 +324,9 @@ async fn send_outbox(agent: Arc<Agent>) {
         };
         let mut c = agent.client.clone();
         let (job, res) = match &item {
-            Item::Start(r) => (r.job.clone(), c.start_job(r.clone()).await.map(|_| ())),
-            Item::Log(r) => (r.job.clone(), c.append_log(r.clone()).await.map(|_| ())),
-            Item::Result(r) => (r.job.clone(), c.report_result(r.clone()).await.map(|_| ())),
+            Item::Start(r) => (r.job, c.start_job(r.clone()).await.map(|_| ())),
+            Item::Log(r) => (r.job, c.append_log(r.clone()).await.map(|_| ())),
+            Item::Result(r) => (r.job, c.report_result(r.clone()).await.map(|_| ())),
         };
         match res {
             Ok(()) => {
@@ -478,7 +478,7 @@ async fn reject(agent: &Agent, a: &v1::Assignment, reason: &str) {
     let session = agent.lock().session.clone().unwrap_or_default();
     let req = v1::RejectJobRequest {
         session,
-        job: a.job.clone(),
+        job: a.job,
         reason: reason.to_string(),
     };
     if let Err(s) = agent.client.clone().reject_job(req).await {
@@ -488,7 +488,7 @@ async fn reject(agent: &Agent, a: &v1::Assignment, reason: &str) {
 
 /// Picks a device for an assignment and starts the job, or hands it back.
 fn start_job(agent: &Arc<Agent>, a: v1::Assignment, polled: &[String], jobs: &mut JoinSet<()>) {
-    let Some(jr) = a.job.clone() else { return };
+    let Some(jr) = a.job else { return };
     let spec = a.spec.clone().unwrap_or_default();
     let criteria = convert::criteria_from_proto(&spec.criteria.clone().unwrap_or_default());
     let chosen = {
