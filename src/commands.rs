@@ -13,7 +13,11 @@ use std::process::ExitCode;
 
 /// labwire: the command-line client of a labwire coordinator.
 #[derive(Debug, Parser)]
-#[command(name = "labwire", version, about)]
+#[command(
+    name = "labwire",
+    version,
+    about = "labwire: the command-line client of a labwire coordinator, and a local demo"
+)]
 pub struct Cli {
     /// Connection settings.
     #[command(flatten)]

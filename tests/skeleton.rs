@@ -7,7 +7,14 @@ use common::*;
 use labwire_proto::v1;
 use std::time::Duration;
 
-const PASS_FAIL: &[&str] = &["sh", "-c", "echo \"start $1\"; echo \"to stderr\" >&2; exit \"$2\"", "sh", "{params.msg}", "{params.code}"];
+const PASS_FAIL: &[&str] = &[
+    "sh",
+    "-c",
+    "echo \"start $1\"; echo \"to stderr\" >&2; exit \"$2\"",
+    "sh",
+    "{params.msg}",
+    "{params.code}",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_pass_and_fail_with_logs_and_survive_a_coordinator_restart() {
@@ -21,9 +28,24 @@ async fn jobs_pass_and_fail_with_logs_and_survive_a_coordinator_restart() {
 
     // A parameter full of shell metacharacters is passed as one argument, never parsed.
     let pwned = rig.path("pwned");
-    let evil = format!("x; touch {p}; $(touch {p}) `touch {p}` && touch {p}", p = pwned.display());
-    let pass = submit(&mut c, "pass-job", &["e2e"], &[("msg", &evil), ("code", "0")]).await;
-    let fail = submit(&mut c, "fail-job", &["e2e"], &[("msg", "bye"), ("code", "3")]).await;
+    let evil = format!(
+        "x; touch {p}; $(touch {p}) `touch {p}` && touch {p}",
+        p = pwned.display()
+    );
+    let pass = submit(
+        &mut c,
+        "pass-job",
+        &["e2e"],
+        &[("msg", &evil), ("code", "0")],
+    )
+    .await;
+    let fail = submit(
+        &mut c,
+        "fail-job",
+        &["e2e"],
+        &[("msg", "bye"), ("code", "3")],
+    )
+    .await;
     let p = wait_node(&mut c, pass, Duration::from_secs(30), is_done).await;
     let f = wait_node(&mut c, fail, Duration::from_secs(30), is_done).await;
     assert_eq!(p.result, v1::NodeResult::Pass as i32, "{p:?}");
@@ -31,19 +53,31 @@ async fn jobs_pass_and_fail_with_logs_and_survive_a_coordinator_restart() {
     assert_eq!(data(&p)["lab"], "lab-a");
     assert_eq!(data(&p)["device"], "host-1");
     assert_eq!(data(&f)["exit_code"], 3);
-    assert_eq!(p.artifacts.get("log").map(String::as_str), Some(format!("/logs/{pass}/1").as_str()));
+    assert_eq!(
+        p.artifacts.get("log").map(String::as_str),
+        Some(format!("/logs/{pass}/1").as_str())
+    );
 
     let log = read_log(&mut c, pass).await;
     assert!(log.contains(&format!("start {evil}")), "{log}");
     assert!(log.contains("to stderr"), "{log}");
-    assert!(!pwned.exists(), "a job parameter was run by a shell on the lab host");
+    assert!(
+        !pwned.exists(),
+        "a job parameter was run by a shell on the lab host"
+    );
     let flog = read_log(&mut c, fail).await;
-    assert!(flog.contains("start bye") && flog.contains("exit code 3"), "{flog}");
+    assert!(
+        flog.contains("start bye") && flog.contains("exit code 3"),
+        "{flog}"
+    );
 
     // The result tree: one `exit-status` test under each job.
     let kids = c
         .nodes
-        .query_nodes(v1::QueryNodesRequest { parent: fail, ..Default::default() })
+        .query_nodes(v1::QueryNodesRequest {
+            parent: fail,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -51,7 +85,10 @@ async fn jobs_pass_and_fail_with_logs_and_survive_a_coordinator_restart() {
     assert_eq!(kids.len(), 1);
     assert_eq!(kids[0].name, "exit-status");
     assert_eq!(kids[0].result, v1::NodeResult::Fail as i32);
-    assert_eq!(kids[0].path, vec!["fail-job".to_string(), "exit-status".to_string()]);
+    assert_eq!(
+        kids[0].path,
+        vec!["fail-job".to_string(), "exit-status".to_string()]
+    );
 
     // The coordinator dies hard and comes back on the same port: the agent registers again
     // and the next job runs.
@@ -59,12 +96,20 @@ async fn jobs_pass_and_fail_with_logs_and_survive_a_coordinator_restart() {
     let _ = coord.child.wait();
     let _coord2 = rig.start_coordinator();
     let mut c = rig.client().await;
-    let again = submit(&mut c, "after-restart", &["e2e"], &[("msg", "again"), ("code", "0")]).await;
+    let again = submit(
+        &mut c,
+        "after-restart",
+        &["e2e"],
+        &[("msg", "again"), ("code", "0")],
+    )
+    .await;
     let n = wait_node(&mut c, again, Duration::from_secs(60), is_done).await;
     assert_eq!(n.result, v1::NodeResult::Pass as i32, "{n:?}");
 
     // SIGTERM drains the agent and it exits 0.
-    let st = agent.terminate(Duration::from_secs(30)).expect("agent exits on SIGTERM");
+    let st = agent
+        .terminate(Duration::from_secs(30))
+        .expect("agent exits on SIGTERM");
     assert!(st.success(), "agent exit status {st:?}");
 }
 
@@ -75,10 +120,16 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
     let _coord = rig.start_coordinator();
     let good = rig.issue_lab("good-lab");
     let revoked = rig.issue_lab("gone-lab");
-    let reg = || v1::RegisterRequest { agent_version: "test".into(), ..Default::default() };
+    let reg = || v1::RegisterRequest {
+        agent_version: "test".into(),
+        ..Default::default()
+    };
 
     // No client certificate: the agent service refuses.
-    let mut anon = rig.agent_client(None).await.expect("TLS without a client cert connects");
+    let mut anon = rig
+        .agent_client(None)
+        .await
+        .expect("TLS without a client cert connects");
     let e = anon.register(reg()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("client certificate"), "{e:?}");
@@ -96,9 +147,18 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
 
     // A revoked lab: refused at once, even on a connection opened before the revocation.
     let mut gone = rig.agent_client(Some(&revoked)).await.unwrap();
-    gone.register(reg()).await.expect("registered before revocation");
+    gone.register(reg())
+        .await
+        .expect("registered before revocation");
     let mut c = rig.client().await;
-    let r = c.admin.revoke_lab(v1::RevokeLabRequest { lab: "gone-lab".into() }).await.unwrap().into_inner();
+    let r = c
+        .admin
+        .revoke_lab(v1::RevokeLabRequest {
+            lab: "gone-lab".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.certificates, 1);
     let e = gone.register(reg()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
@@ -106,7 +166,11 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
 
     // A bad token, and a token without the needed scope.
     let mut bad = rig.client_with("lwt_not-a-real-token").await;
-    let e = bad.nodes.get_node(v1::GetNodeRequest { id: 1 }).await.unwrap_err();
+    let e = bad
+        .nodes
+        .get_node(v1::GetNodeRequest { id: 1 })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     let reader = std::process::Command::new(COORDINATOR)
         .arg("--config")
@@ -119,7 +183,11 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
     let e = ro
         .nodes
         .create_node(v1::CreateNodeRequest {
-            node: Some(v1::Node { kind: v1::NodeKind::Checkout as i32, name: "c".into(), ..Default::default() }),
+            node: Some(v1::Node {
+                kind: v1::NodeKind::Checkout as i32,
+                name: "c".into(),
+                ..Default::default()
+            }),
         })
         .await
         .unwrap_err();
@@ -145,17 +213,36 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
         .unwrap();
     let e = c
         .nodes
-        .update_node(v1::UpdateNodeRequest { id: node.id, state: v1::NodeState::Running as i32, ..Default::default() })
+        .update_node(v1::UpdateNodeRequest {
+            id: node.id,
+            state: v1::NodeState::Running as i32,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    assert_eq!(e.message(), format!("node {}: state transition done -> running is not allowed", node.id));
+    assert_eq!(
+        e.message(),
+        format!(
+            "node {}: state transition done -> running is not allowed",
+            node.id
+        )
+    );
 
     // After all that, good clients still work on the same server.
     let mut ok = rig.agent_client(Some(&good)).await.unwrap();
-    let r = ok.register(reg()).await.expect("good lab registers").into_inner();
+    let r = ok
+        .register(reg())
+        .await
+        .expect("good lab registers")
+        .into_inner();
     assert_eq!(r.lab, "good-lab");
-    let n = ro.nodes.get_node(v1::GetNodeRequest { id: node.id }).await.expect("reader reads").into_inner();
+    let n = ro
+        .nodes
+        .get_node(v1::GetNodeRequest { id: node.id })
+        .await
+        .expect("reader reads")
+        .into_inner();
     assert_eq!(n.name, "checkout");
 }
 
@@ -169,7 +256,11 @@ async fn a_subscriber_that_reconnects_gets_every_event_exactly_once() {
     let root = c
         .nodes
         .create_node(v1::CreateNodeRequest {
-            node: Some(v1::Node { kind: v1::NodeKind::Checkout as i32, name: "checkout".into(), ..Default::default() }),
+            node: Some(v1::Node {
+                kind: v1::NodeKind::Checkout as i32,
+                name: "checkout".into(),
+                ..Default::default()
+            }),
         })
         .await
         .unwrap()
@@ -178,7 +269,12 @@ async fn a_subscriber_that_reconnects_gets_every_event_exactly_once() {
         .unwrap();
 
     // Read the first events, then go away.
-    let mut s = c.events.subscribe(v1::SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut s = c
+        .events
+        .subscribe(v1::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let first = s.message().await.unwrap().unwrap();
     assert_eq!(first.seq, 1);
     assert_eq!(first.op, "create");
@@ -216,14 +312,21 @@ async fn a_subscriber_that_reconnects_gets_every_event_exactly_once() {
     // Come back from the last sequence number: every event once, in order, then live ones.
     let mut s = c
         .events
-        .subscribe(v1::SubscribeRequest { after_seq: last_seen, ..Default::default() })
+        .subscribe(v1::SubscribeRequest {
+            after_seq: last_seen,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     let mut seqs = Vec::new();
     let (mut creates, mut updates) = (0, 0);
     while seqs.len() < 1000 {
-        let e = tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("events keep coming").unwrap().unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+            .unwrap();
         match e.op.as_str() {
             "create" => creates += 1,
             "update" => {
@@ -238,10 +341,18 @@ async fn a_subscriber_that_reconnects_gets_every_event_exactly_once() {
     assert_eq!((creates, updates), (500, 500));
     // Live delivery continues on the same stream.
     c.nodes
-        .update_node(v1::UpdateNodeRequest { id: root.id, state: v1::NodeState::Available as i32, ..Default::default() })
+        .update_node(v1::UpdateNodeRequest {
+            id: root.id,
+            state: v1::NodeState::Available as i32,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    let live = tokio::time::timeout(Duration::from_secs(10), s.message()).await.unwrap().unwrap().unwrap();
+    let live = tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(live.seq, last_seen + 1001);
     assert_eq!(live.node.unwrap().id, root.id);
 }
@@ -251,7 +362,13 @@ async fn a_silent_agent_loses_its_job_and_its_late_result_is_refused() {
     let rig = Rig::new("leases: {duration: 3s, heartbeat: 500ms, max_retries: 2}\n");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
-    let slow: &[&str] = &["sh", "-c", "echo \"run by $LABWIRE_DEVICE\"; sleep \"$1\"; echo finished", "sh", "{params.sleep}"];
+    let slow: &[&str] = &[
+        "sh",
+        "-c",
+        "echo \"run by $LABWIRE_DEVICE\"; sleep \"$1\"; echo finished",
+        "sh",
+        "{params.sleep}",
+    ];
     let lab_a = rig.issue_lab("lab-a");
     rig.agent_config("lab-a", &[("a-dev", slow, &["lease"])], "");
     rig.issue_lab("lab-b");
@@ -260,7 +377,10 @@ async fn a_silent_agent_loses_its_job_and_its_late_result_is_refused() {
     let mut c = rig.client().await;
 
     let job = submit(&mut c, "slow-job", &["lease"], &[("sleep", "6")]).await;
-    let n = wait_node(&mut c, job, Duration::from_secs(30), |n| data(n).get("device").and_then(|v| v.as_str()) == Some("a-dev")).await;
+    let n = wait_node(&mut c, job, Duration::from_secs(30), |n| {
+        data(n).get("device").and_then(|v| v.as_str()) == Some("a-dev")
+    })
+    .await;
     assert_eq!(n.retry_counter, 0);
     // Lab A stops heartbeating (frozen), lab B comes up: the lease expires and B gets the job.
     agent_a.signal(nix::sys::signal::Signal::SIGSTOP);
@@ -288,9 +408,17 @@ async fn a_silent_agent_loses_its_job_and_its_late_result_is_refused() {
     // The real agent A wakes up, finishes, reports: also refused; the node keeps B's result.
     agent_a.signal(nix::sys::signal::Signal::SIGCONT);
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let after = c.nodes.get_node(v1::GetNodeRequest { id: job }).await.unwrap().into_inner();
+    let after = c
+        .nodes
+        .get_node(v1::GetNodeRequest { id: job })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(after.result, v1::NodeResult::Pass as i32);
     assert_eq!(data(&after)["lab"], "lab-b");
     let a_log = std::fs::read_to_string(rig.path("agent-lab-a.log")).unwrap();
-    assert!(a_log.contains("refused") || a_log.contains("withdrew"), "agent A should learn it lost the job:\n{a_log}");
+    assert!(
+        a_log.contains("refused") || a_log.contains("withdrew"),
+        "agent A should learn it lost the job:\n{a_log}"
+    );
 }

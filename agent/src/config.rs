@@ -325,3 +325,13 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_shipped_example_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.yaml");
+        let cfg = super::AgentConfig::load(std::path::Path::new(path)).unwrap();
+        assert_eq!(cfg.devices.len(), 1);
+    }
+}

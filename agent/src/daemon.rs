@@ -293,10 +293,12 @@ async fn keep_session(agent: Arc<Agent>) {
                         tracing::warn!(code = ?s.code(), error = %s.message(), "heartbeat failed");
                     }
                 }
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 agent.lock().heartbeat
             }
         };
+        // The session loop never waits longer than 30 s, so systemd's watchdog (WatchdogSec in
+        // the unit) hears from a healthy agent well within its period.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = agent.stop.cancelled() => return,

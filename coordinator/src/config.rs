@@ -222,3 +222,13 @@ mod tests {
         assert!(format!("{e:#}").contains("leases.duration"), "{e:#}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_shipped_example_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/coordinator.yaml");
+        let cfg = super::CoordinatorConfig::load(std::path::Path::new(path)).unwrap();
+        assert_eq!(cfg.leases.max_retries, 2);
+    }
+}
