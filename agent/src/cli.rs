@@ -26,6 +26,9 @@ pub enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG, env = "LABWIRE_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Parse a console log (a file, or - for standard input) and print its results as JSON:
+    /// KTAP/TAP, LAVA test signals, kernel messages, or a pattern of your own.
+    Parse(labwire_parsers::cli::ParseArgs),
     /// Validate the config file and print the devices it defines.
     CheckConfig {
         /// The config file.
@@ -43,6 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             spawn_signal_handler(shutdown.clone());
             crate::daemon::run(cfg, shutdown).await
         }
+        Command::Parse(args) => labwire_parsers::cli::run(&args),
         Command::CheckConfig { config } => {
             let cfg = AgentConfig::load(&config)?;
             println!(

@@ -98,6 +98,8 @@ pub struct DeviceConfig {
 pub enum DriverConfig {
     /// Run a command on the lab host.
     Shell(ShellConfig),
+    /// Power, boot, log in and test a board on its serial console.
+    Serial(Box<SerialConfig>),
 }
 
 impl DriverConfig {
@@ -105,8 +107,291 @@ impl DriverConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             DriverConfig::Shell(_) => "shell",
+            DriverConfig::Serial(_) => "serial",
         }
     }
+}
+
+/// The serial driver: the agent is the dispatcher. Power commands use the vocabulary of
+/// LAVA's device dictionaries; every command is an argument list (no shell) whose arguments
+/// may be placeholders, each replaced by one whole value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Where the console is.
+    pub console: ConsoleConfig,
+    /// Run before powering on (e.g. to switch a USB hub port). Optional.
+    #[serde(default)]
+    pub pre_power_command: Option<Vec<String>>,
+    /// Powers the board on.
+    pub power_on_command: Vec<String>,
+    /// Powers the board off. Always run at the end of a job, whatever happened.
+    pub power_off_command: Vec<String>,
+    /// Power-cycles the board. Optional; when absent, off then on is used.
+    #[serde(default)]
+    pub hard_reset_command: Option<Vec<String>>,
+    /// Run after the artifacts are downloaded and before power-on (e.g. copy them to a TFTP
+    /// folder). Optional.
+    #[serde(default)]
+    pub deploy_command: Option<Vec<String>>,
+    /// Environment of the power and deploy commands.
+    #[serde(default)]
+    pub command_env: BTreeMap<String, String>,
+    /// How the board boots.
+    #[serde(default)]
+    pub boot: BootConfig,
+    /// How to log in and recognise the shell.
+    #[serde(default)]
+    pub login: LoginConfig,
+    /// Largest artifact the agent downloads for this board. Default 2 GiB.
+    #[serde(default = "default_max_download")]
+    pub max_download_bytes: u64,
+    /// How long a power or deploy command may take. Default `60s`.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+/// A console: exactly one of `tty`, `tcp` or `command`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum ConsoleConfig {
+    /// A serial port or pty, opened with tokio-serial.
+    Tty {
+        /// The device path (`/dev/ttyUSB0`, a pty or a symlink to one).
+        path: PathBuf,
+        /// The speed. Default 115200.
+        #[serde(default = "default_baud")]
+        baud: u32,
+    },
+    /// A TCP port that carries the console (ser2net, a console server).
+    Tcp {
+        /// `host:port`.
+        address: String,
+    },
+    /// A program whose standard input and output are the console (`telnet host port`,
+    /// `conmux-console board`). An argument list; no shell.
+    Command {
+        /// The program and its arguments.
+        argv: Vec<String>,
+    },
+}
+
+/// How the board boots, from power-on to the kernel's first message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// A ready-made sequence: `kernel` (the kernel starts by itself at power-on, as with QEMU
+    /// `-kernel`), `u-boot` or `grub`. Default `kernel`.
+    #[serde(default = "default_preset")]
+    pub preset: BootPreset,
+    /// U-Boot settings for the `u-boot` preset.
+    #[serde(default)]
+    pub u_boot: UBootConfig,
+    /// GRUB settings for the `grub` preset.
+    #[serde(default)]
+    pub grub: GrubConfig,
+    /// Extra expect/send steps, run after the preset's.
+    #[serde(default)]
+    pub steps: Vec<BootStep>,
+    /// A regular expression for the kernel's start message. Default `Linux version \d`.
+    #[serde(default = "default_kernel_start")]
+    pub kernel_start: String,
+    /// How long from power-on until the kernel starts. Default `5m`.
+    #[serde(default = "default_boot_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            preset: default_preset(),
+            u_boot: UBootConfig::default(),
+            grub: GrubConfig::default(),
+            steps: Vec::new(),
+            kernel_start: default_kernel_start(),
+            timeout: default_boot_timeout(),
+        }
+    }
+}
+
+/// Ready-made boot sequences.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootPreset {
+    /// The kernel starts on power-on (QEMU `-kernel`, boards that boot from their own media).
+    Kernel,
+    /// Interrupt U-Boot, run the boot commands.
+    UBoot,
+    /// Open GRUB's command line, run the boot commands.
+    Grub,
+}
+
+/// U-Boot: interrupt autoboot, then type commands at its prompt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UBootConfig {
+    /// The autoboot message to interrupt. Default `Hit any key to stop autoboot`.
+    #[serde(default = "default_uboot_interrupt")]
+    pub interrupt_prompt: String,
+    /// What to send to interrupt. Default a space.
+    #[serde(default = "default_uboot_char")]
+    pub interrupt_char: String,
+    /// U-Boot's prompt. Default `=> `.
+    #[serde(default = "default_uboot_prompt")]
+    pub prompt: String,
+    /// Commands typed at the prompt; the last one boots (e.g. `bootz ${kernel_addr_r} ...`).
+    /// Placeholders `{artifacts.NAME}` (the file's name), `{job.id}` and `{device.NAME}` are
+    /// replaced; job parameters are not allowed here.
+    #[serde(default)]
+    pub commands: Vec<String>,
+}
+
+impl Default for UBootConfig {
+    fn default() -> Self {
+        UBootConfig {
+            interrupt_prompt: default_uboot_interrupt(),
+            interrupt_char: default_uboot_char(),
+            prompt: default_uboot_prompt(),
+            commands: Vec::new(),
+        }
+    }
+}
+
+/// GRUB: open the command line with `c`, then type commands.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrubConfig {
+    /// Text of GRUB's menu. Default `GNU GRUB`.
+    #[serde(default = "default_grub_menu")]
+    pub menu_prompt: String,
+    /// GRUB's command-line prompt. Default `grub>`.
+    #[serde(default = "default_grub_prompt")]
+    pub prompt: String,
+    /// Commands (`linux ...`, `initrd ...`, `boot`), with the same placeholders as U-Boot's.
+    #[serde(default)]
+    pub commands: Vec<String>,
+}
+
+impl Default for GrubConfig {
+    fn default() -> Self {
+        GrubConfig {
+            menu_prompt: default_grub_menu(),
+            prompt: default_grub_prompt(),
+            commands: Vec::new(),
+        }
+    }
+}
+
+/// Wait for a regular expression, then optionally send text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootStep {
+    /// A regular expression to wait for.
+    pub expect: String,
+    /// Text to send when it appears (a newline is not added: write `\n` or `\r`).
+    #[serde(default)]
+    pub send: Option<String>,
+    /// How long to wait. Default `60s`.
+    #[serde(default = "default_step_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Logging in on the console after boot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
+    /// The login prompt (a regular expression). Default `login:`.
+    #[serde(default = "default_login_prompt")]
+    pub login_prompt: String,
+    /// The user name. Absent: the board gives a shell without a login, and the agent just
+    /// waits for the shell prompt.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password prompt (a regular expression). Default `Password:`.
+    #[serde(default = "default_password_prompt")]
+    pub password_prompt: String,
+    /// The password, if one is asked.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// The shell prompt after login (a regular expression). Default `# `.
+    #[serde(default = "default_shell_prompt")]
+    pub shell_prompt: String,
+    /// How long from the kernel's start until the shell prompt. Default `3m`.
+    #[serde(default = "default_login_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        LoginConfig {
+            login_prompt: default_login_prompt(),
+            username: None,
+            password_prompt: default_password_prompt(),
+            password: None,
+            shell_prompt: default_shell_prompt(),
+            timeout: default_login_timeout(),
+        }
+    }
+}
+
+/// A secret from the config; it prints as `MASKED`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+fn default_max_download() -> u64 {
+    2 << 30
+}
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_preset() -> BootPreset {
+    BootPreset::Kernel
+}
+fn default_kernel_start() -> String {
+    r"Linux version \d".to_string()
+}
+fn default_boot_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_uboot_interrupt() -> String {
+    "Hit any key to stop autoboot".into()
+}
+fn default_uboot_char() -> String {
+    " ".into()
+}
+fn default_uboot_prompt() -> String {
+    "=> ".into()
+}
+fn default_grub_menu() -> String {
+    "GNU GRUB".into()
+}
+fn default_grub_prompt() -> String {
+    "grub>".into()
+}
+fn default_step_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_login_prompt() -> String {
+    "login:".into()
+}
+fn default_password_prompt() -> String {
+    "Password:".into()
+}
+fn default_shell_prompt() -> String {
+    "# ".into()
+}
+fn default_login_timeout() -> Duration {
+    Duration::from_secs(180)
 }
 
 /// The shell driver: runs `command` on the lab host; its output is the job's log, its exit
@@ -218,6 +503,7 @@ impl AgentConfig {
                 DriverConfig::Shell(s) => {
                     validate_command(&format!("{key}.driver.command"), &s.command, d)?
                 }
+                DriverConfig::Serial(s) => validate_serial(&format!("{key}.driver"), s, d)?,
             }
         }
         Ok(())
@@ -233,8 +519,9 @@ pub fn validate_command(key: &str, argv: &[String], device: &DeviceConfig) -> an
     }
     for (i, arg) in argv.iter().enumerate() {
         if let Some((ns, name)) = placeholder(arg) {
+            let name = name.strip_suffix('?').unwrap_or(name);
             match ns {
-                "params" if !name.is_empty() => {}
+                "params" | "artifacts" if !name.is_empty() => {}
                 "device" if device.settings.contains_key(name) || name == "name" => {}
                 "device" => bail!(
                     "{key}[{i}]: `{arg}` names no setting of this device (settings: {})",
@@ -247,7 +534,7 @@ pub fn validate_command(key: &str, argv: &[String], device: &DeviceConfig) -> an
                 ),
                 "job" if JOB_PLACEHOLDERS.contains(&arg.as_str()) => {}
                 _ => bail!(
-                    "{key}[{i}]: `{arg}` is not a placeholder (expected {{params.NAME}}, {{device.NAME}}, {})",
+                    "{key}[{i}]: `{arg}` is not a placeholder (expected {{params.NAME}}, {{params.NAME?}}, {{artifacts.NAME}}, {{device.NAME}}, {})",
                     JOB_PLACEHOLDERS.join(", ")
                 ),
             }
@@ -273,6 +560,112 @@ pub fn validate_command(key: &str, argv: &[String], device: &DeviceConfig) -> an
     Ok(())
 }
 
+fn validate_regex(key: &str, re: &str) -> anyhow::Result<()> {
+    if re.is_empty() {
+        bail!("{key}: must not be empty");
+    }
+    regex::bytes::Regex::new(re)
+        .map_err(|e| anyhow::anyhow!("{key}: `{re}` is not a valid regular expression: {e}"))?;
+    Ok(())
+}
+
+/// Placeholders allowed in text typed at a bootloader: no job parameters (the bootloader's
+/// own command parser would see them raw).
+fn validate_boot_text(key: &str, text: &str, device: &DeviceConfig) -> anyhow::Result<()> {
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        let token = &rest[start..start + len + 1];
+        match placeholder(token) {
+            Some(("artifacts", n)) if !n.is_empty() => {}
+            Some(("job", _)) if JOB_PLACEHOLDERS.contains(&token) => {}
+            Some(("device", n)) if device.settings.contains_key(n) || n == "name" => {}
+            Some(("params", _)) => {
+                bail!("{key}: `{token}`: job parameters cannot be typed at a bootloader")
+            }
+            _ => {}
+        }
+        rest = &rest[start + len + 1..];
+    }
+    Ok(())
+}
+
+fn validate_serial(key: &str, s: &SerialConfig, d: &DeviceConfig) -> anyhow::Result<()> {
+    match &s.console {
+        ConsoleConfig::Tty { path, baud } => {
+            if path.as_os_str().is_empty() {
+                bail!("{key}.console.tty.path: must not be empty");
+            }
+            if *baud == 0 {
+                bail!("{key}.console.tty.baud: must be a speed such as 115200");
+            }
+        }
+        ConsoleConfig::Tcp { address } => {
+            if !address.contains(':') {
+                bail!("{key}.console.tcp.address `{address}`: expected HOST:PORT");
+            }
+        }
+        ConsoleConfig::Command { argv } => {
+            validate_command(&format!("{key}.console.command.argv"), argv, d)?
+        }
+    }
+    validate_command(&format!("{key}.power_on_command"), &s.power_on_command, d)?;
+    validate_command(&format!("{key}.power_off_command"), &s.power_off_command, d)?;
+    for (name, cmd) in [
+        ("pre_power_command", &s.pre_power_command),
+        ("hard_reset_command", &s.hard_reset_command),
+        ("deploy_command", &s.deploy_command),
+    ] {
+        if let Some(c) = cmd {
+            validate_command(&format!("{key}.{name}"), c, d)?;
+        }
+    }
+    validate_regex(&format!("{key}.boot.kernel_start"), &s.boot.kernel_start)?;
+    for (i, st) in s.boot.steps.iter().enumerate() {
+        validate_regex(&format!("{key}.boot.steps[{i}].expect"), &st.expect)?;
+        if let Some(t) = &st.send {
+            validate_boot_text(&format!("{key}.boot.steps[{i}].send"), t, d)?;
+        }
+    }
+    match s.boot.preset {
+        BootPreset::Kernel => {}
+        BootPreset::UBoot => {
+            validate_regex(
+                &format!("{key}.boot.u_boot.interrupt_prompt"),
+                &regex::escape(&s.boot.u_boot.interrupt_prompt),
+            )?;
+            if s.boot.u_boot.commands.is_empty() {
+                bail!(
+                    "{key}.boot.u_boot.commands: the u-boot preset needs the commands that boot the kernel"
+                );
+            }
+            for (i, c) in s.boot.u_boot.commands.iter().enumerate() {
+                validate_boot_text(&format!("{key}.boot.u_boot.commands[{i}]"), c, d)?;
+            }
+        }
+        BootPreset::Grub => {
+            if s.boot.grub.commands.is_empty() {
+                bail!(
+                    "{key}.boot.grub.commands: the grub preset needs the commands that boot the kernel"
+                );
+            }
+            for (i, c) in s.boot.grub.commands.iter().enumerate() {
+                validate_boot_text(&format!("{key}.boot.grub.commands[{i}]"), c, d)?;
+            }
+        }
+    }
+    let l = &s.login;
+    validate_regex(&format!("{key}.login.login_prompt"), &l.login_prompt)?;
+    validate_regex(&format!("{key}.login.password_prompt"), &l.password_prompt)?;
+    validate_regex(&format!("{key}.login.shell_prompt"), &l.shell_prompt)?;
+    if l.username.as_deref() == Some("") {
+        bail!("{key}.login.username: must not be empty (leave it out when there is no login)");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,7 +686,7 @@ mod tests {
         let cases = [
             ("bogus: 1\n", "unknown field `bogus`"),
             (
-                "devices:\n  - {name: h, device_type: nope, driver: {type: shell, command: [true]}}\n",
+                "devices:\n  - {name: h, device_type: nope, driver: {type: shell, command: ['true']}}\n",
                 "devices[0] (h).device_type: `nope`",
             ),
             (
@@ -301,7 +694,7 @@ mod tests {
                 "unknown variant `telnet`",
             ),
             (
-                "devices:\n  - {name: h, device_type: lab-host, driver: {type: shell, command: [true], colour: red}}\n",
+                "devices:\n  - {name: h, device_type: lab-host, driver: {type: shell, command: ['true'], colour: red}}\n",
                 "unknown field `colour`",
             ),
             (

@@ -9,6 +9,7 @@ use crate::devices::{self, Device};
 use crate::driver::{JobContext, Outcome};
 use crate::joblog::JobLog;
 use crate::outbox::{Item, Outbox};
+use labwire_common::NodeResult;
 use labwire_proto::{convert, v1};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -582,8 +583,21 @@ async fn run_job(
         .state_dir
         .join("jobs")
         .join(format!("{job}-{attempt}"));
+    let parser = match make_parser(&spec) {
+        Ok(p) => p,
+        Err(e) => {
+            push(Item::Result(v1::ReportResultRequest {
+                job: Some(v1::JobRef { job, attempt }),
+                result: v1::NodeResult::Incomplete as i32,
+                error_code: "invalid_job".into(),
+                error_msg: e,
+                ..Default::default()
+            }));
+            return;
+        }
+    };
     let outcome = match std::fs::create_dir_all(&dir)
-        .and_then(|_| JobLog::create(&dir, agent.outbox.clone(), job, attempt))
+        .and_then(|_| JobLog::create(&dir, agent.outbox.clone(), job, attempt, parser))
     {
         Err(e) => (
             Outcome::infra(
@@ -606,8 +620,12 @@ async fn run_job(
                 log,
                 cancel,
                 timeout,
+                artifacts: Default::default(),
             };
-            let outcome = device.driver.run(&mut ctx).await;
+            let mut outcome = device.driver.run(&mut ctx).await;
+            if let Some(report) = ctx.log.finish_parse() {
+                merge_report(&mut outcome, report);
+            }
             ctx.log.flush();
             (outcome, ctx.log.len())
         }
@@ -630,4 +648,68 @@ async fn run_job(
         data: Some(convert::map_to_struct(&data)),
         log_length,
     }));
+}
+
+/// The parser a job asks for (`spec.parser`: auto by default, `none` for none). The pattern
+/// parser takes its expression from the job parameter `parser_pattern`.
+fn make_parser(spec: &v1::JobSpec) -> Result<Option<labwire_parsers::LogParser>, String> {
+    use labwire_parsers::{Format, LogParser, ParserOptions, PatternSpec};
+    let format = match spec.parser.as_str() {
+        "" | "auto" => Format::Auto,
+        "ktap" => Format::Ktap,
+        "lava" => Format::Lava,
+        "kmsg" => Format::Kmsg,
+        "pattern" => Format::Pattern,
+        "none" => return Ok(None),
+        other => {
+            return Err(format!(
+                "parser `{other}` is not one of auto, ktap, lava, kmsg, pattern, none"
+            ));
+        }
+    };
+    let pattern = spec
+        .params
+        .get("parser_pattern")
+        .map(|p| PatternSpec::new(p.clone()));
+    let opts = ParserOptions {
+        format,
+        pattern,
+        keep_tree: true,
+        // Nobody drains results one by one (yet): don't queue them.
+        progress: false,
+    };
+    LogParser::new(opts).map(Some).map_err(|e| e.to_string())
+}
+
+/// Adds the parser's results to the driver's outcome. Parsed test failures make the job
+/// `fail`; a parsed test left incomplete (a crash, a cut log) makes it `incomplete` with
+/// `error_code=test_incomplete`; an infrastructure failure the driver reported stays as it is.
+fn merge_report(outcome: &mut Outcome, report: labwire_parsers::ParseReport) {
+    if !report.errors.is_empty() {
+        let errors: Vec<serde_json::Value> = report
+            .errors
+            .iter()
+            .take(20)
+            .map(|e| serde_json::json!({"line": e.line, "message": e.message}))
+            .collect();
+        outcome.data.insert("parse_errors".into(), errors.into());
+    }
+    if report.tests.is_empty() {
+        return;
+    }
+    let parsed = NodeResult::aggregate(report.tests.iter().map(|t| t.result));
+    outcome.tests.extend(report.tests);
+    if outcome.error_code.is_some() {
+        return;
+    }
+    match parsed {
+        NodeResult::Fail => outcome.result = NodeResult::Fail,
+        NodeResult::Incomplete if outcome.result != NodeResult::Fail => {
+            outcome.result = NodeResult::Incomplete;
+            outcome.error_code = Some("test_incomplete".into());
+            outcome.error_msg =
+                Some("some tests did not complete (see the tests marked incomplete)".into());
+        }
+        _ => {}
+    }
 }

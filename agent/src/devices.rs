@@ -5,6 +5,7 @@
 use crate::config::{AgentConfig, DeviceConfig, DriverConfig};
 use crate::device_types::Library;
 use crate::driver::Driver;
+use crate::driver::serial::SerialDriver;
 use crate::driver::shell::ShellDriver;
 use labwire_common::{Criteria, DeviceInfo, Health};
 use std::sync::Arc;
@@ -47,6 +48,10 @@ pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>
                     Arc::new(ShellDriver::new(d.clone(), s.clone())),
                     s.max_jobs.max(1),
                 ),
+                // A board runs one job at a time: the job holds it exclusively.
+                DriverConfig::Serial(s) => {
+                    (Arc::new(SerialDriver::new(d.clone(), (**s).clone())), 1)
+                }
             };
             Ok(Arc::new(Device {
                 config: d.clone(),

@@ -2,6 +2,7 @@
 //! and sent to the coordinator through the outbox in chunks that carry their byte offset.
 
 use crate::outbox::{Item, Outbox};
+use labwire_parsers::{LogParser, ParseReport};
 use labwire_proto::v1;
 use std::io::Write;
 use std::path::Path;
@@ -20,6 +21,8 @@ pub struct JobLog {
     sent: u64,
     /// Bytes not yet handed to the outbox.
     pending: Vec<u8>,
+    /// The parser that reads the device's output as it arrives, if the job wants one.
+    parser: Option<LogParser>,
 }
 
 impl JobLog {
@@ -29,6 +32,7 @@ impl JobLog {
         outbox: Arc<Outbox>,
         job: i64,
         attempt: i32,
+        parser: Option<LogParser>,
     ) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -41,11 +45,20 @@ impl JobLog {
             attempt,
             sent: 0,
             pending: Vec::new(),
+            parser,
         })
     }
 
-    /// Appends bytes; full chunks go to the outbox at once.
+    /// Appends what the device printed: it is kept, sent and parsed.
     pub fn write(&mut self, data: &[u8]) {
+        if let Some(p) = &mut self.parser {
+            p.feed(data);
+        }
+        self.append(data);
+    }
+
+    /// Appends bytes that are kept and sent, but not parsed.
+    fn append(&mut self, data: &[u8]) {
         if let Err(e) = self.file.write_all(data) {
             tracing::warn!(job = self.job, error = %e, "cannot write the job's console.log");
         }
@@ -57,9 +70,15 @@ impl JobLog {
         }
     }
 
-    /// Appends a line written by labwire itself (not by the device), marked as such.
+    /// Appends a line written by labwire itself (not by the device), marked as such and
+    /// not parsed.
     pub fn note(&mut self, line: &str) {
-        self.write(format!("[labwire] {line}\n").as_bytes());
+        self.append(format!("[labwire] {line}\n").as_bytes());
+    }
+
+    /// Ends parsing and returns the parser's report, if the job had a parser.
+    pub fn finish_parse(&mut self) -> Option<ParseReport> {
+        self.parser.take().map(LogParser::finish)
     }
 
     /// Hands whatever is pending to the outbox (call periodically so the log streams).

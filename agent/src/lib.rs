@@ -8,5 +8,15 @@ pub mod daemon;
 pub mod device_types;
 pub mod devices;
 pub mod driver;
+pub mod fetch;
 pub mod joblog;
 pub mod outbox;
+pub mod placeholders;
+pub mod serial;
+
+/// Installs the workspace's one rustls crypto provider (ring) if none is installed yet.
+/// The binaries do this at start-up; library entry points that open TLS connections call it
+/// too, so that using the library never panics for want of a provider.
+pub fn ensure_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

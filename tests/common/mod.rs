@@ -81,9 +81,12 @@ impl Rig {
     /// coordinator config (e.g. lease settings).
     pub fn new(extra_config: &str) -> Rig {
         labwire::install_crypto();
-        let dir = tempfile::Builder::new().prefix("labwire-e2e-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("labwire-e2e-")
+            .tempdir()
+            .expect("tempdir");
         let port = free_port();
-        let rig = Rig {
+        let mut rig = Rig {
             dir,
             admin_token: String::new(),
             port,
@@ -95,11 +98,19 @@ impl Rig {
             Command::new(COORDINATOR)
                 .args(["--config"])
                 .arg(rig.path("coordinator.yaml"))
-                .args(["ca", "init", "--dns", "localhost", "--ip", "127.0.0.1", "--token-file"])
+                .args([
+                    "ca",
+                    "init",
+                    "--dns",
+                    "localhost",
+                    "--ip",
+                    "127.0.0.1",
+                    "--token-file",
+                ])
                 .arg(&token_file),
         );
-        let admin_token = std::fs::read_to_string(token_file).expect("token");
-        Rig { admin_token, ..rig }
+        rig.admin_token = std::fs::read_to_string(token_file).expect("token");
+        rig
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -140,8 +151,13 @@ impl Rig {
             .stderr(log)
             .spawn()
             .expect("start coordinator");
-        let p = Proc { child, name: "coordinator".into() };
-        wait_for(Duration::from_secs(20), "coordinator to listen", || addr_file.exists());
+        let p = Proc {
+            child,
+            name: "coordinator".into(),
+        };
+        wait_for(Duration::from_secs(20), "coordinator to listen", || {
+            addr_file.exists()
+        });
         p
     }
 
@@ -159,7 +175,12 @@ impl Rig {
     }
 
     /// Writes an agent config for `lab` with shell devices `(name, command argv, tags)`.
-    pub fn agent_config(&self, lab: &str, devices: &[(&str, &[&str], &[&str])], extra: &str) -> PathBuf {
+    pub fn agent_config(
+        &self,
+        lab: &str,
+        devices: &[(&str, &[&str], &[&str])],
+        extra: &str,
+    ) -> PathBuf {
         let bundle = self.path(&format!("labs/{lab}"));
         let mut yaml = format!(
             "lab: {lab}\ncoordinator:\n  url: {}\n  ca: {b}/ca.pem\n  cert: {b}/agent.pem\n  key: {b}/agent.key\nstate_dir: {b}/state\n{extra}devices:\n",
@@ -196,7 +217,10 @@ impl Rig {
             .stderr(log)
             .spawn()
             .expect("start agent");
-        Proc { child, name: format!("agent {lab}") }
+        Proc {
+            child,
+            name: format!("agent {lab}"),
+        }
     }
 
     /// A client with the admin token.
@@ -206,17 +230,30 @@ impl Rig {
 
     pub async fn client_with(&self, token: &str) -> Clients {
         let ca = std::fs::read(self.path("coordinator/pki/ca.pem")).expect("ca");
-        labwire::client::connect(&self.url(), &ca, token).await.expect("connect client")
+        labwire::client::connect(&self.url(), &ca, token)
+            .await
+            .expect("connect client")
     }
 
     /// A raw agent-service client with a lab's certificate (or none).
-    pub async fn agent_client(&self, bundle: Option<&Path>) -> Result<AgentServiceClient<Channel>, tonic::transport::Error> {
+    pub async fn agent_client(
+        &self,
+        bundle: Option<&Path>,
+    ) -> Result<AgentServiceClient<Channel>, tonic::transport::Error> {
         agent_client_to(&self.url(), &self.path("coordinator/pki/ca.pem"), bundle).await
     }
 
-    /// Keeps the folder when the test failed (call at the start; it prints the path).
+    /// Prints the logs when the test fails (the folder itself is kept then, see `Drop`).
     pub fn keep_on_failure(&self) -> KeepOnPanic {
         KeepOnPanic(self.dir.path().to_path_buf())
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+        }
     }
 }
 
@@ -247,14 +284,19 @@ pub async fn agent_client_to(
     ca: &Path,
     bundle: Option<&Path>,
 ) -> Result<AgentServiceClient<Channel>, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).expect("ca")));
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).expect("ca")));
     if let Some(b) = bundle {
         tls = tls.identity(Identity::from_pem(
             std::fs::read(b.join("agent.pem")).expect("cert"),
             std::fs::read(b.join("agent.key")).expect("key"),
         ));
     }
-    let ch = Channel::from_shared(url.to_string()).expect("url").tls_config(tls)?.connect().await?;
+    let ch = Channel::from_shared(url.to_string())
+        .expect("url")
+        .tls_config(tls)?
+        .connect()
+        .await?;
     Ok(AgentServiceClient::new(ch))
 }
 
@@ -278,12 +320,19 @@ pub async fn submit(c: &mut Clients, name: &str, tags: &[&str], params: &[(&str,
             tags: tags.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }),
-        params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         timeout_seconds: 120,
         ..Default::default()
     };
     c.nodes
-        .submit_job(v1::SubmitJobRequest { spec: Some(spec), parent: 0, submitter: "e2e".into() })
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(spec),
+            parent: 0,
+            submitter: "e2e".into(),
+        })
         .await
         .expect("submit")
         .into_inner()
@@ -293,14 +342,27 @@ pub async fn submit(c: &mut Clients, name: &str, tags: &[&str], params: &[(&str,
 }
 
 /// Polls a node until `pred` holds (at most `within`).
-pub async fn wait_node(c: &mut Clients, id: i64, within: Duration, pred: impl Fn(&v1::Node) -> bool) -> v1::Node {
+pub async fn wait_node(
+    c: &mut Clients,
+    id: i64,
+    within: Duration,
+    pred: impl Fn(&v1::Node) -> bool,
+) -> v1::Node {
     let end = Instant::now() + within;
     loop {
-        let n = c.nodes.get_node(v1::GetNodeRequest { id }).await.expect("get node").into_inner();
+        let n = c
+            .nodes
+            .get_node(v1::GetNodeRequest { id })
+            .await
+            .expect("get node")
+            .into_inner();
         if pred(&n) {
             return n;
         }
-        assert!(Instant::now() < end, "timed out waiting on node {id}: {n:?}");
+        assert!(
+            Instant::now() < end,
+            "timed out waiting on node {id}: {n:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -310,7 +372,10 @@ pub fn is_done(n: &v1::Node) -> bool {
 }
 
 pub fn data(n: &v1::Node) -> serde_json::Map<String, serde_json::Value> {
-    n.data.as_ref().map(labwire_proto::convert::struct_to_map).unwrap_or_default()
+    n.data
+        .as_ref()
+        .map(labwire_proto::convert::struct_to_map)
+        .unwrap_or_default()
 }
 
 pub async fn read_log(c: &mut Clients, job: i64) -> String {

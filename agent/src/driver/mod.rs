@@ -1,6 +1,7 @@
 //! Drivers run a job on a device. One trait, one implementation per kind of device:
 //! `shell` runs a command on the lab host (serial, LAVA and Labgrid follow the same trait).
 
+pub mod serial;
 pub mod shell;
 
 use crate::joblog::JobLog;
@@ -28,6 +29,8 @@ pub struct JobContext {
     pub cancel: CancellationToken,
     /// The time limit of the run.
     pub timeout: Duration,
+    /// Artifacts downloaded for the job, by role (drivers that need them fetch them).
+    pub artifacts: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// How a run ended, as the driver sees it. Parsed test results are added by the caller.

@@ -4,7 +4,8 @@
 //! exit code 0 is `pass`, any other `fail`; a timeout or a cancel kills the whole process group.
 
 use super::{Driver, JobContext, Outcome};
-use crate::config::{DeviceConfig, ShellConfig, placeholder};
+use crate::config::{DeviceConfig, ShellConfig};
+use crate::placeholders::{Values, expand_argv};
 use futures::future::BoxFuture;
 use labwire_common::{NodeResult, TestNode};
 use std::os::unix::process::ExitStatusExt;
@@ -26,31 +27,6 @@ impl ShellDriver {
     }
 }
 
-/// The command line with placeholders replaced, each by one whole argument.
-pub fn expand(
-    argv: &[String],
-    device: &DeviceConfig,
-    ctx: &JobContext,
-) -> Result<Vec<String>, String> {
-    argv.iter()
-        .map(|arg| match placeholder(arg) {
-            Some(("params", name)) => ctx.spec.params.get(name).cloned().ok_or_else(|| {
-                format!("the command needs job parameter `{name}`, which the job does not set")
-            }),
-            Some(("device", "name")) => Ok(device.name.clone()),
-            Some(("device", name)) => device
-                .settings
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("device setting `{name}` is not set")),
-            Some(("job", "id")) => Ok(ctx.job.to_string()),
-            Some(("job", "attempt")) => Ok(ctx.attempt.to_string()),
-            Some(("job", "dir")) => Ok(ctx.dir.display().to_string()),
-            _ => Ok(arg.clone()),
-        })
-        .collect()
-}
-
 fn kill_group(pid: Option<u32>, sig: nix::sys::signal::Signal) {
     if let Some(pid) = pid {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), sig);
@@ -64,7 +40,15 @@ impl Driver for ShellDriver {
 
     fn run<'a>(&'a self, ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let argv = match expand(&self.shell.command, &self.device, ctx) {
+            let values = Values {
+                params: &ctx.spec.params,
+                device: &self.device,
+                job: ctx.job,
+                attempt: ctx.attempt,
+                dir: &ctx.dir,
+                artifacts: &ctx.artifacts,
+            };
+            let argv = match expand_argv(&self.shell.command, &values) {
                 Ok(a) => a,
                 Err(e) => return Outcome::infra("invalid_job", e),
             };

@@ -1,0 +1,9 @@
+//! The serial console engine: opening a console (tty, TCP or a program), one reader per
+//! console that hands every byte to the job's log in order, and an expect/send session on top
+//! (used by the serial driver, and by any driver that reaches a board's console).
+
+pub mod console;
+pub mod session;
+
+pub use console::{Console, open};
+pub use session::{ExpectError, Session};
