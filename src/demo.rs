@@ -61,6 +61,70 @@ fn agent_yaml(lab: &str, url: &str, bundle: &Path, state: &Path, script: &Path) 
     )
 }
 
+/// The QEMU board of tests/board/ as a serial device, when QEMU is installed and the board
+/// can be built (the Debian kernel and busybox come from Debian's packages).
+fn board_device(root: &Path) -> Option<(String, PathBuf)> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scripts = repo.join("tests/board");
+    let qemu = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
+        .unwrap_or(false);
+    if !qemu {
+        println!(
+            "==> qemu-system-x86_64 is not installed, so the demo runs without a board.\n    \
+             To see a real Linux kernel boot on a serial console, install it and run again:\n    \
+             sudo apt-get install -y --no-install-recommends qemu-system-x86 busybox-static cpio"
+        );
+        return None;
+    }
+    if !scripts.join("build.sh").is_file() {
+        println!(
+            "==> the board scripts ({}) are not there; the demo runs without a board",
+            scripts.display()
+        );
+        return None;
+    }
+    let board = std::env::var_os("LABWIRE_BOARD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+                .join(".cache/labwire/board")
+        });
+    println!(
+        "==> preparing the QEMU board (Debian kernel + busybox initramfs) in {}",
+        board.display()
+    );
+    let ok = std::process::Command::new(scripts.join("build.sh"))
+        .arg(&board)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        println!("==> building the board failed (see above); the demo runs without a board");
+        return None;
+    }
+    let run = root.join("board-run");
+    let yaml = format!(
+        "  - name: demo-qemu\n\
+         \x20   device_type: qemu-x86_64\n\
+         \x20   tags: [demo]\n\
+         \x20   settings: {{board: '{board}'}}\n\
+         \x20   driver:\n\
+         \x20     type: serial\n\
+         \x20     console: {{tty: {{path: '{run}/console'}}}}\n\
+         \x20     power_on_command: ['{s}/run-qemu.sh', --kernel, '{{artifacts.kernel}}', --initrd, '{{artifacts.ramdisk}}', '{{device.board}}']\n\
+         \x20     power_off_command: ['{s}/stop-qemu.sh', '{{device.board}}']\n\
+         \x20     command_env: {{LABWIRE_BOARD_RUNDIR: '{run}'}}\n\
+         \x20     boot: {{timeout: 120s}}\n\
+         \x20     login: {{username: root, password: labwire, shell_prompt: 'root@labwire-board:~# ', timeout: 60s}}\n",
+        board = board.display(),
+        run = run.display(),
+        s = scripts.display(),
+    );
+    Some((yaml, board))
+}
+
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let keep = args.keep || args.dir.is_some();
@@ -124,14 +188,65 @@ async fn demo(root: &Path) -> anyhow::Result<bool> {
     let agent_state = root.join("agent");
     let script = root.join("demo-test.sh");
     std::fs::write(&script, DEMO_SCRIPT)?;
-    let yaml = agent_yaml("demo-lab", &url, &bundle, &agent_state, &script);
+    let mut yaml = agent_yaml("demo-lab", &url, &bundle, &agent_state, &script);
+    let board = board_device(root);
+    if let Some((dev, _)) = &board {
+        yaml.push_str(dev);
+    }
     std::fs::write(root.join("agent.yaml"), &yaml)?;
     let acfg = AgentConfig::parse(&yaml).context("the demo's agent config")?;
     let stop_agent = CancellationToken::new();
     let agent = tokio::spawn(labwire_agent::daemon::run(acfg, stop_agent.clone()));
-    step("agent started with one device: `demo-host` (shell driver on this machine)");
+    step(if board.is_some() {
+        "agent started with two devices: `demo-host` (shell driver on this machine) and `demo-qemu` (a QEMU board on a serial console)"
+    } else {
+        "agent started with one device: `demo-host` (shell driver on this machine)"
+    });
 
-    let outcome = submit_and_follow(&url, &cdir.join("pki/ca.pem"), &token, &agent_state).await;
+    let ca = cdir.join("pki/ca.pem");
+    let shell_job = v1::JobSpec {
+        name: "demo-ktap".into(),
+        criteria: Some(v1::Criteria {
+            driver: "shell".into(),
+            tags: vec!["demo".into()],
+            ..Default::default()
+        }),
+        params: [(
+            "greeting".to_string(),
+            "hello from labwire; $(echo this is not run)".to_string(),
+        )]
+        .into(),
+        timeout_seconds: 60,
+        ..Default::default()
+    };
+    let mut outcome = submit_and_follow(&url, &ca, &token, &agent_state, shell_job).await;
+    if let (Ok(true), Some((_, dir))) = (&outcome, &board) {
+        let file = |f: &str| v1::Artifact {
+            url: format!("file://{}", dir.join(f).display()),
+            sha256: String::new(),
+        };
+        let board_job = v1::JobSpec {
+            name: "demo-board-kunit".into(),
+            criteria: Some(v1::Criteria {
+                driver: "serial".into(),
+                arch: "x86_64".into(),
+                tags: vec!["demo".into()],
+                ..Default::default()
+            }),
+            artifacts: [
+                ("kernel".to_string(), file("vmlinuz")),
+                ("ramdisk".to_string(), file("initramfs.cpio.gz")),
+            ]
+            .into(),
+            commands: vec!["uname -a".into(), "labwire-ktap-pass".into()],
+            timeout_seconds: 240,
+            ..Default::default()
+        };
+        step(
+            "now a real Linux kernel: power the QEMU board on, boot, log in, run KTAP tests, power off",
+        );
+        outcome = submit_and_follow(&url, &ca, &token, &agent_state, board_job).await;
+    }
 
     step("shutting down the agent and the coordinator");
     stop_agent.cancel();
@@ -148,24 +263,10 @@ async fn submit_and_follow(
     ca: &Path,
     token: &str,
     agent_state: &Path,
+    spec: v1::JobSpec,
 ) -> anyhow::Result<bool> {
     let ca = std::fs::read(ca)?;
     let mut c = crate::client::connect(url, &ca, token).await?;
-    let spec = v1::JobSpec {
-        name: "demo-ktap".into(),
-        criteria: Some(v1::Criteria {
-            driver: "shell".into(),
-            tags: vec!["demo".into()],
-            ..Default::default()
-        }),
-        params: [(
-            "greeting".to_string(),
-            "hello from labwire; $(echo this is not run)".to_string(),
-        )]
-        .into(),
-        timeout_seconds: 60,
-        ..Default::default()
-    };
     let node = c
         .nodes
         .submit_job(v1::SubmitJobRequest {
@@ -186,7 +287,7 @@ async fn submit_and_follow(
     );
     bar.enable_steady_tick(Duration::from_millis(100));
     let done = tokio::time::timeout(
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         wait_done(&mut c, node.id, |n| {
             let data = n
                 .data
@@ -212,7 +313,7 @@ async fn submit_and_follow(
     bar.finish();
     let done = match done {
         Ok(d) => d?,
-        Err(_) => bail!("the job did not finish within 120 s"),
+        Err(_) => bail!("the job did not finish within 300 s"),
     };
     let (root, kids) = fetch_tree(&mut c, done.id).await?;
     println!("\nnode tree:\n{}", render_tree(&root, &kids));
@@ -233,8 +334,21 @@ async fn submit_and_follow(
         log.len(),
         done.id
     );
-    for line in String::from_utf8_lossy(&log).lines().take(20) {
-        println!("  | {line}");
+    let text = String::from_utf8_lossy(&log);
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if lines.len() > 30 && (6..lines.len() - 22).contains(&i) {
+            if i == 6 {
+                println!("  | ... {} more lines ...", lines.len() - 28);
+            }
+            continue;
+        }
+        // Strip terminal control sequences a board may print (cursor queries, colours).
+        let clean: String = line
+            .chars()
+            .filter(|c| !c.is_control() || *c == '\t')
+            .collect();
+        println!("  | {clean}");
     }
     let attempt = labwire_proto::convert::struct_to_map(&done.data.clone().unwrap_or_default())
         .get("attempt")
