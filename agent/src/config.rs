@@ -127,7 +127,8 @@ pub struct SerialConfig {
     pub power_on_command: Vec<String>,
     /// Powers the board off. Always run at the end of a job, whatever happened.
     pub power_off_command: Vec<String>,
-    /// Power-cycles the board. Optional; when absent, off then on is used.
+    /// Power-cycles the board. Optional; when set, a job starts with it instead of
+    /// `power_on_command`, so a board that was left on still boots afresh.
     #[serde(default)]
     pub hard_reset_command: Option<Vec<String>>,
     /// Run after the artifacts are downloaded and before power-on (e.g. copy them to a TFTP
@@ -725,6 +726,7 @@ mod example_tests {
     fn the_shipped_example_loads() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.yaml");
         let cfg = super::AgentConfig::load(std::path::Path::new(path)).unwrap();
-        assert_eq!(cfg.devices.len(), 1);
+        assert_eq!(cfg.devices.len(), 2);
+        assert_eq!(cfg.devices[1].driver.kind(), "serial");
     }
 }

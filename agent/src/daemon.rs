@@ -150,7 +150,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             st.devs.insert(d.info.name.clone(), DevState::default());
         }
     }
-    recover_journal(&agent)?;
+    recover_journal(&agent).await?;
     tracing::info!(lab = %agent.cfg.lab, devices = agent.devices.len(), max_jobs, "agent starting");
 
     let sender = tokio::spawn(send_outbox(agent.clone()));
@@ -204,11 +204,17 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
 }
 
 /// Jobs journalled by an earlier run of the agent and not finished then: that run died with
-/// them, so each is reported `incomplete` with `error_code=agent_restart`.
-fn recover_journal(agent: &Agent) -> anyhow::Result<()> {
+/// them, so each is reported `incomplete` with `error_code=agent_restart`, and its device is
+/// brought back to a known state (a board is powered off).
+async fn recover_journal(agent: &Agent) -> anyhow::Result<()> {
     for e in agent.outbox.journal()? {
         if e.finished {
             continue;
+        }
+        if let Some(d) = agent.device(&e.device) {
+            if let Err(err) = d.driver.recover().await {
+                tracing::error!(device = %e.device, error = %err, "could not reset the device after a restart");
+            }
         }
         tracing::warn!(job = e.job, attempt = e.attempt, device = %e.device, "job interrupted by an agent restart; reporting it incomplete");
         let report = v1::ReportResultRequest {

@@ -80,4 +80,10 @@ pub trait Driver: Send + Sync {
     /// Runs one job attempt to its end. Must return (not hang) when `ctx.cancel` fires or
     /// the timeout passes, and must leave the device off/idle whatever happens.
     fn run<'a>(&'a self, ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome>;
+
+    /// Brings the device back to a known state after an agent restart found a job of it
+    /// interrupted (a board is powered off). Errors are only logged.
+    fn recover(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -228,7 +228,12 @@ impl SerialDriver {
         };
         let deploy = cfg.deploy_command.as_deref().map(expand).transpose()?;
         let pre = cfg.pre_power_command.as_deref().map(expand).transpose()?;
-        let power_on = expand(&cfg.power_on_command)?;
+        // A hard reset, when the board has one, starts the job from a fresh boot even if the
+        // board was left on; otherwise power on.
+        let (power_on, power_what) = match &cfg.hard_reset_command {
+            Some(reset) => (expand(reset)?, "hard reset"),
+            None => (expand(&cfg.power_on_command)?, "power on"),
+        };
         let boot_texts = |cmds: &[String]| -> Result<Vec<String>, Failure> {
             cmds.iter()
                 .map(|c| expand_boot_text(c, &values).map_err(|e| fail("invalid_job", e, None)))
@@ -292,7 +297,7 @@ impl SerialDriver {
             .map_err(|e| fail("power_failed", e, None))?;
         }
         run_command(
-            "power on",
+            power_what,
             &power_on,
             &cfg.command_env,
             cfg.command_timeout,
@@ -556,6 +561,10 @@ impl SerialDriver {
 impl Driver for SerialDriver {
     fn kind(&self) -> &'static str {
         "serial"
+    }
+
+    fn recover(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.power_off_now())
     }
 
     fn run<'a>(&'a self, ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome> {
