@@ -24,9 +24,10 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast
-    # nextest does not run doc tests.
+    # nextest does not run doc tests; run them first so that the summary printed last is
+    # the one of the whole suite.
     cargo test --workspace --doc
+    cargo nextest run --workspace --no-fail-fast
 else
     cargo test --workspace --no-fail-fast
 fi
