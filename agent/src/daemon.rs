@@ -52,6 +52,8 @@ pub struct Agent {
     draining: CancellationToken,
     /// Cancelled when the agent must stop everything now.
     stop: CancellationToken,
+    /// Woken when a call found the session unknown: register again at once.
+    session_lost: tokio::sync::Notify,
     max_jobs: usize,
 }
 
@@ -141,6 +143,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         changed,
         draining: CancellationToken::new(),
         stop: CancellationToken::new(),
+        session_lost: tokio::sync::Notify::new(),
         max_jobs,
         cfg,
     });
@@ -308,6 +311,7 @@ async fn keep_session(agent: Arc<Agent>) {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = agent.session_lost.notified() => {}
             _ = agent.stop.cancelled() => return,
         }
     }
@@ -458,6 +462,7 @@ async fn poll(
         Err(s) => {
             if s.code() == tonic::Code::FailedPrecondition {
                 agent.lock().session = None;
+                agent.session_lost.notify_one();
             } else {
                 tracing::warn!(code = ?s.code(), error = %s.message(), "polling for work failed");
             }

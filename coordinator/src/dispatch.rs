@@ -161,18 +161,19 @@ impl Dispatcher {
     ) -> Result<Option<Assignment>> {
         let (rx, waiter_id) = {
             let mut st = self.state.lock().await;
-            // First, the queue in dispatch order.
-            let found = st
-                .queue
-                .iter()
-                .find_map(|(key, q)| first_match(&q.criteria, &devices).map(|d| (*key, q.id, d)));
-            if let Some((key, id, device)) = found {
+            // First, the queue in dispatch order. An entry whose claim is refused (the job
+            // was cancelled meanwhile) is dropped and the next one is tried.
+            loop {
+                let found = st.queue.iter().find_map(|(key, q)| {
+                    first_match(&q.criteria, &devices).map(|d| (*key, q.id, d))
+                });
+                let Some((key, id, device)) = found else {
+                    break;
+                };
                 st.queue.remove(&key);
                 match self.claim(id, lab, session, &device).await {
                     Ok(claim) => return Ok(Some(Assignment { claim, device })),
-                    Err(crate::error::Error::LeaseLost(_)) => {
-                        // Cancelled meanwhile; nothing to hand out from this entry.
-                    }
+                    Err(crate::error::Error::LeaseLost(_)) => continue,
                     Err(e) => return Err(e),
                 }
             }
