@@ -379,7 +379,7 @@ async fn send_outbox(agent: Arc<Agent>) {
 /// the agent has free slots; returns the running jobs when draining starts.
 async fn pull_loop(agent: Arc<Agent>) -> JoinSet<()> {
     let mut jobs: JoinSet<()> = JoinSet::new();
-    let mut polls: JoinSet<Option<(v1::Assignment, Vec<String>)>> = JoinSet::new();
+    let mut polls: JoinSet<(Option<v1::Assignment>, Vec<String>)> = JoinSet::new();
     let mut changed = agent.changed.subscribe();
     loop {
         if agent.draining.is_cancelled() {
@@ -427,8 +427,11 @@ async fn pull_loop(agent: Arc<Agent>) -> JoinSet<()> {
             _ = changed.changed() => {}
             _ = agent.draining.cancelled() => {}
             Some(done) = polls.join_next() => {
-                if let Ok(Some((assignment, names))) = done {
-                    start_job(&agent, assignment, &names, &mut jobs);
+                if let Ok((assignment, names)) = done {
+                    if let Some(a) = assignment {
+                        start_job(&agent, a, &names, &mut jobs);
+                    }
+                    release_poll(&agent, &names);
                 }
             }
             Some(_) = jobs.join_next() => {}
@@ -437,7 +440,7 @@ async fn pull_loop(agent: Arc<Agent>) -> JoinSet<()> {
     // Draining: outstanding polls are abandoned; a job that raced in is handed back.
     polls.abort_all();
     while let Some(done) = polls.join_next().await {
-        if let Ok(Some((a, _))) = done {
+        if let Ok((Some(a), _)) = done {
             reject(&agent, &a, "the agent is shutting down").await;
         }
     }
@@ -450,7 +453,7 @@ async fn poll(
     agent: Arc<Agent>,
     session: String,
     names: Vec<String>,
-) -> Option<(v1::Assignment, Vec<String>)> {
+) -> (Option<v1::Assignment>, Vec<String>) {
     let req = v1::AcquireJobRequest {
         session,
         free_devices: names.clone(),
@@ -458,7 +461,7 @@ async fn poll(
     };
     let res = agent.client.clone().acquire_job(req).await;
     let out = match res {
-        Ok(r) => r.into_inner().assignment.map(|a| (a, names.clone())),
+        Ok(r) => r.into_inner().assignment,
         Err(s) => {
             if s.code() == tonic::Code::FailedPrecondition {
                 agent.lock().session = None;
@@ -475,9 +478,15 @@ async fn poll(
             None
         }
     };
+    (out, names)
+}
+
+/// Gives a finished poll's devices back to the pull loop. Called after a job it brought was
+/// started, so that the job's device is busy before it could be offered again.
+fn release_poll(agent: &Agent, names: &[String]) {
     {
         let mut st = agent.lock();
-        for n in &names {
+        for n in names {
             if let Some(s) = st.devs.get_mut(n) {
                 s.polling = false;
             }
@@ -485,7 +494,6 @@ async fn poll(
         st.polls = st.polls.saturating_sub(1);
     }
     agent.bump();
-    out
 }
 
 async fn reject(agent: &Agent, a: &v1::Assignment, reason: &str) {

@@ -11,7 +11,7 @@
 //! with `drain_completed_into` (the parser runs with `keep_tree: false`, the mode whose
 //! memory stays flat). The time
 //! inside `feed` and `drain_completed` is the parser's; the time the consumer spends on the
-//! results (here only dropping them) is shown apart. Prints the median MiB/s over `--runs`
+//! results (here reading each one's name and path, then dropping them) is shown apart. Prints the median MiB/s over `--runs`
 //! runs and the process's peak RSS (VmHWM from /proc/self/status).
 
 use clap::Parser;
@@ -325,9 +325,10 @@ fn main() -> anyhow::Result<()> {
         let mut fed: u64 = 0;
         let mut off = 0usize;
         let mut completed: u64 = 0;
+        let mut touched: u64 = 0;
         let mut batch = Vec::new();
         // Time spent in the parser (feed + drain_completed), apart from the time the
-        // consumer (here: nothing but dropping them) spends on the results handed out.
+        // consumer (here: reading names and paths, then dropping them) spends on the results handed out.
         let mut in_parser = Duration::ZERO;
         let start = Instant::now();
         while fed < total {
@@ -337,6 +338,11 @@ fn main() -> anyhow::Result<()> {
             parser.feed(&block[off..off + want]);
             parser.drain_completed_into(&mut batch);
             in_parser += t.elapsed();
+            // The consumer looks at every result (its name and its group's path), as a
+            // real one would, then drops the batch.
+            for c in &batch {
+                touched += (c.node.name.len() + c.path.len()) as u64;
+            }
             completed += batch.len() as u64;
             batch.clear();
             fed += want as u64;
@@ -351,6 +357,10 @@ fn main() -> anyhow::Result<()> {
         let (report, rest) = parser.finish_with_completed();
         in_parser += t.elapsed();
         completed += rest.len() as u64;
+        touched += rest
+            .iter()
+            .map(|c| (c.node.name.len() + c.path.len()) as u64)
+            .sum::<u64>();
         let wall = start.elapsed().as_secs_f64();
         let secs = in_parser.as_secs_f64();
         let mib = fed as f64 / 1048576.0;
@@ -358,8 +368,8 @@ fn main() -> anyhow::Result<()> {
         total_speeds.push(mib / wall);
         println!(
             "run {run}: {mib:.1} MiB, parser {secs:.3}s = {:.0} MiB/s ({:.1} M lines/s); \
-             with the consumer dropping the results {wall:.3}s = {:.0} MiB/s; {completed} \
-             results handed out ({} leaves: pass {} fail {} skip {} incomplete {}), result {}",
+             with the consumer reading and dropping the results {wall:.3}s = {:.0} MiB/s; {completed} \
+             results handed out ({touched} name bytes + path levels read; {} leaves: pass {} fail {} skip {} incomplete {}), result {}",
             mib / secs,
             lines as f64 / secs / 1e6,
             mib / wall,
@@ -376,7 +386,7 @@ fn main() -> anyhow::Result<()> {
     let median = |v: &[f64]| v[v.len() / 2];
     let hwm = status_kib("VmHWM:").unwrap_or(0);
     println!(
-        "median over {} runs: parser {:.0} MiB/s (with the consumer dropping the results {:.0} \
+        "median over {} runs: parser {:.0} MiB/s (with the consumer reading and dropping the results {:.0} \
          MiB/s); peak RSS (VmHWM) {:.1} MiB (before parsing, with the {:.1} MiB block: {:.1} MiB)",
         parser_speeds.len(),
         median(&parser_speeds),

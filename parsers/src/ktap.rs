@@ -24,7 +24,7 @@ mod syntax;
 
 use crate::line::{LeadIn, Line, indent, lossy, strip_printk, trim};
 use crate::prefilter::VERSION;
-use crate::report::{Children, Excerpt, Out, child_path};
+use crate::report::{Children, CompletedNode, Details, Excerpt, Name, Out, child_path};
 use labwire_common::{NodeResult, TestNode};
 use memchr::memmem;
 use std::sync::Arc;
@@ -396,16 +396,14 @@ impl Ktap {
         check_number(b.done, r.num, no, out);
         let result = r.result();
         let hint = b.hint.take();
-        let name = test_name(r.name, hint, r.num, b.done);
-        let mut node = TestNode::leaf(name, result);
-        match result {
+        let excerpt = match result {
             NodeResult::Fail => {
                 b.diag.push(raw);
-                node.log_excerpt = b.diag.text();
+                b.diag.text()
             }
-            NodeResult::Skip => node.log_excerpt = Some(excerpt_line(raw)),
-            NodeResult::Pass | NodeResult::Incomplete => {}
-        }
+            NodeResult::Skip => Some(excerpt_line(raw)),
+            NodeResult::Pass | NodeResult::Incomplete => None,
+        };
         b.diag.clear();
         let id = out.new_id();
         if out.progress {
@@ -417,13 +415,50 @@ impl Ktap {
             id: block_id,
             path,
             children,
+            done,
             ..
         } = b;
         let children = if *root { &mut self.top } else { children };
         let parent = (!*root).then_some(*block_id);
         let path = path.as_ref().unwrap_or(&self.root_path);
-        node.name = children.unique_name(keep, node.name);
-        children.record(result, out.emit_owned(id, parent, path, node, true, no));
+        if keep {
+            let name = test_name(r.name, hint, r.num, *done);
+            let mut node = TestNode::leaf(children.unique_name(keep, name), result);
+            node.log_excerpt = excerpt;
+            children.record(result, out.emit_owned(id, parent, path, node, true, no));
+            return;
+        }
+        if out.progress {
+            // No tree: the name goes straight into the record handed out, no `String`.
+            let name = if !r.name.is_empty() {
+                Name::lossy(r.name)
+            } else if let Some(h) = hint {
+                Name::from(h)
+            } else {
+                Name::number(r.num.unwrap_or(*done))
+            };
+            let node = CompletedNode {
+                name,
+                result,
+                details: excerpt.map(|e| {
+                    Box::new(Details {
+                        log_excerpt: Some(e),
+                        ..Details::default()
+                    })
+                }),
+            };
+            out.emit_node(id, parent, path, node, true, no);
+        } else {
+            out.emit_node(
+                id,
+                parent,
+                path,
+                CompletedNode::new(Name::default(), result),
+                true,
+                no,
+            );
+        }
+        children.record(result, None);
     }
 
     /// The result line of the innermost subtest.

@@ -61,7 +61,7 @@ pub mod report;
 
 pub use kmsg::SUITE as KERNELMSG_SUITE;
 pub use pattern::PatternSpec;
-pub use report::{Completed, Counts, ParseIssue, ParseReport};
+pub use report::{Completed, CompletedNode, Counts, Details, Name, ParseIssue, ParseReport};
 
 use labwire_common::NodeResult;
 use line::{Line, LineSplitter};

@@ -136,17 +136,32 @@ impl LineSplitter {
     }
 }
 
+/// For each byte: 1 when it may appear in a printk bracket (digits, blank, `.`, `T`, `C`),
+/// 3 when it is a digit, 0 otherwise.
+static BRACKET_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut d = b'0';
+    while d <= b'9' {
+        t[d as usize] = 3;
+        d += 1;
+    }
+    t[b' ' as usize] = 1;
+    t[b'.' as usize] = 1;
+    t[b'T' as usize] = 1;
+    t[b'C' as usize] = 1;
+    t
+};
+
 /// True when every byte of `inside` may appear in a printk bracket (digits, blank, `.`,
 /// `T`, `C`) and one is a digit.
 #[inline]
 fn bracket_inside(inside: &[u8]) -> bool {
-    // Byte comparisons only and no early exit, so that the compiler vectorises it.
-    let (ok, digit) = inside.iter().fold((true, false), |(ok, digit), &b| {
-        let d = b.wrapping_sub(b'0') < 10;
-        let other = (b == b' ') | (b == b'.') | (b == b'T') | (b == b'C');
-        (ok & (d | other), digit | d)
+    // A table lookup per byte and no early exit.
+    let (all, any) = inside.iter().fold((1u8, 0u8), |(all, any), &b| {
+        let t = BRACKET_BYTE[usize::from(b)];
+        (all & t, any | t)
     });
-    ok && digit
+    all & 1 == 1 && any & 2 == 2
 }
 
 /// Length of a printk-style bracket at the start of `s`: a timestamp `[   12.345678]` or a

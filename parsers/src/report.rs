@@ -70,8 +70,8 @@ pub struct ParseReport {
 }
 
 /// A test whose result is known, handed out by `LogParser::drain_completed` as soon as it
-/// completes. Members complete before their group, so a group's `node.tests` is always
-/// empty here: its members were handed out before it.
+/// completes. Members complete before their group, so a group's members are never part
+/// of it here: they were handed out before it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completed {
     /// A number unique within one parse, for linking members to groups.
@@ -83,12 +83,296 @@ pub struct Completed {
     /// known yet (without a `# Subtest:` header, it comes with its result line) shows as
     /// its test number (`"2"`); link by `parent` for exactness.
     pub path: Arc<[String]>,
-    /// The test, without members.
-    pub node: TestNode,
+    /// The test, without members ([`CompletedNode::to_test_node`] makes a `TestNode`).
+    pub node: CompletedNode,
     /// True for a leaf test (one counted in `Counts`).
     pub leaf: bool,
     /// The line on which the result became known.
     pub line: u64,
+}
+
+/// A completed test as handed out: its name (kept inline when short, so handing out a
+/// result allocates nothing in the common case), its result, and the rarer details
+/// (excerpt, measurement, units, error) boxed apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletedNode {
+    /// The test's name (unique among its siblings when the tree is kept).
+    pub name: Name,
+    /// Its result.
+    pub result: NodeResult,
+    /// Excerpt, measurement, units and error, when any is set.
+    pub details: Option<Box<Details>>,
+}
+
+/// The optional parts of a [`CompletedNode`] (see `TestNode` for their meaning).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Details {
+    /// Lines of the log that explain the result.
+    pub log_excerpt: Option<String>,
+    /// A measured value reported with the result.
+    pub measurement: Option<f64>,
+    /// The units of `measurement`.
+    pub units: Option<String>,
+    /// Why the test is `incomplete` (or another note from the parser).
+    pub error: Option<String>,
+}
+
+impl Details {
+    /// `None` when nothing is set.
+    #[inline]
+    pub(crate) fn boxed(self) -> Option<Box<Details>> {
+        (self.log_excerpt.is_some()
+            || self.measurement.is_some()
+            || self.units.is_some()
+            || self.error.is_some())
+        .then(|| Box::new(self))
+    }
+}
+
+impl CompletedNode {
+    /// A node with a name and a result only.
+    #[inline]
+    pub fn new(name: Name, result: NodeResult) -> Self {
+        CompletedNode {
+            name,
+            result,
+            details: None,
+        }
+    }
+
+    /// The log excerpt, if any.
+    pub fn log_excerpt(&self) -> Option<&str> {
+        self.details.as_ref()?.log_excerpt.as_deref()
+    }
+
+    /// The error note, if any.
+    pub fn error(&self) -> Option<&str> {
+        self.details.as_ref()?.error.as_deref()
+    }
+
+    /// The measurement, if any.
+    pub fn measurement(&self) -> Option<f64> {
+        self.details.as_ref()?.measurement
+    }
+
+    /// The units, if any.
+    pub fn units(&self) -> Option<&str> {
+        self.details.as_ref()?.units.as_deref()
+    }
+
+    /// The same test as a `TestNode` (without members).
+    pub fn to_test_node(&self) -> TestNode {
+        let mut node = TestNode::leaf(self.name.as_str(), self.result);
+        if let Some(d) = &self.details {
+            node.log_excerpt = d.log_excerpt.clone();
+            node.measurement = d.measurement;
+            node.units = d.units.clone();
+            node.error = d.error.clone();
+        }
+        node
+    }
+}
+
+impl From<&TestNode> for CompletedNode {
+    fn from(node: &TestNode) -> Self {
+        CompletedNode {
+            name: Name::from(node.name.as_str()),
+            result: node.result,
+            details: Details {
+                log_excerpt: node.log_excerpt.clone(),
+                measurement: node.measurement,
+                units: node.units.clone(),
+                error: node.error.clone(),
+            }
+            .boxed(),
+        }
+    }
+}
+
+impl From<TestNode> for CompletedNode {
+    fn from(node: TestNode) -> Self {
+        CompletedNode {
+            name: Name::from(node.name),
+            result: node.result,
+            details: Details {
+                log_excerpt: node.log_excerpt,
+                measurement: node.measurement,
+                units: node.units,
+                error: node.error,
+            }
+            .boxed(),
+        }
+    }
+}
+
+/// Bytes of a [`Name`] kept inline.
+const INLINE: usize = 54;
+
+/// A test name: text up to 54 bytes is kept inline (no allocation), longer text on the
+/// heap. Derefs to `str`; compares, hashes and prints as its text.
+#[derive(Clone)]
+pub struct Name(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl Name {
+    /// The text.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Inline { len, buf } => {
+                let bytes = &buf[..usize::from(*len)];
+                // SAFETY: `buf[..len]` is only ever filled from a `str` (see `inline`).
+                unsafe { std::str::from_utf8_unchecked(bytes) }
+            }
+            Repr::Heap(s) => s,
+        }
+    }
+
+    #[inline]
+    fn inline(s: &str) -> Option<Name> {
+        let len = s.len();
+        if len > INLINE {
+            return None;
+        }
+        let mut buf = [0u8; INLINE];
+        buf[..len].copy_from_slice(s.as_bytes());
+        Some(Name(Repr::Inline {
+            len: len as u8,
+            buf,
+        }))
+    }
+
+    /// The text of `bytes`, with invalid UTF-8 replaced by U+FFFD.
+    #[inline]
+    pub(crate) fn lossy(bytes: &[u8]) -> Name {
+        if bytes.len() <= INLINE && bytes.is_ascii() {
+            // SAFETY: ASCII is valid UTF-8.
+            let s = unsafe { std::str::from_utf8_unchecked(bytes) };
+            if let Some(n) = Name::inline(s) {
+                return n;
+            }
+        }
+        Name::from(crate::line::lossy(bytes))
+    }
+
+    /// The decimal text of `n`.
+    #[inline]
+    pub(crate) fn number(n: u64) -> Name {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut v = n;
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        Name::lossy(&buf[i..])
+    }
+}
+
+impl Default for Name {
+    fn default() -> Self {
+        Name(Repr::Inline {
+            len: 0,
+            buf: [0; INLINE],
+        })
+    }
+}
+
+impl From<&str> for Name {
+    #[inline]
+    fn from(s: &str) -> Self {
+        Name::inline(s).unwrap_or_else(|| Name(Repr::Heap(s.into())))
+    }
+}
+
+impl From<String> for Name {
+    #[inline]
+    fn from(s: String) -> Self {
+        Name::inline(&s).unwrap_or_else(|| Name(Repr::Heap(s.into_boxed_str())))
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> Self {
+        match n.0 {
+            Repr::Heap(s) => s.into_string(),
+            Repr::Inline { .. } => n.as_str().to_owned(),
+        }
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    #[inline]
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Name {
+    #[inline]
+    fn eq(&self, other: &Name) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Name {}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Issues found so far, bounded.
@@ -335,6 +619,18 @@ impl Out {
         self.next_id
     }
 
+    /// Counts a completed test and tells whether it is to be queued.
+    #[inline]
+    fn count(&mut self, result: NodeResult, leaf: bool) -> bool {
+        if leaf {
+            self.counts.add(result);
+        }
+        if result == NodeResult::Fail {
+            self.any_fail = true;
+        }
+        self.progress
+    }
+
     /// Records a completed test (`node` without members).
     pub(crate) fn emit(
         &mut self,
@@ -345,18 +641,36 @@ impl Out {
         leaf: bool,
         line: u64,
     ) {
-        if leaf {
-            self.counts.add(node.result);
-        }
-        if node.result == NodeResult::Fail {
-            self.any_fail = true;
-        }
-        if self.progress {
+        if self.count(node.result, leaf) {
             self.queue.push(Completed {
                 id,
                 parent,
                 path: Arc::clone(path),
-                node: node.clone(),
+                node: CompletedNode::from(node),
+                leaf,
+                line,
+            });
+        }
+    }
+
+    /// Records a completed test given as a [`CompletedNode`] (the tree is not kept, or
+    /// the caller keeps its own `TestNode`).
+    #[inline]
+    pub(crate) fn emit_node(
+        &mut self,
+        id: u64,
+        parent: Option<u64>,
+        path: &Arc<[String]>,
+        node: CompletedNode,
+        leaf: bool,
+        line: u64,
+    ) {
+        if self.count(node.result, leaf) {
+            self.queue.push(Completed {
+                id,
+                parent,
+                path: Arc::clone(path),
+                node,
                 leaf,
                 line,
             });
@@ -365,8 +679,8 @@ impl Out {
 }
 
 impl Out {
-    /// Like [`Out::emit`], taking the node: hands it back when the tree is kept, moves it
-    /// into the queue (no copy) when only progress is wanted.
+    /// Like [`Out::emit`], taking the node: hands it back when the tree is kept, moves its
+    /// parts into the queue when only progress is wanted.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub(crate) fn emit_owned(
@@ -378,31 +692,16 @@ impl Out {
         leaf: bool,
         line: u64,
     ) -> Option<TestNode> {
-        if leaf {
-            self.counts.add(node.result);
-        }
-        if node.result == NodeResult::Fail {
-            self.any_fail = true;
-        }
-        let completed = |node| Completed {
-            id,
-            parent,
-            path: Arc::clone(path),
-            node,
-            leaf,
-            line,
-        };
-        match (self.progress, self.keep_tree) {
-            (true, true) => {
-                self.queue.push(completed(node.clone()));
-                Some(node)
+        if self.keep_tree {
+            self.emit(id, parent, path, &node, leaf, line);
+            Some(node)
+        } else {
+            if self.progress {
+                self.emit_node(id, parent, path, CompletedNode::from(node), leaf, line);
+            } else {
+                self.count(node.result, leaf);
             }
-            (true, false) => {
-                self.queue.push(completed(node));
-                None
-            }
-            (false, true) => Some(node),
-            (false, false) => None,
+            None
         }
     }
 }
