@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Config files larger than this are refused before parsing.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The whole agent configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -447,6 +450,15 @@ pub fn placeholder(arg: &str) -> Option<(&str, &str)> {
 impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        if size > MAX_CONFIG_BYTES {
+            bail!(
+                "{}: {size} bytes is too big for a config file (at most {MAX_CONFIG_BYTES})",
+                path.display()
+            );
+        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
@@ -728,5 +740,49 @@ mod example_tests {
         let cfg = super::AgentConfig::load(std::path::Path::new(path)).unwrap();
         assert_eq!(cfg.devices.len(), 2);
         assert_eq!(cfg.devices[1].driver.kind(), "serial");
+    }
+}
+
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GOOD: &str = include_str!("../../config/agent.yaml");
+
+    #[test]
+    fn deep_nesting_and_huge_files_are_refused_not_fatal() {
+        let deep = format!("lab: {}x{}\n", "[".repeat(5_000), "]".repeat(5_000));
+        let e = AgentConfig::parse(&deep).unwrap_err();
+        assert!(!format!("{e:#}").is_empty());
+        let deep_map = format!("lab: x\nsettings:{}\n", " {a:".repeat(5_000));
+        assert!(AgentConfig::parse(&deep_map).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("agent.yaml");
+        std::fs::write(&big, "#".repeat(MAX_CONFIG_BYTES as usize + 1)).unwrap();
+        let e = AgentConfig::load(&big).unwrap_err();
+        assert!(format!("{e:#}").contains("too big"), "{e:#}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Random bytes never make the loader panic.
+        #[test]
+        fn random_text_never_panics(s in "\\PC{0,400}") {
+            let _ = AgentConfig::parse(&s);
+        }
+
+        /// The shipped example, cut anywhere or with a line removed or a byte changed, is
+        /// either still valid or refused with an error; never a panic.
+        #[test]
+        fn damaged_example_never_panics(cut in 0usize..GOOD.len(), drop_line in 0usize..200, byte in 0usize..GOOD.len(), b in any::<u8>()) {
+            let _ = AgentConfig::parse(&GOOD[..GOOD.floor_char_boundary(cut)]);
+            let without: String = GOOD.lines().enumerate().filter(|(i, _)| *i != drop_line).map(|(_, l)| format!("{l}\n")).collect();
+            let _ = AgentConfig::parse(&without);
+            let mut bytes = GOOD.as_bytes().to_vec();
+            bytes[byte] = b;
+            let _ = AgentConfig::parse(&String::from_utf8_lossy(&bytes));
+        }
     }
 }

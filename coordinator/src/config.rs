@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Config files larger than this are refused before parsing.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The whole coordinator configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +133,15 @@ impl Default for CoordinatorConfig {
 impl CoordinatorConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        if size > MAX_CONFIG_BYTES {
+            bail!(
+                "{}: {size} bytes is too big for a config file (at most {MAX_CONFIG_BYTES})",
+                path.display()
+            );
+        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))

@@ -949,3 +949,64 @@ mod tests {
         assert_eq!(node.error_code(), Some("lease_expired"));
     }
 }
+
+#[cfg(test)]
+mod request_validation {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_spec() -> impl Strategy<Value = v1::JobSpec> {
+        (
+            "\\PC{0,20}",
+            proptest::collection::hash_map("[a-zA-Z_0-9 .;$-]{0,8}", "\\PC{0,30}", 0..4),
+            proptest::collection::hash_map(
+                "[a-z]{1,6}",
+                ("\\PC{0,30}", "[0-9a-fA-Fg]{0,66}"),
+                0..3,
+            ),
+            "\\PC{0,10}",
+            any::<i32>(),
+            any::<u32>(),
+        )
+            .prop_map(
+                |(name, params, arts, parser, priority, timeout)| v1::JobSpec {
+                    name,
+                    params: params.into_iter().collect(),
+                    artifacts: arts
+                        .into_iter()
+                        .map(|(k, (url, sha256))| (k, v1::Artifact { url, sha256 }))
+                        .collect(),
+                    parser,
+                    priority,
+                    timeout_seconds: timeout,
+                    ..Default::default()
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever a client sends, submission either queues the job with exactly that spec
+        /// or refuses it with an `Invalid` error naming a `spec.` field; it never panics and
+        /// never half-writes (a refused job leaves no node behind).
+        #[test]
+        fn submissions_are_validated(spec in any_spec()) {
+            let (_d, store) = crate::store::temp_store();
+            let s2 = spec.clone();
+            let res = store.write_blocking(move |w| w.submit_job(NewJob { spec: s2, parent: None, submitter: String::new(), owner: String::new() }));
+            let nodes = store.read_blocking(|c| crate::store::nodes::query_nodes(c, &crate::store::NodeFilter { limit: 10, ..Default::default() })).unwrap();
+            match res {
+                Ok((_, row)) => {
+                    prop_assert_eq!(row.spec, spec);
+                    prop_assert_eq!(nodes.len(), 1);
+                }
+                Err(Error::Invalid(msg)) => {
+                    prop_assert!(msg.contains("spec."), "{}", msg);
+                    prop_assert!(nodes.is_empty());
+                }
+                Err(e) => prop_assert!(false, "unexpected error {e}"),
+            }
+        }
+    }
+}
