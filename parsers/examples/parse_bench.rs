@@ -9,10 +9,10 @@
 //! `--block-mb` long. It then feeds that block over and over, in 64 KiB chunks, until
 //! `--size-mb` have gone through the parser, draining completed results after each chunk
 //! with `drain_completed_into` (the parser runs with `keep_tree: false`, the mode whose
-//! memory stays flat). The time
-//! inside `feed` and `drain_completed` is the parser's; the time the consumer spends on the
-//! results (here reading each one's name and path, then dropping them) is shown apart. Prints the median MiB/s over `--runs`
-//! runs and the process's peak RSS (VmHWM from /proc/self/status).
+//! memory stays flat). The time inside `feed` and `drain_completed` is the parser's; the
+//! time the consumer spends on the results (here reading each one's name and path, then
+//! dropping them) is shown apart. Prints the median MiB/s over `--runs` runs and the
+//! process's peak RSS (VmHWM from /proc/self/status).
 
 use clap::Parser;
 use labwire_parsers::{Format, LogParser, ParserOptions};
@@ -328,7 +328,8 @@ fn main() -> anyhow::Result<()> {
         let mut touched: u64 = 0;
         let mut batch = Vec::new();
         // Time spent in the parser (feed + drain_completed), apart from the time the
-        // consumer (here: reading names and paths, then dropping them) spends on the results handed out.
+        // consumer (here: reading names and paths, then dropping them) spends on the
+        // results handed out.
         let mut in_parser = Duration::ZERO;
         let start = Instant::now();
         while fed < total {

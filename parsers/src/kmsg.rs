@@ -20,7 +20,7 @@
 
 use crate::line::{LeadIn, Line, strip_printk};
 use crate::prefilter::KMSG;
-use crate::report::{Children, Excerpt, Out, child_path};
+use crate::report::{Children, Excerpt, Name, Out, child_path};
 use labwire_common::{NodeResult, TestNode};
 use memchr::memmem;
 use std::sync::Arc;
@@ -106,15 +106,15 @@ pub(crate) struct Kmsg {
     /// The last `cut here` line and its number.
     cut_here: Option<(u64, Vec<u8>)>,
     suite_id: u64,
-    path: Arc<[String]>,
-    root_path: Arc<[String]>,
+    path: Arc<[Name]>,
+    root_path: Arc<[Name]>,
     pub(crate) top: Children,
     pub(crate) seen: bool,
 }
 
 impl Kmsg {
     pub(crate) fn new(out: &mut Out) -> Self {
-        let root_path: Arc<[String]> = Arc::from(Vec::new());
+        let root_path: Arc<[Name]> = Arc::from(Vec::new());
         Kmsg {
             linux: memmem::Finder::new(b"Linux "),
             leadin: None,
@@ -126,7 +126,7 @@ impl Kmsg {
             incident: None,
             cut_here: None,
             suite_id: out.new_id(),
-            path: child_path(&root_path, SUITE),
+            path: child_path(&root_path, Name::from(SUITE)),
             root_path,
             top: Children::default(),
             seen: false,

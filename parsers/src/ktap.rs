@@ -58,7 +58,7 @@ struct Block {
     /// Lines since the last result at this level.
     diag: Excerpt,
     /// Path handed out with the members' results, built when first needed.
-    path: Option<Arc<[String]>>,
+    path: Option<Arc<[Name]>>,
     /// Its number among its parent's tests, for its path until its name is known.
     number: u64,
     line: u64,
@@ -91,7 +91,7 @@ pub(crate) struct Ktap {
     pub(crate) seen: bool,
     version: memmem::Finder<'static>,
     ok: memmem::Finder<'static>,
-    root_path: Arc<[String]>,
+    root_path: Arc<[Name]>,
 }
 
 impl Ktap {
@@ -110,6 +110,7 @@ impl Ktap {
     }
 
     /// Handles one line of the log.
+    #[inline]
     pub(crate) fn line(&mut self, line: &Line<'_>, kinds: u8, out: &mut Out) {
         let raw = line.bytes;
         if let Some(body) = self.leadin.as_ref().and_then(|l| l.strip(raw)) {
@@ -473,12 +474,15 @@ impl Ktap {
         let p = &mut self.stack[pidx];
         p.done += 1;
         check_number(p.done, r.num, no, out);
-        let name = if r.name.is_empty() {
-            b.name
-                .take()
-                .unwrap_or_else(|| test_name(r.name, p.hint.take(), r.num, p.done))
+        // A `Name`: no allocation when the tree is not kept and the name is short.
+        let name = if !r.name.is_empty() {
+            Name::lossy(r.name)
+        } else if let Some(n) = b.name.take() {
+            Name::from(n)
+        } else if let Some(h) = p.hint.take() {
+            Name::from(h)
         } else {
-            test_name(r.name, None, r.num, p.done)
+            Name::number(r.num.unwrap_or(p.done))
         };
         p.hint = None;
         let own = r.result();
@@ -512,21 +516,44 @@ impl Ktap {
                 );
             }
         }
-        let mut node = TestNode::leaf(name, result);
-        node.error = error;
-        match result {
+        let log_excerpt = match result {
             NodeResult::Fail | NodeResult::Incomplete => {
                 // The parent's lines came before the subtest's.
                 let mut ex = std::mem::take(&mut p.diag);
                 ex.append(&b.diag);
                 ex.push(raw);
-                node.log_excerpt = ex.text();
+                ex.text()
             }
-            NodeResult::Skip => node.log_excerpt = Some(excerpt_line(raw)),
-            NodeResult::Pass => {}
-        }
+            NodeResult::Skip => Some(excerpt_line(raw)),
+            NodeResult::Pass => None,
+        };
         p.diag.clear();
-        self.finish_block(pidx, b, node, no, out);
+        if out.keep_tree {
+            let mut node = TestNode::leaf(String::from(name), result);
+            node.error = error;
+            node.log_excerpt = log_excerpt;
+            self.finish_block(pidx, b, node, no, out);
+            return;
+        }
+        // No tree: hand the result out without building a `TestNode`.
+        let node = CompletedNode {
+            name,
+            result,
+            details: Details {
+                log_excerpt,
+                error,
+                ..Details::default()
+            }
+            .boxed(),
+        };
+        if out.progress {
+            self.ensure_path(pidx);
+        }
+        let p = &self.stack[pidx];
+        let parent = (!p.root).then_some(p.id);
+        let path = p.path.as_ref().unwrap_or(&self.root_path);
+        out.emit_node(b.id, parent, path, node, b.children.count == 0, no);
+        self.children_mut(pidx).record(result, None);
     }
 
     /// The innermost subtest ended without its result line.
@@ -681,9 +708,12 @@ impl Ktap {
         }
         self.ensure_path(idx - 1);
         let b = &self.stack[idx];
-        let shown = b.name.clone().unwrap_or_else(|| b.number.to_string());
+        let shown = match &b.name {
+            Some(name) => Name::from(name.as_str()),
+            None => Name::number(b.number),
+        };
         let parent = self.stack[idx - 1].path.as_ref().unwrap_or(&self.root_path);
-        let path = child_path(parent, &shown);
+        let path = child_path(parent, shown);
         self.stack[idx].path = Some(path);
     }
 

@@ -11,7 +11,7 @@
 
 use crate::line::{Line, lossy, trim};
 use crate::prefilter::LAVA;
-use crate::report::{Children, Excerpt, Out, child_path};
+use crate::report::{Children, Excerpt, Name, Out, child_path};
 use labwire_common::{NodeResult, TestNode};
 use memchr::{memchr, memmem};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ struct Group {
     name: String,
     children: Children,
     /// Path handed out with the members' results.
-    path: Arc<[String]>,
+    path: Arc<[Name]>,
 }
 
 /// The LAVA signal detector.
@@ -46,7 +46,7 @@ pub(crate) struct Lava {
     pub(crate) top: Children,
     pub(crate) seen: bool,
     pub(crate) cut: bool,
-    root_path: Arc<[String]>,
+    root_path: Arc<[Name]>,
 }
 
 const PREFIX: &[u8] = b"<LAVA_SIGNAL_";
@@ -118,7 +118,7 @@ impl Lava {
                 } else {
                     name
                 };
-                let path = child_path(&self.root_path, &name);
+                let path = child_path(&self.root_path, Name::from(name.as_str()));
                 self.run = Some(Group {
                     id: out.new_id(),
                     name,
@@ -147,7 +147,7 @@ impl Lava {
                     }
                     let name = text(trim(name));
                     let parent = self.run.as_ref().map_or(&self.root_path, |r| &r.path);
-                    let path = child_path(parent, &name);
+                    let path = child_path(parent, Name::from(name.as_str()));
                     self.set = Some(Group {
                         id: out.new_id(),
                         name,
@@ -312,7 +312,7 @@ impl Lava {
 fn close_group(
     g: Group,
     parent: Option<u64>,
-    path: &Arc<[String]>,
+    path: &Arc<[Name]>,
     siblings: &mut Children,
     error: Option<&str>,
     no: u64,

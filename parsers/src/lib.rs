@@ -309,6 +309,7 @@ impl LogParser {
     }
 }
 
+#[inline]
 fn dispatch(
     line: &Line<'_>,
     kinds: u8,

@@ -164,6 +164,45 @@ fn bracket_inside(inside: &[u8]) -> bool {
     all & 1 == 1 && any & 2 == 2
 }
 
+/// [`bracket_inside`] for the first `len` bytes of `s`, 16 bytes at once, when `s` has 16
+/// bytes to read and `len` is at most 16 (`None` otherwise).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn bracket_inside_simd(s: &[u8], len: usize) -> Option<bool> {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8, _mm_sub_epi8,
+    };
+    if s.len() < 16 || len > 16 {
+        return None;
+    }
+    // SAFETY: SSE2 is part of the x86_64 baseline, and `s` has 16 bytes to read (an
+    // unaligned load).
+    let (ok, digit) = unsafe {
+        let v = _mm_loadu_si128(s.as_ptr().cast::<__m128i>());
+        let d = _mm_sub_epi8(v, _mm_set1_epi8(b'0' as i8));
+        // A digit when `b - '0'` (unsigned) is at most 9.
+        let digit = _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d);
+        let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+        let other = _mm_or_si128(
+            _mm_or_si128(eq(b' '), eq(b'.')),
+            _mm_or_si128(eq(b'T'), eq(b'C')),
+        );
+        (
+            _mm_movemask_epi8(_mm_or_si128(digit, other)) as u32,
+            _mm_movemask_epi8(digit) as u32,
+        )
+    };
+    let mask = (1u32 << len) - 1;
+    Some(ok & mask == mask && digit & mask != 0)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn bracket_inside_simd(_s: &[u8], _len: usize) -> Option<bool> {
+    None
+}
+
 /// Length of a printk-style bracket at the start of `s`: a timestamp `[   12.345678]` or a
 /// caller id `[    T1]` / `[  C0]`.
 #[inline]
@@ -181,7 +220,10 @@ fn bracket_len(s: &[u8]) -> Option<usize> {
 #[inline]
 fn bracket_len_hinted(s: &[u8], hint: &Cell<u8>) -> Option<usize> {
     let h = usize::from(hint.get());
-    if h >= 3 && s.len() >= h && s[0] == b'[' && s[h - 1] == b']' && bracket_inside(&s[1..h - 1]) {
+    if h >= 3 && s.len() >= h && s[0] == b'[' && s[h - 1] == b']' && {
+        let inside = &s[1..h - 1];
+        bracket_inside_simd(&s[1..], inside.len()).unwrap_or_else(|| bracket_inside(inside))
+    } {
         return Some(h);
     }
     let n = bracket_len(s)?;

@@ -4,7 +4,7 @@
 
 use crate::ParseSetupError;
 use crate::line::Line;
-use crate::report::{Children, Out};
+use crate::report::{Children, Name, Out};
 use labwire_common::{NodeResult, TestNode};
 use regex::bytes::Regex;
 use std::sync::Arc;
@@ -49,7 +49,7 @@ pub(crate) struct Pattern {
     has_measurement: bool,
     has_units: bool,
     pub(crate) top: Children,
-    root_path: Arc<[String]>,
+    root_path: Arc<[Name]>,
 }
 
 impl Pattern {

@@ -82,7 +82,7 @@ pub struct Completed {
     /// Names of the enclosing groups, outermost first. A KTAP group whose name is not
     /// known yet (without a `# Subtest:` header, it comes with its result line) shows as
     /// its test number (`"2"`); link by `parent` for exactness.
-    pub path: Arc<[String]>,
+    pub path: Arc<[Name]>,
     /// The test, without members ([`CompletedNode::to_test_node`] makes a `TestNode`).
     pub node: CompletedNode,
     /// True for a leaf test (one counted in `Counts`).
@@ -636,7 +636,7 @@ impl Out {
         &mut self,
         id: u64,
         parent: Option<u64>,
-        path: &Arc<[String]>,
+        path: &Arc<[Name]>,
         node: &TestNode,
         leaf: bool,
         line: u64,
@@ -655,12 +655,12 @@ impl Out {
 
     /// Records a completed test given as a [`CompletedNode`] (the tree is not kept, or
     /// the caller keeps its own `TestNode`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn emit_node(
         &mut self,
         id: u64,
         parent: Option<u64>,
-        path: &Arc<[String]>,
+        path: &Arc<[Name]>,
         node: CompletedNode,
         leaf: bool,
         line: u64,
@@ -687,7 +687,7 @@ impl Out {
         &mut self,
         id: u64,
         parent: Option<u64>,
-        path: &Arc<[String]>,
+        path: &Arc<[Name]>,
         node: TestNode,
         leaf: bool,
         line: u64,
@@ -707,12 +707,12 @@ impl Out {
 }
 
 /// A path one level deeper.
-pub(crate) fn child_path(parent: &Arc<[String]>, name: &str) -> Arc<[String]> {
-    // An exact-size iterator: one allocation for the slice.
+pub(crate) fn child_path(parent: &Arc<[Name]>, name: Name) -> Arc<[Name]> {
+    // An exact-size iterator: one allocation for the slice (names are inline when short).
     parent
         .iter()
         .cloned()
-        .chain(std::iter::once(name.to_string()))
+        .chain(std::iter::once(name))
         .collect()
 }
 
