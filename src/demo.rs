@@ -196,7 +196,7 @@ async fn demo(root: &Path) -> anyhow::Result<bool> {
     std::fs::write(root.join("agent.yaml"), &yaml)?;
     let acfg = AgentConfig::parse(&yaml).context("the demo's agent config")?;
     let stop_agent = CancellationToken::new();
-    let agent = tokio::spawn(labwire_agent::daemon::run(acfg, stop_agent.clone()));
+    let agent = tokio::spawn(labwire_agent::daemon::run(acfg, None, stop_agent.clone()));
     step(if board.is_some() {
         "agent started with two devices: `demo-host` (shell driver on this machine) and `demo-qemu` (a QEMU board on a serial console)"
     } else {

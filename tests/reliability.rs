@@ -361,3 +361,70 @@ async fn a_lab_cannot_act_on_another_labs_job() {
     assert_eq!(n.result, v1::NodeResult::Pass as i32);
     assert_eq!(read_log(&mut c, job).await, "real");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_devices_without_dropping_the_running_job() {
+    let rig = Rig::new("leases: {duration: 10s, heartbeat: 1s}\n");
+    let _keep = rig.keep_on_failure();
+    let _coord = rig.start_coordinator();
+    rig.issue_lab("lab-a");
+    let slow: &[&str] = &[
+        "sh",
+        "-c",
+        "echo started on $LABWIRE_DEVICE; sleep 4; echo finished",
+    ];
+    let quick: &[&str] = &["sh", "-c", "echo quick on $LABWIRE_DEVICE"];
+    rig.agent_config("lab-a", &[("old-dev", slow, &["old"])], "");
+    let agent = rig.start_agent("lab-a");
+    let mut c = rig.client().await;
+    let running = submit(&mut c, "long", &["old"], &[]).await;
+    wait_node(&mut c, running, Duration::from_secs(30), |n| {
+        data(n).contains_key("device")
+    })
+    .await;
+
+    // A broken file is refused and changes nothing.
+    let cfg = rig.path("labs/lab-a/agent.yaml");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{good}  - name: broken\n    device_type: no-such-type\n"),
+    )
+    .unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Replace the device list while the job runs: the old device goes, a new one comes.
+    rig.agent_config("lab-a", &[("new-dev", quick, &["new"])], "");
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    let fresh = submit(&mut c, "fresh", &["new"], &[]).await;
+    let f = wait_node(&mut c, fresh, Duration::from_secs(30), is_done).await;
+    assert_eq!(f.result, v1::NodeResult::Pass as i32, "{f:?}");
+    assert_eq!(data(&f)["device"], "new-dev");
+    // The job that was running on the removed device finished normally.
+    let r = wait_node(&mut c, running, Duration::from_secs(30), is_done).await;
+    assert_eq!(r.result, v1::NodeResult::Pass as i32, "{r:?}");
+    assert!(read_log(&mut c, running).await.contains("finished"));
+    // The old device is no longer offered: a job for it waits in the queue.
+    let orphan = submit(&mut c, "orphan", &["old"], &[]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let o = c
+        .nodes
+        .get_node(v1::GetNodeRequest { id: orphan })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(o.state, v1::NodeState::Running as i32);
+    assert!(!data(&o).contains_key("device"), "{o:?}");
+    let labs = c
+        .admin
+        .list_labs(v1::ListLabsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .labs;
+    let names: Vec<&str> = labs[0].devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, vec!["new-dev"]);
+    let log = std::fs::read_to_string(rig.path("agent-lab-a.log")).unwrap();
+    assert!(log.contains("configuration refused"), "{log}");
+}

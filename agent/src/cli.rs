@@ -44,7 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = AgentConfig::load(&config)?;
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
-            crate::daemon::run(cfg, shutdown).await
+            crate::daemon::run(cfg, Some(config), shutdown).await
         }
         Command::Parse(args) => labwire_parsers::cli::run(&args),
         Command::CheckConfig { config } => {

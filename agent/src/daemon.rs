@@ -32,6 +32,14 @@ struct RunningJob {
 
 #[derive(Default)]
 struct State {
+    /// The devices, as last loaded (SIGHUP reloads them).
+    devices: Vec<Arc<Device>>,
+    /// At most this many jobs at once.
+    max_jobs: usize,
+    /// The limits, as last loaded.
+    limits: crate::config::Limits,
+    /// The device list changed: advertise it with the next heartbeat.
+    advertise: bool,
     session: Option<String>,
     heartbeat: Duration,
     devs: HashMap<String, DevState>,
@@ -42,7 +50,6 @@ struct State {
 /// The running agent.
 pub struct Agent {
     cfg: AgentConfig,
-    devices: Vec<Arc<Device>>,
     outbox: Arc<Outbox>,
     client: Client,
     state: Mutex<State>,
@@ -54,7 +61,6 @@ pub struct Agent {
     stop: CancellationToken,
     /// Woken when a call found the session unknown: register again at once.
     session_lost: tokio::sync::Notify,
-    max_jobs: usize,
 }
 
 impl Agent {
@@ -69,13 +75,17 @@ impl Agent {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn device(&self, name: &str) -> Option<&Arc<Device>> {
-        self.devices.iter().find(|d| d.info.name == name)
+    fn device(&self, name: &str) -> Option<Arc<Device>> {
+        self.lock()
+            .devices
+            .iter()
+            .find(|d| d.info.name == name)
+            .cloned()
     }
 
     fn advertised(&self) -> Vec<v1::Device> {
         let st = self.lock();
-        self.devices
+        st.devices
             .iter()
             .map(|d| {
                 let busy = st.devs.get(&d.info.name).is_some_and(|s| s.busy > 0);
@@ -87,7 +97,7 @@ impl Agent {
     fn free_slots(&self) -> u32 {
         let st = self.lock();
         let busy: usize = st.devs.values().map(|d| d.busy).sum();
-        self.max_jobs.saturating_sub(busy) as u32
+        st.max_jobs.saturating_sub(busy) as u32
     }
 
     fn held_jobs(&self) -> Vec<v1::JobRef> {
@@ -125,36 +135,44 @@ impl Agent {
 }
 
 /// Runs the agent until `shutdown` is cancelled, then drains and returns.
-pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// With `reload_from`, SIGHUP reloads that config file's devices and limits.
+pub async fn run(
+    cfg: AgentConfig,
+    reload_from: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let lib = cfg.library()?;
     let devices = devices::build(&cfg, &lib)?;
     let outbox = Arc::new(Outbox::open(&cfg.state_dir)?);
     let client = client::connect(&cfg.coordinator)?;
-    let max_jobs = cfg
-        .limits
-        .max_jobs
-        .unwrap_or_else(|| devices.iter().map(|d| d.max_jobs).sum::<usize>().max(1));
+    let max_jobs = max_jobs_of(&cfg, &devices);
     let (changed, _) = watch::channel(0);
-    let agent = Arc::new(Agent {
+    let n_devices = devices.len();
+    let state = State {
+        devs: devices
+            .iter()
+            .map(|d| (d.info.name.clone(), DevState::default()))
+            .collect(),
         devices,
+        max_jobs,
+        limits: cfg.limits.clone(),
+        ..Default::default()
+    };
+    let agent = Arc::new(Agent {
         outbox,
         client,
-        state: Mutex::new(State::default()),
+        state: Mutex::new(state),
         changed,
         draining: CancellationToken::new(),
         stop: CancellationToken::new(),
         session_lost: tokio::sync::Notify::new(),
-        max_jobs,
         cfg,
     });
-    {
-        let mut st = agent.lock();
-        for d in &agent.devices {
-            st.devs.insert(d.info.name.clone(), DevState::default());
-        }
-    }
     recover_journal(&agent).await?;
-    tracing::info!(lab = %agent.cfg.lab, devices = agent.devices.len(), max_jobs, "agent starting");
+    tracing::info!(lab = %agent.cfg.lab, devices = n_devices, max_jobs, "agent starting");
+    if let Some(path) = reload_from {
+        tokio::spawn(reload_on_sighup(agent.clone(), path));
+    }
 
     let sender = tokio::spawn(send_outbox(agent.clone()));
     let session = tokio::spawn(keep_session(agent.clone()));
@@ -170,7 +188,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     if let Ok(js) = puller.await {
         jobs = js;
     }
-    let drain = tokio::time::sleep(agent.cfg.limits.drain_timeout);
+    let drain_timeout = agent.lock().limits.drain_timeout;
+    let drain = tokio::time::sleep(drain_timeout);
     tokio::pin!(drain);
     loop {
         tokio::select! {
@@ -280,10 +299,15 @@ async fn keep_session(agent: Arc<Agent>) {
             }
             Some(session) => {
                 let running = agent.held_jobs();
+                let advertise = std::mem::take(&mut agent.lock().advertise);
                 let req = v1::HeartbeatRequest {
                     session,
                     running,
-                    devices: Vec::new(),
+                    devices: if advertise {
+                        agent.advertised()
+                    } else {
+                        Vec::new()
+                    },
                     free_slots: agent.free_slots(),
                     draining: agent.draining.is_cancelled(),
                 };
@@ -387,11 +411,12 @@ async fn pull_loop(agent: Arc<Agent>) -> JoinSet<()> {
         }
         // Start a poll for the free devices not yet covered by one.
         let start = {
-            let mut st = agent.lock();
+            let mut guard = agent.lock();
+            let st = &mut *guard;
             let busy: usize = st.devs.values().map(|d| d.busy).sum();
             match st.session.clone() {
-                Some(session) if busy + st.polls < agent.max_jobs => {
-                    let mut free: Vec<(&Arc<Device>, Option<Instant>, usize)> = agent
+                Some(session) if busy + st.polls < st.max_jobs => {
+                    let mut free: Vec<(&Arc<Device>, Option<Instant>, usize)> = st
                         .devices
                         .iter()
                         .filter_map(|d| {
@@ -457,7 +482,7 @@ async fn poll(
     let req = v1::AcquireJobRequest {
         session,
         free_devices: names.clone(),
-        wait_ms: agent.cfg.limits.poll_wait.as_millis() as u32,
+        wait_ms: agent.lock().limits.poll_wait.as_millis() as u32,
     };
     let res = agent.client.clone().acquire_job(req).await;
     let out = match res {
@@ -514,10 +539,11 @@ fn start_job(agent: &Arc<Agent>, a: v1::Assignment, polled: &[String], jobs: &mu
     let spec = a.spec.clone().unwrap_or_default();
     let criteria = convert::criteria_from_proto(&spec.criteria.clone().unwrap_or_default());
     let chosen = {
-        let mut st = agent.lock();
+        let mut guard = agent.lock();
+        let st = &mut *guard;
         let free: Vec<&Arc<Device>> = polled
             .iter()
-            .filter_map(|n| agent.device(n))
+            .filter_map(|n| st.devices.iter().find(|d| &d.info.name == n))
             .filter(|d| {
                 st.devs
                     .get(&d.info.name)
@@ -559,9 +585,16 @@ fn start_job(agent: &Arc<Agent>, a: v1::Assignment, polled: &[String], jobs: &mu
             {
                 let mut st = agent2.lock();
                 st.running.remove(&(jr.job, jr.attempt));
-                if let Some(s) = st.devs.get_mut(&device.info.name) {
+                let name = &device.info.name;
+                if let Some(s) = st.devs.get_mut(name) {
                     s.busy = s.busy.saturating_sub(1);
                     s.last_used = Some(Instant::now());
+                }
+                // A device removed by a reload while it ran is forgotten now.
+                if !st.devices.iter().any(|d| &d.info.name == name)
+                    && st.devs.get(name).is_some_and(|s| s.busy == 0 && !s.polling)
+                {
+                    st.devs.remove(name);
                 }
             }
             agent2.bump();
@@ -629,7 +662,7 @@ async fn run_job(
             let timeout = if spec.timeout_seconds > 0 {
                 Duration::from_secs(u64::from(spec.timeout_seconds))
             } else {
-                agent.cfg.limits.job_timeout
+                agent.lock().limits.job_timeout
             };
             let mut ctx = JobContext {
                 job,
@@ -731,4 +764,68 @@ fn merge_report(outcome: &mut Outcome, report: labwire_parsers::ParseReport) {
         }
         _ => {}
     }
+}
+
+fn max_jobs_of(cfg: &AgentConfig, devices: &[Arc<Device>]) -> usize {
+    cfg.limits
+        .max_jobs
+        .unwrap_or_else(|| devices.iter().map(|d| d.max_jobs).sum::<usize>().max(1))
+}
+
+/// Reloads the device list and limits from `path` on every SIGHUP. Jobs in flight keep
+/// their device until they end; a device removed from the file is no longer offered; a bad
+/// file is refused (logged) and the running configuration kept. The lab, the coordinator
+/// link and the state directory need a restart to change.
+async fn reload_on_sighup(agent: Arc<Agent>, path: std::path::PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    loop {
+        tokio::select! {
+            got = hup.recv() => if got.is_none() { return },
+            _ = agent.stop.cancelled() => return,
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        match reload(&agent, &path) {
+            Ok(n) => {
+                tracing::info!(config = %path.display(), devices = n, "SIGHUP: configuration reloaded")
+            }
+            Err(e) => {
+                tracing::error!(config = %path.display(), error = %format!("{e:#}"), "SIGHUP: configuration refused; keeping the running one")
+            }
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+}
+
+fn reload(agent: &Agent, path: &std::path::Path) -> anyhow::Result<usize> {
+    let cfg = AgentConfig::load(path)?;
+    if cfg.lab != agent.cfg.lab
+        || cfg.coordinator.url != agent.cfg.coordinator.url
+        || cfg.state_dir != agent.cfg.state_dir
+    {
+        anyhow::bail!("`lab`, `coordinator` and `state_dir` cannot change without a restart");
+    }
+    let devices = devices::build(&cfg, &cfg.library()?)?;
+    let n = devices.len();
+    {
+        let mut st = agent.lock();
+        st.max_jobs = max_jobs_of(&cfg, &devices);
+        st.limits = cfg.limits.clone();
+        for d in &devices {
+            st.devs.entry(d.info.name.clone()).or_default();
+        }
+        let names: std::collections::HashSet<String> =
+            devices.iter().map(|d| d.info.name.clone()).collect();
+        // Devices that left the file go now if idle, else when their job ends.
+        st.devs
+            .retain(|name, s| names.contains(name) || s.busy > 0 || s.polling);
+        st.devices = devices;
+        st.advertise = true;
+    }
+    agent.bump();
+    agent.session_lost.notify_one();
+    Ok(n)
 }
