@@ -343,7 +343,11 @@ async fn a_lab_cannot_act_on_another_labs_job() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     // An oversized message is refused before it is read (the limit is 16 MiB).
     let e = ca
-        .append_log(v1::AppendLogRequest { job: Some(jr), offset: 0, data: vec![b'x'; 17 << 20] })
+        .append_log(v1::AppendLogRequest {
+            job: Some(jr),
+            offset: 0,
+            data: vec![b'x'; 17 << 20],
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
