@@ -121,20 +121,6 @@ fn open_store(cfg: &CoordinatorConfig) -> anyhow::Result<Store> {
     Store::open(&path).with_context(|| format!("cannot open the store {}", path.display()))
 }
 
-fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
 /// Creates the CA, server certificate and admin token for `cfg`. Returns the token.
 pub fn ca_init(cfg: &CoordinatorConfig, dns: &[String], ip: &[IpAddr]) -> anyhow::Result<String> {
     let files = pki::init_ca(&cfg.pki_dir(), dns, ip)?;
@@ -192,7 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             match token_file {
                 Some(f) => {
-                    write_secret(&f, &token)?;
+                    pki::write_private(&f, &token)?;
                     println!("admin token written to {}", f.display());
                 }
                 None => println!("admin token (shown once; keep it safe): {token}"),
