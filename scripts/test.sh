@@ -18,6 +18,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# Test back ends that need more than a package (a LAVA server, a Labgrid venv, ...) are set
+# up by one script each under scripts/setup.d/, run in name order; each is idempotent and
+# prints what it does.
+for setup in scripts/setup.d/*.sh; do
+    [ -e "$setup" ] || continue
+    echo "==> $setup"
+    bash "$setup"
+done
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

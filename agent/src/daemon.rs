@@ -9,6 +9,7 @@ use crate::devices::{self, Device};
 use crate::driver::{JobContext, Outcome};
 use crate::joblog::JobLog;
 use crate::outbox::{Item, Outbox};
+use crate::sources;
 use labwire_common::NodeResult;
 use labwire_proto::{convert, v1};
 use std::collections::HashMap;
@@ -32,8 +33,14 @@ struct RunningJob {
 
 #[derive(Default)]
 struct State {
-    /// The devices, as last loaded (SIGHUP reloads them).
+    /// The devices offered now: those of the config file, then those of the sources.
     devices: Vec<Arc<Device>>,
+    /// The devices of the config file, as last loaded (SIGHUP reloads them).
+    configured: Vec<Arc<Device>>,
+    /// The devices each source found, by source name.
+    discovered: std::collections::BTreeMap<String, Vec<Arc<Device>>>,
+    /// `limits.max_jobs` of the config file, if set.
+    max_jobs_cfg: Option<usize>,
     /// At most this many jobs at once.
     max_jobs: usize,
     /// The limits, as last loaded.
@@ -89,7 +96,9 @@ impl Agent {
             .iter()
             .map(|d| {
                 let busy = st.devs.get(&d.info.name).is_some_and(|s| s.busy > 0);
-                convert::device_to_proto(&d.info, busy)
+                let mut p = convert::device_to_proto(&d.info, busy);
+                p.count = d.count as u32;
+                p
             })
             .collect()
     }
@@ -142,22 +151,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let lib = cfg.library()?;
-    let devices = devices::build(&cfg, &lib)?;
+    let configured = devices::build(&cfg, &lib)?;
+    let sources = sources::build(&cfg)?;
     let outbox = Arc::new(Outbox::open(&cfg.state_dir)?);
     let client = client::connect(&cfg.coordinator)?;
-    let max_jobs = max_jobs_of(&cfg, &devices);
     let (changed, _) = watch::channel(0);
-    let n_devices = devices.len();
-    let state = State {
-        devs: devices
-            .iter()
-            .map(|d| (d.info.name.clone(), DevState::default()))
-            .collect(),
-        devices,
-        max_jobs,
+    let mut state = State {
+        configured,
+        max_jobs_cfg: cfg.limits.max_jobs,
         limits: cfg.limits.clone(),
         ..Default::default()
     };
+    install_devices(&mut state);
+    let (n_devices, max_jobs) = (state.devices.len(), state.max_jobs);
     let agent = Arc::new(Agent {
         outbox,
         client,
@@ -169,7 +175,10 @@ pub async fn run(
         cfg,
     });
     recover_journal(&agent).await?;
-    tracing::info!(lab = %agent.cfg.lab, devices = n_devices, max_jobs, "agent starting");
+    tracing::info!(lab = %agent.cfg.lab, devices = n_devices, max_jobs, sources = sources.len(), "agent starting");
+    for source in sources {
+        tokio::spawn(follow_source(agent.clone(), source));
+    }
     if let Some(path) = reload_from {
         tokio::spawn(reload_on_sighup(agent.clone(), path));
     }
@@ -421,7 +430,8 @@ async fn pull_loop(agent: Arc<Agent>) -> JoinSet<()> {
                         .iter()
                         .filter_map(|d| {
                             let s = st.devs.get(&d.info.name)?;
-                            (!s.polling && s.busy < d.max_jobs).then_some((d, s.last_used, s.busy))
+                            (!s.polling && s.busy < d.max_jobs && d.info.health.usable())
+                                .then_some((d, s.last_used, s.busy))
                         })
                         .collect();
                     // Idle first, then least recently used.
@@ -766,10 +776,50 @@ fn merge_report(outcome: &mut Outcome, report: labwire_parsers::ParseReport) {
     }
 }
 
-fn max_jobs_of(cfg: &AgentConfig, devices: &[Arc<Device>]) -> usize {
-    cfg.limits
-        .max_jobs
-        .unwrap_or_else(|| devices.iter().map(|d| d.max_jobs).sum::<usize>().max(1))
+/// Makes the configured and discovered devices the offered ones: a device that is gone is
+/// forgotten now if idle, else when its job ends; the next heartbeat advertises the list.
+fn install_devices(st: &mut State) {
+    let devices: Vec<Arc<Device>> = st
+        .configured
+        .iter()
+        .chain(st.discovered.values().flatten())
+        .cloned()
+        .collect();
+    st.max_jobs = st
+        .max_jobs_cfg
+        .unwrap_or_else(|| devices.iter().map(|d| d.max_jobs).sum::<usize>().max(1));
+    for d in &devices {
+        st.devs.entry(d.info.name.clone()).or_default();
+    }
+    let names: std::collections::HashSet<&str> =
+        devices.iter().map(|d| d.info.name.as_str()).collect();
+    st.devs
+        .retain(|name, s| names.contains(name.as_str()) || s.busy > 0 || s.polling);
+    st.devices = devices;
+    st.advertise = true;
+}
+
+/// Follows one device source: every list it publishes replaces that source's devices.
+async fn follow_source(agent: Arc<Agent>, source: Arc<dyn sources::DeviceSource>) {
+    let name = source.name();
+    let (tx, mut rx) = watch::channel(Vec::new());
+    tokio::spawn(source.run(tx, agent.stop.clone()));
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = agent.stop.cancelled() => return,
+        }
+        let list = rx.borrow_and_update().clone();
+        tracing::info!(source = %name, devices = list.len(), "device source changed");
+        {
+            let mut st = agent.lock();
+            st.discovered.insert(name.clone(), list);
+            install_devices(&mut st);
+        }
+        agent.bump();
+        // Advertise at once rather than at the next heartbeat.
+        agent.session_lost.notify_one();
+    }
 }
 
 /// Reloads the device list and limits from `path` on every SIGHUP. Jobs in flight keep
@@ -812,18 +862,10 @@ fn reload(agent: &Agent, path: &std::path::Path) -> anyhow::Result<usize> {
     let n = devices.len();
     {
         let mut st = agent.lock();
-        st.max_jobs = max_jobs_of(&cfg, &devices);
+        st.max_jobs_cfg = cfg.limits.max_jobs;
         st.limits = cfg.limits.clone();
-        for d in &devices {
-            st.devs.entry(d.info.name.clone()).or_default();
-        }
-        let names: std::collections::HashSet<String> =
-            devices.iter().map(|d| d.info.name.clone()).collect();
-        // Devices that left the file go now if idle, else when their job ends.
-        st.devs
-            .retain(|name, s| names.contains(name) || s.busy > 0 || s.polling);
-        st.devices = devices;
-        st.advertise = true;
+        st.configured = devices;
+        install_devices(&mut st);
     }
     agent.bump();
     agent.session_lost.notify_one();

@@ -20,6 +20,9 @@ pub struct Device {
     pub driver: Arc<dyn Driver>,
     /// How many jobs may run on it at once.
     pub max_jobs: usize,
+    /// How many devices stand behind this entry: 1 for a board, the number of usable
+    /// devices for a pooled back end (a LAVA device type).
+    pub count: usize,
 }
 
 /// Builds the devices of a config.
@@ -58,6 +61,7 @@ pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>
                 info,
                 driver,
                 max_jobs,
+                count: 1,
             }))
         })
         .collect()

@@ -13,6 +13,7 @@ pub mod joblog;
 pub mod outbox;
 pub mod placeholders;
 pub mod serial;
+pub mod sources;
 
 /// Installs the workspace's one rustls crypto provider (ring) if none is installed yet.
 /// The binaries do this at start-up; library entry points that open TLS connections call it

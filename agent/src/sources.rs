@@ -1,0 +1,36 @@
+//! Device sources: back ends whose devices are not listed one by one in agent.yaml but found
+//! at run time (a LAVA server's inventory, a Labgrid coordinator's places). A source follows
+//! its back end and publishes its current devices; the daemon merges them with the devices
+//! of the config file and advertises the union to the coordinator whenever it changes.
+//!
+//! A source publishes a whole new list on every change (a device added or gone, its health
+//! or its capacity changed). Devices are identified by name: a job keeps the `Device` it
+//! started on until it ends, even when the source has dropped that device meanwhile.
+
+use crate::config::AgentConfig;
+use crate::devices::Device;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// One back end that discovers devices.
+pub trait DeviceSource: Send + Sync + 'static {
+    /// The source's name for logs, unique among the sources (`lava:NAME`, `labgrid:NAME`).
+    fn name(&self) -> String;
+
+    /// Follows the back end until `stop` fires, publishing the current devices on `tx`
+    /// whenever they change. Must not return early on back-end errors: it publishes what it
+    /// still knows (or an empty list) and retries with back-off.
+    fn run(
+        self: Arc<Self>,
+        tx: watch::Sender<Vec<Arc<Device>>>,
+        stop: CancellationToken,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// The device sources that a config names. Source settings are read at start only: changing
+/// them needs a restart (SIGHUP reloads the devices of the file and the limits).
+pub fn build(_cfg: &AgentConfig) -> anyhow::Result<Vec<Arc<dyn DeviceSource>>> {
+    Ok(Vec::new())
+}
