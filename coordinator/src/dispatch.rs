@@ -311,7 +311,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             store,
             lease,
-            horizon: heartbeat * 3 + Duration::from_secs(5),
+            horizon: heartbeat * 3,
             started: Instant::now(),
             placement: std::sync::RwLock::new(Arc::new(placement)),
             state: Mutex::new(state),
@@ -812,5 +812,190 @@ impl Dispatcher {
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewJob, RunGroup, temp_store};
+    use labwire_common::{Health, NodeResult};
+    use labwire_proto::v1;
+
+    fn device(name: &str, dt: &str) -> DeviceInfo {
+        DeviceInfo {
+            name: name.into(),
+            device_type: dt.into(),
+            driver: "shell".into(),
+            health: Health::Good,
+            ..Default::default()
+        }
+    }
+
+    fn job(name: &str, group: Option<RunGroup>) -> NewJob {
+        NewJob {
+            spec: v1::JobSpec {
+                name: name.into(),
+                ..Default::default()
+            },
+            group,
+            ..Default::default()
+        }
+    }
+
+    async fn setup(placement: &str) -> (tempfile::TempDir, Store, Dispatcher) {
+        let (dir, store) = temp_store();
+        for lab in ["lab-a", "lab-b"] {
+            let l = lab.to_string();
+            store
+                .write_blocking(move |w| w.touch_lab(&l, None, None))
+                .unwrap();
+        }
+        let d = Dispatcher::load(
+            store.clone(),
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            Placement::parse(placement).unwrap(),
+        )
+        .await
+        .unwrap();
+        (dir, store, d)
+    }
+
+    async fn submit(store: &Store, d: &Dispatcher, j: NewJob) -> NodeId {
+        let (node, row) = store.write(move |w| w.submit_job(j)).await.unwrap();
+        d.enqueue(&row).await;
+        node.id
+    }
+
+    async fn poll(d: &Dispatcher, lab: &str, devs: &[DeviceInfo]) -> Option<Assignment> {
+        d.acquire(lab, "s", devs.to_vec(), Duration::ZERO)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn max_in_flight_limits_a_lab() {
+        let (_d, store, d) = setup("labs:\n  lab-a: {max_in_flight: 1}\n").await;
+        let devs = [device("a1", "x"), device("a2", "x")];
+        d.update_lab("lab-a", Some(devs.to_vec()), 2, false).await;
+        let j1 = submit(&store, &d, job("one", None)).await;
+        let j2 = submit(&store, &d, job("two", None)).await;
+        assert_eq!(poll(&d, "lab-a", &devs).await.unwrap().claim.job.id, j1);
+        assert!(
+            poll(&d, "lab-a", &devs[1..]).await.is_none(),
+            "limit of 1 in flight"
+        );
+        let row = store
+            .read(move |c| crate::store::jobs::find_job(c, j2))
+            .await
+            .unwrap()
+            .unwrap();
+        let v = d.explain(&row, &["lab-a".into()]).await;
+        assert!(
+            v[0].reasons.iter().any(|r| r.contains("max_in_flight")),
+            "{v:?}"
+        );
+        d.finished("lab-a", j1).await;
+        assert_eq!(
+            poll(&d, "lab-a", &devs[1..]).await.unwrap().claim.job.id,
+            j2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_preferred_busy_lab_waits_for_its_job_unless_its_runs_are_too_long() {
+        let pl = "preferences:\n  - rules: {job: ['pref*']}\n    labs: {lab-a: 300}\n";
+        let (_d, store, d) = setup(pl).await;
+        let a = [device("a1", "x")];
+        let b = [device("b1", "x")];
+        d.update_lab("lab-a", Some(a.to_vec()), 1, false).await;
+        d.update_lab("lab-b", Some(b.to_vec()), 1, false).await;
+        // lab-a's only device is busy with a first job.
+        submit(&store, &d, job("pref-1", None)).await;
+        assert!(poll(&d, "lab-a", &a).await.is_some());
+        // lab-b could start pref-2 now, but lab-a is expected within half a default run
+        // (150 s), less than its 300 s bonus: the job waits for lab-a.
+        let j2 = submit(&store, &d, job("pref-2", None)).await;
+        assert!(poll(&d, "lab-b", &b).await.is_none(), "lab-a is preferred");
+        let row = store
+            .read(move |c| crate::store::jobs::find_job(c, j2))
+            .await
+            .unwrap()
+            .unwrap();
+        let v = d.explain(&row, &["lab-a".into(), "lab-b".into()]).await;
+        assert!(v[0].score.unwrap() < v[1].score.unwrap(), "{v:?}");
+        // Once statistics say pref-2 runs 20 minutes in lab-a, lab-b is sooner.
+        store
+            .write_blocking(|w| {
+                w.conn().execute(
+                    "INSERT INTO job_stats (signature, lab, runs, wait_ms_avg, run_ms_avg, updated) \
+                     VALUES ('pref-2', 'lab-a', 5, 0, 1200000, 0)",
+                    [],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        d.refresh_stats().await.unwrap();
+        assert_eq!(poll(&d, "lab-b", &b).await.unwrap().claim.job.id, j2);
+    }
+
+    #[tokio::test]
+    async fn runs_avoid_earlier_device_types_strict_fails_permissive_reuses() {
+        let (_d, store, d) = setup("").await;
+        let devs = [device("x1", "type-x"), device("y1", "type-y")];
+        d.update_lab("lab-a", Some(devs.to_vec()), 2, false).await;
+        let group = |id: &str, mode| {
+            Some(RunGroup {
+                id: id.into(),
+                variant: Variant::DeviceType,
+                mode,
+            })
+        };
+        let s1 = submit(&store, &d, job("s", group("g1", VariantMode::Strict))).await;
+        let s2 = submit(&store, &d, job("s", group("g1", VariantMode::Strict))).await;
+        let s3 = submit(&store, &d, job("s", group("g1", VariantMode::Strict))).await;
+        let a1 = poll(&d, "lab-a", &devs).await.unwrap();
+        assert_eq!(a1.claim.job.id, s1);
+        let a2 = poll(&d, "lab-a", &devs).await.unwrap();
+        assert_eq!(a2.claim.job.id, s2);
+        assert_ne!(
+            a1.device, a2.device,
+            "the second run avoids the first's device type"
+        );
+        // The spec sent to the agent carries the exclusion.
+        let sent = a2.claim.job.spec.criteria.unwrap();
+        assert_eq!(
+            sent.avoid_device_types,
+            vec![if a1.device == "x1" {
+                "type-x"
+            } else {
+                "type-y"
+            }]
+        );
+        // Nothing is left for the third run: strict mode fails it (after the settling time).
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        d.update_lab("lab-a", Some(devs.to_vec()), 2, false).await;
+        assert!(poll(&d, "lab-a", &devs).await.is_none());
+        let n3 = store
+            .read(move |c| crate::store::nodes::get_node(c, s3))
+            .await
+            .unwrap();
+        assert_eq!(n3.result, Some(NodeResult::Incomplete));
+        assert_eq!(n3.data["error_code"], "no_variant");
+
+        let p1 = submit(&store, &d, job("p", group("g2", VariantMode::Permissive))).await;
+        let p2 = submit(&store, &d, job("p", group("g2", VariantMode::Permissive))).await;
+        // Now the lab has one device type only.
+        let only = [device("x1", "type-x")];
+        d.update_lab("lab-a", Some(only.to_vec()), 2, false).await;
+        d.finished("lab-a", s1).await;
+        d.finished("lab-a", s2).await;
+        assert_eq!(poll(&d, "lab-a", &only).await.unwrap().claim.job.id, p1);
+        let again = poll(&d, "lab-a", &only).await.unwrap();
+        assert_eq!(
+            again.claim.job.id, p2,
+            "permissive mode reuses the device type"
+        );
     }
 }
