@@ -74,6 +74,8 @@ struct State {
     refused: HashMap<NodeId, Vec<(String, Instant)>>,
     /// Job statistics: (signature, lab) → stats.
     stats: HashMap<(String, String), JobStats>,
+    /// When the queue was last checked for runs with no variant left.
+    exhausted_check: Option<Instant>,
 }
 
 /// What [`Dispatcher::explain`] says about one lab.
@@ -618,9 +620,16 @@ impl Dispatcher {
 
     /// Fails the queued runs whose variant cannot be met any more (strict mode).
     async fn fail_exhausted(&self, st: &mut State) {
-        if self.started.elapsed() < self.horizon {
+        // Runs of groups only; the whole queue is looked at no more than once a second.
+        if self.started.elapsed() < self.horizon
+            || st.groups.is_empty()
+            || st
+                .exhausted_check
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
             return;
         }
+        st.exhausted_check = Some(Instant::now());
         let doomed: Vec<(NodeId, String)> = st
             .queue
             .values()
