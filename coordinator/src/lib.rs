@@ -4,10 +4,12 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod model;
+pub mod pipeline;
 pub mod pki;
 pub mod server;
 pub mod store;

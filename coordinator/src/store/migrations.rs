@@ -5,7 +5,10 @@ use crate::error::Result;
 use rusqlite::{Connection, params};
 
 /// The migrations, in order. Names are stable identifiers.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_initial", include_str!("0001_initial.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_initial", include_str!("0001_initial.sql")),
+    ("0003_pipeline", include_str!("0003_pipeline.sql")),
+];
 
 /// Applies every migration not yet recorded.
 pub fn apply(conn: &mut Connection) -> Result<()> {
@@ -54,6 +57,7 @@ mod tests {
         // Opening again must not re-apply anything.
         let again = crate::store::Store::open(store.path()).unwrap();
         let names = again.read_blocking(applied).unwrap();
-        assert_eq!(names, vec!["0001_initial".to_string()]);
+        let want: Vec<String> = MIGRATIONS.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, want);
     }
 }
