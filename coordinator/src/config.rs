@@ -37,6 +37,18 @@ pub struct CoordinatorConfig {
     /// The event log.
     #[serde(default)]
     pub events: EventConfig,
+    /// The HTTP/JSON side.
+    #[serde(default)]
+    pub http: crate::pipeline::config::HttpConfig,
+    /// The timeout service.
+    #[serde(default)]
+    pub timeouts: crate::pipeline::config::TimeoutConfig,
+    /// The trigger.
+    #[serde(default)]
+    pub trigger: crate::pipeline::config::TriggerConfig,
+    /// Reports.
+    #[serde(default)]
+    pub reports: crate::pipeline::config::ReportConfig,
 }
 
 /// TLS files of the coordinator; each defaults to a file under `{data_dir}/pki/`.
@@ -126,6 +138,10 @@ impl Default for CoordinatorConfig {
             tls: TlsFiles::default(),
             leases: LeaseConfig::default(),
             events: EventConfig::default(),
+            http: Default::default(),
+            timeouts: Default::default(),
+            trigger: Default::default(),
+            reports: Default::default(),
         }
     }
 }
@@ -174,6 +190,7 @@ impl CoordinatorConfig {
         if !(self.public_url.starts_with("https://")) {
             bail!("public_url `{}` must start with https://", self.public_url);
         }
+        crate::pipeline::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
         Ok(())
     }
 

@@ -167,6 +167,32 @@ impl Write<'_> {
     }
 }
 
+/// Sweeps every `interval` until `shutdown`.
+pub async fn run(
+    store: crate::store::Store,
+    interval: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match store.write(|w| w.sweep_timeouts()).await {
+            Ok(s) if s.is_empty() => {}
+            Ok(s) => tracing::info!(
+                timed_out = s.timed_out.len(),
+                closing = s.closing.len(),
+                closed = s.closed.len(),
+                "timeout service"
+            ),
+            Err(e) => tracing::error!(error = %e, "timeout sweep failed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
