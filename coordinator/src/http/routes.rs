@@ -26,7 +26,8 @@ pub fn router(shared: SharedRef) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(super::metrics::metrics))
         .route("/nodes", get(nodes))
-        .route("/node/{id}", get(node))
+        .route("/node", axum::routing::post(create_node))
+        .route("/node/{id}", get(node).put(update_node))
         .route("/node/{id}/artifacts/{name}", get(artifact))
         .route("/events", get(events))
         .route("/events/stream", get(event_stream))
@@ -215,6 +216,101 @@ async fn node(
         .store
         .read(move |c| crate::store::nodes::get_node(c, id))
         .await?;
+    Ok(axum::Json(node).into_response())
+}
+
+/// The body of `POST /node` (KernelCI field names; `kind` and `name` are required).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeBody {
+    kind: NodeKind,
+    name: String,
+    #[serde(default)]
+    parent: Option<NodeId>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    state: Option<NodeState>,
+    #[serde(default)]
+    result: Option<NodeResult>,
+    #[serde(default)]
+    artifacts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    data: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    timeout: Option<DateTime<Utc>>,
+    #[serde(default)]
+    holdoff: Option<DateTime<Utc>>,
+    #[serde(default)]
+    submitter: String,
+}
+
+/// The body of `PUT /node/{id}`: the fields to change.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeChange {
+    #[serde(default)]
+    state: Option<NodeState>,
+    #[serde(default)]
+    result: Option<NodeResult>,
+    #[serde(default)]
+    artifacts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    data: serde_json::Map<String, serde_json::Value>,
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("request body: {e}")))
+}
+
+/// `POST /node` (scope `submit`): creates a node, as gRPC `CreateNode` does. Job nodes are
+/// submitted over gRPC (`SubmitJob`), which also queues them.
+async fn create_node(
+    State(shared): State<SharedRef>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let token = authorize(&shared, &headers, Scope::Submit).await?;
+    let b: NodeBody = json_body(&body)?;
+    if b.kind == NodeKind::Job {
+        return Err(ApiError::invalid(
+            "kind: job nodes are created with SubmitJob (gRPC), which also queues them",
+        ));
+    }
+    let mut n = crate::store::NewNode::new(b.kind, b.name);
+    n.parent = b.parent;
+    n.group = b.group;
+    n.state = b.state.unwrap_or(NodeState::Running);
+    n.result = b.result;
+    n.artifacts = b.artifacts;
+    n.data = b.data;
+    n.timeout = b.timeout;
+    n.holdoff = b.holdoff;
+    n.owner = token.name;
+    n.submitter = b.submitter;
+    let node = shared.store.write(move |w| w.create_node(n)).await?;
+    Ok((StatusCode::CREATED, axum::Json(node)).into_response())
+}
+
+/// `PUT /node/{id}` (scope `submit`): changes state, result, data or artifacts through the
+/// node state machine, as gRPC `UpdateNode` does.
+async fn update_node(
+    State(shared): State<SharedRef>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&shared, &headers, Scope::Submit).await?;
+    let id = node_id("id", &id)?;
+    let c: NodeChange = json_body(&body)?;
+    let u = crate::store::NodeUpdate {
+        state: c.state,
+        result: c.result,
+        data: c.data,
+        artifacts: c.artifacts,
+        retry_counter: None,
+    };
+    let node = shared.store.write(move |w| w.update_node(id, u)).await?;
     Ok(axum::Json(node).into_response())
 }
 
