@@ -218,7 +218,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "  {:<8} {:<32} {:<11} {:>6} {:>8}  {}",
-                j.id,
+                j.id.0,
                 j.name,
                 job_result(j),
                 j.total,

@@ -60,7 +60,7 @@ pub struct Rig {
     pub extra_config: String,
 }
 
-fn run_ok(cmd: &mut Command) -> String {
+pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run command");
     assert!(
         out.status.success(),
