@@ -166,10 +166,7 @@ async fn export_kcidb(
     opts: crate::kcidb::Options,
 ) -> anyhow::Result<(serde_json::Value, crate::kcidb::Skipped)> {
     crate::kcidb::check_origin(&opts.origin)?;
-    let created_after = since
-        .map(parse_since)
-        .transpose()?
-        .map(convert::timestamp);
+    let created_after = since.map(parse_since).transpose()?.map(convert::timestamp);
     let mut doc = crate::kcidb::Document::default();
     let mut skipped = crate::kcidb::Skipped::default();
     let mut cursor = 0;

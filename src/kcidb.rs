@@ -102,7 +102,10 @@ fn duration(n: &Node) -> Option<f64> {
 }
 
 fn text<'a>(n: &'a Node, key: &str) -> Option<&'a str> {
-    n.data.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+    n.data
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 impl Options {
@@ -165,7 +168,9 @@ pub fn add_checkout(
         c["git_repository_branch"] = v.into();
     }
     if let Some(v) = rv("commit").filter(|h| {
-        h.len() == 40 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 40
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     }) {
         c["git_commit_hash"] = v.into();
     }
@@ -388,8 +393,15 @@ mod tests {
         add_checkout(&opts, &checkout, &nodes, &mut doc, &mut skipped);
         assert_eq!(skipped.jobs_without_build, vec![NodeId(6)]);
         assert_eq!(doc.builds[0]["checkout_id"], "labwire:1");
-        let paths: Vec<&str> = doc.tests.iter().map(|t| t["path"].as_str().unwrap()).collect();
-        assert_eq!(paths, vec!["kunit_x86", "kunit_x86.exec", "kunit_x86.exec.test_one"]);
+        let paths: Vec<&str> = doc
+            .tests
+            .iter()
+            .map(|t| t["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            vec!["kunit_x86", "kunit_x86.exec", "kunit_x86.exec.test_one"]
+        );
         assert_eq!(doc.tests[2]["build_id"], "labwire:2");
         assert_eq!(doc.tests[2]["log_url"], "https://ci.example:8443/logs/3/1");
         assert_eq!(doc.tests[0]["duration"], 1.5);

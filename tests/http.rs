@@ -76,7 +76,10 @@ async fn nodes_filters_paging_and_scopes() {
     let submit = rig.create_token("ci-bot", "submit");
 
     // Health needs no token; everything else does.
-    assert_eq!(get(&http, &format!("{base}/healthz"), None).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&http, &format!("{base}/healthz"), None).await.0,
+        StatusCode::OK
+    );
     let resp = http.get(format!("{base}/nodes")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(resp.headers()["www-authenticate"], "Bearer");
@@ -161,7 +164,10 @@ async fn nodes_filters_paging_and_scopes() {
         &read,
     )
     .await;
-    let want: Vec<i64> = tests[11..].iter().map(|t| t["id"].as_i64().unwrap()).collect();
+    let want: Vec<i64> = tests[11..]
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids(&later), want);
     let upto = get_json(
         &http,
@@ -215,8 +221,23 @@ async fn nodes_filters_paging_and_scopes() {
     assert_eq!(n["path"], json!(["checkout", "kbuild-gcc-x86"]));
     assert_eq!(n["parent"], cid);
     for f in [
-        "id", "kind", "name", "path", "group", "parent", "state", "result", "artifacts", "data",
-        "created", "updated", "timeout", "holdoff", "owner", "submitter", "treeid",
+        "id",
+        "kind",
+        "name",
+        "path",
+        "group",
+        "parent",
+        "state",
+        "result",
+        "artifacts",
+        "data",
+        "created",
+        "updated",
+        "timeout",
+        "holdoff",
+        "owner",
+        "submitter",
+        "treeid",
         "retry_counter",
     ] {
         assert!(n.get(f).is_some(), "field {f} missing: {n}");
@@ -465,9 +486,7 @@ async fn logs_artifacts_and_metrics() {
         let s = scrape
             .samples
             .iter()
-            .find(|s| {
-                s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v))
-            })
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
             .unwrap_or_else(|| panic!("{name} {label:?} missing:\n{text}"));
         match &s.value {
             prometheus_parse::Value::Gauge(v)
@@ -493,12 +512,18 @@ async fn logs_artifacts_and_metrics() {
         .unwrap_or_else(|| panic!("no dispatch latency histogram:\n{text}"));
     match &hist.value {
         prometheus_parse::Value::Histogram(buckets) => {
-            let inf = buckets.iter().find(|b| b.less_than == f64::INFINITY).unwrap();
+            let inf = buckets
+                .iter()
+                .find(|b| b.less_than == f64::INFINITY)
+                .unwrap();
             assert_eq!(inf.count, 1.0, "one job was leased: {buckets:?}");
         }
         other => panic!("dispatch latency is not a histogram: {other:?}"),
     }
-    assert!(text.contains("labwire_dispatch_latency_seconds_count 1"), "{text}");
+    assert!(
+        text.contains("labwire_dispatch_latency_seconds_count 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -564,7 +589,55 @@ async fn the_timeout_service_runs_in_the_coordinator() {
     assert_eq!(resp.status(), StatusCode::OK);
     let end = std::time::Instant::now() + Duration::from_secs(15);
     while get_json(&http, &node(&held["id"]), &token).await["state"] != "done" {
-        assert!(std::time::Instant::now() < end, "closing node never went done");
+        assert!(
+            std::time::Instant::now() < end,
+            "closing node never went done"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn grpc_reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let rig = Rig::new("");
+    let _keep = rig.keep_on_failure();
+    let _coord = rig.start_coordinator();
+    let ca = std::fs::read(rig.path("coordinator/pki/ca.pem")).unwrap();
+    let channel = tonic::transport::Channel::from_shared(rig.url())
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer: {resp:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "labwire.v1.NodeService",
+        "labwire.v1.EventService",
+        "labwire.v1.AgentService",
+        "labwire.v1.AdminService",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
 }

@@ -227,7 +227,9 @@ async fn a_checkout_is_reported_mailed_and_exported_to_kcidb() {
     assert!(rcpt.iter().any(|r| r.contains("results@example.org")));
     let unfolded = data.replace("\r\n ", " ").replace("\r\n", "\n");
     assert!(
-        unfolded.contains("Subject: [labwire] mainline/master v6.99-rc1: 3 jobs, 2 not passed, 1 failing tests"),
+        unfolded.contains(
+            "Subject: [labwire] mainline/master v6.99-rc1: 3 jobs, 2 not passed, 1 failing tests"
+        ),
         "{unfolded}"
     );
     assert!(unfolded.contains(COMMIT), "{unfolded}");
@@ -259,10 +261,25 @@ async fn a_checkout_is_reported_mailed_and_exported_to_kcidb() {
     let tree = labwire(&rig, &["tree", &checkout.to_string()]);
     assert_eq!(line("smoke")[2..5], ["pass", "1", "0"], "{text}\n{tree}");
     assert_eq!(line("kunit")[2..5], ["fail", "3", "1"], "{text}\n{tree}");
-    assert_eq!(line("nowhere")[2..5], ["incomplete", "0", "0"], "{text}\n{tree}");
-    let md = labwire(&rig, &["report", &checkout.to_string(), "--format", "markdown"]);
-    assert!(md.contains(&format!("## Checkout {checkout}: mainline/master v6.99-rc1")), "{md}");
-    assert!(md.contains("| id | job | result | total | failures | note |"), "{md}");
+    assert_eq!(
+        line("nowhere")[2..5],
+        ["incomplete", "0", "0"],
+        "{text}\n{tree}"
+    );
+    let md = labwire(
+        &rig,
+        &["report", &checkout.to_string(), "--format", "markdown"],
+    );
+    assert!(
+        md.contains(&format!(
+            "## Checkout {checkout}: mainline/master v6.99-rc1"
+        )),
+        "{md}"
+    );
+    assert!(
+        md.contains("| id | job | result | total | failures | note |"),
+        "{md}"
+    );
     assert!(md.contains("- `kunit`: `beta` fail"), "{md}");
     let out = Command::new(CLIENT)
         .args(["report", &build.to_string()])

@@ -33,7 +33,10 @@ fn commit_and_push(work: &Path, branch: &str, msg: &str) -> String {
     std::fs::write(work.join("file"), msg).unwrap();
     git(work, &["add", "file"]);
     git(work, &["commit", "-q", "-m", msg]);
-    git(work, &["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")]);
+    git(
+        work,
+        &["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")],
+    );
     git(work, &["rev-parse", "HEAD"])
 }
 
@@ -57,7 +60,11 @@ async fn wait_checkouts(c: &mut labwire::client::Clients, n: usize) -> Vec<v1::N
         if got.len() >= n {
             return got;
         }
-        assert!(Instant::now() < end, "waited for {n} checkouts, have {}", got.len());
+        assert!(
+            Instant::now() < end,
+            "waited for {n} checkouts, have {}",
+            got.len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -73,7 +80,10 @@ async fn new_commits_make_one_checkout_each_across_a_restart() {
     let work = repos.path().join("work");
     std::fs::create_dir_all(&bare).unwrap();
     git(&bare, &["init", "-q", "--bare"]);
-    git(repos.path(), &["clone", "-q", bare.to_str().unwrap(), "work"]);
+    git(
+        repos.path(),
+        &["clone", "-q", bare.to_str().unwrap(), "work"],
+    );
     let first = commit_and_push(&work, "master", "one");
     git(&work, &["tag", "-a", "-m", "v1.0", "v1.0"]);
     git(&work, &["push", "-q", "origin", "v1.0"]);
@@ -160,7 +170,10 @@ async fn an_unreachable_tree_is_reported_and_others_still_polled() {
     let work = repos.path().join("work");
     std::fs::create_dir_all(&bare).unwrap();
     git(&bare, &["init", "-q", "--bare"]);
-    git(repos.path(), &["clone", "-q", bare.to_str().unwrap(), "work"]);
+    git(
+        repos.path(),
+        &["clone", "-q", bare.to_str().unwrap(), "work"],
+    );
     let head = commit_and_push(&work, "main", "one");
     let rig = Rig::new(&format!(
         "trigger:\n  interval: 100ms\n  jitter: 0s\n  trees:\n    \
@@ -176,9 +189,13 @@ async fn an_unreachable_tree_is_reported_and_others_still_polled() {
     assert_eq!(revision(&got[0])["commit"], head.as_str());
     assert_eq!(revision(&got[0])["tree"], "good");
     let log_path = rig.path("coordinator.log");
-    wait_for(Duration::from_secs(10), "the failed poll in the log", || {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .contains("trigger poll failed")
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the failed poll in the log",
+        || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("trigger poll failed")
+        },
+    );
 }

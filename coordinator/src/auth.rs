@@ -42,9 +42,10 @@ impl Auth {
     pub async fn token<T>(&self, req: &Request<T>, scope: Scope) -> Result<TokenInfo, Status> {
         let header = match req.metadata().get(labwire_proto::AUTHORIZATION) {
             None => None,
-            Some(h) => Some(h.to_str().map_err(|_| {
-                Status::unauthenticated("the authorization header is not text")
-            })?),
+            Some(h) => Some(
+                h.to_str()
+                    .map_err(|_| Status::unauthenticated("the authorization header is not text"))?,
+            ),
         };
         Ok(self.bearer(header, scope).await?)
     }

@@ -256,7 +256,11 @@ impl Node {
                 .ok_or_else(|| format!("node {}: unknown state {}", n.id, n.state))?,
             result: convert::result_from_proto(n.result),
             artifacts: n.artifacts.clone().into_iter().collect(),
-            data: n.data.as_ref().map(convert::struct_to_map).unwrap_or_default(),
+            data: n
+                .data
+                .as_ref()
+                .map(convert::struct_to_map)
+                .unwrap_or_default(),
             created: time("created", &n.created)?.unwrap_or_default(),
             updated: time("updated", &n.updated)?.unwrap_or_default(),
             timeout: time("timeout", &n.timeout)?,

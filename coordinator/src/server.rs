@@ -112,10 +112,17 @@ pub async fn serve_with_http(
         )
         .add_service(EventServiceServer::new(EventApi::new(shared.clone())))
         .add_service(AdminServiceServer::new(AdminApi::new(shared.clone())))
+        // Server reflection, so grpcurl and other tools can list and call the services
+        // (v1, and v1alpha for older tools).
         .add_service(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(labwire_proto::FILE_DESCRIPTOR_SET)
                 .build_v1()?,
+        )
+        .add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(labwire_proto::FILE_DESCRIPTOR_SET)
+                .build_v1alpha()?,
         );
     tracing::info!(%addr, store = %store.path().display(), "coordinator listening");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

@@ -10,8 +10,8 @@ use crate::store::labs::Scope;
 use labwire_proto::convert;
 use labwire_proto::v1::{self, event_service_server::EventService};
 use std::pin::Pin;
-use tokio_stream::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 /// The event service.

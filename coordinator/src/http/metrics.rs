@@ -73,7 +73,12 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Renders the text exposition.
 fn render(s: &Snapshot, labs_connected: usize) -> String {
     let mut o = String::new();
-    head(&mut o, "labwire_queue_length", "gauge", "Jobs waiting for an agent.");
+    head(
+        &mut o,
+        "labwire_queue_length",
+        "gauge",
+        "Jobs waiting for an agent.",
+    );
     let queued = s
         .jobs
         .iter()
@@ -96,7 +101,10 @@ fn render(s: &Snapshot, labs_connected: usize) -> String {
         "Time from queueing to lease of each job's latest lease.",
     );
     for (b, n) in LATENCY_BUCKETS.iter().zip(&s.latency_buckets) {
-        let _ = writeln!(o, "labwire_dispatch_latency_seconds_bucket{{le=\"{b}\"}} {n}");
+        let _ = writeln!(
+            o,
+            "labwire_dispatch_latency_seconds_bucket{{le=\"{b}\"}} {n}"
+        );
     }
     let _ = writeln!(
         o,
@@ -133,7 +141,10 @@ pub(super) async fn metrics(
     let snap = shared.store.read(snapshot).await?;
     let body = render(&snap, shared.connected_labs().len());
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response())

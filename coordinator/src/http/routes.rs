@@ -114,7 +114,11 @@ fn time(key: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
         return Ok(t.with_timezone(&Utc));
     }
-    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"] {
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(v, f) {
             return Ok(t.and_utc());
         }
@@ -330,7 +334,11 @@ async fn artifact(
     let url = node.artifacts.get(&name).ok_or_else(|| {
         ApiError(Error::NotFound(format!(
             "node {id} has no artifact `{name}` (it has: {})",
-            node.artifacts.keys().cloned().collect::<Vec<_>>().join(", ")
+            node.artifacts
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         )))
     })?;
     if url.starts_with('/') || url.starts_with("https://") || url.starts_with("http://") {

@@ -240,3 +240,53 @@ pub fn validate(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::CoordinatorConfig;
+
+    fn err(yaml: &str) -> String {
+        format!("{:#}", CoordinatorConfig::parse(yaml).unwrap_err())
+    }
+
+    #[test]
+    fn pipeline_sections_parse_and_refuse_bad_values() {
+        let c = CoordinatorConfig::parse(
+            "http: {listen: 127.0.0.1:0, tls: false}\ntimeouts: {interval: 1s}\n\
+             trigger:\n  interval: 1m\n  jitter: 0s\n  trees:\n    \
+             - {name: mainline, url: 'https://git.example/linux.git', branches: [master]}\n\
+             reports:\n  email: {smtp_host: mail, from: 'ci@example.org', to: ['a@example.org'], \
+             format: markdown}\n",
+        )
+        .unwrap();
+        assert!(!c.http.tls);
+        assert_eq!(c.trigger.trees[0].branches, vec!["master"]);
+        assert_eq!(c.trigger.holdoff, std::time::Duration::from_secs(600));
+        let e = c.reports.email.unwrap();
+        assert_eq!(e.smtp_port, 587);
+        assert_eq!(e.security, super::SmtpSecurity::Starttls);
+        assert_eq!(e.format, crate::report::Format::Markdown);
+
+        assert!(err("http: {port: 1}\n").contains("unknown field `port`"));
+        assert!(err("timeouts: {interval: 1ms}\n").contains("timeouts.interval"));
+        let tree = |t: &str| format!("trigger:\n  trees:\n    - {t}\n");
+        assert!(
+            err(&tree("{name: 'a b', url: u, branches: [m]}")).contains("trigger.trees[0].name")
+        );
+        assert!(err(&tree("{name: a, url: '--upload-pack=x', branches: [m]}")).contains(".url"));
+        assert!(err(&tree("{name: a, url: u, branches: []}")).contains("branches"));
+        assert!(err(&tree("{name: a, url: u, branches: ['-x']}")).contains("`-x`"));
+        assert!(
+            err("reports:\n  email: {smtp_host: m, from: nobody, to: [a@example.org]}\n")
+                .contains("reports.email.from")
+        );
+        assert!(
+            err("reports:\n  email: {smtp_host: m, from: a@example.org, to: []}\n")
+                .contains("reports.email.to")
+        );
+        assert!(
+            err("reports:\n  email: {smtp_host: m, from: a@example.org, to: [b@example.org], security: ssl}\n")
+                .contains("security")
+        );
+    }
+}

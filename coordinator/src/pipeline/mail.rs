@@ -62,8 +62,9 @@ pub fn message(cfg: &EmailConfig, report: &Report) -> anyhow::Result<Message> {
     }
     let ct = match cfg.format {
         crate::report::Format::Text => ContentType::TEXT_PLAIN,
-        crate::report::Format::Markdown => ContentType::parse("text/markdown; charset=utf-8")
-            .context("markdown content type")?,
+        crate::report::Format::Markdown => {
+            ContentType::parse("text/markdown; charset=utf-8").context("markdown content type")?
+        }
     };
     Ok(b.header(ct).body(report.render(cfg.format))?)
 }
@@ -79,8 +80,9 @@ pub fn transport(cfg: &EmailConfig) -> anyhow::Result<AsyncSmtpTransport<Tokio1E
     .port(cfg.smtp_port)
     .timeout(Some(Duration::from_secs(30)));
     if let (Some(user), Some(file)) = (&cfg.username, &cfg.password_file) {
-        let password = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read reports.email.password_file {}", file.display()))?;
+        let password = std::fs::read_to_string(file).with_context(|| {
+            format!("cannot read reports.email.password_file {}", file.display())
+        })?;
         b = b.credentials(Credentials::new(user.clone(), password.trim().to_string()));
     }
     Ok(b.build())

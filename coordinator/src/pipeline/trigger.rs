@@ -68,10 +68,16 @@ pub fn parse_ls_remote(out: &str) -> anyhow::Result<RemoteRefs> {
             continue;
         }
         let Some((hash, name)) = line.split_once('\t') else {
-            bail!("git ls-remote line {}: `{line}` is not `<hash>\\t<ref>`", i + 1);
+            bail!(
+                "git ls-remote line {}: `{line}` is not `<hash>\\t<ref>`",
+                i + 1
+            );
         };
         if hash.len() < 40 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!("git ls-remote line {}: `{hash}` is not a commit hash", i + 1);
+            bail!(
+                "git ls-remote line {}: `{hash}` is not a commit hash",
+                i + 1
+            );
         }
         if let Some(b) = name.strip_prefix("refs/heads/") {
             refs.heads.insert(b.to_string(), hash.to_string());
@@ -271,7 +277,10 @@ mod tests {
             .unwrap();
         assert_eq!(first.state, NodeState::Available);
         assert_eq!(first.data["kernel_revision"]["describe"], "v6.1");
-        assert_eq!(first.timeout, Some(first.created + chrono::Duration::hours(1)));
+        assert_eq!(
+            first.timeout,
+            Some(first.created + chrono::Duration::hours(1))
+        );
         let r = rev.clone();
         assert!(
             store
