@@ -513,8 +513,7 @@ async fn send_log(shared: SharedRef, job: NodeId, attempt: i32) -> Result<Respon
     }
     let stream = async_stream::try_stream! {
         let mut batch = first;
-        loop {
-            let Some(last) = batch.last().map(|(off, _)| *off) else { break };
+        while let Some(last) = batch.last().map(|(off, _)| *off) {
             for (_, data) in batch {
                 yield bytes::Bytes::from(data);
             }
