@@ -355,3 +355,75 @@ fn short(commit: &str) -> &str {
 fn md(s: &str) -> String {
     s.replace('|', "\\|").replace('`', "'").replace('\n', " ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use serde_json::json;
+
+    fn node(id: i64, kind: NodeKind, name: &str, parent: Option<i64>) -> Node {
+        let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        Node {
+            id: NodeId(id),
+            kind,
+            name: name.into(),
+            path: vec![],
+            group: None,
+            parent: parent.map(NodeId),
+            state: NodeState::Done,
+            result: Some(NodeResult::Pass),
+            artifacts: Default::default(),
+            data: Default::default(),
+            created: t,
+            updated: t,
+            timeout: None,
+            holdoff: None,
+            owner: String::new(),
+            submitter: String::new(),
+            treeid: "1".into(),
+            retry_counter: 0,
+        }
+    }
+
+    #[test]
+    fn counts_leaves_and_lists_failures_by_path() {
+        let mut checkout = node(1, NodeKind::Checkout, "checkout", None);
+        checkout.data.insert(
+            "kernel_revision".into(),
+            json!({"tree": "next", "branch": "master", "commit": "abcdef0123456789"}),
+        );
+        let mut fail = node(5, NodeKind::Test, "case|2", Some(4));
+        fail.result = Some(NodeResult::Fail);
+        let mut running = node(7, NodeKind::Job, "later", Some(2));
+        running.state = NodeState::Running;
+        running.result = None;
+        let nodes = vec![
+            node(2, NodeKind::Kbuild, "kbuild", Some(1)),
+            node(3, NodeKind::Job, "kunit", Some(2)),
+            node(4, NodeKind::Test, "suite", Some(3)),
+            fail,
+            node(6, NodeKind::Test, "case1", Some(4)),
+            running,
+        ];
+        let r = Report::build(&checkout, &nodes);
+        assert_eq!(r.jobs.len(), 2);
+        assert_eq!((r.jobs[0].total, r.jobs[0].failures), (2, 1));
+        assert_eq!(r.failures[0].path, "suite.case|2");
+        assert_eq!(
+            r.builds,
+            vec![("kbuild".to_string(), Some(NodeResult::Pass))]
+        );
+        assert_eq!(
+            r.subject(),
+            "[labwire] next/master abcdef012345: 2 jobs, 1 not passed, 1 failing tests"
+        );
+        let text = r.render(Format::Text);
+        assert!(text.contains("(running)"), "{text}");
+        assert!(text.contains("kunit: suite.case|2 fail"), "{text}");
+        // Markdown escapes what would break a table or a code span.
+        let md = r.render(Format::Markdown);
+        assert!(md.contains("`suite.case\\|2`"), "{md}");
+        assert!("md".parse::<Format>().is_ok() && "html".parse::<Format>().is_err());
+    }
+}
