@@ -641,3 +641,17 @@ async fn grpc_reflection_lists_the_services() {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
 }
+
+#[tokio::test]
+async fn plain_http_for_a_local_proxy() {
+    let rig = Rig::new("http: {listen: 127.0.0.1:0, tls: false}\n");
+    let _keep = rig.keep_on_failure();
+    let _coord = rig.start_coordinator();
+    let base = rig.http_url().replace("https://", "http://");
+    let http = reqwest::Client::new();
+    let (st, body) = get(&http, &format!("{base}/healthz"), None).await;
+    assert_eq!((st, body.as_str()), (StatusCode::OK, "ok\n"));
+    let page = get_json(&http, &format!("{base}/nodes"), rig.admin_token.trim()).await;
+    assert_eq!(page["items"], json!([]));
+    assert_eq!(page["next_cursor"], Value::Null);
+}

@@ -24,6 +24,9 @@ pub fn start(shared: &SharedRef, http: Option<TcpListener>) -> anyhow::Result<Jo
             None
         };
         let addr = listener.local_addr()?;
+        if !cfg.http.tls && !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "HTTP side without TLS on a non-loopback address: bearer tokens cross the network in clear");
+        }
         tracing::info!(%addr, tls = cfg.http.tls, "HTTP side listening");
         set.spawn(crate::http::serve(
             shared.clone(),
