@@ -5,6 +5,8 @@
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod kcidb;
+pub mod report;
 
 use std::io::IsTerminal;
 

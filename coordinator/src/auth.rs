@@ -40,17 +40,26 @@ impl Auth {
 
     /// The token of a client request, checked to allow `scope`.
     pub async fn token<T>(&self, req: &Request<T>, scope: Scope) -> Result<TokenInfo, Status> {
-        let header = req
-            .metadata()
-            .get(labwire_proto::AUTHORIZATION)
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
-        let header = header
-            .to_str()
-            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+        let header = match req.metadata().get(labwire_proto::AUTHORIZATION) {
+            None => None,
+            Some(h) => Some(
+                h.to_str()
+                    .map_err(|_| Status::unauthenticated("the authorization header is not text"))?,
+            ),
+        };
+        Ok(self.bearer(header, scope).await?)
+    }
+
+    /// Checks the value of an `authorization` header (`Bearer <token>`) for `scope`; the
+    /// gRPC services and the HTTP side share it.
+    pub async fn bearer(&self, header: Option<&str>, scope: Scope) -> Result<TokenInfo, Error> {
+        let header = header.ok_or_else(|| {
+            Error::Unauthenticated("missing `authorization: Bearer <token>`".into())
+        })?;
         let token = header
             .strip_prefix("Bearer ")
             .ok_or_else(|| {
-                Status::unauthenticated("the authorization header must be `Bearer <token>`")
+                Error::Unauthenticated("the authorization header must be `Bearer <token>`".into())
             })?
             .trim()
             .to_string();
@@ -64,8 +73,7 @@ impl Auth {
                     .map(|s| s.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
-            ))
-            .into());
+            )));
         }
         Ok(info)
     }

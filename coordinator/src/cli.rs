@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// Write the address actually listened on to this file once the port is open.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
+    /// Serve the HTTP side here instead of the config's `http.listen` (e.g. 127.0.0.1:0).
+    #[arg(long)]
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Write the HTTP side's address to this file once its port is open.
+    #[arg(long)]
+    pub http_addr_file: Option<PathBuf>,
 }
 
 /// CA commands.
@@ -154,19 +160,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = load_config(cli.config.as_deref())?;
     match cli.command {
         Command::Serve(args) => {
+            let http = match args.http_listen.or(cfg.http.listen) {
+                Some(a) => Some(
+                    tokio::net::TcpListener::bind(a)
+                        .await
+                        .with_context(|| format!("cannot listen on {a} (HTTP side)"))?,
+                ),
+                None => None,
+            };
+            if let (Some(l), Some(f)) = (&http, &args.http_addr_file) {
+                write_addr(f, l.local_addr()?)?;
+            }
             let addr = args.listen.unwrap_or(cfg.listen);
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             if let Some(f) = &args.addr_file {
-                let tmp = f.with_extension("tmp");
-                std::fs::write(&tmp, listener.local_addr()?.to_string())?;
-                std::fs::rename(&tmp, f)
-                    .with_context(|| format!("cannot write {}", f.display()))?;
+                write_addr(f, listener.local_addr()?)?;
             }
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
-            crate::server::serve(cfg, listener, shutdown).await
+            crate::server::serve_with_http(cfg, listener, http, shutdown).await
         }
         Command::Ca(CaCommand::Init {
             dns,
@@ -347,6 +361,13 @@ fn check_config(
         );
     }
     Ok(())
+}
+
+/// Writes a listening address to `f` atomically (tests and scripts read the port from it).
+fn write_addr(f: &Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let tmp = f.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(&tmp, f).with_context(|| format!("cannot write {}", f.display()))
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

@@ -62,6 +62,18 @@ pub struct CoordinatorConfig {
     /// The placement rules file (`placement.yaml`); relative to this file's folder.
     #[serde(default)]
     pub placement: Option<PathBuf>,
+    /// The HTTP/JSON side.
+    #[serde(default)]
+    pub http: crate::pipeline::config::HttpConfig,
+    /// The timeout service.
+    #[serde(default)]
+    pub timeouts: crate::pipeline::config::TimeoutConfig,
+    /// The trigger.
+    #[serde(default)]
+    pub trigger: crate::pipeline::config::TriggerConfig,
+    /// Reports.
+    #[serde(default)]
+    pub reports: crate::pipeline::config::ReportConfig,
 }
 
 /// Retries of jobs that ended `incomplete` because the infrastructure failed. Test
@@ -203,6 +215,10 @@ impl Default for CoordinatorConfig {
             retries: RetryConfig::default(),
             pipeline: Vec::new(),
             placement: None,
+            http: Default::default(),
+            timeouts: Default::default(),
+            trigger: Default::default(),
+            reports: Default::default(),
         }
     }
 }
@@ -248,6 +264,7 @@ impl CoordinatorConfig {
         if !(self.public_url.starts_with("https://")) {
             bail!("public_url `{}` must start with https://", self.public_url);
         }
+        crate::pipeline::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
         Ok(())
     }
 

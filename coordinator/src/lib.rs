@@ -4,13 +4,17 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod http;
 pub mod model;
+pub mod pipeline;
 pub mod pipeline_config;
 pub mod pki;
 pub mod placement;
+pub mod report;
 pub mod rules;
 pub mod scheduler;
 pub mod server;

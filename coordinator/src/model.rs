@@ -233,6 +233,45 @@ impl Node {
         }
     }
 
+    /// A node from its protobuf message (as a client reads it); names the field that does
+    /// not convert.
+    pub fn from_proto(n: &v1::Node) -> Result<Node, String> {
+        let time = |field: &str, t: &Option<prost_types::Timestamp>| {
+            t.as_ref()
+                .map(|t| {
+                    convert::from_timestamp(t)
+                        .ok_or_else(|| format!("node {}: {field} is out of range", n.id))
+                })
+                .transpose()
+        };
+        Ok(Node {
+            id: NodeId(n.id),
+            kind: NodeKind::from_proto(n.kind)
+                .ok_or_else(|| format!("node {}: unknown kind {}", n.id, n.kind))?,
+            name: n.name.clone(),
+            path: n.path.clone(),
+            group: (!n.group.is_empty()).then(|| n.group.clone()),
+            parent: (n.parent != 0).then_some(NodeId(n.parent)),
+            state: NodeState::from_proto(n.state)
+                .ok_or_else(|| format!("node {}: unknown state {}", n.id, n.state))?,
+            result: convert::result_from_proto(n.result),
+            artifacts: n.artifacts.clone().into_iter().collect(),
+            data: n
+                .data
+                .as_ref()
+                .map(convert::struct_to_map)
+                .unwrap_or_default(),
+            created: time("created", &n.created)?.unwrap_or_default(),
+            updated: time("updated", &n.updated)?.unwrap_or_default(),
+            timeout: time("timeout", &n.timeout)?,
+            holdoff: time("holdoff", &n.holdoff)?,
+            owner: n.owner.clone(),
+            submitter: n.submitter.clone(),
+            treeid: n.treeid.clone(),
+            retry_counter: n.retry_counter,
+        })
+    }
+
     /// The `data.error_code` value, if any.
     pub fn error_code(&self) -> Option<&str> {
         self.data.get("error_code").and_then(Value::as_str)

@@ -42,10 +42,30 @@ pub fn tls_config(cfg: &CoordinatorConfig) -> anyhow::Result<ServerTlsConfig> {
 }
 
 /// Serves on `listener` until `shutdown` is cancelled, then drains: long polls and event
-/// streams end, in-flight calls finish.
+/// streams end, in-flight calls finish. The HTTP side, when configured (`http.listen`),
+/// listens on its own port.
 pub async fn serve(
     cfg: CoordinatorConfig,
     listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let http = match cfg.http.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (http.listen)"))?,
+        ),
+        None => None,
+    };
+    serve_with_http(cfg, listener, http, shutdown).await
+}
+
+/// Like [`serve`], with the HTTP side on `http` (already bound, so the caller knows its
+/// port) instead of `http.listen`.
+pub async fn serve_with_http(
+    cfg: CoordinatorConfig,
+    listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = tls_config(&cfg)?;
@@ -96,6 +116,7 @@ pub async fn serve(
     let stats = tokio::spawn(refresh_stats(shared.clone()));
     let scheduler =
         pipeline.map(|p| tokio::spawn(crate::scheduler::run(shared.clone(), Arc::new(p))));
+    let mut services = crate::pipeline::start(&shared, http)?;
 
     let addr = listener.local_addr()?;
     let router = Server::builder()
@@ -112,7 +133,19 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(EventServiceServer::new(EventApi::new(shared.clone())))
-        .add_service(AdminServiceServer::new(AdminApi::new(shared.clone())));
+        .add_service(AdminServiceServer::new(AdminApi::new(shared.clone())))
+        // Server reflection, so grpcurl and other tools can list and call the services
+        // (v1, and v1alpha for older tools).
+        .add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(labwire_proto::FILE_DESCRIPTOR_SET)
+                .build_v1()?,
+        )
+        .add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(labwire_proto::FILE_DESCRIPTOR_SET)
+                .build_v1alpha()?,
+        );
     tracing::info!(%addr, store = %store.path().display(), "coordinator listening");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let s2 = shutdown.clone();
@@ -133,6 +166,11 @@ pub async fn serve(
     if let Some(s) = scheduler {
         s.abort();
     }
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        while services.join_next().await.is_some() {}
+    })
+    .await;
+    services.abort_all();
     res.context("the gRPC server failed")?;
     tracing::info!("coordinator stopped");
     Ok(())

@@ -60,7 +60,7 @@ pub struct Rig {
     pub extra_config: String,
 }
 
-fn run_ok(cmd: &mut Command) -> String {
+pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run command");
     assert!(
         out.status.success(),
@@ -141,11 +141,14 @@ impl Rig {
             .expect("log");
         let addr_file = self.path("coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
+        let _ = std::fs::remove_file(self.path("coordinator-http.addr"));
         let child = Command::new(COORDINATOR)
             .arg("--config")
             .arg(self.path("coordinator.yaml"))
             .args(["serve", "--addr-file"])
             .arg(&addr_file)
+            .arg("--http-addr-file")
+            .arg(self.path("coordinator-http.addr"))
             .env("LABWIRE_LOG", "info,labwire_coordinator=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -159,6 +162,37 @@ impl Rig {
             addr_file.exists()
         });
         p
+    }
+
+    /// The base URL of the HTTP side (configure `http: {listen: 127.0.0.1:0}`); the
+    /// coordinator writes its port before it opens the gRPC one.
+    pub fn http_url(&self) -> String {
+        let addr = std::fs::read_to_string(self.path("coordinator-http.addr"))
+            .expect("the coordinator has no HTTP side (http.listen in extra_config?)");
+        format!("https://{}", addr.trim().replace("0.0.0.0", "127.0.0.1"))
+    }
+
+    /// An HTTP client that trusts the rig's CA only.
+    pub fn http_client(&self) -> reqwest::Client {
+        let ca = std::fs::read(self.path("coordinator/pki/ca.pem")).expect("ca");
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("ca pem")])
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client")
+    }
+
+    /// Creates a client token with `scopes` (comma-separated) through the coordinator CLI.
+    pub fn create_token(&self, name: &str, scopes: &str) -> String {
+        run_ok(
+            Command::new(COORDINATOR)
+                .arg("--config")
+                .arg(self.path("coordinator.yaml"))
+                .args(["token", "create", name, "--scope", scopes]),
+        )
+        .trim()
+        .to_string()
     }
 
     /// Issues a certificate for `lab` and writes its folder under the rig.

@@ -10,9 +10,8 @@ use crate::store::labs::Scope;
 use labwire_proto::convert;
 use labwire_proto::v1::{self, event_service_server::EventService};
 use std::pin::Pin;
-use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 /// The event service.
@@ -43,8 +42,6 @@ pub fn event_to_proto(e: &StoredEvent, source: &str) -> v1::Event {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
 
-const BATCH: usize = 1000;
-
 #[tonic::async_trait]
 impl EventService for EventApi {
     type SubscribeStream = EventStream;
@@ -72,46 +69,17 @@ impl EventService for EventApi {
             .read(move |c| crate::store::events::events_after(c, after, 1, kind))
             .await?;
         let source = self.shared.config.public_url.clone();
-        let shutdown = self.shared.shutdown.clone();
-        let catch_up_only = r.catch_up_only;
-        let (tx, rx) = mpsc::channel(BATCH);
-        tokio::spawn(async move {
-            let mut cursor = after;
-            let mut seq_watch = store.last_seq();
-            loop {
-                // Mark the current announcement seen before reading, so a commit that lands
-                // after the read wakes us up.
-                seq_watch.borrow_and_update();
-                let batch = match store
-                    .read(move |c| crate::store::events::events_after(c, cursor, BATCH, kind))
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                };
-                let full = batch.len() == BATCH;
-                for e in &batch {
-                    if tx.send(Ok(event_to_proto(e, &source))).await.is_err() {
-                        return; // the subscriber left
-                    }
-                    cursor = e.seq;
-                }
-                if full {
-                    continue;
-                }
-                if catch_up_only {
-                    return;
-                }
-                tokio::select! {
-                    changed = seq_watch.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+        let rx = crate::store::events::follow(
+            store,
+            after,
+            kind,
+            r.catch_up_only,
+            self.shared.shutdown.clone(),
+        );
+        let stream = ReceiverStream::new(rx).map(move |e| match e {
+            Ok(e) => Ok(event_to_proto(&e, &source)),
+            Err(e) => Err(Status::from(e)),
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -139,6 +139,64 @@ pub fn events_after(
     Ok(out)
 }
 
+/// How many events [`follow`] reads per store call.
+pub const FOLLOW_BATCH: usize = 1000;
+
+/// Follows the event log after `after`: the stored events in order, then each newer one as
+/// its transaction commits, until the receiver is dropped or `shutdown` is cancelled (or,
+/// with `catch_up_only`, once the stored events are sent). It reads the durable log only and
+/// wakes on the store's announcement of a newer sequence number, so a slow reader misses
+/// nothing. The gRPC `Subscribe` and the HTTP event stream both use it. A store error is sent
+/// and ends the stream.
+pub fn follow(
+    store: super::Store,
+    after: i64,
+    kind: Option<NodeKind>,
+    catch_up_only: bool,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::sync::mpsc::Receiver<Result<StoredEvent>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(FOLLOW_BATCH);
+    tokio::spawn(async move {
+        let mut cursor = after;
+        let mut seq_watch = store.last_seq();
+        loop {
+            // Mark the current announcement seen before reading, so a commit that lands
+            // after the read wakes us up.
+            seq_watch.borrow_and_update();
+            let batch = match store
+                .read(move |c| events_after(c, cursor, FOLLOW_BATCH, kind))
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let full = batch.len() == FOLLOW_BATCH;
+            for e in batch {
+                let seq = e.seq;
+                if tx.send(Ok(e)).await.is_err() {
+                    return; // the reader left
+                }
+                cursor = seq;
+            }
+            if full {
+                continue;
+            }
+            if catch_up_only {
+                return;
+            }
+            tokio::select! {
+                changed = seq_watch.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+    rx
+}
+
 impl Write<'_> {
     /// Deletes events older than `before` and records the highest pruned sequence number.
     /// Returns how many were deleted.

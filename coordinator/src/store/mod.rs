@@ -16,6 +16,7 @@ pub use jobs::{
 pub use labs::{LabRow, Scope, TokenInfo};
 pub use nodes::{NewNode, NodeFilter, NodeUpdate};
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -35,6 +36,7 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     last_seq: watch::Sender<i64>,
+    clock: Clock,
 }
 
 /// An open write transaction, with the time of the change and the events it appended.
@@ -73,6 +75,12 @@ fn open_conn(path: &Path) -> Result<Connection> {
 impl Store {
     /// Opens (creating if needed) the SQLite file at `path` and applies pending migrations.
     pub fn open(path: &Path) -> Result<Store> {
+        Self::open_with_clock(path, Clock::system())
+    }
+
+    /// Like [`Store::open`], with the time of every change taken from `clock` (tests move a
+    /// manual clock to check timeouts).
+    pub fn open_with_clock(path: &Path, clock: Clock) -> Result<Store> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
@@ -87,6 +95,7 @@ impl Store {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 last_seq,
+                clock,
             }),
         })
     }
@@ -132,6 +141,11 @@ impl Store {
         self.inner.read_blocking(f)
     }
 
+    /// The clock that stamps changes.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
     /// The sequence number of the newest committed event, watched.
     pub fn last_seq(&self) -> watch::Receiver<i64> {
         self.inner.last_seq.subscribe()
@@ -147,7 +161,7 @@ impl Inner {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut w = Write {
             tx,
-            now: Utc::now(),
+            now: self.clock.now(),
             last_seq: None,
         };
         let out = f(&mut w)?;

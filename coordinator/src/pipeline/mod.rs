@@ -1,0 +1,60 @@
+//! The pipeline services that run inside the coordinator next to dispatch: the trigger
+//! (new commits become `checkout` nodes), the timeout service (timeouts, holdoffs, closing)
+//! and the e-mailed checkout reports.
+
+pub mod config;
+pub mod mail;
+pub mod timeout;
+pub mod trigger;
+
+use crate::api::SharedRef;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// Starts the HTTP side (on `http`, when given) and the pipeline services the config turns
+/// on: the timeout service always, the trigger when trees are configured, the report mailer
+/// when `reports.email` is set. Each stops when the shared shutdown token is cancelled.
+pub fn start(shared: &SharedRef, http: Option<TcpListener>) -> anyhow::Result<JoinSet<()>> {
+    let cfg = &shared.config;
+    let mut set = JoinSet::new();
+    if let Some(listener) = http {
+        let tls = if cfg.http.tls {
+            Some(crate::http::tls_config(cfg)?)
+        } else {
+            None
+        };
+        let addr = listener.local_addr()?;
+        if !cfg.http.tls && !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "HTTP side without TLS on a non-loopback address: bearer tokens cross the network in clear");
+        }
+        tracing::info!(%addr, tls = cfg.http.tls, "HTTP side listening");
+        set.spawn(crate::http::serve(
+            shared.clone(),
+            listener,
+            tls,
+            shared.shutdown.clone(),
+        ));
+    }
+    set.spawn(timeout::run(
+        shared.store.clone(),
+        cfg.timeouts.interval,
+        shared.shutdown.clone(),
+    ));
+    if !cfg.trigger.trees.is_empty() {
+        set.spawn(trigger::run(
+            shared.store.clone(),
+            cfg.trigger.clone(),
+            shared.shutdown.clone(),
+        ));
+    }
+    if let Some(email) = &cfg.reports.email {
+        // Fail at start-up, not at the first report, when the settings cannot work.
+        mail::transport(email)?;
+        set.spawn(mail::run(
+            shared.store.clone(),
+            email.clone(),
+            shared.shutdown.clone(),
+        ));
+    }
+    Ok(set)
+}

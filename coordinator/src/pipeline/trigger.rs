@@ -1,0 +1,314 @@
+//! The trigger: polls the configured trees with `git ls-remote` (every `trigger.interval`
+//! plus up to `trigger.jitter`) and creates one `checkout` node per new commit at the head of
+//! a watched branch. The commit is recorded in the same transaction as its node, so a commit
+//! already seen creates nothing, also after a restart. The node carries KernelCI's
+//! `kernel_revision` (tree, url, branch, commit, and describe when a tag names the commit),
+//! a `timeout` and a `holdoff`, and is created `available`, ready for builds and jobs.
+
+use super::config::{TreeConfig, TriggerConfig};
+use crate::error::Result;
+use crate::model::{Node, NodeKind, NodeState};
+use crate::store::{NewNode, Store, Write};
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// One commit at the head of a watched branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    /// The tree's name.
+    pub tree: String,
+    /// The repository URL.
+    pub url: String,
+    /// The branch.
+    pub branch: String,
+    /// The full commit hash.
+    pub commit: String,
+    /// A tag naming exactly this commit, if any.
+    pub describe: Option<String>,
+}
+
+impl Revision {
+    /// KernelCI's `kernel_revision` object.
+    pub fn kernel_revision(&self) -> Value {
+        let mut v = json!({
+            "tree": self.tree,
+            "url": self.url,
+            "branch": self.branch,
+            "commit": self.commit,
+        });
+        if let Some(d) = &self.describe {
+            v["describe"] = d.clone().into();
+        }
+        v
+    }
+}
+
+/// What `git ls-remote --heads --tags` said: branch heads, and the tags of each commit.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RemoteRefs {
+    /// Branch name -> commit.
+    pub heads: BTreeMap<String, String>,
+    /// Commit -> the tags that name it, sorted.
+    pub tags: BTreeMap<String, Vec<String>>,
+}
+
+/// Parses `git ls-remote` output (`<hash>\t<ref>` lines). Annotated tags name their commit on
+/// the peeled `refs/tags/T^{}` line.
+pub fn parse_ls_remote(out: &str) -> anyhow::Result<RemoteRefs> {
+    let mut refs = RemoteRefs::default();
+    for (i, line) in out.lines().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let Some((hash, name)) = line.split_once('\t') else {
+            bail!(
+                "git ls-remote line {}: `{line}` is not `<hash>\\t<ref>`",
+                i + 1
+            );
+        };
+        if hash.len() < 40 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!(
+                "git ls-remote line {}: `{hash}` is not a commit hash",
+                i + 1
+            );
+        }
+        if let Some(b) = name.strip_prefix("refs/heads/") {
+            refs.heads.insert(b.to_string(), hash.to_string());
+        } else if let Some(t) = name.strip_prefix("refs/tags/") {
+            let t = t.strip_suffix("^{}").unwrap_or(t);
+            let tags = refs.tags.entry(hash.to_string()).or_default();
+            if !tags.iter().any(|x| x == t) {
+                tags.push(t.to_string());
+                tags.sort();
+            }
+        }
+    }
+    Ok(refs)
+}
+
+/// Runs `git ls-remote --heads --tags URL` (an argument list, no shell; no prompt for
+/// credentials), at most `timeout` long.
+pub async fn ls_remote(git: &Path, url: &str, timeout: Duration) -> anyhow::Result<RemoteRefs> {
+    let mut cmd = tokio::process::Command::new(git);
+    cmd.args(["ls-remote", "--heads", "--tags", url])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .with_context(|| {
+            format!(
+                "git ls-remote {url} took longer than {}",
+                humantime::format_duration(timeout)
+            )
+        })?
+        .with_context(|| format!("cannot run {}", git.display()))?;
+    if !out.status.success() {
+        bail!(
+            "git ls-remote {url} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_ls_remote(&String::from_utf8_lossy(&out.stdout))
+}
+
+impl Write<'_> {
+    /// Creates the checkout node of `rev` unless this tree, branch and commit were seen
+    /// before. Returns the new node, or `None`.
+    pub fn record_commit(
+        &mut self,
+        rev: &Revision,
+        timeout: Duration,
+        holdoff: Duration,
+    ) -> Result<Option<Node>> {
+        let seen: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT node_id FROM trigger_commits \
+                 WHERE tree = ?1 AND branch = ?2 AND commit_hash = ?3",
+                params![rev.tree, rev.branch, rev.commit],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if seen.is_some() {
+            return Ok(None);
+        }
+        let now = self.now();
+        let after = |d: Duration| -> DateTime<Utc> {
+            now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365))
+        };
+        let mut data = Map::new();
+        data.insert("kernel_revision".into(), rev.kernel_revision());
+        let mut n = NewNode::new(NodeKind::Checkout, "checkout");
+        n.state = NodeState::Available;
+        n.data = data;
+        n.timeout = Some(after(timeout));
+        n.holdoff = Some(after(holdoff));
+        n.owner = "trigger".into();
+        n.submitter = "trigger".into();
+        let node = self.create_node(n)?;
+        self.conn().execute(
+            "INSERT INTO trigger_commits (tree, branch, commit_hash, node_id, seen) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                rev.tree,
+                rev.branch,
+                rev.commit,
+                node.id.0,
+                crate::store::micros(now)
+            ],
+        )?;
+        Ok(Some(node))
+    }
+}
+
+/// Polls one tree once: new head commits of its branches become checkout nodes.
+pub async fn poll_tree(
+    store: &Store,
+    cfg: &TriggerConfig,
+    tree: &TreeConfig,
+) -> anyhow::Result<Vec<Node>> {
+    let refs = ls_remote(&cfg.git, &tree.url, cfg.git_timeout).await?;
+    let mut created = Vec::new();
+    for branch in &tree.branches {
+        let Some(commit) = refs.heads.get(branch) else {
+            tracing::warn!(tree = %tree.name, %branch, url = %tree.url, "branch not found");
+            continue;
+        };
+        let rev = Revision {
+            tree: tree.name.clone(),
+            url: tree.url.clone(),
+            branch: branch.clone(),
+            commit: commit.clone(),
+            describe: refs.tags.get(commit).and_then(|t| t.last().cloned()),
+        };
+        let (timeout, holdoff) = (cfg.checkout_timeout, cfg.holdoff);
+        let rev2 = rev.clone();
+        if let Some(node) = store
+            .write(move |w| w.record_commit(&rev2, timeout, holdoff))
+            .await?
+        {
+            tracing::info!(
+                tree = %rev.tree, branch = %rev.branch, commit = %rev.commit,
+                checkout = %node.id, "new commit: checkout created"
+            );
+            created.push(node);
+        }
+    }
+    Ok(created)
+}
+
+/// Polls every configured tree until `shutdown`, each on its own schedule: at start, then
+/// every `interval` plus a random part of `jitter`.
+pub async fn run(store: Store, cfg: TriggerConfig, shutdown: CancellationToken) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for tree in cfg.trees.clone() {
+        let (store, cfg, shutdown) = (store.clone(), cfg.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            loop {
+                if let Err(e) = poll_tree(&store, &cfg, &tree).await {
+                    tracing::warn!(tree = %tree.name, error = %format!("{e:#}"), "trigger poll failed");
+                }
+                let jitter = if cfg.jitter.is_zero() {
+                    Duration::ZERO
+                } else {
+                    cfg.jitter.mul_f64(rand::random::<f64>())
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.interval + jitter) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::nodes::query_nodes;
+    use crate::store::{NodeFilter, temp_store};
+
+    const A: &str = "1111111111111111111111111111111111111111";
+    const B: &str = "2222222222222222222222222222222222222222";
+    const T: &str = "3333333333333333333333333333333333333333";
+
+    #[test]
+    fn parses_heads_and_tags() {
+        let out = format!(
+            "{A}\trefs/heads/master\n{B}\trefs/heads/for-next\n{T}\trefs/tags/v6.1\n\
+             {A}\trefs/tags/v6.1^{{}}\n{B}\trefs/tags/light\n"
+        );
+        let r = parse_ls_remote(&out).unwrap();
+        assert_eq!(r.heads["master"], A);
+        assert_eq!(r.heads["for-next"], B);
+        assert_eq!(r.tags[A], vec!["v6.1"]);
+        assert_eq!(r.tags[B], vec!["light"]);
+        let e = parse_ls_remote("nonsense\n").unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn a_commit_is_checked_out_once() {
+        let (_d, store) = temp_store();
+        let rev = Revision {
+            tree: "mainline".into(),
+            url: "https://git.example/linux.git".into(),
+            branch: "master".into(),
+            commit: A.into(),
+            describe: Some("v6.1".into()),
+        };
+        let hour = Duration::from_secs(3600);
+        let r = rev.clone();
+        let first = store
+            .write_blocking(move |w| w.record_commit(&r, hour, hour))
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.state, NodeState::Available);
+        assert_eq!(first.data["kernel_revision"]["describe"], "v6.1");
+        assert_eq!(
+            first.timeout,
+            Some(first.created + chrono::Duration::hours(1))
+        );
+        let r = rev.clone();
+        assert!(
+            store
+                .write_blocking(move |w| w.record_commit(&r, hour, hour))
+                .unwrap()
+                .is_none()
+        );
+        // The same commit on another branch is another checkout.
+        let mut other = rev;
+        other.branch = "for-next".into();
+        assert!(
+            store
+                .write_blocking(move |w| w.record_commit(&other, hour, hour))
+                .unwrap()
+                .is_some()
+        );
+        let all = store
+            .read_blocking(|c| {
+                query_nodes(
+                    c,
+                    &NodeFilter {
+                        kind: Some(NodeKind::Checkout),
+                        limit: 10,
+                        ..Default::default()
+                    },
+                )
+            })
+            .unwrap();
+        assert_eq!(all.len(), 2);
+    }
+}
