@@ -32,6 +32,9 @@ pub struct AgentConfig {
     /// The lab's devices.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// LAVA servers whose device types this agent offers (one pooled device per type).
+    #[serde(default)]
+    pub lava: Vec<crate::lava::LavaConfig>,
 }
 
 /// The coordinator's address and the TLS files.
@@ -519,6 +522,7 @@ impl AgentConfig {
                 DriverConfig::Serial(s) => validate_serial(&format!("{key}.driver"), s, d)?,
             }
         }
+        crate::lava::config::validate(&self.lava)?;
         Ok(())
     }
 }
