@@ -196,7 +196,10 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
         .collect();
     // qemu: qemu-01 (Good) and qemu-02 (Unknown) can take jobs, qemu-03 (Bad) cannot;
     // beaglebone-black (Retired, Bad) and x86-pc-grub (Maintenance) are not offered.
-    assert_eq!(offered, [("lava-test-qemu".to_string(), 2, 2, String::new())]);
+    assert_eq!(
+        offered,
+        [("lava-test-qemu".to_string(), 2, 2, String::new())]
+    );
 
     // Every built-in template renders a definition that LAVA's own validation accepts.
     let templates = labwire_agent::lava::templates::Templates::load(None).unwrap();
@@ -209,7 +212,11 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
                 attempt: 1,
                 name: "validate".into(),
             },
-            params: [("kunit".to_string(), "1".to_string()), ("kselftest".to_string(), "timers".to_string())].into(),
+            params: [
+                ("kunit".to_string(), "1".to_string()),
+                ("kselftest".to_string(), "timers".to_string()),
+            ]
+            .into(),
             artifacts: ["kernel", "ramdisk", "dtb", "rootfs", "boot"]
                 .iter()
                 .map(|r| {
@@ -245,7 +252,8 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
         .await
         .unwrap_err();
     assert!(
-        e.to_string().contains("Problem with submitted job data: required key not provided @ data["),
+        e.to_string()
+            .contains("Problem with submitted job data: required key not provided @ data["),
         "{e}"
     );
 
@@ -258,8 +266,15 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
     .unwrap();
     let mut cfg = server.config();
     cfg.templates_dir = Some(tpl.path().to_path_buf());
-    let lib0 = Arc::new(labwire_agent::device_types::Library::load(&Vec::<PathBuf>::new()).unwrap());
-    let bad = labwire_agent::lava::inventory::LavaSource::with_client(cfg, client.clone(), "lab-lava", lib0).unwrap();
+    let lib0 =
+        Arc::new(labwire_agent::device_types::Library::load(&Vec::<PathBuf>::new()).unwrap());
+    let bad = labwire_agent::lava::inventory::LavaSource::with_client(
+        cfg,
+        client.clone(),
+        "lab-lava",
+        lib0,
+    )
+    .unwrap();
     let device = bad
         .snapshot()
         .await
@@ -283,7 +298,8 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
     assert_eq!(o.error_code.as_deref(), Some("invalid_job"), "{o:?}");
     let msg = o.error_msg.unwrap_or_default();
     assert!(
-        msg.contains("LAVA refused the job definition") && msg.contains("required key not provided"),
+        msg.contains("LAVA refused the job definition")
+            && msg.contains("required key not provided"),
         "{msg}"
     );
 
@@ -395,7 +411,10 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
     let d = data(&n);
     assert_eq!(d["error_code"], "infrastructure", "{d:?}");
     assert!(
-        d["error_msg"].as_str().unwrap_or("").contains("tftp timed out"),
+        d["error_msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tftp timed out"),
         "{d:?}"
     );
 
@@ -447,7 +466,10 @@ async fn wait_lava(
         if pred(&s) {
             return s;
         }
-        assert!(std::time::Instant::now() < end, "LAVA job {id} stuck: {s:?}");
+        assert!(
+            std::time::Instant::now() < end,
+            "LAVA job {id} stuck: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

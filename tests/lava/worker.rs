@@ -88,7 +88,14 @@ impl TestWorker {
                 ("result", result),
                 ("error_type", error_type),
                 ("description", "{}"),
-                ("errors", if error_type.is_empty() { "" } else { "tftp timed out (test worker)" }),
+                (
+                    "errors",
+                    if error_type.is_empty() {
+                        ""
+                    } else {
+                        "tftp timed out (test worker)"
+                    },
+                ),
             ],
         )
         .await;
@@ -101,17 +108,29 @@ impl TestWorker {
         let mut out = Vec::new();
         let mut n = 0;
         for action in def["actions"].as_sequence().into_iter().flatten() {
-            for d in action["test"]["definitions"].as_sequence().into_iter().flatten() {
+            for d in action["test"]["definitions"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+            {
                 let suite = format!("{n}_{}", d["name"].as_str().unwrap_or("?"));
                 n += 1;
-                for step in d["repository"]["run"]["steps"].as_sequence().into_iter().flatten() {
+                for step in d["repository"]["run"]["steps"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                {
                     let step = step.as_str().unwrap_or("");
                     for c in re.captures_iter(step) {
                         let name = c[1].trim_matches('"').to_string();
                         if name.starts_with('$') {
                             continue;
                         }
-                        let r = if step.contains("exit 1") { "fail" } else { "pass" };
+                        let r = if step.contains("exit 1") {
+                            "fail"
+                        } else {
+                            "pass"
+                        };
                         out.push((suite.clone(), name, r));
                     }
                 }
@@ -157,7 +176,10 @@ impl TestWorker {
         loop {
             let ping = self
                 .get(
-                    &format!("scheduler/internal/v1/workers/{}/?version={version}", self.name),
+                    &format!(
+                        "scheduler/internal/v1/workers/{}/?version={version}",
+                        self.name
+                    ),
                     &self.token.clone(),
                 )
                 .await;

@@ -158,7 +158,12 @@ impl LavaDriver {
     /// results. The log is rebuilt from LAVA's first line, so following again after a restart
     /// writes the same bytes at the same offsets.
     async fn follow(&self, ctx: &mut JobContext, id: i64) -> Outcome {
-        let url = self.client.api().join(&format!("jobs/{id}/")).map(|u| u.to_string()).unwrap_or_default();
+        let url = self
+            .client
+            .api()
+            .join(&format!("jobs/{id}/"))
+            .map(|u| u.to_string())
+            .unwrap_or_default();
         ctx.log.note(&format!("LAVA job {id}: {url}"));
         ctx.log.flush();
         let parse_target = !matches!(ctx.spec.parser.as_str(), "" | "auto" | "none");
@@ -207,12 +212,18 @@ impl LavaDriver {
                 return self.finish(ctx, id, line, parse_target, cancelled).await;
             }
             if Instant::now() > deadline && !cancelled {
-                tracing::warn!(lava_job = id, "the job ran out of time; cancelling it on LAVA");
-                ctx.log.note(&format!("time limit reached: cancelling LAVA job {id}"));
+                tracing::warn!(
+                    lava_job = id,
+                    "the job ran out of time; cancelling it on LAVA"
+                );
+                ctx.log
+                    .note(&format!("time limit reached: cancelling LAVA job {id}"));
                 let _ = self.client.cancel(id).await;
                 return Outcome::infra(
                     "test_timeout",
-                    format!("LAVA job {id} did not finish within the job's time limit plus the queue time limit"),
+                    format!(
+                        "LAVA job {id} did not finish within the job's time limit plus the queue time limit"
+                    ),
                 );
             }
             if cancelled && cancel_deadline.is_some_and(|d| Instant::now() > d) {
@@ -227,7 +238,11 @@ impl LavaDriver {
                 (wait.mul_f32(1.5)).min(self.cfg.poll_max)
             };
             if failures > 0 {
-                wait = crate::client::backoff(failures, self.cfg.poll, self.cfg.poll_max.max(Duration::from_secs(5)));
+                wait = crate::client::backoff(
+                    failures,
+                    self.cfg.poll,
+                    self.cfg.poll_max.max(Duration::from_secs(5)),
+                );
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -267,13 +282,22 @@ impl LavaDriver {
             (Err(e), _) | (_, Err(e)) => {
                 return Outcome::infra(
                     "infrastructure",
-                    format!("LAVA job {id} finished {} but its results could not be read: {e}", status.health),
+                    format!(
+                        "LAVA job {id} finished {} but its results could not be read: {e}",
+                        status.health
+                    ),
                 );
             }
         };
         let mut out = results::outcome(&status, &suites, &tests);
         if cancelled && out.error_code.is_none() {
-            out = Outcome::infra("canceled", format!("the job was cancelled; LAVA job {id} ended {}", status.health));
+            out = Outcome::infra(
+                "canceled",
+                format!(
+                    "the job was cancelled; LAVA job {id} ended {}",
+                    status.health
+                ),
+            );
         }
         out.data.insert("lava_job".into(), id.into());
         out.data.insert("lava_log_lines".into(), line.into());
@@ -317,7 +341,10 @@ impl Driver for LavaDriver {
         Box::pin(async move {
             match LavaJobRef::load(&ctx.dir) {
                 Some(r) if r.instance == self.cfg.name => {
-                    tracing::info!(lava_job = r.lava_job, "following the LAVA job again after an agent restart");
+                    tracing::info!(
+                        lava_job = r.lava_job,
+                        "following the LAVA job again after an agent restart"
+                    );
                     self.follow(ctx, r.lava_job).await
                 }
                 _ => Outcome::infra(

@@ -94,8 +94,6 @@ pub trait Driver: Send + Sync {
     /// left it and a fresh log (written again from the start). Drivers whose jobs die with
     /// the agent keep the default, which reports the job interrupted.
     fn resume<'a>(&'a self, _ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome> {
-        Box::pin(async {
-            Outcome::infra("agent_restart", "the agent restarted while the job ran")
-        })
+        Box::pin(async { Outcome::infra("agent_restart", "the agent restarted while the job ran") })
     }
 }

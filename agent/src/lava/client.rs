@@ -164,7 +164,9 @@ pub struct LavaClient {
 
 impl std::fmt::Debug for LavaClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LavaClient").field("api", &self.api.as_str()).finish()
+        f.debug_struct("LavaClient")
+            .field("api", &self.api.as_str())
+            .finish()
     }
 }
 
@@ -240,10 +242,14 @@ impl LavaClient {
         let mut attempt = 0u32;
         loop {
             let res = {
-                let _slot = self.slots.acquire().await.map_err(|_| LavaError::Transport {
-                    url: url.to_string(),
-                    msg: "client closed".into(),
-                })?;
+                let _slot = self
+                    .slots
+                    .acquire()
+                    .await
+                    .map_err(|_| LavaError::Transport {
+                        url: url.to_string(),
+                        msg: "client closed".into(),
+                    })?;
                 let mut req = self
                     .http
                     .request(method.clone(), url.clone())
@@ -300,8 +306,12 @@ impl LavaClient {
                 Duration::from_secs(10),
             );
             match &res {
-                Ok((s, _)) => tracing::debug!(%url, status = s, retry_in = ?wait, "LAVA busy; retrying"),
-                Err((_, m)) => tracing::debug!(%url, error = %m, retry_in = ?wait, "LAVA unreachable; retrying"),
+                Ok((s, _)) => {
+                    tracing::debug!(%url, status = s, retry_in = ?wait, "LAVA busy; retrying")
+                }
+                Err((_, m)) => {
+                    tracing::debug!(%url, error = %m, retry_in = ?wait, "LAVA unreachable; retrying")
+                }
             }
             tokio::time::sleep(wait).await;
         }
@@ -376,7 +386,12 @@ impl LavaClient {
         let url = self.url("jobs/");
         let body = serde_json::json!({ "definition": definition });
         let (status, bytes) = self
-            .send(reqwest::Method::POST, url.clone(), Some(&body), Retry::NotTaken)
+            .send(
+                reqwest::Method::POST,
+                url.clone(),
+                Some(&body),
+                Retry::NotTaken,
+            )
             .await?;
         if status == 400 {
             return Err(LavaError::Refused {
@@ -392,7 +407,10 @@ impl LavaClient {
         })?;
         s.job_ids
             .first()
-            .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
             .ok_or_else(|| LavaError::Decode {
                 url: url.to_string(),
                 msg: "no job id in the answer (a multinode definition?)".into(),
@@ -405,7 +423,12 @@ impl LavaClient {
         let url = self.url("jobs/validate/");
         let body = serde_json::json!({ "definition": definition });
         let (status, bytes) = self
-            .send(reqwest::Method::POST, url.clone(), Some(&body), Retry::Idempotent)
+            .send(
+                reqwest::Method::POST,
+                url.clone(),
+                Some(&body),
+                Retry::Idempotent,
+            )
             .await?;
         if !(200..300).contains(&status) {
             return Err(status_error(&url, status, &bytes));
@@ -512,7 +535,9 @@ fn message_of(body: &[u8]) -> String {
         Ok(M {
             message: Some(m), ..
         }) => m,
-        Ok(M { detail: Some(d), .. }) => d,
+        Ok(M {
+            detail: Some(d), ..
+        }) => d,
         _ => String::from_utf8_lossy(&body[..body.len().min(2000)]).into_owned(),
     }
 }

@@ -128,7 +128,10 @@ impl LavaConfig {
             return Ok(t.clone());
         }
         let Some(path) = &self.token_file else {
-            bail!("lava ({}): neither `token` nor `token_file` is set", self.name);
+            bail!(
+                "lava ({}): neither `token` nor `token_file` is set",
+                self.name
+            );
         };
         let text = std::fs::read_to_string(path).map_err(|e| {
             anyhow::anyhow!(
@@ -139,7 +142,11 @@ impl LavaConfig {
         })?;
         let t = text.trim();
         if t.is_empty() {
-            bail!("lava ({}).token_file: {} is empty", self.name, path.display());
+            bail!(
+                "lava ({}).token_file: {} is empty",
+                self.name,
+                path.display()
+            );
         }
         Ok(Secret(t.to_string()))
     }
@@ -187,14 +194,20 @@ pub fn validate(list: &[LavaConfig]) -> anyhow::Result<()> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            bail!("lava[{i}].name `{}`: expected letters, digits, `-` or `_`", l.name);
+            bail!(
+                "lava[{i}].name `{}`: expected letters, digits, `-` or `_`",
+                l.name
+            );
         }
         if !seen.insert(l.name.clone()) {
             bail!("{key}.name: `{}` is used by two LAVA instances", l.name);
         }
         match url::Url::parse(&l.url) {
             Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {}
-            _ => bail!("{key}.url `{}`: expected http(s)://HOST[:PORT]/[PATH]", l.url),
+            _ => bail!(
+                "{key}.url `{}`: expected http(s)://HOST[:PORT]/[PATH]",
+                l.url
+            ),
         }
         match (&l.token, &l.token_file) {
             (Some(_), Some(_)) => bail!("{key}: set `token` or `token_file`, not both"),
@@ -223,7 +236,10 @@ pub fn validate(list: &[LavaConfig]) -> anyhow::Result<()> {
             bail!("{key}.priority: expected 0 to 100");
         }
         if !["public", "personal"].contains(&l.visibility.as_str()) {
-            bail!("{key}.visibility `{}`: expected public or personal", l.visibility);
+            bail!(
+                "{key}.visibility `{}`: expected public or personal",
+                l.visibility
+            );
         }
         if let Some(dir) = &l.templates_dir
             && !dir.is_dir()

@@ -87,18 +87,15 @@ impl LavaSource {
     }
 
     /// The pooled device of a device type with `usable` devices behind it.
-    pub fn pooled(
-        &self,
-        dt: &DeviceTypeInfo,
-        usable: usize,
-        boot_method: String,
-    ) -> Arc<Device> {
+    pub fn pooled(&self, dt: &DeviceTypeInfo, usable: usize, boot_method: String) -> Arc<Device> {
         let (mut properties, features) = match self.library.get(&dt.name) {
             Some(t) => (t.properties(), t.features.clone()),
             None => (BTreeMap::new(), Vec::new()),
         };
         if let Some(a) = dt.architecture.as_deref().filter(|a| !a.is_empty()) {
-            properties.entry("arch".into()).or_insert_with(|| a.to_string());
+            properties
+                .entry("arch".into())
+                .or_insert_with(|| a.to_string());
         }
         properties
             .entry("boot_method".into())
@@ -110,7 +107,11 @@ impl LavaSource {
             properties,
             features,
             tags: self.cfg.tags.clone(),
-            health: if usable > 0 { Health::Good } else { Health::Bad },
+            health: if usable > 0 {
+                Health::Good
+            } else {
+                Health::Bad
+            },
         };
         let driver = LavaDriver::new(
             self.cfg.clone(),
@@ -208,7 +209,9 @@ impl DeviceSource for LavaSource {
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(instance = %self.cfg.name, error = %e, failures, "cannot read the LAVA inventory");
-                        if failures == FAILURES_BEFORE_WITHDRAW && last.as_ref().is_some_and(|l| !l.is_empty()) {
+                        if failures == FAILURES_BEFORE_WITHDRAW
+                            && last.as_ref().is_some_and(|l| !l.is_empty())
+                        {
                             tracing::warn!(instance = %self.cfg.name, "LAVA unreachable: offering none of its device types until it answers");
                             last = Some(Vec::new());
                             let _ = tx.send(Vec::new());
@@ -216,7 +219,11 @@ impl DeviceSource for LavaSource {
                     }
                 }
                 let wait = if failures > 0 {
-                    crate::client::backoff(failures, std::time::Duration::from_secs(1), self.cfg.refresh)
+                    crate::client::backoff(
+                        failures,
+                        std::time::Duration::from_secs(1),
+                        self.cfg.refresh,
+                    )
                 } else {
                     self.cfg.refresh
                 };
@@ -235,7 +242,9 @@ impl DeviceSource for LavaSource {
         if r.instance != self.cfg.name {
             return None;
         }
-        let boot = self.boot_method(device_type).unwrap_or_else(|| "qemu".into());
+        let boot = self
+            .boot_method(device_type)
+            .unwrap_or_else(|| "qemu".into());
         let dt = DeviceTypeInfo {
             name: device_type.to_string(),
             architecture: None,

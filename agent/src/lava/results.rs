@@ -55,8 +55,7 @@ fn metadata(c: &TestCase) -> BTreeMap<String, String> {
     let Some(text) = c.metadata.as_deref() else {
         return BTreeMap::new();
     };
-    let Ok(yaml_serde::Value::Mapping(m)) = yaml_serde::from_str::<yaml_serde::Value>(text)
-    else {
+    let Ok(yaml_serde::Value::Mapping(m)) = yaml_serde::from_str::<yaml_serde::Value>(text) else {
         return BTreeMap::new();
     };
     m.into_iter()
@@ -124,12 +123,18 @@ pub fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> Outcome
     }
     let mut tests = Vec::new();
     if !setup.is_empty() {
-        let mut s = TestNode::leaf("setup", NodeResult::aggregate(setup.iter().map(|t| t.result)));
+        let mut s = TestNode::leaf(
+            "setup",
+            NodeResult::aggregate(setup.iter().map(|t| t.result)),
+        );
         s.tests = setup;
         tests.push(s);
     }
     for (name, members) in groups {
-        let mut g = TestNode::leaf(name, NodeResult::aggregate(members.iter().map(|t| t.result)));
+        let mut g = TestNode::leaf(
+            name,
+            NodeResult::aggregate(members.iter().map(|t| t.result)),
+        );
         g.tests = members;
         tests.push(g);
     }
@@ -142,10 +147,7 @@ pub fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> Outcome
                 NodeResult::Pass
             })
         }
-        "Canceled" => Outcome::infra(
-            "canceled",
-            format!("LAVA job {} was canceled", job.id),
-        ),
+        "Canceled" => Outcome::infra("canceled", format!("LAVA job {} was canceled", job.id)),
         _ => {
             let code = error_code(error_type.as_deref().unwrap_or(""));
             let msg = error_msg
@@ -157,7 +159,8 @@ pub fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> Outcome
     if let Some(t) = error_type {
         out.data.insert("lava_error_type".into(), t.into());
     }
-    out.data.insert("lava_health".into(), job.health.clone().into());
+    out.data
+        .insert("lava_health".into(), job.health.clone().into());
     if let Some(d) = &job.actual_device {
         out.data.insert("lava_device".into(), d.clone().into());
     }

@@ -135,7 +135,9 @@ impl Templates {
 
     /// Whether a template for this boot method exists.
     pub fn has(&self, boot_method: &str) -> bool {
-        self.env.get_template(&format!("{boot_method}.jinja2")).is_ok()
+        self.env
+            .get_template(&format!("{boot_method}.jinja2"))
+            .is_ok()
     }
 
     /// Renders the definition of a job; the result is checked to be a YAML map.
@@ -176,7 +178,11 @@ mod tests {
                 attempt: 1,
                 name: "baseline \"x86\"".into(),
             },
-            params: [("msg".to_string(), "a\nactions: [evil]\n'\"{{x}}".to_string())].into(),
+            params: [(
+                "msg".to_string(),
+                "a\nactions: [evil]\n'\"{{x}}".to_string(),
+            )]
+            .into(),
             artifacts: [
                 (
                     "kernel".to_string(),
@@ -263,7 +269,10 @@ mod tests {
         v.artifacts.remove("ramdisk");
         let e = t.render(&v).unwrap_err();
         assert!(e.contains("undefined") && e.contains("grub.jinja2:"), "{e}");
-        let e = Templates::load(None).unwrap().render(&vars("pxe")).unwrap_err();
+        let e = Templates::load(None)
+            .unwrap()
+            .render(&vars("pxe"))
+            .unwrap_err();
         assert!(e.contains("no LAVA job template `pxe.jinja2`"), "{e}");
     }
 }
