@@ -178,10 +178,13 @@ mod tests {
                 attempt: 1,
                 name: "baseline \"x86\"".into(),
             },
-            params: [(
-                "msg".to_string(),
-                "a\nactions: [evil]\n'\"{{x}}".to_string(),
-            )]
+            params: [
+                (
+                    "prompt".to_string(),
+                    "a\nactions: [evil]\n'\"{{x}}".to_string(),
+                ),
+                ("kselftest".to_string(), "timers net'x".to_string()),
+            ]
             .into(),
             artifacts: [
                 (
@@ -240,16 +243,24 @@ mod tests {
             let text = t.render(&vars(boot)).unwrap();
             let y: yaml_serde::Value = yaml_serde::from_str(&text).unwrap();
             assert_eq!(y["device_type"].as_str(), Some("qemu"), "{boot}: {text}");
-            assert_eq!(
-                y["metadata"]["labwire.job"].as_str(),
-                Some("42"),
-                "{boot}: {text}"
-            );
+            assert_eq!(y["metadata"]["labwire.job"].as_str(), Some("42"), "{text}");
             assert_eq!(y["priority"].as_u64(), Some(50));
             let actions = y["actions"].as_sequence().unwrap();
             assert!(actions.len() >= 3, "{boot}: {text}");
             // The parameter with YAML and Jinja syntax in it stayed one string.
             assert!(!text.contains("\nactions: [evil]"), "{text}");
+            let boot = actions.iter().find(|a| a.get("boot").is_some()).unwrap();
+            assert_eq!(
+                boot["boot"]["prompts"][0].as_str(),
+                Some("a\nactions: [evil]\n'\"{{x}}"),
+                "{text}"
+            );
+            // kselftest collections: one shell word each, quoted.
+            let steps = format!("{:?}", y["actions"]);
+            assert!(
+                steps.contains(r#"for c in 'timers' 'net'\\''x'; do"#),
+                "{steps}"
+            );
         }
     }
 
