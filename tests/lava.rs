@@ -308,6 +308,15 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
         .submit(&templates_render_qemu(&templates, "queued then cancelled"))
         .await
         .expect("submit");
+    // (A job can be found by its name, as the agent does for one whose submission was under
+    // way when it stopped.)
+    assert_eq!(
+        client
+            .find_by_description("labwire 0.1 queued then cancelled")
+            .await
+            .expect("find"),
+        Some(queued)
+    );
     client.cancel(queued).await.expect("cancel");
     let st = wait_lava(&client, queued, |s| s.state == "Finished").await;
     assert_eq!(st.health, "Canceled");

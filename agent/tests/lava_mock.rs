@@ -99,7 +99,7 @@ async fn router(m: S) -> Router {
         .route("/api/v0.2/system/version/", get(version))
         .route("/api/v0.2/devicetypes/", get(device_types))
         .route("/api/v0.2/devices/", get(devices))
-        .route("/api/v0.2/jobs/", post(submit))
+        .route("/api/v0.2/jobs/", post(submit).get(list_jobs))
         .route("/api/v0.2/jobs/validate/", post(validate))
         .route("/api/v0.2/jobs/{id}/", get(job))
         .route("/api/v0.2/jobs/{id}/logs/", get(logs))
@@ -221,6 +221,32 @@ async fn submit(State(m): State<S>, h: HeaderMap, body: String) -> Response {
         axum::Json(json!({"message": "job(s) successfully submitted", "job_ids": [id]})),
     )
         .into_response()
+}
+
+async fn list_jobs(
+    State(m): State<S>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    m.hit("list_jobs");
+    if !authorized(&m, &h) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let want = q.get("description").cloned().unwrap_or_default();
+    let jobs = m.jobs.lock().unwrap();
+    let mut ids: Vec<i64> = jobs
+        .iter()
+        .filter(|(_, j)| {
+            yaml_serde::from_str::<yaml_serde::Value>(&j.definition)
+                .ok()
+                .and_then(|v| v["job_name"].as_str().map(|n| n == want))
+                .unwrap_or(false)
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let items = ids.into_iter().map(|id| json!({"id": id})).collect();
+    axum::Json(page(items, &m.base, "api/v0.2/jobs/", &q)).into_response()
 }
 
 async fn validate(State(m): State<S>, h: HeaderMap, body: String) -> Response {
@@ -647,4 +673,54 @@ async fn a_job_lost_by_the_agent_is_taken_back_with_the_same_log() {
     assert_eq!(log, reference);
     // One submission for the interrupted job: taking it back did not submit again.
     assert_eq!(m.hits("submit"), 2);
+}
+
+#[tokio::test]
+async fn a_job_whose_submission_was_under_way_is_found_by_its_name() {
+    let (m, url) = start(3).await;
+    let s = source(config(&url, ""));
+    let d = s.snapshot().await.unwrap().remove(0);
+    // The agent stopped right after LAVA took the job, before it learnt the id.
+    let dir = tempfile::tempdir().unwrap();
+    let lava_driver = labwire_agent::driver::lava::LavaJobRef {
+        instance: "mock".into(),
+        lava_job: None,
+        job_name: "labwire 7.1 lost answer".into(),
+    };
+    let definition = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/templates/lava/base.jinja2"
+    ))
+    .unwrap();
+    assert!(definition.contains(
+        "job_name: {{ \"labwire \" ~ job.id ~ \".\" ~ job.attempt ~ \" \" ~ job.name }}"
+    ));
+    let id = labwire_agent::lava::client::LavaClient::with_token(
+        &config(&url, ""),
+        Secret(TOKEN.into()),
+    )
+    .unwrap()
+    .submit("job_name: labwire 7.1 lost answer\ndevice_type: qemu\n")
+    .await
+    .unwrap();
+    lava_driver.save(dir.path()).unwrap();
+    let again = s.resume("lava-mock-qemu", dir.path()).expect("taken back");
+    let mut c = ctx(dir.path(), "lost answer", &[]);
+    let o = again.driver.resume(&mut c).await;
+    assert_eq!(o.data["lava_job"], id, "{o:?}");
+    assert_eq!(m.hits("list_jobs"), 1);
+    let r = labwire_agent::driver::lava::LavaJobRef::load(dir.path()).unwrap();
+    assert_eq!(r.lava_job, Some(id));
+    // Nothing of that name on LAVA: the job is reported interrupted.
+    let dir = tempfile::tempdir().unwrap();
+    labwire_agent::driver::lava::LavaJobRef {
+        instance: "mock".into(),
+        lava_job: None,
+        job_name: "labwire 8.1 never arrived".into(),
+    }
+    .save(dir.path())
+    .unwrap();
+    let mut c = ctx(dir.path(), "never arrived", &[]);
+    let o = d.driver.resume(&mut c).await;
+    assert_eq!(o.error_code.as_deref(), Some("agent_restart"), "{o:?}");
 }

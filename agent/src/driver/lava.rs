@@ -24,8 +24,12 @@ pub const STATE_FILE: &str = "lava.json";
 pub struct LavaJobRef {
     /// The `lava:` instance.
     pub instance: String,
-    /// The LAVA job id.
-    pub lava_job: i64,
+    /// The LAVA job id; `None` while the submission is under way.
+    pub lava_job: Option<i64>,
+    /// The definition's `job_name` (LAVA's `description`), to find a job whose submission
+    /// was under way when the agent stopped.
+    #[serde(default)]
+    pub job_name: String,
 }
 
 impl LavaJobRef {
@@ -125,6 +129,16 @@ impl LavaDriver {
         if let Err(e) = std::fs::write(ctx.dir.join("lava-job.yaml"), &definition) {
             tracing::warn!(error = %e, "cannot keep the LAVA job definition in the job folder");
         }
+        // Recorded before submitting: an agent that stops before LAVA's answer arrives finds
+        // the job by its name at the next start.
+        let mut r = LavaJobRef {
+            instance: self.cfg.name.clone(),
+            lava_job: None,
+            job_name: job_name(&definition),
+        };
+        if let Err(e) = r.save(&ctx.dir) {
+            tracing::error!(error = %e, "cannot write lava.json; an agent restart would lose the LAVA job");
+        }
         let submitted = tokio::select! {
             r = self.client.submit(&definition) => r,
             _ = ctx.cancel.cancelled() => {
@@ -143,10 +157,7 @@ impl LavaDriver {
             }
             Err(e) => return Outcome::infra("infrastructure", e.to_string()),
         };
-        let r = LavaJobRef {
-            instance: self.cfg.name.clone(),
-            lava_job: id,
-        };
+        r.lava_job = Some(id);
         if let Err(e) = r.save(&ctx.dir) {
             tracing::error!(error = %e, lava_job = id, "cannot record the LAVA job id; an agent restart would lose it");
         }
@@ -305,6 +316,14 @@ impl LavaDriver {
     }
 }
 
+/// The `job_name` of a rendered definition.
+fn job_name(definition: &str) -> String {
+    yaml_serde::from_str::<yaml_serde::Value>(definition)
+        .ok()
+        .and_then(|v| v["job_name"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 /// Writes LAVA log lines to the job's log: the device's output (`target`) as it is, the
 /// rest marked with its level.
 fn write_lines(ctx: &mut JobContext, lines: &[LogLine], parse_target: bool) {
@@ -339,19 +358,43 @@ impl Driver for LavaDriver {
 
     fn resume<'a>(&'a self, ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            match LavaJobRef::load(&ctx.dir) {
-                Some(r) if r.instance == self.cfg.name => {
-                    tracing::info!(
-                        lava_job = r.lava_job,
-                        "following the LAVA job again after an agent restart"
-                    );
-                    self.follow(ctx, r.lava_job).await
-                }
-                _ => Outcome::infra(
+            let Some(r) = LavaJobRef::load(&ctx.dir).filter(|r| r.instance == self.cfg.name) else {
+                return Outcome::infra(
                     "agent_restart",
-                    "the agent restarted before LAVA took the job",
-                ),
-            }
+                    "the agent restarted before the job was submitted to LAVA",
+                );
+            };
+            let id = match r.lava_job {
+                Some(id) => id,
+                // The agent stopped while submitting: did LAVA take the job?
+                None => match self.client.find_by_description(&r.job_name).await {
+                    Ok(Some(id)) => {
+                        let mut r = r.clone();
+                        r.lava_job = Some(id);
+                        let _ = r.save(&ctx.dir);
+                        id
+                    }
+                    Ok(None) => {
+                        return Outcome::infra(
+                            "agent_restart",
+                            "the agent restarted while submitting the job; LAVA has no such job",
+                        );
+                    }
+                    Err(e) => {
+                        return Outcome::infra(
+                            "agent_restart",
+                            format!(
+                                "the agent restarted while submitting the job, and LAVA could not be asked whether it took it: {e}"
+                            ),
+                        );
+                    }
+                },
+            };
+            tracing::info!(
+                lava_job = id,
+                "following the LAVA job again after an agent restart"
+            );
+            self.follow(ctx, id).await
         })
     }
 }

@@ -441,6 +441,24 @@ impl LavaClient {
         }
     }
 
+    /// The newest job with this description (the definition's `job_name`), if any.
+    pub async fn find_by_description(&self, description: &str) -> Result<Option<i64>, LavaError> {
+        if description.is_empty() {
+            return Ok(None);
+        }
+        let mut url = self.url("jobs/");
+        url.query_pairs_mut()
+            .append_pair("description", description)
+            .append_pair("ordering", "-id")
+            .append_pair("limit", "1");
+        #[derive(Deserialize)]
+        struct Id {
+            id: i64,
+        }
+        let page: Page<Id> = self.get_json(url).await?;
+        Ok(page.results.first().map(|j| j.id))
+    }
+
     /// A job's state and health.
     pub async fn job(&self, id: i64) -> Result<JobStatus, LavaError> {
         self.get_json(self.url(&format!("jobs/{id}/"))).await
