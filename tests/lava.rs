@@ -358,6 +358,11 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
     let done_job = submit_spec(&mut c, lava_job_spec("results", &["uname -a", "exit 1"])).await;
     let hang_job = submit_spec(&mut c, lava_job_spec("hang", &[])).await;
     let slow_job = submit_spec(&mut c, lava_job_spec("slow", &["true"])).await;
+    // A job for beaglebone-black, whose LAVA devices are all Retired or Bad: the agent does
+    // not offer that type, so the coordinator never hands the job out.
+    let mut bbb = lava_job_spec("no usable device", &[]);
+    bbb.criteria.as_mut().unwrap().device_type = "beaglebone-black".into();
+    let bbb_job = submit_spec(&mut c, bbb).await;
 
     // The first runs to its results (the LAVA scheduler works in rounds of 20 s).
     let n = wait_node(&mut c, done_job, Duration::from_secs(120), is_done).await;
@@ -425,6 +430,26 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
             .unwrap_or("")
             .contains("tftp timed out"),
         "{d:?}"
+    );
+
+    let queued = c
+        .admin
+        .list_jobs(v1::ListJobsRequest {
+            status: v1::JobStatus::Queued as i32,
+            limit: 100,
+        })
+        .await
+        .expect("list jobs")
+        .into_inner()
+        .jobs;
+    let ids: Vec<i64> = queued
+        .iter()
+        .filter_map(|j| j.node.as_ref().map(|n| n.id))
+        .collect();
+    assert_eq!(
+        ids,
+        [bbb_job],
+        "only the beaglebone-black job is still queued"
     );
 
     agent.terminate(Duration::from_secs(20));
