@@ -477,10 +477,7 @@ impl LavaClient {
         if !(200..300).contains(&status) {
             return Err(status_error(&url, status, &body));
         }
-        parse_log(&body).map_err(|msg| LavaError::Decode {
-            url: url.to_string(),
-            msg,
-        })
+        Ok(parse_log(&body))
     }
 
     /// A job's test suites.
@@ -507,9 +504,9 @@ impl LavaClient {
 }
 
 /// Parses LAVA's log format: a YAML list of `{dt, lvl, msg}` maps, one per line. A line
-/// that does not parse (a cut last line) is skipped and counted as read, so that the
+/// that does not parse becomes a note saying so and still counts as one line, so that the
 /// line offsets stay those of the server.
-pub fn parse_log(body: &[u8]) -> Result<Vec<LogLine>, String> {
+pub fn parse_log(body: &[u8]) -> Vec<LogLine> {
     let text = String::from_utf8_lossy(body);
     let mut out = Vec::new();
     for line in text.lines() {
@@ -517,7 +514,12 @@ pub fn parse_log(body: &[u8]) -> Result<Vec<LogLine>, String> {
             continue;
         }
         let Some(item) = line.strip_prefix("- ") else {
-            return Err(format!("log line is not a list item: {:.80}", line));
+            out.push(LogLine {
+                dt: String::new(),
+                lvl: "labwire".into(),
+                msg: format!("unreadable LAVA log line: {line:.200}").into(),
+            });
+            continue;
         };
         match yaml_serde::from_str::<LogLine>(item) {
             Ok(l) => out.push(l),
@@ -528,7 +530,7 @@ pub fn parse_log(body: &[u8]) -> Result<Vec<LogLine>, String> {
             }),
         }
     }
-    Ok(out)
+    out
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -575,11 +577,12 @@ mod tests {
 
     #[test]
     fn log_lines_parse_and_damaged_ones_are_kept_as_notes() {
-        let body = b"- {\"dt\": \"x\", \"lvl\": \"target\", \"msg\": \"hello: world\"}\n- {\"dt\": \"x\", \"lvl\": \"results\", \"msg\": {\"case\": \"a\", \"result\": \"pass\"}}\n- {\"dt\": \"x\", \"lvl\n";
-        let l = parse_log(body).unwrap();
-        assert_eq!(l.len(), 3);
+        let body = b"- {\"dt\": \"x\", \"lvl\": \"target\", \"msg\": \"hello: world\"}\nnot yaml\n- {\"dt\": \"x\", \"lvl\": \"results\", \"msg\": {\"case\": \"a\", \"result\": \"pass\"}}\n- {\"dt\": \"x\", \"lvl\n";
+        let l = parse_log(body);
+        assert_eq!(l.len(), 4);
         assert_eq!(l[0].msg, "hello: world");
-        assert_eq!(l[1].msg["case"], "a");
-        assert_eq!(l[2].lvl, "labwire");
+        assert_eq!(l[1].lvl, "labwire");
+        assert_eq!(l[2].msg["case"], "a");
+        assert_eq!(l[3].lvl, "labwire");
     }
 }
