@@ -724,3 +724,22 @@ async fn a_job_whose_submission_was_under_way_is_found_by_its_name() {
     let o = d.driver.resume(&mut c).await;
     assert_eq!(o.error_code.as_deref(), Some("agent_restart"), "{o:?}");
 }
+
+#[tokio::test]
+async fn version_and_validation() {
+    let (m, url) = start(0).await;
+    let c = client(&config(&url, ""));
+    assert_eq!(c.version().await.unwrap(), "2023.01");
+    c.validate("device_type: qemu\n").await.unwrap();
+    let e = c.validate("refuse-me: 1\n").await.unwrap_err();
+    assert!(
+        matches!(&e, LavaError::Refused { message } if message.contains("extra keys not allowed")),
+        "{e}"
+    );
+    // A wrong token: LAVA's answer, not a retry loop.
+    let bad = LavaClient::with_token(&config(&url, ""), Secret("wrong".into())).unwrap();
+    let e = bad.version().await.unwrap_err();
+    assert!(matches!(e, LavaError::Status { status: 401, .. }), "{e}");
+    assert_eq!(m.hits("version"), 2);
+    assert_eq!(m.hits("validate"), 2);
+}
