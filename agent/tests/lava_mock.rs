@@ -137,7 +137,7 @@ async fn device_types(
         m.fail_types.fetch_sub(1, Ordering::SeqCst);
         return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
     }
-    let items = ["qemu", "bcm2711-rpi-4-b", "dead-board", "unlisted"]
+    let items = ["qemu", "bcm2711-rpi-4-b", "dead-board", "unlisted", "mystery-board"]
         .iter()
         .map(|n| json!({"name": n, "architecture": if *n == "qemu" { Value::from("x86_64") } else { Value::Null }}))
         .collect();
@@ -182,6 +182,7 @@ async fn devices(
     items.push(json!({"hostname": "dead-1", "device_type": "dead-board", "state": "Idle", "health": "Bad"}));
     items.push(json!({"hostname": "dead-2", "device_type": "dead-board", "state": "Idle", "health": "Maintenance"}));
     items.push(json!({"hostname": "other-1", "device_type": "unlisted", "state": "Idle", "health": "Good"}));
+    items.push(json!({"hostname": "mystery-1", "device_type": "mystery-board", "state": "Idle", "health": "Good"}));
     let base = m
         .next_elsewhere
         .lock()
@@ -416,7 +417,7 @@ async fn start(device_count: usize) -> (S, String) {
 
 fn config(url: &str, extra: &str) -> LavaConfig {
     yaml_serde::from_str(&format!(
-        "name: mock\nurl: {url}\ntoken: {TOKEN}\npoll: 20ms\npoll_max: 100ms\nrequest_timeout: 1s\nretries: 3\ndevice_types: [qemu, bcm2711-rpi-4-b, dead-board]\n{extra}"
+        "name: mock\nurl: {url}\ntoken: {TOKEN}\npoll: 20ms\npoll_max: 100ms\nrequest_timeout: 1s\nretries: 3\ndevice_types: [qemu, bcm2711-rpi-4-b, dead-board, mystery-board]\n{extra}"
     ))
     .unwrap()
 }
@@ -436,14 +437,15 @@ async fn inventory_follows_pagination_and_offers_only_usable_device_types() {
     let (m, url) = start(250).await;
     let s = source(config(&url, "queue_depth: 3\n"));
     let list = s.snapshot().await.unwrap();
-    // 255 devices over 3 pages of 100.
+    // 256 devices over 3 pages of 100.
     assert_eq!(m.hits("devices"), 3);
     let got: Vec<(&str, usize, usize)> = list
         .iter()
         .map(|d| (d.info.name.as_str(), d.count, d.max_jobs))
         .collect();
     // qemu: 250 devices, every third Bad; rpi: the Looping one does not count; dead-board
-    // (Bad, Maintenance) and `unlisted` (not in device_types) are left out.
+    // (Bad, Maintenance), `unlisted` (not in device_types) and mystery-board (no boot
+    // method known, so no template) are left out.
     assert_eq!(
         got,
         [
@@ -451,6 +453,21 @@ async fn inventory_follows_pagination_and_offers_only_usable_device_types() {
             ("lava-mock-bcm2711-rpi-4-b", 1, 4)
         ]
     );
+    // Told its boot method, mystery-board is offered, with only what LAVA says of it.
+    let s2 = source(config(&url, "boot_methods: {mystery-board: depthcharge}\n"));
+    let list2 = s2.snapshot().await.unwrap();
+    let mystery = list2
+        .iter()
+        .find(|d| d.info.device_type == "mystery-board")
+        .expect("offered");
+    assert_eq!(mystery.count, 1);
+    assert_eq!(
+        mystery.info.properties.len(),
+        1,
+        "{:?}",
+        mystery.info.properties
+    );
+    assert_eq!(mystery.info.properties["boot_method"], "depthcharge");
     let qemu = &list[0];
     assert_eq!(qemu.info.driver, "lava");
     assert_eq!(qemu.info.device_type, "qemu");
@@ -469,7 +486,7 @@ async fn errors_and_slow_replies_are_retried_within_the_concurrency_limit() {
     let c = client(&cfg);
     // Three 503 answers, then success: three retries suffice.
     m.fail_types.store(3, Ordering::SeqCst);
-    assert_eq!(c.device_types().await.unwrap().len(), 4);
+    assert_eq!(c.device_types().await.unwrap().len(), 5);
     assert_eq!(m.hits("devicetypes"), 4);
     // Four: more than the retries allow; the error says what LAVA answered.
     m.fail_types.store(4, Ordering::SeqCst);
@@ -478,7 +495,7 @@ async fn errors_and_slow_replies_are_retried_within_the_concurrency_limit() {
     // A reply slower than request_timeout (1 s) is abandoned and asked again.
     m.slow_devices.store(1, Ordering::SeqCst);
     let t = std::time::Instant::now();
-    assert_eq!(c.devices().await.unwrap().len(), 10);
+    assert_eq!(c.devices().await.unwrap().len(), 11);
     assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
     // Ten at once through two slots.
     // (Wait until the server has dropped the abandoned slow request.)

@@ -34,6 +34,8 @@ pub struct LavaSource {
     templates: Arc<Templates>,
     library: Arc<Library>,
     lab: String,
+    /// Device types already warned about (no boot method or template), to warn once.
+    warned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Whether a LAVA device in this health can take jobs.
@@ -62,6 +64,7 @@ impl LavaSource {
             templates,
             library,
             lab: lab.to_string(),
+            warned: Default::default(),
         })
     }
 
@@ -130,6 +133,13 @@ impl LavaSource {
         })
     }
 
+    fn first_warning(&self, device_type: &str) -> bool {
+        match self.warned.lock() {
+            Ok(mut w) => w.insert(device_type.to_string()),
+            Err(_) => false,
+        }
+    }
+
     /// Reads the server's device types and devices once; returns the devices to offer.
     pub async fn snapshot(&self) -> Result<Vec<Arc<Device>>, LavaError> {
         let types = self.client.device_types().await?;
@@ -159,11 +169,15 @@ impl LavaSource {
                 continue;
             }
             let Some(boot) = self.boot_method(&dt.name) else {
-                tracing::warn!(instance = %self.cfg.name, device_type = %dt.name, "no boot method for this LAVA device type (set lava[].boot_methods); not offered");
+                if self.first_warning(&dt.name) {
+                    tracing::warn!(instance = %self.cfg.name, device_type = %dt.name, "no boot method for this LAVA device type (set lava[].boot_methods); not offered");
+                }
                 continue;
             };
             if !self.templates.has(&boot) {
-                tracing::warn!(instance = %self.cfg.name, device_type = %dt.name, boot_method = %boot, "no job template for this boot method; not offered");
+                if self.first_warning(&dt.name) {
+                    tracing::warn!(instance = %self.cfg.name, device_type = %dt.name, boot_method = %boot, "no job template for this boot method; not offered");
+                }
                 continue;
             }
             out.push(self.pooled(dt, n, boot));
