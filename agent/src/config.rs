@@ -32,6 +32,9 @@ pub struct AgentConfig {
     /// The lab's devices.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// LAVA servers whose device types this agent offers (one pooled device per type).
+    #[serde(default)]
+    pub lava: Vec<crate::lava::LavaConfig>,
 }
 
 /// The coordinator's address and the TLS files.
@@ -519,6 +522,7 @@ impl AgentConfig {
                 DriverConfig::Serial(s) => validate_serial(&format!("{key}.driver"), s, d)?,
             }
         }
+        crate::lava::config::validate(&self.lava)?;
         Ok(())
     }
 }
@@ -723,6 +727,34 @@ mod tests {
                 "names no setting",
             ),
             ("limits: {job_timeout: forever}\n", "limits.job_timeout"),
+            (
+                "lava:\n  - {name: l, url: 'ftp://x/', token: t}\n",
+                "lava[0] (l).url `ftp://x/`",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/'}\n",
+                "lava[0] (l): `token` or `token_file` is required",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, token_file: /t}\n",
+                "not both",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, device_types: some}\n",
+                "expected `all` or a list",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, colour: red}\n",
+                "unknown field `colour`",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t}\n  - {name: l, url: 'http://y/', token: t}\n",
+                "lava[1] (l).name: `l` is used by two",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, poll: 10s, poll_max: 1s}\n",
+                "lava[0] (l).poll/poll_max",
+            ),
         ];
         for (extra, want) in cases {
             let e = AgentConfig::parse(&format!("{BASE}{extra}")).unwrap_err();
@@ -740,6 +772,26 @@ mod example_tests {
         let cfg = super::AgentConfig::load(std::path::Path::new(path)).unwrap();
         assert_eq!(cfg.devices.len(), 2);
         assert_eq!(cfg.devices[1].driver.kind(), "serial");
+    }
+
+    /// The commented-out `lava:` example, uncommented, loads too (its templates_dir left
+    /// out: the folder does not exist here).
+    #[test]
+    fn the_lava_example_loads_uncommented() {
+        let text = include_str!("../../config/agent.yaml");
+        let start = text.find("# lava:").expect("lava example");
+        let lava: String = text[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.contains("templates_dir:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = super::AgentConfig::parse(&format!("{}{lava}", &text[..start])).unwrap();
+        assert_eq!(cfg.lava.len(), 1);
+        let l = &cfg.lava[0];
+        assert_eq!(l.name, "lab-lava");
+        assert_eq!(l.boot_methods["my-board"], "u-boot");
+        assert!(l.device_types.offers("qemu") && !l.device_types.offers("x15"));
     }
 }
 
