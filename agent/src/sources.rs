@@ -31,6 +31,17 @@ pub trait DeviceSource: Send + Sync + 'static {
 
 /// The device sources that a config names. Source settings are read at start only: changing
 /// them needs a restart (SIGHUP reloads the devices of the file and the limits).
-pub fn build(_cfg: &AgentConfig) -> anyhow::Result<Vec<Arc<dyn DeviceSource>>> {
-    Ok(Vec::new())
+pub fn build(cfg: &AgentConfig) -> anyhow::Result<Vec<Arc<dyn DeviceSource>>> {
+    let mut out: Vec<Arc<dyn DeviceSource>> = Vec::new();
+    if !cfg.labgrid.is_empty() {
+        let lib = cfg.library()?;
+        for lg in &cfg.labgrid {
+            out.push(Arc::new(crate::labgrid::LabgridSource::new(
+                lg,
+                cfg,
+                lib.clone(),
+            )));
+        }
+    }
+    Ok(out)
 }

@@ -1,6 +1,8 @@
 //! Drivers run a job on a device. One trait, one implementation per kind of device:
 //! `shell` runs a command on the lab host (serial, LAVA and Labgrid follow the same trait).
 
+pub mod board;
+pub mod labgrid;
 pub mod serial;
 pub mod shell;
 
