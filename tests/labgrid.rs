@@ -204,7 +204,7 @@ coordinator:
   cert: {b}/agent.pem
   key: {b}/agent.key
 state_dir: {b}/state
-limits: {{drain_timeout: 20s}}
+limits: {{drain_timeout: 3s}}
 labgrid:
   - name: test
     coordinator: "{address}"
@@ -419,6 +419,18 @@ async fn jobs_run_on_a_labgrid_place_which_is_free_again_afterwards() {
         "the place is free after the failed job"
     );
     assert_eq!(lg.power_log(), ["on", "off", "on", "off"]);
+    // A command that outlives the job's time limit: `test_timeout`, and the place is given
+    // back.
+    let id = submit_spec(&mut c, job("lg-timeout", &["sleep 600"], &[], 10)).await;
+    let n = wait_node(&mut c, id, Duration::from_secs(60), is_done).await;
+    let d = data(&n);
+    assert_eq!(
+        d.get("error_code").and_then(|v| v.as_str()),
+        Some("test_timeout"),
+        "{d:?}"
+    );
+    assert_eq!(lg.acquired(), None, "the place is free after the timeout");
+    assert_eq!(lg.power_log(), ["on", "off", "on", "off", "on", "off"]);
     // The place stays on offer.
     assert_eq!(advertised(&mut c, "lab-lg").await, ["board-1"]);
 }
@@ -437,14 +449,12 @@ async fn a_place_held_by_someone_else_is_not_offered_and_a_job_on_it_fails_place
     lg.agent_config(&rig, "lab-held", "1s", "3s");
     let agent = rig.start_agent("lab-held");
     let end = Instant::now() + Duration::from_secs(60);
-    while !read_file(&rig.path("agent-lab-held.log")).contains("Labgrid places available")
-        && !read_file(&rig.path("agent-lab-held.log")).contains("registered with the coordinator")
-    {
+    while !read_file(&rig.path("agent-lab-held.log")).contains("registered with the coordinator") {
         assert!(Instant::now() < end, "the agent did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Several reads of the places later, still nothing on offer.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(advertised(&mut c, "lab-held").await.is_empty());
     assert_eq!(
         lg.acquired().as_deref(),
@@ -456,11 +466,11 @@ async fn a_place_held_by_someone_else_is_not_offered_and_a_job_on_it_fails_place
     drop(agent);
 
     // The race: the place was free when the agent last looked, someone takes it before the
-    // job starts. The agent reads the places rarely here, so it still offers the place.
-    lg.agent_config(&rig, "lab-held", "1h", "3s");
-    let _agent = rig.start_agent("lab-held");
-    wait_advertised(&mut c, "lab-held", &["board-1"]).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // job starts. This agent reads the places rarely, so it still offers the place.
+    rig.issue_lab("lab-race");
+    lg.agent_config(&rig, "lab-race", "1h", "5s");
+    let _agent = rig.start_agent("lab-race");
+    wait_advertised(&mut c, "lab-race", &["board-1"]).await;
     lg.client_ok(OTHER_USER, &["-p", "board-1", "acquire"]);
     let started = Instant::now();
     let id = submit_spec(&mut c, job("lg-held", &["echo never"], &[], 120)).await;
@@ -479,11 +489,11 @@ async fn a_place_held_by_someone_else_is_not_offered_and_a_job_on_it_fails_place
         "the error names the holder: {msg}"
     );
     assert!(
-        log.contains("waiting up to 3s for the Labgrid place board-1"),
+        log.contains("waiting up to 5s for the Labgrid place board-1"),
         "{log}"
     );
     assert!(
-        started.elapsed() >= Duration::from_secs(3),
+        started.elapsed() >= Duration::from_secs(5),
         "the job waited"
     );
     // Untouched: still held by the other user, never powered.
@@ -516,8 +526,10 @@ async fn a_place_left_acquired_by_a_killed_agent_is_released_when_it_restarts() 
     // Mid-job: the place is ours, the board on, the command running.
     let end = Instant::now() + Duration::from_secs(120);
     loop {
-        let log = read_log(&mut c, id).await;
-        if log.contains("started-long-job\r\n") || log.matches("started-long-job").count() >= 2 {
+        // The agent sends the log in large chunks or at the end; its own copy is live.
+        let log = read_file(&rig.path(&format!("labs/lab-kill/state/jobs/{id}-1/console.log")));
+        // The command's echo, then its output.
+        if log.matches("started-long-job").count() >= 2 {
             break;
         }
         assert!(
@@ -533,7 +545,7 @@ async fn a_place_left_acquired_by_a_killed_agent_is_released_when_it_restarts() 
     // Nobody gave it back.
     assert_eq!(lg.acquired().as_deref(), Some(AGENT_ID));
 
-    let _agent = rig.start_agent("lab-kill");
+    let mut agent = rig.start_agent("lab-kill");
     let end = Instant::now() + Duration::from_secs(60);
     while lg.acquired().is_some() {
         assert!(
@@ -557,4 +569,40 @@ async fn a_place_left_acquired_by_a_killed_agent_is_released_when_it_restarts() 
     );
     // And the place is on offer again.
     wait_advertised(&mut c, "lab-kill", &["board-1"]).await;
+
+    // SIGTERM mid-job: the agent drains (3s here), stops the job, powers the place off and
+    // releases it before it exits.
+    let id = submit_spec(
+        &mut c,
+        job("lg-term", &["echo started-term-job", "sleep 600"], &[], 900),
+    )
+    .await;
+    let end = Instant::now() + Duration::from_secs(120);
+    while read_file(&rig.path(&format!("labs/lab-kill/state/jobs/{id}-1/console.log")))
+        .matches("started-term-job")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < end,
+            "the second job did not reach its command"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(lg.acquired().as_deref(), Some(AGENT_ID));
+    let st = agent
+        .terminate(Duration::from_secs(60))
+        .expect("the agent exits");
+    assert!(st.success(), "{st:?}");
+    assert_eq!(lg.acquired(), None, "released before the agent exited");
+    assert_eq!(lg.power_log(), ["on", "off", "on", "off"]);
+    // The result went out before the agent exited.
+    let n = wait_node(&mut c, id, Duration::from_secs(10), is_done).await;
+    let d = data(&n);
+    assert_eq!(n.result, v1::NodeResult::Incomplete as i32, "{d:?}");
+    assert_eq!(
+        d.get("error_code").and_then(|v| v.as_str()),
+        Some("cancelled"),
+        "{d:?}"
+    );
 }

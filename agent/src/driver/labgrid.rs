@@ -85,6 +85,14 @@ impl LabgridDriver {
                     None,
                 ));
             }
+            if !said {
+                said = true;
+                ctx.log.note(&format!(
+                    "waiting up to {} for the Labgrid place {place}: {}",
+                    humantime::format_duration(limit),
+                    err.message()
+                ));
+            }
             if Instant::now() + ACQUIRE_RETRY > deadline {
                 return Err(fail(
                     "place_unavailable",
@@ -94,14 +102,6 @@ impl LabgridDriver {
                         err.message()
                     ),
                     None,
-                ));
-            }
-            if !said {
-                said = true;
-                ctx.log.note(&format!(
-                    "waiting up to {} for the Labgrid place {place}: {}",
-                    humantime::format_duration(limit),
-                    err.message()
                 ));
             }
             tokio::select! {
