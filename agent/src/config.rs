@@ -954,6 +954,108 @@ mod tests {
 }
 
 #[cfg(test)]
+mod labgrid_tests {
+    use super::*;
+
+    const BASE: &str = "lab: lab-a\ncoordinator: {url: 'https://127.0.0.1:7443', ca: ca.pem, cert: a.pem, key: a.key}\n";
+
+    fn lg(extra: &str) -> String {
+        format!("{BASE}labgrid:\n  - name: main\n    coordinator: 127.0.0.1:20408\n{extra}")
+    }
+
+    #[test]
+    fn places_by_name_and_by_tags() {
+        let cfg = AgentConfig::parse(&lg("    places:\n      - {name: b1, device_type: qemu-x86_64}\n      - {match_tags: {board: bbb}, device_type: beaglebone-black, tags: [x]}\n")).unwrap();
+        let l = &cfg.labgrid[0];
+        assert_eq!(l.client, ["labgrid-client"]);
+        assert_eq!(l.acquire_timeout, Duration::from_secs(120));
+        let tags: BTreeMap<String, String> = [("board".to_string(), "bbb".to_string())].into();
+        assert!(l.places[0].matches("b1", &BTreeMap::new()));
+        assert!(!l.places[0].matches("b10", &BTreeMap::new()));
+        assert!(l.places[1].matches("anything", &tags));
+        assert!(!l.places[1].matches("anything", &BTreeMap::new()));
+        assert_eq!(l.places[1].device("p").driver.kind(), "labgrid");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                "    places: []\n",
+                "labgrid[0].places: name at least one place",
+            ),
+            (
+                "    places:\n      - {device_type: qemu-x86_64}\n",
+                "labgrid[0].places[0]: expected exactly one of `name` and `match_tags`",
+            ),
+            (
+                "    places:\n      - {name: a, match_tags: {b: c}, device_type: qemu-x86_64}\n",
+                "exactly one of",
+            ),
+            (
+                "    places:\n      - {name: a, device_type: nope}\n",
+                "labgrid[0].places[0].device_type: `nope`",
+            ),
+            (
+                "    places:\n      - {name: a, device_type: qemu-x86_64, login: {shell_prompt: '('}}\n",
+                "labgrid[0].places[0].login.shell_prompt",
+            ),
+            (
+                "    places:\n      - {name: a, device_type: qemu-x86_64, deploy_command: [sh, -c, '{params.x}']}\n",
+                "must not be a placeholder",
+            ),
+            (
+                "    user: 'a/b'\n    places:\n      - {name: a, device_type: qemu-x86_64}\n",
+                "labgrid[0].user `a/b`",
+            ),
+            (
+                "    places:\n      - {name: a, device_type: qemu-x86_64, colour: red}\n",
+                "unknown field `colour`",
+            ),
+        ];
+        for (extra, want) in cases {
+            let e = AgentConfig::parse(&lg(extra)).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(msg.contains(want), "{extra:?}: {msg}");
+        }
+        let e = AgentConfig::parse(&format!(
+            "{BASE}labgrid:\n  - {{name: m, coordinator: nohost, places: [{{name: a, device_type: qemu-x86_64}}]}}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("labgrid[0].coordinator `nohost`"),
+            "{e:#}"
+        );
+        // A labgrid driver cannot be written in devices: (the section makes those).
+        let e = AgentConfig::parse(&format!(
+            "{BASE}devices:\n  - {{name: h, device_type: lab-host, driver: {{type: labgrid}}}}\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("labgrid"), "{e:#}");
+    }
+
+    /// The commented-out `labgrid:` example of config/agent.yaml is a valid config.
+    #[test]
+    fn the_shipped_labgrid_example_loads() {
+        let text = include_str!("../../config/agent.yaml");
+        let start = text.find("\n# labgrid:\n").expect("a labgrid example") + 1;
+        let block: String = text[start..]
+            .lines()
+            .map(|l| {
+                let l = l
+                    .strip_prefix("# ")
+                    .or_else(|| l.strip_prefix('#'))
+                    .unwrap_or(l);
+                format!("{l}\n")
+            })
+            .collect();
+        let cfg = AgentConfig::parse(&format!("{BASE}{block}")).unwrap();
+        assert_eq!(cfg.labgrid[0].places.len(), 2);
+        assert!(cfg.labgrid[0].places[1].power_cycle);
+    }
+}
+
+#[cfg(test)]
 mod example_tests {
     #[test]
     fn the_shipped_example_loads() {

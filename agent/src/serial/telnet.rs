@@ -121,17 +121,13 @@ impl Telnet {
                     replies.extend_from_slice(&[IAC, DONT, opt]);
                 }
             }
-            DONT => {
-                if self.local[o] {
-                    self.local[o] = false;
-                    replies.extend_from_slice(&[IAC, WONT, opt]);
-                }
+            DONT if self.local[o] => {
+                self.local[o] = false;
+                replies.extend_from_slice(&[IAC, WONT, opt]);
             }
-            WONT => {
-                if self.remote[o] {
-                    self.remote[o] = false;
-                    replies.extend_from_slice(&[IAC, DONT, opt]);
-                }
+            WONT if self.remote[o] => {
+                self.remote[o] = false;
+                replies.extend_from_slice(&[IAC, DONT, opt]);
             }
             _ => {}
         }
