@@ -280,3 +280,140 @@ impl Driver for LabgridDriver {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The driver against a stand-in `labgrid-client` (a script that logs its calls and
+    //! fails as told): how client failures become job errors, and that the place is given
+    //! back. The real Labgrid is exercised by tests/labgrid.rs.
+    use super::*;
+    use crate::config::LabgridConfig;
+    use crate::joblog::JobLog;
+    use crate::outbox::Outbox;
+    use labwire_common::NodeResult;
+    use tokio_util::sync::CancellationToken;
+
+    const FAKE: &str = r#"#!/bin/sh
+echo "$*" >> "$FAKE_LOG"
+shift 2
+[ "$1" = -p ] || { echo "Place 'b1':"; echo "  acquired: None"; exit 0; }
+place=$2; cmd=$3
+case "$place:$cmd:$4" in
+  nope:acquire:*) echo "labgrid-client: Error: place pattern nope matches nothing" >&2; exit 1 ;;
+  hang:acquire:*) exec sleep 30 ;;
+  *:acquire:*) echo "acquired place $place" ;;
+  *:show:*) printf "Acquired resource 'S' (e/b/NetworkSerialPort/S):\n  {'params': {'host': '127.0.0.1', 'port': %s}}\n" "$FAKE_PORT" ;;
+  *:power:on) echo "labgrid-client: Error: power on failed: 500 Server Error" >&2; exit 1 ;;
+  *) ;;
+esac
+"#;
+
+    struct Fake {
+        dir: tempfile::TempDir,
+        _listener: tokio::net::TcpListener,
+        client: Arc<LabgridClient>,
+    }
+
+    async fn fake() -> Fake {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("labgrid-client");
+        std::fs::write(&prog, FAKE).unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The console: a TCP port that accepts (the kernel's backlog is enough).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cfg: LabgridConfig = yaml_serde::from_str(&format!(
+            "{{name: t, coordinator: '127.0.0.1:1', client: ['{}'], user: u, host: h, command_timeout: 1s, acquire_timeout: 2s, env: {{FAKE_LOG: '{}', FAKE_PORT: '{port}'}}, places: [{{name: b1, device_type: qemu-x86_64}}]}}",
+            prog.display(),
+            dir.path().join("calls").display()
+        ))
+        .unwrap();
+        Fake {
+            client: Arc::new(LabgridClient::new(&cfg, "lab")),
+            dir,
+            _listener: listener,
+        }
+    }
+
+    impl Fake {
+        fn calls(&self) -> Vec<String> {
+            std::fs::read_to_string(self.dir.path().join("calls"))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.trim_start_matches("-x 127.0.0.1:1 ").to_string())
+                .collect()
+        }
+
+        async fn run(&self, place: &str) -> (Outcome, Duration) {
+            let place_cfg: LabgridPlaceConfig =
+                yaml_serde::from_str("{name: b1, device_type: qemu-x86_64}").unwrap();
+            let driver = LabgridDriver::new(
+                place_cfg.device(place),
+                Arc::new(place_cfg),
+                self.client.clone(),
+                Duration::from_secs(2),
+            );
+            let state = self.dir.path().join(format!("state-{place}"));
+            let jobdir = state.join("job");
+            std::fs::create_dir_all(&jobdir).unwrap();
+            let outbox = Arc::new(Outbox::open(&state).unwrap());
+            let mut ctx = JobContext {
+                job: 1,
+                attempt: 1,
+                spec: labwire_proto::v1::JobSpec {
+                    commands: vec!["true".into()],
+                    ..Default::default()
+                },
+                dir: jobdir.clone(),
+                log: JobLog::create(&jobdir, outbox, 1, 1, None).unwrap(),
+                cancel: CancellationToken::new(),
+                timeout: Duration::from_secs(60),
+                artifacts: Default::default(),
+            };
+            let t = Instant::now();
+            let o = driver.run(&mut ctx).await;
+            (o, t.elapsed())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_power_failure_is_power_failed_and_the_place_is_released() {
+        let f = fake().await;
+        let (o, _) = f.run("b1").await;
+        assert_eq!(o.result, NodeResult::Incomplete);
+        assert_eq!(o.error_code.as_deref(), Some("power_failed"), "{o:?}");
+        assert!(o.error_msg.unwrap().contains("500 Server Error"));
+        assert_eq!(
+            f.calls(),
+            [
+                "-p b1 acquire",
+                "-p b1 show",
+                "-p b1 power on",
+                "-p b1 power off",
+                "-p b1 release-from h/u",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_place_fails_at_once_and_a_hanging_client_does_not_hang_the_job() {
+        let f = fake().await;
+        let (o, took) = f.run("nope").await;
+        assert_eq!(o.error_code.as_deref(), Some("place_unavailable"), "{o:?}");
+        assert!(o.error_msg.unwrap().contains("does not exist"));
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(f.calls(), ["-p nope acquire"]);
+
+        // Each call is stopped after command_timeout (1s); the wait ends at acquire_timeout.
+        let (o, took) = f.run("hang").await;
+        assert_eq!(o.error_code.as_deref(), Some("place_unavailable"), "{o:?}");
+        assert!(o.error_msg.unwrap().contains("did not finish within 1s"));
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert!(
+            f.calls().iter().all(|c| !c.contains("power")),
+            "{:?}",
+            f.calls()
+        );
+    }
+}
