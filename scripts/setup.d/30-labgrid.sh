@@ -42,4 +42,5 @@ esac
 for tool in labgrid-coordinator labgrid-exporter labgrid-client; do
     [ -x "$venv/bin/$tool" ] || { echo "labgrid set-up: $venv/bin/$tool is missing" >&2; exit 1; }
 done
-echo "labgrid set-up: ready ($("$venv/bin/labgrid-client" --version 2>/dev/null || echo labgrid), $(command -v ser2net))"
+version="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("labgrid"))')"
+echo "labgrid set-up: ready (labgrid $version in $venv, $(command -v ser2net || echo /usr/sbin/ser2net))"

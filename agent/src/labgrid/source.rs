@@ -59,7 +59,9 @@ impl LabgridSource {
         };
         let me = self.client.identity();
         for p in places {
-            if p.acquired.as_deref() != Some(me.as_str()) || self.entry(&p).is_none() {
+            // Every place held by this agent's identity, even one the config no longer
+            // names: nobody else acquires as `labwire-LAB` on this host.
+            if p.acquired.as_deref() != Some(me.as_str()) {
                 continue;
             }
             tracing::warn!(source = %self.name(), place = %p.name, "place left acquired by an earlier run of this agent; powering it off and releasing it");
