@@ -46,9 +46,25 @@ struct Labgrid {
     venv: PathBuf,
     address: String,
     run: PathBuf,
+    /// The QEMU board's folder, for the QEMU variant.
+    qemu: Option<PathBuf>,
     _exporter: Proc,
     _board: Proc,
     _coordinator: Proc,
+}
+
+impl Drop for Labgrid {
+    fn drop(&mut self) {
+        // The board script is killed without a chance to power QEMU off: do it here.
+        if let Some(q) = &self.qemu {
+            let _ = Command::new(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/board/stop-qemu.sh"),
+            )
+            .arg(q)
+            .env("LABWIRE_BOARD_RUNDIR", self.run.join("qemu"))
+            .status();
+        }
+    }
 }
 
 fn lg_client(venv: &Path, address: &str, user: &str, args: &[&str]) -> std::process::Output {
@@ -77,7 +93,13 @@ fn spawn(rig: &Rig, name: &str, cmd: &mut Command) -> Proc {
 }
 
 impl Labgrid {
+    /// A place on the scripted board.
     fn start(rig: &Rig) -> Labgrid {
+        Labgrid::start_board(rig, None)
+    }
+
+    /// A place on the scripted board, or on the QEMU board built in `qemu`.
+    fn start_board(rig: &Rig, qemu: Option<&Path>) -> Labgrid {
         let venv = venv();
         let bin = venv.join("bin");
         let address = format!("127.0.0.1:{}", free_port());
@@ -92,13 +114,14 @@ impl Labgrid {
                 .args(["-l", &address])
                 .current_dir(&home),
         );
-        let board = spawn(
-            rig,
-            "board",
-            Command::new(bin.join("python3"))
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/labgrid/board.py"))
-                .arg(&run),
-        );
+        let mut board_cmd = Command::new(bin.join("python3"));
+        board_cmd
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/labgrid/board.py"))
+            .arg(&run);
+        if let Some(q) = qemu {
+            board_cmd.arg("--qemu").arg(q);
+        }
+        let board = spawn(rig, "board", &mut board_cmd);
         wait_for(Duration::from_secs(20), "the board's pty", || {
             run.join("power.port").exists()
         });
@@ -131,6 +154,7 @@ impl Labgrid {
             venv,
             address,
             run,
+            qemu: qemu.map(Path::to_path_buf),
             _exporter: exporter,
             _board: board,
             _coordinator: coordinator,
@@ -192,8 +216,33 @@ impl Labgrid {
             .collect()
     }
 
+    /// Whether the QEMU board's QEMU runs.
+    fn qemu_running(&self) -> bool {
+        let Ok(pid) = std::fs::read_to_string(self.run.join("qemu/qemu.pid")) else {
+            return false;
+        };
+        std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+            .map(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
+            .unwrap_or(false)
+    }
+
     /// An agent config with this place (by tag match) and no other device.
     fn agent_config(&self, rig: &Rig, lab: &str, poll: &str, acquire_timeout: &str) {
+        let place = "device_type: qemu-x86_64
+        tags: [lg]
+        boot: {timeout: 30s}
+        login: {username: root, password: labwire, shell_prompt: 'root@labwire-board:~# ', timeout: 20s}";
+        self.agent_config_with(rig, lab, poll, acquire_timeout, place);
+    }
+
+    fn agent_config_with(
+        &self,
+        rig: &Rig,
+        lab: &str,
+        poll: &str,
+        acquire_timeout: &str,
+        place: &str,
+    ) {
         let bundle = rig.path(&format!("labs/{lab}"));
         let (host, user) = AGENT_ID.split_once('/').unwrap();
         let yaml = format!(
@@ -215,10 +264,7 @@ labgrid:
     acquire_timeout: {acquire_timeout}
     places:
       - match_tags: {{board: scripted}}
-        device_type: qemu-x86_64
-        tags: [lg]
-        boot: {{timeout: 30s}}
-        login: {{username: root, password: labwire, shell_prompt: 'root@labwire-board:~# ', timeout: 20s}}
+        {place}
 "#,
             url = rig.url(),
             b = bundle.display(),
@@ -605,4 +651,84 @@ async fn a_place_left_acquired_by_a_killed_agent_is_released_when_it_restarts() 
         Some("cancelled"),
         "{d:?}"
     );
+}
+
+/// Builds (or reuses) the QEMU test board of tests/board/ (cached in ~/.cache/labwire/board).
+fn qemu_board() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var("LABWIRE_BOARD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+                .join(".cache/labwire/board")
+        });
+    let st = Command::new(repo.join("tests/board/build.sh"))
+        .arg(&dir)
+        .status()
+        .expect("run tests/board/build.sh");
+    assert!(st.success(), "building the test board failed");
+    dir
+}
+
+/// The QEMU board behind Labgrid: the job's kernel and ramdisk are staged by the place's
+/// deploy command (as into a TFTP folder), Labgrid powers QEMU on, a real Linux kernel boots
+/// on the console the exporter publishes, the agent logs in and runs KTAP tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_kernel_boots_on_a_labgrid_place() {
+    let board = qemu_board();
+    let rig = Rig::new("leases: {duration: 30s, heartbeat: 2s}\n");
+    let _keep = rig.keep_on_failure();
+    let lg = Labgrid::start_board(&rig, Some(&board));
+    let _coord = rig.start_coordinator();
+    rig.issue_lab("lab-qemu");
+    let deploy = lg.run.join("deploy");
+    let place = format!(
+        r#"device_type: qemu-x86_64
+        tags: [lg]
+        deploy_command: [sh, -c, 'mkdir -p "$3" && cp "$1" "$3/kernel" && cp "$2" "$3/ramdisk"', sh, '{{artifacts.kernel}}', '{{artifacts.ramdisk}}', "{deploy}"]
+        boot: {{timeout: 120s}}
+        login: {{username: root, password: labwire, shell_prompt: 'root@labwire-board:~# ', timeout: 60s}}"#,
+        deploy = deploy.display()
+    );
+    lg.agent_config_with(&rig, "lab-qemu", "2s", "30s", &place);
+    let _agent = rig.start_agent("lab-qemu");
+    let mut c = rig.client().await;
+    wait_advertised(&mut c, "lab-qemu", &["board-1"]).await;
+
+    let file = |f: &str| v1::Artifact {
+        url: format!("file://{}", board.join(f).display()),
+        sha256: String::new(),
+    };
+    let mut spec = job("lg-qemu", &["labwire-ktap-pass", "uname -r"], &[], 300);
+    spec.artifacts = [
+        ("kernel".to_string(), file("vmlinuz")),
+        ("ramdisk".to_string(), file("initramfs.cpio.gz")),
+    ]
+    .into();
+    let id = submit_spec(&mut c, spec).await;
+    let n = wait_node(&mut c, id, Duration::from_secs(300), is_done).await;
+    let log = read_log(&mut c, id).await;
+    assert_eq!(
+        n.result,
+        v1::NodeResult::Pass as i32,
+        "{:?}\n{log}",
+        data(&n)
+    );
+    assert!(log.contains("Linux version"), "{log}");
+    assert!(log.contains("console: telnet 127.0.0.1:"), "{log}");
+    assert!(
+        deploy.join("kernel").exists(),
+        "the deploy command staged the kernel"
+    );
+    let t = tree(&mut c, id).await;
+    assert!(has(&t, "setup.login", v1::NodeResult::Pass), "{t:?}");
+    assert!(
+        t.iter()
+            .any(|(p, r)| p.ends_with("labwire_pass.test_three")
+                && *r == v1::NodeResult::Pass as i32),
+        "{t:?}"
+    );
+    assert_eq!(lg.acquired(), None, "the place is free after the job");
+    assert_eq!(lg.power_log(), ["on", "off"]);
+    assert!(!lg.qemu_running(), "QEMU is off after the job");
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A scripted board for the Labgrid tests: a serial console on a pty and a power switch.
+"""A board for the Labgrid tests: a serial console on a pty and a power switch.
 
-    board.py RUNDIR
+    board.py RUNDIR                 a scripted board
+    board.py RUNDIR --qemu BOARD    the QEMU test board of tests/board/ (built in BOARD)
 
 The board's serial port is the slave side of a pty (RUNDIR/tty names it: a /dev/pts path,
 as Labgrid's exporter wants a /dev path for a RawSerialPort). Its power switch is an HTTP
@@ -9,9 +10,14 @@ server on 127.0.0.1 (port in RUNDIR/power.port) in the shape of Labgrid's `simpl
 power model: GET /power/INDEX/1 switches on, /power/INDEX/0 off, /power/INDEX reads the
 state ("1" or "0"). Every switch is appended to RUNDIR/power.log.
 
-Powered on, the board prints a kernel boot log, then a login prompt; root/labwire logs in
-to a real shell (/bin/sh on its own pty, so it echoes like a board's console). Powered
-off, it is silent and ignores input.
+Scripted: powered on, the board prints a kernel boot log, then a login prompt;
+root/labwire logs in to a real shell (/bin/sh on its own pty, so it echoes like a board's
+console). Powered off, it is silent and ignores input.
+
+QEMU: the pty is the board's USB-serial adapter, there whether the board is on or not.
+Power on starts QEMU with tests/board/run-qemu.sh (the kernel and ramdisk a job staged in
+RUNDIR/deploy/, as a TFTP folder, else BOARD's own) and relays between the adapter's pty
+and QEMU's console; power off stops it with stop-qemu.sh.
 """
 
 import http.server
@@ -26,6 +32,9 @@ import time
 import tty
 
 RUNDIR = sys.argv[1]
+QEMU_BOARD = sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--qemu" else None
+SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "board")
+QEMU_RUN = os.path.join(RUNDIR, "qemu")
 USER, PASSWORD = "root", "labwire"
 PROMPT = "root@labwire-board:~# "
 
@@ -34,7 +43,7 @@ tty.setraw(slave)
 slave_path = os.ttyname(slave)
 
 lock = threading.Lock()
-state = {"on": False, "gen": 0, "phase": "off", "line": b"", "user": None, "shell": None}
+state = {"on": False, "gen": 0, "phase": "off", "line": b"", "user": None, "shell": None, "qemu": None}
 
 
 def log(what):
@@ -89,7 +98,42 @@ def boot(gen):
             out("labwire-board login: ")
 
 
+def qemu_env():
+    return dict(os.environ, LABWIRE_BOARD_RUNDIR=QEMU_RUN)
+
+
+def qemu_power(on):
+    """Powers the QEMU board: stop what runs, then start it afresh when `on`."""
+    with lock:
+        fd = state["qemu"]
+        state["qemu"] = None
+        state["on"] = False
+    if fd is not None:
+        os.close(fd)
+    subprocess.run([os.path.join(SCRIPTS, "stop-qemu.sh"), QEMU_BOARD], env=qemu_env(), check=False)
+    if on:
+        deploy = os.path.join(RUNDIR, "deploy")
+        cmd = [os.path.join(SCRIPTS, "run-qemu.sh")]
+        for flag, name in (("--kernel", "kernel"), ("--initrd", "ramdisk")):
+            if os.path.exists(os.path.join(deploy, name)):
+                cmd += [flag, os.path.join(deploy, name)]
+        os.makedirs(QEMU_RUN, exist_ok=True)
+        r = subprocess.run(cmd + [QEMU_BOARD], env=qemu_env(), capture_output=True, text=True)
+        if r.returncode != 0:
+            log(f"qemu failed: {r.stderr.strip()}")
+            raise RuntimeError(r.stderr)
+        fd = os.open(r.stdout.strip(), os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(fd)
+        with lock:
+            state["qemu"] = fd
+            state["on"] = True
+    log("on" if on else "off")
+
+
 def power(on):
+    if QEMU_BOARD is not None:
+        qemu_power(on)
+        return
     with lock:
         state["gen"] += 1
         gen = state["gen"]
@@ -120,6 +164,9 @@ def start_shell():
 
 def typed(data):
     """Input from the console (ser2net) while powered on."""
+    if state["qemu"] is not None:
+        os.write(state["qemu"], data)
+        return
     if state["phase"] == "shell" and state["shell"] is not None:
         os.write(state["shell"][1], data)
         return
@@ -157,7 +204,11 @@ class Power(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         parts = self.path.strip("/").split("/")
         if len(parts) == 3 and parts[0] == "power" and parts[2] in ("0", "1"):
-            power(parts[2] == "1")
+            try:
+                power(parts[2] == "1")
+            except Exception as e:  # noqa: BLE001 - the switch reports any failure
+                self.send_error(500, str(e)[:200])
+                return
             body = parts[2]
         elif len(parts) == 2 and parts[0] == "power":
             body = "1" if state["on"] else "0"
@@ -191,9 +242,15 @@ try:
         fds = [master]
         with lock:
             sh = state["shell"]
+            qfd = state["qemu"]
         if sh is not None:
             fds.append(sh[1])
-        r, _, _ = select.select(fds, [], [], 0.2)
+        if qfd is not None:
+            fds.append(qfd)
+        try:
+            r, _, _ = select.select(fds, [], [], 0.2)
+        except (OSError, ValueError):
+            continue  # a descriptor was closed by a power switch meanwhile
         if master in r:
             try:
                 data = os.read(master, 4096)
@@ -216,6 +273,21 @@ try:
                         stop_shell()
                         state["phase"] = "login"
                         out("\nlabwire-board login: ")
+        if qfd is not None and qfd in r:
+            try:
+                data = os.read(qfd, 4096)
+            except OSError:
+                data = b""
+            with lock:
+                if state["qemu"] == qfd:
+                    if data:
+                        os.write(master, data)
+                    else:
+                        # QEMU exited by itself (a panic with -no-reboot): the board is dead.
+                        os.close(qfd)
+                        state["qemu"] = None
 finally:
     with lock:
         stop_shell()
+    if QEMU_BOARD is not None:
+        subprocess.run([os.path.join(SCRIPTS, "stop-qemu.sh"), QEMU_BOARD], env=qemu_env(), check=False)
