@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use labwire_proto::v1;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,6 +56,10 @@ struct Labgrid {
 
 impl Drop for Labgrid {
     fn drop(&mut self) {
+        // The exporter stops its ser2net processes on SIGTERM; whatever is left of its
+        // process group goes with SIGKILL.
+        let _ = self._exporter.terminate(Duration::from_secs(5));
+        let _ = nix::sys::signal::killpg(self._exporter.pid(), nix::sys::signal::Signal::SIGKILL);
         // The board script is killed without a chance to power QEMU off: do it here.
         if let Some(q) = &self.qemu {
             let _ = Command::new(
@@ -142,13 +147,15 @@ impl Labgrid {
             assert!(Instant::now() < end, "labgrid-coordinator did not start");
             std::thread::sleep(Duration::from_millis(200));
         }
+        // In its own process group, so that its ser2net children go with it.
         let exporter = spawn(
             rig,
             "labgrid-exporter",
             Command::new(bin.join("labgrid-exporter"))
                 .args(["-c", &address, "--hostname", "127.0.0.1", "-n", "exp"])
                 .arg(home.join("exporter.yaml"))
-                .current_dir(&home),
+                .current_dir(&home)
+                .process_group(0),
         );
         let lg = Labgrid {
             venv,
