@@ -94,6 +94,12 @@ impl LabgridDriver {
                 ));
             }
             if Instant::now() + ACQUIRE_RETRY > deadline {
+                // A call that was stopped may still have acquired the place at the
+                // coordinator: give back what may be ours (`release-from` never touches a
+                // place someone else holds).
+                if matches!(err, LabgridError::Run { .. }) {
+                    let _ = self.client.release(place).await;
+                }
                 return Err(fail(
                     "place_unavailable",
                     format!(
@@ -410,10 +416,11 @@ esac
         assert_eq!(o.error_code.as_deref(), Some("place_unavailable"), "{o:?}");
         assert!(o.error_msg.unwrap().contains("did not finish within 1s"));
         assert!(took < Duration::from_secs(5), "{took:?}");
-        assert!(
-            f.calls().iter().all(|c| !c.contains("power")),
-            "{:?}",
-            f.calls()
+        let calls = f.calls();
+        assert!(calls.iter().all(|c| !c.contains("power")), "{calls:?}");
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some("-p hang release-from h/u")
         );
     }
 }

@@ -1,5 +1,7 @@
-//! Drivers run a job on a device. One trait, one implementation per kind of device:
-//! `shell` runs a command on the lab host (serial, LAVA and Labgrid follow the same trait).
+//! Drivers run a job on a device. One trait, one implementation per kind of device: `shell`
+//! runs a command on the lab host, `serial` drives a board through its power commands and
+//! console, `labgrid` a place of a Labgrid coordinator; the last two share the board engine
+//! (`board`: boot, login, commands on a console).
 
 pub mod board;
 pub mod labgrid;
