@@ -55,6 +55,10 @@ pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>
                 DriverConfig::Serial(s) => {
                     (Arc::new(SerialDriver::new(d.clone(), (**s).clone())), 1)
                 }
+                DriverConfig::Labgrid(_) => anyhow::bail!(
+                    "device `{}`: labgrid places come from the `labgrid:` section",
+                    d.name
+                ),
             };
             Ok(Arc::new(Device {
                 config: Some(d.clone()),

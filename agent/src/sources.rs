@@ -51,5 +51,15 @@ pub fn build(cfg: &AgentConfig) -> anyhow::Result<Vec<Arc<dyn DeviceSource>>> {
             )?));
         }
     }
+    if !cfg.labgrid.is_empty() {
+        let lib = cfg.library()?;
+        for lg in &cfg.labgrid {
+            out.push(Arc::new(crate::labgrid::LabgridSource::new(
+                lg,
+                cfg,
+                lib.clone(),
+            )));
+        }
+    }
     Ok(out)
 }

@@ -1,7 +1,11 @@
-//! Drivers run a job on a device. One trait, one implementation per kind of device:
-//! `shell` runs a command on the lab host, `serial` drives a board on its console, `lava`
-//! hands the job to the lab's LAVA server.
+//! Drivers run a job on a device. One trait, one implementation per kind of device: `shell`
+//! runs a command on the lab host, `serial` drives a board through its power commands and
+//! console, `labgrid` a place of a Labgrid coordinator (the last two share the board engine,
+//! `board`: boot, login, commands on a console), `lava` hands the job to the lab's LAVA
+//! server.
 
+pub mod board;
+pub mod labgrid;
 pub mod lava;
 pub mod serial;
 pub mod shell;
