@@ -561,7 +561,8 @@ fn read_file(p: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_place_left_acquired_by_a_killed_agent_is_released_when_it_restarts() {
-    let rig = Rig::new("");
+    // No retries: the interrupted job must end `agent_restart` here, not run again.
+    let rig = Rig::new("retries: {max: 0}\n");
     let _keep = rig.keep_on_failure();
     let lg = Labgrid::start(&rig);
     let _coord = rig.start_coordinator();

@@ -1103,13 +1103,17 @@ mod example_tests {
     fn the_lava_example_loads_uncommented() {
         let text = include_str!("../../config/agent.yaml");
         let start = text.find("# lava:").expect("lava example");
+        // The example runs up to the next blank line.
         let lava: String = text[start..]
             .lines()
+            .take_while(|l| !l.trim().is_empty())
             .filter_map(|l| l.strip_prefix("# "))
             .filter(|l| !l.contains("templates_dir:"))
             .map(|l| format!("{l}\n"))
             .collect();
-        let cfg = super::AgentConfig::parse(&format!("{}{lava}", &text[..start])).unwrap();
+        let rest = &text[start..];
+        let after = rest.find("\n\n").map_or("", |i| &rest[i..]);
+        let cfg = super::AgentConfig::parse(&format!("{}{lava}{after}", &text[..start])).unwrap();
         assert_eq!(cfg.lava.len(), 1);
         let l = &cfg.lava[0];
         assert_eq!(l.name, "lab-lava");
