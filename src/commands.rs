@@ -55,6 +55,16 @@ pub struct Conn {
 }
 
 /// Client commands.
+/// `labwire jobs ...` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    /// Tell, lab by lab, why the job was or was not placed there (admin).
+    Explain {
+        /// The job's node id.
+        job: i64,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a coordinator and an agent on this machine, run a job, show the results.
@@ -92,8 +102,13 @@ pub enum Command {
     },
     /// List labs (admin).
     Labs,
-    /// List jobs with their queue state (admin).
+    /// List jobs with their queue state (admin); `jobs explain JOB` tells why a job is (not)
+    /// placed in each lab.
+    #[command(args_conflicts_with_subcommands = true)]
     Jobs {
+        /// `explain JOB`.
+        #[command(subcommand)]
+        action: Option<JobsAction>,
         /// queued, leased or finished.
         #[arg(long)]
         status: Option<String>,
@@ -624,7 +639,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Jobs { status, limit } => {
+        Command::Jobs {
+            action: Some(JobsAction::Explain { job }),
+            ..
+        } => {
+            let r = c
+                .admin
+                .explain_job(v1::ExplainJobRequest { job })
+                .await?
+                .into_inner();
+            let st = match v1::JobStatus::try_from(r.status) {
+                Ok(v1::JobStatus::Queued) => "queued".to_string(),
+                Ok(v1::JobStatus::Leased) => format!("leased to {} on {}", r.lab, r.device),
+                Ok(v1::JobStatus::Finished) => {
+                    format!("finished (last in {} on {})", r.lab, r.device)
+                }
+                _ => "unknown".to_string(),
+            };
+            println!("job {job}: {st}");
+            println!("criteria:   {}", r.criteria);
+            println!("attributes: {}", r.attributes);
+            if r.labs.is_empty() {
+                println!("no labs are known to the coordinator");
+            }
+            for l in r.labs {
+                let mark = if l.eligible { "yes" } else { "no " };
+                let score = l
+                    .score
+                    .map(|s| format!(" (score {s:.0}s)"))
+                    .unwrap_or_default();
+                println!("{mark} {}{score}", l.lab);
+                for why in l.reasons {
+                    println!("      {why}");
+                }
+            }
+        }
+        Command::Jobs { status, limit, .. } => {
             let status = match status.as_deref() {
                 None => 0,
                 Some("queued") => v1::JobStatus::Queued as i32,

@@ -68,14 +68,19 @@ pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>
 }
 
 /// Picks the device for a job among `free` (already in preference order: idle first, least
-/// recently used): the coordinator's suggestion if it matches, else the first that matches.
+/// recently used): the coordinator's suggestion if it matches (it knows about retries and
+/// run variants), else the first matching device in good health, else the first matching
+/// one whose health is only unknown. `criteria` carries the variant's exclusions
+/// (`avoid_device_types`, `avoid_devices`), which [`Criteria::matches`] honours.
 pub fn choose<'a>(
     criteria: &Criteria,
     suggested: &str,
     free: &[&'a Arc<Device>],
 ) -> Option<&'a Arc<Device>> {
-    free.iter()
-        .find(|d| d.info.name == suggested && criteria.matches(&d.info))
-        .or_else(|| free.iter().find(|d| criteria.matches(&d.info)))
+    let matching = || free.iter().filter(|d| criteria.matches(&d.info));
+    matching()
+        .find(|d| d.info.name == suggested)
+        .or_else(|| matching().find(|d| d.info.health == Health::Good))
+        .or_else(|| matching().next())
         .copied()
 }

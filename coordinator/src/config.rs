@@ -11,6 +11,20 @@ use std::time::Duration;
 /// Config files larger than this are refused before parsing.
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Reads a config file, refusing one larger than [`MAX_CONFIG_BYTES`].
+pub fn read_config_text(path: &Path) -> anyhow::Result<String> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if size > MAX_CONFIG_BYTES {
+        bail!(
+            "{}: {size} bytes is too big for a config file (at most {MAX_CONFIG_BYTES})",
+            path.display()
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// The whole coordinator configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +63,66 @@ pub struct CoordinatorConfig {
     /// Reports.
     #[serde(default)]
     pub reports: crate::pipeline::config::ReportConfig,
+    /// Retries of jobs whose attempt failed for an infrastructure reason.
+    #[serde(default)]
+    pub retries: RetryConfig,
+    /// Scheduler configuration files in the KernelCI pipeline format (`jobs:`,
+    /// `platforms:`, `runtimes:`, `scheduler:`); relative paths are read from the folder of
+    /// this file. None: no scheduler (jobs come from `labwire submit` only).
+    #[serde(default)]
+    pub pipeline: Vec<PathBuf>,
+    /// The placement rules file (`placement.yaml`); relative to this file's folder.
+    #[serde(default)]
+    pub placement: Option<PathBuf>,
+}
+
+/// Retries of jobs that ended `incomplete` because the infrastructure failed. Test
+/// failures and kernel problems (boot_timeout, login_failed, a panic) are never retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// At most this many retries of a job (its `retry_counter`). Default 2; 0 disables.
+    #[serde(default = "default_max_retries")]
+    pub max: u32,
+    /// The error codes that are retried. Default: infrastructure, agent_restart,
+    /// download_failed, deploy_failed, power_failed, console_lost, place_unavailable,
+    /// lava_infrastructure.
+    #[serde(default = "default_retry_codes")]
+    pub error_codes: Vec<String>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max: default_max_retries(),
+            error_codes: default_retry_codes(),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The store's view of it.
+    pub fn policy(&self) -> crate::store::RetryPolicy {
+        crate::store::RetryPolicy {
+            max: self.max as i32,
+            error_codes: self.error_codes.clone(),
+        }
+    }
+}
+
+fn default_retry_codes() -> Vec<String> {
+    [
+        "infrastructure",
+        "agent_restart",
+        "download_failed",
+        "deploy_failed",
+        "power_failed",
+        "console_lost",
+        "place_unavailable",
+        "lava_infrastructure",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// TLS files of the coordinator; each defaults to a file under `{data_dir}/pki/`.
@@ -142,6 +216,9 @@ impl Default for CoordinatorConfig {
             timeouts: Default::default(),
             trigger: Default::default(),
             reports: Default::default(),
+            retries: RetryConfig::default(),
+            pipeline: Vec::new(),
+            placement: None,
         }
     }
 }
@@ -149,18 +226,15 @@ impl Default for CoordinatorConfig {
 impl CoordinatorConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let size = std::fs::metadata(path)
-            .with_context(|| format!("cannot read {}", path.display()))?
-            .len();
-        if size > MAX_CONFIG_BYTES {
-            bail!(
-                "{}: {size} bytes is too big for a config file (at most {MAX_CONFIG_BYTES})",
-                path.display()
-            );
+        let text = read_config_text(path)?;
+        let mut cfg = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in cfg.pipeline.iter_mut().chain(cfg.placement.iter_mut()) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+        Ok(cfg)
     }
 
     /// Parses and validates config text.

@@ -82,7 +82,26 @@ pub async fn serve_with_http(
             "gave leases held before the restart a grace period"
         );
     }
-    let dispatcher = Dispatcher::load(store.clone(), cfg.leases.duration).await?;
+    let placement = match &cfg.placement {
+        Some(p) => crate::placement::Placement::load(p)?,
+        None => Default::default(),
+    };
+    let pipeline = if cfg.pipeline.is_empty() {
+        None
+    } else {
+        let loaded = crate::pipeline_config::PipelineConfig::load_files(&cfg.pipeline)?;
+        for w in &loaded.warnings {
+            tracing::info!("scheduler config: {w}");
+        }
+        Some(loaded.config)
+    };
+    let dispatcher = Dispatcher::load(
+        store.clone(),
+        cfg.leases.duration,
+        cfg.leases.heartbeat,
+        placement,
+    )
+    .await?;
     let shared = Arc::new(Shared {
         store: store.clone(),
         dispatcher,
@@ -95,6 +114,9 @@ pub async fn serve_with_http(
     let sweeper = tokio::spawn(sweep_leases(shared.clone()));
     let pruner = tokio::spawn(prune_events(shared.clone()));
     let mut services = crate::pipeline::start(&shared, http)?;
+    let stats = tokio::spawn(refresh_stats(shared.clone()));
+    let scheduler =
+        pipeline.map(|p| tokio::spawn(crate::scheduler::run(shared.clone(), Arc::new(p))));
 
     let addr = listener.local_addr()?;
     let router = Server::builder()
@@ -145,6 +167,10 @@ pub async fn serve_with_http(
     })
     .await;
     services.abort_all();
+    stats.abort();
+    if let Some(s) = scheduler {
+        s.abort();
+    }
     res.context("the gRPC server failed")?;
     tracing::info!("coordinator stopped");
     Ok(())
@@ -173,11 +199,26 @@ async fn sweep_leases(shared: Arc<Shared>) {
                 }
                 for id in &sweep.failed {
                     tracing::warn!(job = %id, "lease expired and no retries left; job incomplete");
+                    shared.dispatcher.forget(*id).await;
                 }
             }
             Err(e) => tracing::error!(error = %e, "lease sweep failed"),
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+    }
+}
+
+/// Reloads the job statistics for placement every 30 s.
+async fn refresh_stats(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        if let Err(e) = shared.dispatcher.refresh_stats().await {
+            tracing::warn!(error = %e, "cannot read the job statistics");
+        }
     }
 }
 

@@ -167,4 +167,43 @@ impl AdminService for AdminApi {
             node: Some(node.to_proto()),
         }))
     }
+
+    async fn explain_job(
+        &self,
+        req: Request<v1::ExplainJobRequest>,
+    ) -> Result<Response<v1::ExplainJobResponse>, Status> {
+        self.shared.auth.token(&req, Scope::Admin).await?;
+        let id = node_id("job", req.into_inner().job)?;
+        let (row, labs) = self
+            .shared
+            .store
+            .read(move |c| {
+                let row = crate::store::jobs::find_job(c, id)?
+                    .ok_or_else(|| crate::error::Error::NotFound(format!("job {id} not found")))?;
+                let labs: Vec<String> = crate::store::labs::list_labs(c)?
+                    .into_iter()
+                    .filter(|l| l.revoked_at.is_none())
+                    .map(|l| l.name)
+                    .collect();
+                Ok((row, labs))
+            })
+            .await?;
+        let verdicts = self.shared.dispatcher.explain(&row, &labs).await;
+        Ok(Response::new(v1::ExplainJobResponse {
+            status: row.status.to_proto() as i32,
+            lab: row.lease_owner.clone().unwrap_or_default(),
+            device: row.device.clone().unwrap_or_default(),
+            criteria: serde_json::to_string(&row.criteria).unwrap_or_default(),
+            attributes: serde_json::to_string(&row.attrs).unwrap_or_default(),
+            labs: verdicts
+                .into_iter()
+                .map(|v| v1::LabVerdict {
+                    lab: v.lab,
+                    eligible: v.eligible,
+                    reasons: v.reasons,
+                    score: v.score,
+                })
+                .collect(),
+        }))
+    }
 }

@@ -83,8 +83,15 @@ impl AgentService for AgentApi {
                 Ok((lost, sweep))
             })
             .await?;
+        self.shared
+            .dispatcher
+            .update_lab(&lab, Some(devices.clone()), r.free_slots, false)
+            .await;
         for job in &sweep.requeued {
             self.shared.dispatcher.enqueue(job).await;
+        }
+        for id in &sweep.failed {
+            self.shared.dispatcher.forget(*id).await;
         }
         tracing::info!(lab = %lab, session = %session, devices = devices.len(), "agent registered");
         self.shared
@@ -139,6 +146,10 @@ impl AgentService for AgentApi {
             .filter(|j| j.job > 0)
             .map(|j| (NodeId(j.job), j.attempt))
             .collect();
+        self.shared
+            .dispatcher
+            .update_lab(&lab, devices.clone(), r.free_slots, r.draining)
+            .await;
         let until = self.lease_until();
         let json = devices.as_deref().map(devices_json);
         let slots = r.free_slots;
@@ -212,11 +223,13 @@ impl AgentService for AgentApi {
         let r = req.into_inner();
         let (job, attempt) = job_ref(r.job.as_ref())?;
         let reason = r.reason;
+        let lab2 = lab.clone();
         let row = self
             .shared
             .store
-            .write(move |w| w.release_job(&lab, job, attempt, &reason))
+            .write(move |w| w.release_job(&lab2, job, attempt, &reason))
             .await?;
+        self.shared.dispatcher.refused(job, &lab).await;
         self.shared.dispatcher.enqueue(&row).await;
         Ok(Response::new(v1::RejectJobResponse {}))
     }
@@ -232,10 +245,18 @@ impl AgentService for AgentApi {
             return Err(Status::invalid_argument("device is required"));
         }
         let device = r.device;
+        let device_type = self.shared.session(&r.session).ok().and_then(|s| {
+            s.devices
+                .iter()
+                .find(|d| d.name == device)
+                .map(|d| d.device_type.clone())
+        });
+        let (lab2, device2) = (lab.clone(), device.clone());
         self.shared
             .store
-            .write(move |w| w.start_job(&lab, job, attempt, &device))
+            .write(move |w| w.start_job(&lab2, job, attempt, &device2, device_type.as_deref()))
             .await?;
+        self.shared.dispatcher.started(job, &lab, &device).await;
         Ok(Response::new(v1::StartJobResponse {}))
     }
 
@@ -283,6 +304,7 @@ impl AgentService for AgentApi {
         }
         extra.insert("log_length".into(), r.log_length.into());
         let lab2 = lab.clone();
+        let retry = self.shared.config.retries.policy();
         let outcome = self
             .shared
             .store
@@ -296,10 +318,16 @@ impl AgentService for AgentApi {
                     &r.error_msg,
                     &tests,
                     extra,
+                    &retry,
                 )
             })
             .await?;
+        self.shared.dispatcher.finished(&lab, job).await;
         match outcome {
+            ReportOutcome::Retried(row) => {
+                tracing::warn!(job = %job, attempt, lab = %lab, retry = row.attempt, "attempt failed for an infrastructure reason; the job goes back to the queue");
+                self.shared.dispatcher.enqueue(&row).await;
+            }
             ReportOutcome::Applied(node) => {
                 tracing::info!(job = %job, attempt, lab = %lab, result = %node.result.unwrap_or(NodeResult::Incomplete), "job finished");
             }

@@ -192,6 +192,7 @@ impl NodeService for NodeApi {
                 r.submitter
             },
             owner: token.name,
+            ..Default::default()
         };
         let (node, row) = self.shared.store.write(move |w| w.submit_job(job)).await?;
         tracing::info!(job = %node.id, name = %node.name, "job submitted");

@@ -319,6 +319,7 @@ mod tests {
                     parent: Some(build.id),
                     submitter: "t".into(),
                     owner: "t".into(),
+                    ..Default::default()
                 })
             })
             .unwrap();

@@ -6,6 +6,8 @@ use super::nodes::{NewNode, NodeUpdate, get_node};
 use super::{Write, corrupt, from_micros, micros};
 use crate::error::{Error, Result};
 use crate::model::{Node, NodeId, NodeKind, NodeState};
+use crate::pipeline_config::{Variant, VariantMode};
+use crate::rules::Attrs;
 use chrono::{DateTime, Utc};
 use labwire_common::{Criteria, NodeResult, TestNode};
 use labwire_proto::{convert, v1};
@@ -53,7 +55,7 @@ impl JobStatus {
 }
 
 /// A job to queue.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewJob {
     /// What to run.
     pub spec: v1::JobSpec,
@@ -63,6 +65,36 @@ pub struct NewJob {
     pub submitter: String,
     /// The token name that created it.
     pub owner: String,
+    /// The node kind: `job` unless the scheduler creates a `kbuild` or `process` job.
+    pub kind: Option<NodeKind>,
+    /// Placement attributes (tree, branch, job, platform, ...); `job`, `kind` and
+    /// `device_type` are filled in from the spec, tree and branch from the parent's
+    /// `kernel_revision`, when missing.
+    pub attrs: Attrs,
+    /// The run group, for runs that must differ.
+    pub group: Option<RunGroup>,
+    /// Extra node data.
+    pub data: Map<String, Value>,
+}
+
+/// The runs of one job that must each use another device type (or device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunGroup {
+    /// Identifies the group (the scheduler uses `EVENT/JOB/PLATFORM`).
+    pub id: String,
+    /// What must differ.
+    pub variant: Variant,
+    /// What happens when nothing different is left.
+    pub mode: VariantMode,
+}
+
+/// When a job that ended `incomplete` goes back to the queue.
+#[derive(Debug, Clone, Default)]
+pub struct RetryPolicy {
+    /// At most this many retries (the node's `retry_counter`).
+    pub max: i32,
+    /// The error codes that mean the infrastructure failed, not the kernel.
+    pub error_codes: Vec<String>,
 }
 
 /// A queue entry.
@@ -90,6 +122,12 @@ pub struct JobRow {
     pub device: Option<String>,
     /// When it was (last) queued.
     pub queued_at: DateTime<Utc>,
+    /// Placement attributes.
+    pub attrs: Attrs,
+    /// The run group, if any.
+    pub group: Option<RunGroup>,
+    /// The device type of the device it was leased to.
+    pub device_type: Option<String>,
 }
 
 /// A lease just granted.
@@ -115,17 +153,24 @@ pub struct LeaseSweep {
 pub enum ReportOutcome {
     /// Applied now; the job node after the change.
     Applied(Box<Node>),
+    /// The attempt failed for an infrastructure reason; the job is back in the queue.
+    Retried(Box<JobRow>),
     /// The same attempt was reported before; nothing changed.
     Duplicate,
 }
 
 const JOB_COLUMNS: &str = "node_id, spec, criteria, priority, status, lease_owner, lease_session, \
-                           lease_expires, attempt, device, queued_at";
+                           lease_expires, attempt, device, queued_at, attrs, run_group, variant, \
+                           variant_mode, device_type";
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Result<JobRow>> {
     let spec: Vec<u8> = r.get(1)?;
     let criteria: String = r.get(2)?;
     let status: String = r.get(4)?;
+    let attrs: String = r.get(11)?;
+    let group: Option<String> = r.get(12)?;
+    let variant: Option<String> = r.get(13)?;
+    let mode: Option<String> = r.get(14)?;
     let id = NodeId(r.get(0)?);
     let build = || -> Result<JobRow> {
         Ok(JobRow {
@@ -140,6 +185,20 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Result<JobRow>> {
             attempt: r.get(8)?,
             device: r.get(9)?,
             queued_at: from_micros(r.get(10)?),
+            attrs: serde_json::from_str(&attrs).map_err(|e| corrupt("job attrs", e))?,
+            group: match (group, variant) {
+                (Some(id), Some(v)) => Some(RunGroup {
+                    id,
+                    variant: serde_json::from_value(Value::String(v.clone()))
+                        .map_err(|e| corrupt("job variant", e))?,
+                    mode: match mode.as_deref() {
+                        Some("permissive") => VariantMode::Permissive,
+                        _ => VariantMode::Strict,
+                    },
+                }),
+                _ => None,
+            },
+            device_type: r.get(15)?,
         })
     };
     Ok(build())
@@ -157,6 +216,69 @@ pub fn find_job(conn: &Connection, id: NodeId) -> Result<Option<JobRow>> {
 
 fn get_job(conn: &Connection, id: NodeId) -> Result<JobRow> {
     find_job(conn, id)?.ok_or_else(|| Error::NotFound(format!("job {id} not found")))
+}
+
+/// The attribute list that holds `lab/device` of the attempts that failed for an
+/// infrastructure reason; the dispatcher prefers other devices for the next attempt.
+pub const RETRY_DEVICES: &str = "retry_devices";
+
+/// A job's statistics signature: its name and device type (`name@device_type`, or the name
+/// alone when it does not ask for one).
+pub fn signature(row: &JobRow) -> String {
+    match row
+        .device_type
+        .as_deref()
+        .or(row.criteria.device_type.as_deref())
+    {
+        Some(dt) => format!("{}@{dt}", row.spec.name),
+        None => row.spec.name.clone(),
+    }
+}
+
+/// Statistics of one signature in one lab.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobStats {
+    /// Finished attempts counted.
+    pub runs: i64,
+    /// Moving average of the queue wait, ms.
+    pub wait_ms: f64,
+    /// Moving average of the run time, ms.
+    pub run_ms: f64,
+}
+
+/// Every statistics row: (signature, lab) → stats.
+pub fn job_stats(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<(String, String), JobStats>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT signature, lab, runs, wait_ms_avg, run_ms_avg FROM job_stats")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+            JobStats {
+                runs: r.get(2)?,
+                wait_ms: r.get(3)?,
+                run_ms: r.get(4)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The jobs of a run group that hold or held a device: (job, device type, device).
+pub fn group_usage(conn: &Connection, group: &str) -> Result<Vec<(NodeId, String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT node_id, device_type, device FROM jobs WHERE run_group = ?1 \
+         AND device_type IS NOT NULL AND device IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([group], |r| {
+        Ok((
+            NodeId(r.get(0)?),
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Lists queue entries in a state (all when `None`), newest first.
@@ -368,19 +490,60 @@ impl Write<'_> {
     pub fn submit_job(&mut self, j: NewJob) -> Result<(Node, JobRow)> {
         validate_spec(&j.spec)?;
         let criteria = convert::criteria_from_proto(&j.spec.criteria.clone().unwrap_or_default());
-        let mut n = NewNode::new(NodeKind::Job, j.spec.name.clone());
+        let kind = j.kind.unwrap_or(NodeKind::Job);
+        let mut n = NewNode::new(kind, j.spec.name.clone());
         n.parent = j.parent;
         n.group = Some(j.spec.name.clone());
         n.data = spec_data(&j.spec, &criteria);
+        n.data.extend(j.data);
         n.owner = j.owner;
         n.submitter = j.submitter;
+        let mut attrs = j.attrs;
+        if let Some(p) = j.parent {
+            let parent = Attrs::from_node_data(&get_node(&self.tx, p)?.data);
+            for (k, v) in parent.scalars {
+                attrs.scalars.entry(k).or_insert(v);
+            }
+            for (k, v) in parent.lists {
+                attrs.lists.entry(k).or_insert(v);
+            }
+            attrs.version = attrs.version.or(parent.version);
+        }
+        for (k, v) in [
+            ("job", Some(j.spec.name.clone())),
+            ("kind", Some(kind.as_str().to_string())),
+            ("device_type", criteria.device_type.clone()),
+            ("arch", criteria.arch.clone()),
+            ("runtime", criteria.driver.clone()),
+        ] {
+            if let Some(v) = v {
+                attrs.scalars.entry(k.to_string()).or_insert(v);
+            }
+        }
+        if let Some(g) = &j.group {
+            n.data.insert(
+                "run_group".into(),
+                json!({"id": g.id, "variant": g.variant, "mode": g.mode}),
+            );
+        }
         let node = self.create_node(n)?;
         let criteria_json =
             serde_json::to_string(&criteria).map_err(|e| Error::Internal(e.to_string()))?;
+        let attrs_json =
+            serde_json::to_string(&attrs).map_err(|e| Error::Internal(e.to_string()))?;
+        let variant = |g: &RunGroup| match g.variant {
+            Variant::DeviceType => "device_type",
+            Variant::Device => "device",
+        };
+        let mode = |g: &RunGroup| match g.mode {
+            VariantMode::Strict => "strict",
+            VariantMode::Permissive => "permissive",
+        };
         self.tx
             .prepare_cached(
-                "INSERT INTO jobs (node_id, spec, criteria, runtime, priority, status, attempt, queued_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6)",
+                "INSERT INTO jobs (node_id, spec, criteria, runtime, priority, status, attempt, queued_at, \
+                 attrs, run_group, variant, variant_mode) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 node.id.0,
@@ -389,6 +552,10 @@ impl Write<'_> {
                 criteria.driver.clone().unwrap_or_default(),
                 j.spec.priority,
                 micros(self.now),
+                attrs_json,
+                j.group.as_ref().map(|g| g.id.clone()),
+                j.group.as_ref().map(variant),
+                j.group.as_ref().map(mode),
             ])?;
         let job = get_job(&self.tx, node.id)?;
         Ok((node, job))
@@ -401,6 +568,7 @@ impl Write<'_> {
         lab: &str,
         session: &str,
         device: &str,
+        device_type: &str,
         lease_until: DateTime<Utc>,
     ) -> Result<Claim> {
         let revoked: Option<Option<i64>> = self
@@ -415,8 +583,8 @@ impl Write<'_> {
             .tx
             .prepare_cached(
                 "UPDATE jobs SET status = 'leased', lease_owner = ?2, lease_session = ?3, \
-                 lease_expires = ?4, attempt = attempt + 1, device = ?5, leased_at = ?6 \
-                 WHERE node_id = ?1 AND status = 'queued'",
+                 lease_expires = ?4, attempt = attempt + 1, device = ?5, leased_at = ?6, \
+                 device_type = ?7 WHERE node_id = ?1 AND status = 'queued'",
             )?
             .execute(params![
                 id.0,
@@ -424,7 +592,8 @@ impl Write<'_> {
                 session,
                 micros(lease_until),
                 device,
-                micros(self.now)
+                micros(self.now),
+                device_type
             ])?;
         if n != 1 {
             return Err(Error::LeaseLost(format!("job {id} is no longer queued")));
@@ -475,7 +644,7 @@ impl Write<'_> {
         self.leased_to(lab, job, attempt)?;
         self.tx.execute(
             "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_session = NULL, \
-             lease_expires = NULL, device = NULL, queued_at = ?2 WHERE node_id = ?1",
+             lease_expires = NULL, device = NULL, device_type = NULL, queued_at = ?2 WHERE node_id = ?1",
             params![job.0, micros(self.now)],
         )?;
         let mut data = Map::new();
@@ -534,7 +703,7 @@ impl Write<'_> {
             if node.retry_counter < max_retries {
                 self.tx.execute(
                     "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_session = NULL, \
-                     lease_expires = NULL, device = NULL, queued_at = ?2 WHERE node_id = ?1",
+                     lease_expires = NULL, device = NULL, device_type = NULL, queued_at = ?2 WHERE node_id = ?1",
                     params![id.0, micros(self.now)],
                 )?;
                 let mut data = Map::new();
@@ -588,12 +757,44 @@ impl Write<'_> {
         Ok(())
     }
 
-    /// Records that the job started on a device.
-    pub fn start_job(&mut self, lab: &str, job: NodeId, attempt: i32, device: &str) -> Result<()> {
+    /// Ends a queued job that can never run: `done`, `incomplete`, with the error.
+    pub fn fail_queued_job(&mut self, job: NodeId, code: &str, msg: &str) -> Result<Node> {
+        let n = self.tx.execute(
+            "UPDATE jobs SET status = 'finished', finished_at = ?2 WHERE node_id = ?1 \
+             AND status = 'queued'",
+            params![job.0, micros(self.now)],
+        )?;
+        if n != 1 {
+            return Err(Error::LeaseLost(format!("job {job} is no longer queued")));
+        }
+        let mut data = Map::new();
+        data.insert("error_code".into(), code.into());
+        data.insert("error_msg".into(), msg.into());
+        self.update_node(
+            job,
+            NodeUpdate {
+                state: Some(NodeState::Done),
+                result: Some(NodeResult::Incomplete),
+                data,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Records that the job started on a device (of a device type, when known).
+    pub fn start_job(
+        &mut self,
+        lab: &str,
+        job: NodeId,
+        attempt: i32,
+        device: &str,
+        device_type: Option<&str>,
+    ) -> Result<()> {
         self.leased_to(lab, job, attempt)?;
         self.tx.execute(
-            "UPDATE jobs SET device = ?2, started_at = ?3 WHERE node_id = ?1",
-            params![job.0, device, micros(self.now)],
+            "UPDATE jobs SET device = ?2, started_at = ?3, device_type = COALESCE(?4, device_type) \
+             WHERE node_id = ?1",
+            params![job.0, device, micros(self.now), device_type],
         )?;
         let mut data = Map::new();
         data.insert("device".into(), device.into());
@@ -675,7 +876,12 @@ impl Write<'_> {
     }
 
     /// Applies an attempt's final result: the result tree becomes test nodes, the job node
-    /// goes `done`. A second report of the same attempt by the same lab is a no-op.
+    /// goes `done` (a `kbuild` that passed goes `available`, to take its tests as children).
+    /// A second report of the same attempt by the same lab is a no-op. An attempt that
+    /// ended `incomplete` with one of `retry.error_codes` goes back to the queue instead, up
+    /// to `retry.max` times: its tests are not kept (only the final attempt counts), its
+    /// summary is added to the node's `data.attempts`, and the next attempt prefers another
+    /// device.
     #[allow(clippy::too_many_arguments)]
     pub fn report_result(
         &mut self,
@@ -687,6 +893,7 @@ impl Write<'_> {
         error_msg: &str,
         tests: &[TestNode],
         extra: Map<String, Value>,
+        retry: &RetryPolicy,
     ) -> Result<ReportOutcome> {
         let reported_by: Option<String> = self
             .tx
@@ -699,14 +906,64 @@ impl Write<'_> {
         if reported_by.as_deref() == Some(lab) {
             return Ok(ReportOutcome::Duplicate);
         }
-        self.leased_to(lab, job, attempt)?;
+        let row = self.leased_to(lab, job, attempt)?;
         let node = get_node(&self.tx, job)?;
-        insert_tests(self, &node, tests)?;
-        self.finish_job_row(job)?;
         self.tx.execute(
             "INSERT INTO job_reports (job, attempt, lab, reported) VALUES (?1, ?2, ?3, ?4)",
             params![job.0, attempt, lab, micros(self.now)],
         )?;
+        self.record_stats(&row, lab)?;
+        let mut history = node
+            .data
+            .get("attempts")
+            .and_then(|a| a.as_array().cloned())
+            .unwrap_or_default();
+        history.push(json!({
+            "attempt": attempt, "lab": lab, "device": row.device, "result": result,
+            "error_code": error_code, "error_msg": error_msg,
+        }));
+        if result == NodeResult::Incomplete
+            && node.retry_counter < retry.max
+            && retry.error_codes.iter().any(|c| c == error_code)
+        {
+            let mut attrs = row.attrs.clone();
+            if let Some(d) = &row.device {
+                attrs
+                    .lists
+                    .entry(RETRY_DEVICES.into())
+                    .or_default()
+                    .push(format!("{lab}/{d}"));
+            }
+            self.tx.execute(
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_session = NULL, \
+                 lease_expires = NULL, device = NULL, device_type = NULL, queued_at = ?2, \
+                 attrs = ?3 WHERE node_id = ?1",
+                params![
+                    job.0,
+                    micros(self.now),
+                    serde_json::to_string(&attrs).map_err(|e| Error::Internal(e.to_string()))?
+                ],
+            )?;
+            let mut data = Map::new();
+            data.insert("attempts".into(), Value::Array(history));
+            data.insert("lab".into(), Value::Null);
+            data.insert("device".into(), Value::Null);
+            data.insert(
+                "last_error".into(),
+                format!("attempt {attempt} on `{lab}`: {error_code}: {error_msg}").into(),
+            );
+            self.update_node(
+                job,
+                NodeUpdate {
+                    data,
+                    retry_counter: Some(node.retry_counter + 1),
+                    ..Default::default()
+                },
+            )?;
+            return Ok(ReportOutcome::Retried(Box::new(get_job(&self.tx, job)?)));
+        }
+        insert_tests(self, &node, tests)?;
+        self.finish_job_row(job)?;
         let mut data = extra;
         if !error_code.is_empty() {
             data.insert("error_code".into(), error_code.into());
@@ -715,12 +972,20 @@ impl Write<'_> {
             data.insert("error_msg".into(), error_msg.into());
         }
         data.insert("attempt".into(), attempt.into());
+        if history.len() > 1 {
+            data.insert("attempts".into(), Value::Array(history));
+        }
         let mut artifacts = std::collections::BTreeMap::new();
         artifacts.insert("log".into(), format!("/logs/{job}/{attempt}"));
+        let state = if node.kind == NodeKind::Kbuild && result == NodeResult::Pass {
+            NodeState::Available
+        } else {
+            NodeState::Done
+        };
         let node = self.update_node(
             job,
             NodeUpdate {
-                state: Some(NodeState::Done),
+                state: Some(state),
                 result: Some(result),
                 data,
                 artifacts,
@@ -728,6 +993,36 @@ impl Write<'_> {
             },
         )?;
         Ok(ReportOutcome::Applied(Box::new(node)))
+    }
+
+    /// Folds a finished attempt's queue wait and run time into the statistics of its
+    /// signature in its lab (moving averages, the newest run weighing a fifth).
+    fn record_stats(&mut self, row: &JobRow, lab: &str) -> Result<()> {
+        let (leased, started): (Option<i64>, Option<i64>) = self.tx.query_row(
+            "SELECT leased_at, started_at FROM jobs WHERE node_id = ?1",
+            [row.id.0],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let Some(leased) = leased else { return Ok(()) };
+        let wait_ms = (leased - micros(row.queued_at)).max(0) as f64 / 1000.0;
+        let run_ms = (micros(self.now) - started.unwrap_or(leased)).max(0) as f64 / 1000.0;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO job_stats (signature, lab, runs, wait_ms_avg, run_ms_avg, updated) \
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5) \
+                 ON CONFLICT(signature, lab) DO UPDATE SET runs = runs + 1, \
+                 wait_ms_avg = wait_ms_avg * 0.8 + excluded.wait_ms_avg * 0.2, \
+                 run_ms_avg = run_ms_avg * 0.8 + excluded.run_ms_avg * 0.2, \
+                 updated = excluded.updated",
+            )?
+            .execute(params![
+                signature(row),
+                lab,
+                wait_ms,
+                run_ms,
+                micros(self.now)
+            ])?;
+        Ok(())
     }
 
     /// Cancels a job that is not finished: it leaves the queue and its node ends `done`,
@@ -825,33 +1120,44 @@ mod tests {
                     parent: None,
                     submitter: "me".into(),
                     owner: "admin".into(),
+                    ..Default::default()
                 })
             })
             .unwrap();
         let id = node.id;
         let past = chrono::Utc::now() - chrono::Duration::seconds(1);
         let claim = store
-            .write_blocking(move |w| w.claim_job(id, "lab-a", "s1", "dev", past))
+            .write_blocking(move |w| w.claim_job(id, "lab-a", "s1", "dev", "dt", past))
             .unwrap();
         assert_eq!(claim.job.attempt, 1);
         // Claiming twice is refused.
         assert!(
             store
-                .write_blocking(move |w| w.claim_job(id, "lab-b", "s2", "dev", past))
+                .write_blocking(move |w| w.claim_job(id, "lab-b", "s2", "dev", "dt", past))
                 .is_err()
         );
         let sweep = store.write_blocking(|w| w.sweep_expired_leases(3)).unwrap();
         assert_eq!(sweep.requeued.len(), 1);
         let later = chrono::Utc::now() + chrono::Duration::seconds(60);
         let claim = store
-            .write_blocking(move |w| w.claim_job(id, "lab-b", "s2", "dev", later))
+            .write_blocking(move |w| w.claim_job(id, "lab-b", "s2", "dev", "dt", later))
             .unwrap();
         assert_eq!(claim.job.attempt, 2);
         assert_eq!(claim.node.retry_counter, 1);
         // The first lab's late report is refused.
         let err = store
             .write_blocking(move |w| {
-                w.report_result("lab-a", id, 1, NodeResult::Pass, "", "", &[], Map::new())
+                w.report_result(
+                    "lab-a",
+                    id,
+                    1,
+                    NodeResult::Pass,
+                    "",
+                    "",
+                    &[],
+                    Map::new(),
+                    &RetryPolicy::default(),
+                )
             })
             .unwrap_err();
         assert!(matches!(err, Error::LeaseLost(_)), "{err}");
@@ -863,13 +1169,33 @@ mod tests {
         let t2 = tests.clone();
         let out = store
             .write_blocking(move |w| {
-                w.report_result("lab-b", id, 2, NodeResult::Pass, "", "", &t2, Map::new())
+                w.report_result(
+                    "lab-b",
+                    id,
+                    2,
+                    NodeResult::Pass,
+                    "",
+                    "",
+                    &t2,
+                    Map::new(),
+                    &RetryPolicy::default(),
+                )
             })
             .unwrap();
         assert!(matches!(out, ReportOutcome::Applied(_)));
         let out = store
             .write_blocking(move |w| {
-                w.report_result("lab-b", id, 2, NodeResult::Pass, "", "", &tests, Map::new())
+                w.report_result(
+                    "lab-b",
+                    id,
+                    2,
+                    NodeResult::Pass,
+                    "",
+                    "",
+                    &tests,
+                    Map::new(),
+                    &RetryPolicy::default(),
+                )
             })
             .unwrap();
         assert!(matches!(out, ReportOutcome::Duplicate));
@@ -890,13 +1216,14 @@ mod tests {
                     parent: None,
                     submitter: String::new(),
                     owner: String::new(),
+                    ..Default::default()
                 })
             })
             .unwrap();
         let id = node.id;
         let later = chrono::Utc::now() + chrono::Duration::seconds(60);
         store
-            .write_blocking(move |w| w.claim_job(id, "lab", "s", "d", later))
+            .write_blocking(move |w| w.claim_job(id, "lab", "s", "d", "dt", later))
             .unwrap();
         let append = |off: u64, data: &'static [u8]| {
             store.write_blocking(move |w| w.append_log("lab", id, 1, off, data))
@@ -927,6 +1254,7 @@ mod tests {
                     parent: None,
                     submitter: String::new(),
                     owner: String::new(),
+                    ..Default::default()
                 })
             })
             .unwrap();
@@ -934,7 +1262,7 @@ mod tests {
         let past = chrono::Utc::now() - chrono::Duration::seconds(1);
         for round in 0..2 {
             store
-                .write_blocking(move |w| w.claim_job(id, "lab", "s", "d", past))
+                .write_blocking(move |w| w.claim_job(id, "lab", "s", "d", "dt", past))
                 .unwrap();
             let sweep = store.write_blocking(|w| w.sweep_expired_leases(1)).unwrap();
             if round == 0 {
@@ -994,7 +1322,7 @@ mod request_validation {
         fn submissions_are_validated(spec in any_spec()) {
             let (_d, store) = crate::store::temp_store();
             let s2 = spec.clone();
-            let res = store.write_blocking(move |w| w.submit_job(NewJob { spec: s2, parent: None, submitter: String::new(), owner: String::new() }));
+            let res = store.write_blocking(move |w| w.submit_job(NewJob { spec: s2, parent: None, submitter: String::new(), owner: String::new(), ..Default::default() }));
             let nodes = store.read_blocking(|c| crate::store::nodes::query_nodes(c, &crate::store::NodeFilter { limit: 10, ..Default::default() })).unwrap();
             match res {
                 Ok((_, row)) => {

@@ -7,6 +7,7 @@ use rusqlite::{Connection, params};
 /// The migrations, in order. Names are stable identifiers.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("0001_initial.sql")),
+    ("0002_scheduling", include_str!("0002_scheduling.sql")),
     ("0003_pipeline", include_str!("0003_pipeline.sql")),
 ];
 
@@ -57,7 +58,7 @@ mod tests {
         // Opening again must not re-apply anything.
         let again = crate::store::Store::open(store.path()).unwrap();
         let names = again.read_blocking(applied).unwrap();
-        let want: Vec<String> = MIGRATIONS.iter().map(|(n, _)| n.to_string()).collect();
-        assert_eq!(names, want);
+        let all: Vec<String> = MIGRATIONS.iter().map(|m| m.0.to_string()).collect();
+        assert_eq!(names, all);
     }
 }

@@ -10,7 +10,9 @@ pub mod migrations;
 pub mod nodes;
 
 pub use events::StoredEvent;
-pub use jobs::{Claim, JobRow, JobStatus, LeaseSweep, NewJob, ReportOutcome};
+pub use jobs::{
+    Claim, JobRow, JobStatus, LeaseSweep, NewJob, ReportOutcome, RetryPolicy, RunGroup,
+};
 pub use labs::{LabRow, Scope, TokenInfo};
 pub use nodes::{NewNode, NodeFilter, NodeUpdate};
 
