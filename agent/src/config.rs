@@ -32,6 +32,12 @@ pub struct AgentConfig {
     /// The lab's devices.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// LAVA servers whose device types this agent offers (one pooled device per type).
+    #[serde(default)]
+    pub lava: Vec<crate::lava::LavaConfig>,
+    /// Labgrid coordinators whose places the agent runs jobs on.
+    #[serde(default)]
+    pub labgrid: Vec<LabgridConfig>,
 }
 
 /// The coordinator's address and the TLS files.
@@ -103,6 +109,10 @@ pub enum DriverConfig {
     Shell(ShellConfig),
     /// Power, boot, log in and test a board on its serial console.
     Serial(Box<SerialConfig>),
+    /// A place of a Labgrid coordinator. Not written in `devices:`: the `labgrid:` section
+    /// finds the places and makes their devices.
+    #[serde(skip)]
+    Labgrid(Box<LabgridPlaceConfig>),
 }
 
 impl DriverConfig {
@@ -111,6 +121,7 @@ impl DriverConfig {
         match self {
             DriverConfig::Shell(_) => "shell",
             DriverConfig::Serial(_) => "serial",
+            DriverConfig::Labgrid(_) => "labgrid",
         }
     }
 }
@@ -155,7 +166,7 @@ pub struct SerialConfig {
     pub command_timeout: Duration,
 }
 
-/// A console: exactly one of `tty`, `tcp` or `command`.
+/// A console: exactly one of `tty`, `tcp`, `telnet` or `command`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 pub enum ConsoleConfig {
@@ -169,6 +180,12 @@ pub enum ConsoleConfig {
     },
     /// A TCP port that carries the console (ser2net, a console server).
     Tcp {
+        /// `host:port`.
+        address: String,
+    },
+    /// A telnet port that carries the console (ser2net in `telnet` mode, RFC 2217 ports as
+    /// Labgrid's exporter publishes them): the agent answers the telnet negotiation itself.
+    Telnet {
         /// `host:port`.
         address: String,
     },
@@ -517,10 +534,198 @@ impl AgentConfig {
                     validate_command(&format!("{key}.driver.command"), &s.command, d)?
                 }
                 DriverConfig::Serial(s) => validate_serial(&format!("{key}.driver"), s, d)?,
+                DriverConfig::Labgrid(_) => {
+                    bail!("{key}.driver: labgrid places are listed in the `labgrid:` section")
+                }
             }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, lg) in self.labgrid.iter().enumerate() {
+            lg.validate(&format!("labgrid[{i}]"), &lib)?;
+            if !names.insert(lg.name.clone()) {
+                bail!("labgrid[{i}].name: `{}` is used twice", lg.name);
+            }
+        }
+        crate::lava::config::validate(&self.lava)?;
+        Ok(())
+    }
+}
+
+/// One Labgrid coordinator and the places of it that the agent may use. The agent talks to
+/// it with `labgrid-client` (read the places, acquire, power, find the console, release);
+/// each matching place that is free becomes a device of the lab.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabgridConfig {
+    /// A name for this coordinator in logs (`labgrid:NAME`), unique in the file.
+    pub name: String,
+    /// The coordinator's address, `HOST:PORT` (`labgrid-client -x`).
+    pub coordinator: String,
+    /// The client program and any leading arguments. Default `[labgrid-client]`.
+    #[serde(default = "default_labgrid_client")]
+    pub client: Vec<String>,
+    /// Extra environment for the client (e.g. `LG_PROXY`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The Labgrid user the agent acquires places as (`LG_USERNAME`). Default `labwire-LAB`.
+    /// Places held by this user and host when the agent starts are released then.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The Labgrid host name the agent acquires places as (`LG_HOSTNAME`). Default: this
+    /// host's name.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// How often the places are read. Default `10s`.
+    #[serde(default = "default_labgrid_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long a job waits for a place that someone else holds before it fails with
+    /// `place_unavailable`. Default `2m`.
+    #[serde(default = "default_labgrid_acquire", with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// How long one `labgrid-client` call may take. Default `30s`.
+    #[serde(default = "default_labgrid_command", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Which places to use, each with what it offers.
+    pub places: Vec<LabgridPlaceConfig>,
+}
+
+/// Places of a Labgrid coordinator: one by name, or every place whose Labgrid tags include
+/// `match_tags`; with the device type they offer and how their boards boot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabgridPlaceConfig {
+    /// A place by its name. Exactly one of `name` and `match_tags`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Every place whose Labgrid tags (`labgrid-client set-tags`) include all of these.
+    #[serde(default)]
+    pub match_tags: BTreeMap<String, String>,
+    /// The device type of the board(s), from the device-type library.
+    pub device_type: String,
+    /// labwire tags that jobs can require.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Settings for placeholders (`{device.NAME}`).
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    /// Where the console is. Default: the place's serial port as Labgrid's exporter
+    /// publishes it (`NetworkSerialPort`, a telnet/RFC 2217 port).
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
+    /// Power-cycle at the start of a job (`labgrid-client power cycle`) instead of
+    /// `power on`, for a board that may have been left on. Default false.
+    #[serde(default)]
+    pub power_cycle: bool,
+    /// Run after the artifacts are downloaded and the place is acquired, before power-on.
+    #[serde(default)]
+    pub deploy_command: Option<Vec<String>>,
+    /// Environment of the deploy command.
+    #[serde(default)]
+    pub command_env: BTreeMap<String, String>,
+    /// How long the deploy command may take. Default `60s`.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// How the board boots (as for the serial driver).
+    #[serde(default)]
+    pub boot: BootConfig,
+    /// How to log in (as for the serial driver).
+    #[serde(default)]
+    pub login: LoginConfig,
+    /// Largest artifact the agent downloads for these boards. Default 2 GiB.
+    #[serde(default = "default_max_download")]
+    pub max_download_bytes: u64,
+}
+
+impl LabgridPlaceConfig {
+    /// Whether a place with this name and these Labgrid tags is one of these.
+    pub fn matches(&self, place: &str, tags: &BTreeMap<String, String>) -> bool {
+        match &self.name {
+            Some(n) => n == place,
+            None => self.match_tags.iter().all(|(k, v)| tags.get(k) == Some(v)),
+        }
+    }
+
+    /// The device entry of a place (for placeholders and the device list).
+    pub fn device(&self, place: &str) -> DeviceConfig {
+        DeviceConfig {
+            name: place.to_string(),
+            device_type: self.device_type.clone(),
+            tags: self.tags.clone(),
+            settings: self.settings.clone(),
+            driver: DriverConfig::Labgrid(Box::new(self.clone())),
+        }
+    }
+}
+
+impl LabgridConfig {
+    fn validate(&self, key: &str, lib: &Library) -> anyhow::Result<()> {
+        if self.name.is_empty() {
+            bail!("{key}.name: must not be empty");
+        }
+        let (host, port) = self.coordinator.rsplit_once(':').unwrap_or(("", ""));
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            bail!(
+                "{key}.coordinator `{}`: expected HOST:PORT (e.g. 127.0.0.1:20408)",
+                self.coordinator
+            );
+        }
+        if self.client.is_empty() || self.client[0].is_empty() {
+            bail!("{key}.client: must name a program (e.g. [labgrid-client])");
+        }
+        for (what, v) in [("user", &self.user), ("host", &self.host)] {
+            if let Some(v) = v
+                && (v.is_empty() || v.contains('/') || v.contains(char::is_whitespace))
+            {
+                bail!("{key}.{what} `{v}`: expected a name without `/` or spaces");
+            }
+        }
+        if self.poll_interval < Duration::from_secs(1) {
+            bail!("{key}.poll_interval: expected at least 1s");
+        }
+        if self.command_timeout < Duration::from_secs(1) {
+            bail!("{key}.command_timeout: expected at least 1s");
+        }
+        if self.places.is_empty() {
+            bail!("{key}.places: name at least one place (by `name` or `match_tags`)");
+        }
+        for (i, p) in self.places.iter().enumerate() {
+            let pkey = format!("{key}.places[{i}]");
+            match (&p.name, p.match_tags.is_empty()) {
+                (Some(n), true) if !n.is_empty() => {}
+                (None, false) => {}
+                _ => bail!("{pkey}: expected exactly one of `name` and `match_tags`"),
+            }
+            if lib.get(&p.device_type).is_none() {
+                bail!(
+                    "{pkey}.device_type: `{}` is not in the device-type library (known: {})",
+                    p.device_type,
+                    lib.names().join(", ")
+                );
+            }
+            let d = p.device(p.name.as_deref().unwrap_or("place"));
+            if let Some(c) = &p.console {
+                validate_console(&format!("{pkey}.console"), c, &d)?;
+            }
+            if let Some(c) = &p.deploy_command {
+                validate_command(&format!("{pkey}.deploy_command"), c, &d)?;
+            }
+            validate_boot_login(&pkey, &p.boot, &p.login, &d)?;
         }
         Ok(())
     }
+}
+
+fn default_labgrid_client() -> Vec<String> {
+    vec!["labgrid-client".into()]
+}
+fn default_labgrid_poll() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_labgrid_acquire() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_labgrid_command() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Checks a command line: not empty, placeholders only as whole arguments and known, and no
@@ -605,25 +810,35 @@ fn validate_boot_text(key: &str, text: &str, device: &DeviceConfig) -> anyhow::R
     Ok(())
 }
 
-fn validate_serial(key: &str, s: &SerialConfig, d: &DeviceConfig) -> anyhow::Result<()> {
-    match &s.console {
+fn validate_console(key: &str, c: &ConsoleConfig, d: &DeviceConfig) -> anyhow::Result<()> {
+    match c {
         ConsoleConfig::Tty { path, baud } => {
             if path.as_os_str().is_empty() {
-                bail!("{key}.console.tty.path: must not be empty");
+                bail!("{key}.tty.path: must not be empty");
             }
             if *baud == 0 {
-                bail!("{key}.console.tty.baud: must be a speed such as 115200");
+                bail!("{key}.tty.baud: must be a speed such as 115200");
             }
         }
         ConsoleConfig::Tcp { address } => {
             if !address.contains(':') {
-                bail!("{key}.console.tcp.address `{address}`: expected HOST:PORT");
+                bail!("{key}.tcp.address `{address}`: expected HOST:PORT");
+            }
+        }
+        ConsoleConfig::Telnet { address } => {
+            if !address.contains(':') {
+                bail!("{key}.telnet.address `{address}`: expected HOST:PORT");
             }
         }
         ConsoleConfig::Command { argv } => {
-            validate_command(&format!("{key}.console.command.argv"), argv, d)?
+            validate_command(&format!("{key}.command.argv"), argv, d)?
         }
     }
+    Ok(())
+}
+
+fn validate_serial(key: &str, s: &SerialConfig, d: &DeviceConfig) -> anyhow::Result<()> {
+    validate_console(&format!("{key}.console"), &s.console, d)?;
     validate_command(&format!("{key}.power_on_command"), &s.power_on_command, d)?;
     validate_command(&format!("{key}.power_off_command"), &s.power_off_command, d)?;
     for (name, cmd) in [
@@ -635,41 +850,51 @@ fn validate_serial(key: &str, s: &SerialConfig, d: &DeviceConfig) -> anyhow::Res
             validate_command(&format!("{key}.{name}"), c, d)?;
         }
     }
-    validate_regex(&format!("{key}.boot.kernel_start"), &s.boot.kernel_start)?;
-    for (i, st) in s.boot.steps.iter().enumerate() {
+    validate_boot_login(key, &s.boot, &s.login, d)
+}
+
+/// Checks the boot and login settings of a board (serial and labgrid drivers).
+fn validate_boot_login(
+    key: &str,
+    boot: &BootConfig,
+    login: &LoginConfig,
+    d: &DeviceConfig,
+) -> anyhow::Result<()> {
+    validate_regex(&format!("{key}.boot.kernel_start"), &boot.kernel_start)?;
+    for (i, st) in boot.steps.iter().enumerate() {
         validate_regex(&format!("{key}.boot.steps[{i}].expect"), &st.expect)?;
         if let Some(t) = &st.send {
             validate_boot_text(&format!("{key}.boot.steps[{i}].send"), t, d)?;
         }
     }
-    match s.boot.preset {
+    match boot.preset {
         BootPreset::Kernel => {}
         BootPreset::UBoot => {
             validate_regex(
                 &format!("{key}.boot.u_boot.interrupt_prompt"),
-                &regex::escape(&s.boot.u_boot.interrupt_prompt),
+                &regex::escape(&boot.u_boot.interrupt_prompt),
             )?;
-            if s.boot.u_boot.commands.is_empty() {
+            if boot.u_boot.commands.is_empty() {
                 bail!(
                     "{key}.boot.u_boot.commands: the u-boot preset needs the commands that boot the kernel"
                 );
             }
-            for (i, c) in s.boot.u_boot.commands.iter().enumerate() {
+            for (i, c) in boot.u_boot.commands.iter().enumerate() {
                 validate_boot_text(&format!("{key}.boot.u_boot.commands[{i}]"), c, d)?;
             }
         }
         BootPreset::Grub => {
-            if s.boot.grub.commands.is_empty() {
+            if boot.grub.commands.is_empty() {
                 bail!(
                     "{key}.boot.grub.commands: the grub preset needs the commands that boot the kernel"
                 );
             }
-            for (i, c) in s.boot.grub.commands.iter().enumerate() {
+            for (i, c) in boot.grub.commands.iter().enumerate() {
                 validate_boot_text(&format!("{key}.boot.grub.commands[{i}]"), c, d)?;
             }
         }
     }
-    let l = &s.login;
+    let l = login;
     validate_regex(&format!("{key}.login.login_prompt"), &l.login_prompt)?;
     validate_regex(&format!("{key}.login.password_prompt"), &l.password_prompt)?;
     validate_regex(&format!("{key}.login.shell_prompt"), &l.shell_prompt)?;
@@ -723,12 +948,142 @@ mod tests {
                 "names no setting",
             ),
             ("limits: {job_timeout: forever}\n", "limits.job_timeout"),
+            (
+                "lava:\n  - {name: l, url: 'ftp://x/', token: t}\n",
+                "lava[0] (l).url `ftp://x/`",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/'}\n",
+                "lava[0] (l): `token` or `token_file` is required",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, token_file: /t}\n",
+                "not both",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, device_types: some}\n",
+                "expected `all` or a list",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, colour: red}\n",
+                "unknown field `colour`",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t}\n  - {name: l, url: 'http://y/', token: t}\n",
+                "lava[1] (l).name: `l` is used by two",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, poll: 10s, poll_max: 1s}\n",
+                "lava[0] (l).poll/poll_max",
+            ),
         ];
         for (extra, want) in cases {
             let e = AgentConfig::parse(&format!("{BASE}{extra}")).unwrap_err();
             let msg = format!("{e:#}");
             assert!(msg.contains(want), "{extra:?}: {msg}");
         }
+    }
+}
+
+#[cfg(test)]
+mod labgrid_tests {
+    use super::*;
+
+    const BASE: &str = "lab: lab-a\ncoordinator: {url: 'https://127.0.0.1:7443', ca: ca.pem, cert: a.pem, key: a.key}\n";
+
+    fn lg(extra: &str) -> String {
+        format!("{BASE}labgrid:\n  - name: main\n    coordinator: 127.0.0.1:20408\n{extra}")
+    }
+
+    #[test]
+    fn places_by_name_and_by_tags() {
+        let cfg = AgentConfig::parse(&lg("    places:\n      - {name: b1, device_type: qemu-x86_64}\n      - {match_tags: {board: bbb}, device_type: beaglebone-black, tags: [x]}\n")).unwrap();
+        let l = &cfg.labgrid[0];
+        assert_eq!(l.client, ["labgrid-client"]);
+        assert_eq!(l.acquire_timeout, Duration::from_secs(120));
+        let tags: BTreeMap<String, String> = [("board".to_string(), "bbb".to_string())].into();
+        assert!(l.places[0].matches("b1", &BTreeMap::new()));
+        assert!(!l.places[0].matches("b10", &BTreeMap::new()));
+        assert!(l.places[1].matches("anything", &tags));
+        assert!(!l.places[1].matches("anything", &BTreeMap::new()));
+        assert_eq!(l.places[1].device("p").driver.kind(), "labgrid");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                "    places: []\n",
+                "labgrid[0].places: name at least one place",
+            ),
+            (
+                "    places:\n      - {device_type: qemu-x86_64}\n",
+                "labgrid[0].places[0]: expected exactly one of `name` and `match_tags`",
+            ),
+            (
+                "    places:\n      - {name: a, match_tags: {b: c}, device_type: qemu-x86_64}\n",
+                "exactly one of",
+            ),
+            (
+                "    places:\n      - {name: a, device_type: nope}\n",
+                "labgrid[0].places[0].device_type: `nope`",
+            ),
+            (
+                "    places:\n      - {name: a, device_type: qemu-x86_64, login: {shell_prompt: '('}}\n",
+                "labgrid[0].places[0].login.shell_prompt",
+            ),
+            (
+                "    places:\n      - {name: a, device_type: qemu-x86_64, deploy_command: [sh, -c, '{params.x}']}\n",
+                "must not be a placeholder",
+            ),
+            (
+                "    user: 'a/b'\n    places:\n      - {name: a, device_type: qemu-x86_64}\n",
+                "labgrid[0].user `a/b`",
+            ),
+            (
+                "    places:\n      - {name: a, device_type: qemu-x86_64, colour: red}\n",
+                "unknown field `colour`",
+            ),
+        ];
+        for (extra, want) in cases {
+            let e = AgentConfig::parse(&lg(extra)).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(msg.contains(want), "{extra:?}: {msg}");
+        }
+        let e = AgentConfig::parse(&format!(
+            "{BASE}labgrid:\n  - {{name: m, coordinator: nohost, places: [{{name: a, device_type: qemu-x86_64}}]}}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("labgrid[0].coordinator `nohost`"),
+            "{e:#}"
+        );
+        // A labgrid driver cannot be written in devices: (the section makes those).
+        let e = AgentConfig::parse(&format!(
+            "{BASE}devices:\n  - {{name: h, device_type: lab-host, driver: {{type: labgrid}}}}\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("labgrid"), "{e:#}");
+    }
+
+    /// The commented-out `labgrid:` example of config/agent.yaml is a valid config.
+    #[test]
+    fn the_shipped_labgrid_example_loads() {
+        let text = include_str!("../../config/agent.yaml");
+        let start = text.find("\n# labgrid:\n").expect("a labgrid example") + 1;
+        let block: String = text[start..]
+            .lines()
+            .map(|l| {
+                let l = l
+                    .strip_prefix("# ")
+                    .or_else(|| l.strip_prefix('#'))
+                    .unwrap_or(l);
+                format!("{l}\n")
+            })
+            .collect();
+        let cfg = AgentConfig::parse(&format!("{BASE}{block}")).unwrap();
+        assert_eq!(cfg.labgrid[0].places.len(), 2);
+        assert!(cfg.labgrid[0].places[1].power_cycle);
     }
 }
 
@@ -740,6 +1095,26 @@ mod example_tests {
         let cfg = super::AgentConfig::load(std::path::Path::new(path)).unwrap();
         assert_eq!(cfg.devices.len(), 2);
         assert_eq!(cfg.devices[1].driver.kind(), "serial");
+    }
+
+    /// The commented-out `lava:` example, uncommented, loads too (its templates_dir left
+    /// out: the folder does not exist here).
+    #[test]
+    fn the_lava_example_loads_uncommented() {
+        let text = include_str!("../../config/agent.yaml");
+        let start = text.find("# lava:").expect("lava example");
+        let lava: String = text[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.contains("templates_dir:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = super::AgentConfig::parse(&format!("{}{lava}", &text[..start])).unwrap();
+        assert_eq!(cfg.lava.len(), 1);
+        let l = &cfg.lava[0];
+        assert_eq!(l.name, "lab-lava");
+        assert_eq!(l.boot_methods["my-board"], "u-boot");
+        assert!(l.device_types.offers("qemu") && !l.device_types.offers("x15"));
     }
 }
 

@@ -174,7 +174,7 @@ pub async fn run(
         session_lost: tokio::sync::Notify::new(),
         cfg,
     });
-    recover_journal(&agent).await?;
+    let resumed = recover_journal(&agent, &sources).await?;
     tracing::info!(lab = %agent.cfg.lab, devices = n_devices, max_jobs, sources = sources.len(), "agent starting");
     for source in sources {
         tokio::spawn(follow_source(agent.clone(), source));
@@ -186,7 +186,7 @@ pub async fn run(
     let sender = tokio::spawn(send_outbox(agent.clone()));
     let session = tokio::spawn(keep_session(agent.clone()));
     let mut jobs = JoinSet::new();
-    let puller = tokio::spawn(pull_loop(agent.clone()));
+    let puller = tokio::spawn(pull_loop(agent.clone(), resumed));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     shutdown.cancelled().await;
@@ -234,12 +234,24 @@ pub async fn run(
     Ok(())
 }
 
-/// Jobs journalled by an earlier run of the agent and not finished then: that run died with
-/// them, so each is reported `incomplete` with `error_code=agent_restart`, and its device is
-/// brought back to a known state (a board is powered off).
-async fn recover_journal(agent: &Agent) -> anyhow::Result<()> {
+/// Jobs journalled by an earlier run of the agent and not finished then. A job that goes on
+/// without the agent (a LAVA job) is returned with the device of its source that takes it
+/// back, to be followed again. The others died with that run: each is reported
+/// `incomplete` with `error_code=agent_restart`, and its device is brought back to a known
+/// state (a board is powered off).
+async fn recover_journal(
+    agent: &Agent,
+    sources: &[Arc<dyn sources::DeviceSource>],
+) -> anyhow::Result<Vec<(crate::outbox::JournalEntry, Arc<Device>)>> {
+    let mut resumed = Vec::new();
     for e in agent.outbox.journal()? {
         if e.finished {
+            continue;
+        }
+        let dir = job_dir(agent, e.job, e.attempt);
+        if let Some(d) = sources.iter().find_map(|s| s.resume(&e.device, &dir)) {
+            tracing::info!(job = e.job, attempt = e.attempt, device = %e.device, "job still running on its back end; following it again");
+            resumed.push((e, d));
             continue;
         }
         if let Some(d) = agent.device(&e.device) {
@@ -260,7 +272,16 @@ async fn recover_journal(agent: &Agent) -> anyhow::Result<()> {
         };
         agent.outbox.push(e.job, e.attempt, Item::Result(report))?;
     }
-    Ok(())
+    Ok(resumed)
+}
+
+/// The folder of a job attempt.
+fn job_dir(agent: &Agent, job: i64, attempt: i32) -> std::path::PathBuf {
+    agent
+        .cfg
+        .state_dir
+        .join("jobs")
+        .join(format!("{job}-{attempt}"))
 }
 
 /// Registers, then heartbeats; registers again whenever the coordinator forgot the session.
@@ -410,8 +431,24 @@ async fn send_outbox(agent: Arc<Agent>) {
 
 /// Keeps a long poll open for every free device (polls carry disjoint device sets) while
 /// the agent has free slots; returns the running jobs when draining starts.
-async fn pull_loop(agent: Arc<Agent>) -> JoinSet<()> {
+async fn pull_loop(
+    agent: Arc<Agent>,
+    resumed: Vec<(crate::outbox::JournalEntry, Arc<Device>)>,
+) -> JoinSet<()> {
     let mut jobs: JoinSet<()> = JoinSet::new();
+    for (e, device) in resumed {
+        agent
+            .lock()
+            .devs
+            .entry(device.info.name.clone())
+            .or_default()
+            .busy += 1;
+        let jr = v1::JobRef {
+            job: e.job,
+            attempt: e.attempt,
+        };
+        spawn_job(&agent, jr, e.spec, device, true, &mut jobs);
+    }
     let mut polls: JoinSet<(Option<v1::Assignment>, Vec<String>)> = JoinSet::new();
     let mut changed = agent.changed.subscribe();
     loop {
@@ -580,6 +617,19 @@ fn start_job(agent: &Arc<Agent>, a: v1::Assignment, polled: &[String], jobs: &mu
         });
         return;
     };
+    spawn_job(agent, jr, spec, device, false, jobs);
+}
+
+/// Runs a job on a device already counted busy for it (`resume`: a job an earlier run of
+/// the agent started, followed again), and frees the device when it ends.
+fn spawn_job(
+    agent: &Arc<Agent>,
+    jr: v1::JobRef,
+    spec: v1::JobSpec,
+    device: Arc<Device>,
+    resume: bool,
+    jobs: &mut JoinSet<()>,
+) {
     let cancel = CancellationToken::new();
     agent.lock().running.insert(
         (jr.job, jr.attempt),
@@ -591,7 +641,7 @@ fn start_job(agent: &Arc<Agent>, a: v1::Assignment, polled: &[String], jobs: &mu
     let agent2 = agent.clone();
     jobs.spawn(
         async move {
-            run_job(&agent2, jr.job, jr.attempt, spec, &device, cancel).await;
+            run_job(&agent2, jr.job, jr.attempt, spec, &device, cancel, resume).await;
             {
                 let mut st = agent2.lock();
                 st.running.remove(&(jr.job, jr.attempt));
@@ -613,7 +663,10 @@ fn start_job(agent: &Arc<Agent>, a: v1::Assignment, polled: &[String], jobs: &mu
     );
 }
 
-/// Runs one job attempt on a device and queues its result.
+/// Runs one job attempt on a device and queues its result. With `resume`, the attempt was
+/// started by an earlier run of the agent (journalled, its start sent): the driver follows
+/// it again and its log is written again from the start (the coordinator keeps each byte
+/// offset once).
 async fn run_job(
     agent: &Agent,
     job: i64,
@@ -621,30 +674,31 @@ async fn run_job(
     spec: v1::JobSpec,
     device: &Arc<Device>,
     cancel: CancellationToken,
+    resume: bool,
 ) {
-    tracing::info!(name = %spec.name, "job starting");
+    tracing::info!(name = %spec.name, resume, "job starting");
     let started = Instant::now();
     let push = |item: Item| {
         if let Err(e) = agent.outbox.push(job, attempt, item) {
             tracing::error!(error = %e, "cannot write to the outbox");
         }
     };
-    if let Err(e) = agent
-        .outbox
-        .journal_add(job, attempt, &device.info.name, &spec)
-    {
-        tracing::error!(error = %e, "cannot journal the job");
+    let dir = job_dir(agent, job, attempt);
+    if resume {
+        let _ = std::fs::remove_file(dir.join("console.log"));
+    } else {
+        if let Err(e) = agent
+            .outbox
+            .journal_add(job, attempt, &device.info.name, &spec)
+        {
+            tracing::error!(error = %e, "cannot journal the job");
+        }
+        push(Item::Start(v1::StartJobRequest {
+            session: agent.lock().session.clone().unwrap_or_default(),
+            job: Some(v1::JobRef { job, attempt }),
+            device: device.info.name.clone(),
+        }));
     }
-    push(Item::Start(v1::StartJobRequest {
-        session: agent.lock().session.clone().unwrap_or_default(),
-        job: Some(v1::JobRef { job, attempt }),
-        device: device.info.name.clone(),
-    }));
-    let dir = agent
-        .cfg
-        .state_dir
-        .join("jobs")
-        .join(format!("{job}-{attempt}"));
     let parser = match make_parser(&spec) {
         Ok(p) => p,
         Err(e) => {
@@ -684,7 +738,11 @@ async fn run_job(
                 timeout,
                 artifacts: Default::default(),
             };
-            let mut outcome = device.driver.run(&mut ctx).await;
+            let mut outcome = if resume {
+                device.driver.resume(&mut ctx).await
+            } else {
+                device.driver.run(&mut ctx).await
+            };
             if let Some(report) = ctx.log.finish_parse() {
                 merge_report(&mut outcome, report);
             }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 /// One device with its driver.
 pub struct Device {
-    /// Its configuration.
-    pub config: DeviceConfig,
+    /// Its entry in agent.yaml; `None` for a device found by a source (a LAVA device type).
+    pub config: Option<DeviceConfig>,
     /// What it advertises.
     pub info: DeviceInfo,
     /// Its driver.
@@ -55,9 +55,13 @@ pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>
                 DriverConfig::Serial(s) => {
                     (Arc::new(SerialDriver::new(d.clone(), (**s).clone())), 1)
                 }
+                DriverConfig::Labgrid(_) => anyhow::bail!(
+                    "device `{}`: labgrid places come from the `labgrid:` section",
+                    d.name
+                ),
             };
             Ok(Arc::new(Device {
-                config: d.clone(),
+                config: Some(d.clone()),
                 info,
                 driver,
                 max_jobs,

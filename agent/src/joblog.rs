@@ -57,6 +57,12 @@ impl JobLog {
         self.append(data);
     }
 
+    /// Appends bytes that are kept and sent, but not parsed (output that a back end has
+    /// already parsed itself, such as a LAVA job's log).
+    pub fn write_unparsed(&mut self, data: &[u8]) {
+        self.append(data);
+    }
+
     /// Appends bytes that are kept and sent, but not parsed.
     fn append(&mut self, data: &[u8]) {
         if let Err(e) = self.file.write_all(data) {

@@ -10,6 +10,8 @@ pub mod devices;
 pub mod driver;
 pub mod fetch;
 pub mod joblog;
+pub mod labgrid;
+pub mod lava;
 pub mod outbox;
 pub mod placeholders;
 pub mod serial;

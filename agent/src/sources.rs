@@ -27,10 +27,39 @@ pub trait DeviceSource: Send + Sync + 'static {
         tx: watch::Sender<Vec<Arc<Device>>>,
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()>;
+
+    /// A device of this source that can take back a job an earlier run of the agent left
+    /// going on the back end (`device` as the journal names it, `dir` the job's folder as
+    /// that run left it), or `None` when the job is not this source's or cannot be taken
+    /// back. Called at start, before the source has published anything.
+    fn resume(&self, _device: &str, _dir: &std::path::Path) -> Option<Arc<Device>> {
+        None
+    }
 }
 
 /// The device sources that a config names. Source settings are read at start only: changing
 /// them needs a restart (SIGHUP reloads the devices of the file and the limits).
-pub fn build(_cfg: &AgentConfig) -> anyhow::Result<Vec<Arc<dyn DeviceSource>>> {
-    Ok(Vec::new())
+pub fn build(cfg: &AgentConfig) -> anyhow::Result<Vec<Arc<dyn DeviceSource>>> {
+    let mut out: Vec<Arc<dyn DeviceSource>> = Vec::new();
+    if !cfg.lava.is_empty() {
+        let lib = Arc::new(cfg.library()?);
+        for l in &cfg.lava {
+            out.push(Arc::new(crate::lava::inventory::LavaSource::new(
+                l.clone(),
+                &cfg.lab,
+                lib.clone(),
+            )?));
+        }
+    }
+    if !cfg.labgrid.is_empty() {
+        let lib = cfg.library()?;
+        for lg in &cfg.labgrid {
+            out.push(Arc::new(crate::labgrid::LabgridSource::new(
+                lg,
+                cfg,
+                lib.clone(),
+            )));
+        }
+    }
+    Ok(out)
 }

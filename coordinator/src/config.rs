@@ -51,6 +51,17 @@ pub struct CoordinatorConfig {
     /// The event log.
     #[serde(default)]
     pub events: EventConfig,
+    /// Retries of jobs whose attempt failed for an infrastructure reason.
+    #[serde(default)]
+    pub retries: RetryConfig,
+    /// Scheduler configuration files in the KernelCI pipeline format (`jobs:`,
+    /// `platforms:`, `runtimes:`, `scheduler:`); relative paths are read from the folder of
+    /// this file. None: no scheduler (jobs come from `labwire submit` only).
+    #[serde(default)]
+    pub pipeline: Vec<PathBuf>,
+    /// The placement rules file (`placement.yaml`); relative to this file's folder.
+    #[serde(default)]
+    pub placement: Option<PathBuf>,
     /// The HTTP/JSON side.
     #[serde(default)]
     pub http: crate::pipeline::config::HttpConfig,
@@ -63,17 +74,6 @@ pub struct CoordinatorConfig {
     /// Reports.
     #[serde(default)]
     pub reports: crate::pipeline::config::ReportConfig,
-    /// Retries of jobs whose attempt failed for an infrastructure reason.
-    #[serde(default)]
-    pub retries: RetryConfig,
-    /// Scheduler configuration files in the KernelCI pipeline format (`jobs:`,
-    /// `platforms:`, `runtimes:`, `scheduler:`); relative paths are read from the folder of
-    /// this file. None: no scheduler (jobs come from `labwire submit` only).
-    #[serde(default)]
-    pub pipeline: Vec<PathBuf>,
-    /// The placement rules file (`placement.yaml`); relative to this file's folder.
-    #[serde(default)]
-    pub placement: Option<PathBuf>,
 }
 
 /// Retries of jobs that ended `incomplete` because the infrastructure failed. Test
@@ -212,13 +212,13 @@ impl Default for CoordinatorConfig {
             tls: TlsFiles::default(),
             leases: LeaseConfig::default(),
             events: EventConfig::default(),
+            retries: RetryConfig::default(),
+            pipeline: Vec::new(),
+            placement: None,
             http: Default::default(),
             timeouts: Default::default(),
             trigger: Default::default(),
             reports: Default::default(),
-            retries: RetryConfig::default(),
-            pipeline: Vec::new(),
-            placement: None,
         }
     }
 }

@@ -113,10 +113,10 @@ pub async fn serve_with_http(
 
     let sweeper = tokio::spawn(sweep_leases(shared.clone()));
     let pruner = tokio::spawn(prune_events(shared.clone()));
-    let mut services = crate::pipeline::start(&shared, http)?;
     let stats = tokio::spawn(refresh_stats(shared.clone()));
     let scheduler =
         pipeline.map(|p| tokio::spawn(crate::scheduler::run(shared.clone(), Arc::new(p))));
+    let mut services = crate::pipeline::start(&shared, http)?;
 
     let addr = listener.local_addr()?;
     let router = Server::builder()
@@ -162,15 +162,15 @@ pub async fn serve_with_http(
     shutdown.cancel();
     sweeper.abort();
     pruner.abort();
+    stats.abort();
+    if let Some(s) = scheduler {
+        s.abort();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(15), async {
         while services.join_next().await.is_some() {}
     })
     .await;
     services.abort_all();
-    stats.abort();
-    if let Some(s) = scheduler {
-        s.abort();
-    }
     res.context("the gRPC server failed")?;
     tracing::info!("coordinator stopped");
     Ok(())

@@ -1,6 +1,12 @@
-//! Drivers run a job on a device. One trait, one implementation per kind of device:
-//! `shell` runs a command on the lab host (serial, LAVA and Labgrid follow the same trait).
+//! Drivers run a job on a device. One trait, one implementation per kind of device: `shell`
+//! runs a command on the lab host, `serial` drives a board through its power commands and
+//! console, `labgrid` a place of a Labgrid coordinator (the last two share the board engine,
+//! `board`: boot, login, commands on a console), `lava` hands the job to the lab's LAVA
+//! server.
 
+pub mod board;
+pub mod labgrid;
+pub mod lava;
 pub mod serial;
 pub mod shell;
 
@@ -85,5 +91,13 @@ pub trait Driver: Send + Sync {
     /// interrupted (a board is powered off). Errors are only logged.
     fn recover(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// Follows again a job that an earlier run of the agent started and that goes on
+    /// without it (a LAVA job): called after a restart, with the job's folder as that run
+    /// left it and a fresh log (written again from the start). Drivers whose jobs die with
+    /// the agent keep the default, which reports the job interrupted.
+    fn resume<'a>(&'a self, _ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome> {
+        Box::pin(async { Outcome::infra("agent_restart", "the agent restarted while the job ran") })
     }
 }

@@ -1,4 +1,4 @@
-//! Opening a board's console. Each console gets one reader task that forwards what it reads,
+//! Opening a board's console (a tty, a TCP port, a telnet/RFC 2217 port, a program). Each console gets one reader task that forwards what it reads,
 //! in order, over a channel to the session that owns the console; nothing is dropped (the
 //! channel applies back-pressure to the reader instead).
 
@@ -80,6 +80,96 @@ fn open_tty(path: &Path, baud: u32) -> std::io::Result<tokio_serial::SerialStrea
         .map_err(std::io::Error::other)
 }
 
+async fn connect(address: &str, wait: Duration) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::time::timeout(
+        wait.max(Duration::from_secs(5)),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("connecting to the console at {address} timed out"),
+        )
+    })?
+    .map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot connect to the console at {address}: {e}"),
+        )
+    })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// One task per telnet console: it answers the server's negotiation, hands the board's bytes
+/// to the session in order and escapes what the session types (written into a local pipe
+/// that the task forwards).
+fn spawn_telnet(
+    stream: tokio::net::TcpStream,
+) -> (
+    Box<dyn AsyncWrite + Send + Unpin>,
+    mpsc::Receiver<ConsoleEvent>,
+    tokio::task::JoinHandle<()>,
+) {
+    use super::telnet::{Telnet, escape};
+    use tokio::io::AsyncWriteExt;
+    let (tx, rx) = mpsc::channel(256);
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let task = tokio::spawn(async move {
+        let (mut r, mut w) = stream.into_split();
+        let mut t = Telnet::default();
+        let closed = |why: String| ConsoleEvent::Closed(why);
+        if let Err(e) = w.write_all(&t.hello()).await {
+            let _ = tx.send(closed(e.to_string())).await;
+            return;
+        }
+        let (mut rbuf, mut wbuf) = (vec![0u8; 16 * 1024], vec![0u8; 4096]);
+        let mut typing = true;
+        loop {
+            tokio::select! {
+                got = r.read(&mut rbuf) => {
+                    let n = match got {
+                        Ok(0) => {
+                            let _ = tx.send(closed("end of file".into())).await;
+                            return;
+                        }
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let _ = tx.send(closed(e.to_string())).await;
+                            return;
+                        }
+                    };
+                    let (mut data, mut replies) = (Vec::new(), Vec::new());
+                    t.feed(&rbuf[..n], &mut data, &mut replies);
+                    if !replies.is_empty()
+                        && let Err(e) = w.write_all(&replies).await
+                    {
+                        let _ = tx.send(closed(e.to_string())).await;
+                        return;
+                    }
+                    if !data.is_empty() && tx.send(ConsoleEvent::Data(data)).await.is_err() {
+                        return;
+                    }
+                }
+                got = theirs.read(&mut wbuf), if typing => match got {
+                    Ok(0) | Err(_) => typing = false,
+                    Ok(n) => {
+                        let mut out = Vec::with_capacity(n + 8);
+                        escape(&wbuf[..n], &mut out);
+                        if let Err(e) = w.write_all(&out).await {
+                            let _ = tx.send(closed(e.to_string())).await;
+                            return;
+                        }
+                    }
+                },
+            }
+        }
+    });
+    (Box::new(ours), rx, task)
+}
+
 /// Opens a console. A `tty` that does not exist yet (a pty created at power-on) is retried
 /// for up to `wait`.
 pub async fn open(
@@ -116,24 +206,7 @@ pub async fn open(
             })
         }
         ConsoleConfig::Tcp { address } => {
-            let stream = tokio::time::timeout(
-                wait.max(Duration::from_secs(5)),
-                tokio::net::TcpStream::connect(address),
-            )
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connecting to the console at {address} timed out"),
-                )
-            })?
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("cannot connect to the console at {address}: {e}"),
-                )
-            })?;
-            let _ = stream.set_nodelay(true);
+            let stream = connect(address, wait).await?;
             let (r, w) = stream.into_split();
             let (rx, reader) = spawn_reader(Box::new(r));
             Ok(Console {
@@ -142,6 +215,17 @@ pub async fn open(
                 reader,
                 child: None,
                 describe: format!("tcp {address}"),
+            })
+        }
+        ConsoleConfig::Telnet { address } => {
+            let stream = connect(address, wait).await?;
+            let (writer, rx, reader) = spawn_telnet(stream);
+            Ok(Console {
+                writer,
+                rx,
+                reader,
+                child: None,
+                describe: format!("telnet {address}"),
             })
         }
         ConsoleConfig::Command { .. } => {

@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod session;
+pub mod telnet;
 
 pub use console::{Console, open};
 pub use session::{ExpectError, Session};

@@ -102,6 +102,7 @@ impl NodeService for NodeApi {
                 .unwrap_or_default(),
             artifacts: r.artifacts.into_iter().collect(),
             retry_counter: None,
+            holdoff: None,
         };
         let node = self
             .shared

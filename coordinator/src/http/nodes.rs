@@ -258,6 +258,7 @@ pub(super) async fn update_node(
         data: c.data,
         artifacts: c.artifacts,
         retry_counter: None,
+        holdoff: None,
     };
     let node = shared.store.write(move |w| w.update_node(id, u)).await?;
     Ok(axum::Json(node).into_response())

@@ -218,6 +218,9 @@ fn get_job(conn: &Connection, id: NodeId) -> Result<JobRow> {
     find_job(conn, id)?.ok_or_else(|| Error::NotFound(format!("job {id} not found")))
 }
 
+/// How long a `kbuild` job that passed stays `available` for its tests to be scheduled.
+pub const KBUILD_HOLDOFF: chrono::Duration = chrono::Duration::minutes(10);
+
 /// The attribute list that holds `lab/device` of the attempts that failed for an
 /// infrastructure reason; the dispatcher prefers other devices for the next attempt.
 pub const RETRY_DEVICES: &str = "retry_devices";
@@ -977,10 +980,12 @@ impl Write<'_> {
         }
         let mut artifacts = std::collections::BTreeMap::new();
         artifacts.insert("log".into(), format!("/logs/{job}/{attempt}"));
-        let state = if node.kind == NodeKind::Kbuild && result == NodeResult::Pass {
-            NodeState::Available
+        // A build that passed takes its tests as children for a while (KernelCI's holdoff);
+        // the timeout service closes it afterwards.
+        let (state, holdoff) = if node.kind == NodeKind::Kbuild && result == NodeResult::Pass {
+            (NodeState::Available, Some(self.now + KBUILD_HOLDOFF))
         } else {
-            NodeState::Done
+            (NodeState::Done, None)
         };
         let node = self.update_node(
             job,
@@ -989,6 +994,7 @@ impl Write<'_> {
                 result: Some(result),
                 data,
                 artifacts,
+                holdoff,
                 ..Default::default()
             },
         )?;

@@ -58,7 +58,7 @@ mod tests {
         // Opening again must not re-apply anything.
         let again = crate::store::Store::open(store.path()).unwrap();
         let names = again.read_blocking(applied).unwrap();
-        let all: Vec<String> = MIGRATIONS.iter().map(|m| m.0.to_string()).collect();
-        assert_eq!(names, all);
+        let want: Vec<String> = MIGRATIONS.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, want);
     }
 }

@@ -72,6 +72,8 @@ pub struct NodeUpdate {
     pub artifacts: BTreeMap<String, String>,
     /// New retry counter.
     pub retry_counter: Option<i32>,
+    /// New holdoff (a node that goes `available` takes children until then).
+    pub holdoff: Option<DateTime<Utc>>,
 }
 
 /// Filters of a node query.
@@ -331,6 +333,9 @@ impl Write<'_> {
         if let Some(c) = u.retry_counter {
             after.retry_counter = c;
         }
+        if let Some(h) = u.holdoff {
+            after.holdoff = Some(h);
+        }
         if after == before {
             return Ok(before);
         }
@@ -338,7 +343,7 @@ impl Write<'_> {
         self.tx
             .prepare_cached(
                 "UPDATE nodes SET state = ?1, result = ?2, data = ?3, artifacts = ?4, \
-                 retry_counter = ?5, updated = ?6 WHERE id = ?7",
+                 retry_counter = ?5, updated = ?6, holdoff = ?8 WHERE id = ?7",
             )?
             .execute(params![
                 after.state.as_str(),
@@ -347,7 +352,8 @@ impl Write<'_> {
                 to_json(&after.artifacts)?,
                 after.retry_counter,
                 micros(after.updated),
-                id.0
+                id.0,
+                after.holdoff.map(micros)
             ])?;
         self.append_event("update", Some(before.state), before.result, &after)?;
         Ok(after)

@@ -1,0 +1,10 @@
+//! Labgrid: the agent runs jobs on the places of a lab's Labgrid coordinator. `client` wraps
+//! `labgrid-client` (read places, acquire, power, find the serial port, release); `source`
+//! follows a coordinator's places and publishes the free ones as devices. The job itself is
+//! run by [`crate::driver::labgrid`].
+
+pub mod client;
+pub mod source;
+
+pub use client::{LabgridClient, LabgridError, Place};
+pub use source::LabgridSource;

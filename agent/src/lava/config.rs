@@ -1,0 +1,253 @@
+//! The `lava:` list of agent.yaml: the LAVA servers this agent submits to, what it offers of
+//! each, and the limits of its requests. Every key is documented in `config/agent.yaml`.
+
+use anyhow::bail;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A secret that never appears in `Debug` output or logs.
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// Which of a LAVA server's device types the lab offers through labwire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceTypes {
+    /// Every device type the server has.
+    All,
+    /// Only these.
+    Only(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for DeviceTypes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "all" => Ok(DeviceTypes::All),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected `all` or a list of device types, got `{w}`"
+            ))),
+            Raw::List(l) => Ok(DeviceTypes::Only(l)),
+        }
+    }
+}
+
+impl DeviceTypes {
+    /// Whether the lab offers this device type.
+    pub fn offers(&self, name: &str) -> bool {
+        match self {
+            DeviceTypes::All => true,
+            DeviceTypes::Only(l) => l.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// One LAVA server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LavaConfig {
+    /// The instance's name, unique among the `lava:` entries; its devices are advertised as
+    /// `lava-NAME-DEVICETYPE`.
+    pub name: String,
+    /// The server's base URL (`https://lava.example.org/`); the REST API is under
+    /// `api/v0.2/` of it.
+    pub url: String,
+    /// The API token of the LAVA user that submits (or use `token_file`).
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A file holding the token (its surrounding white space is ignored).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Device types offered through labwire: `all` (the default) or a list.
+    #[serde(default = "all_types")]
+    pub device_types: DeviceTypes,
+    /// Labels added to every device type of this instance (jobs can require them).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// How many labwire jobs may wait in LAVA's queue per device type, on top of one per
+    /// usable device. Default 0: labwire never queues more jobs than there are devices.
+    #[serde(default)]
+    pub queue_depth: usize,
+    /// At most this many requests to the server at once. Default 4.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: usize,
+    /// Time limit of one request. Default `30s`.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How many times a request that failed in transport or with a 5xx status is tried
+    /// again (with back-off). Default 5.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// How often the device list is read again. Default `30s`.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    /// First interval between two looks at a running job; it grows while nothing changes,
+    /// up to `poll_max`. Default `2s`.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll: Duration,
+    /// Longest interval between two looks at a running job. Default `30s`.
+    #[serde(default = "default_poll_max", with = "humantime_serde")]
+    pub poll_max: Duration,
+    /// How long a job may wait in LAVA's queue before it starts, on top of its own time
+    /// limit. Default `1h`.
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// A folder of job templates that override or add to the built-in ones
+    /// (`config/templates/lava/`). Optional.
+    #[serde(default)]
+    pub templates_dir: Option<PathBuf>,
+    /// The template (boot method) per LAVA device type, where the device-type library does
+    /// not say (`qemu`, `u-boot`, `depthcharge`, `grub`, `fastboot` or one of your own).
+    #[serde(default)]
+    pub boot_methods: BTreeMap<String, String>,
+    /// LAVA priority (0-100) of jobs that do not set one. Default 50.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// LAVA job visibility. Default `public`.
+    #[serde(default = "default_visibility")]
+    pub visibility: String,
+}
+
+impl LavaConfig {
+    /// The token: from `token` or read from `token_file`.
+    pub fn load_token(&self) -> anyhow::Result<Secret> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        let Some(path) = &self.token_file else {
+            bail!(
+                "lava ({}): neither `token` nor `token_file` is set",
+                self.name
+            );
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "lava ({}).token_file: cannot read {}: {e}",
+                self.name,
+                path.display()
+            )
+        })?;
+        let t = text.trim();
+        if t.is_empty() {
+            bail!(
+                "lava ({}).token_file: {} is empty",
+                self.name,
+                path.display()
+            );
+        }
+        Ok(Secret(t.to_string()))
+    }
+}
+
+fn all_types() -> DeviceTypes {
+    DeviceTypes::All
+}
+fn default_max_requests() -> usize {
+    4
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_retries() -> u32 {
+    5
+}
+fn default_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_poll() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_poll_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_priority() -> u8 {
+    50
+}
+fn default_visibility() -> String {
+    "public".into()
+}
+
+/// Checks the `lava:` entries; errors name the key.
+pub fn validate(list: &[LavaConfig]) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, l) in list.iter().enumerate() {
+        let key = format!("lava[{i}] ({})", l.name);
+        if l.name.is_empty()
+            || !l
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!(
+                "lava[{i}].name `{}`: expected letters, digits, `-` or `_`",
+                l.name
+            );
+        }
+        if !seen.insert(l.name.clone()) {
+            bail!("{key}.name: `{}` is used by two LAVA instances", l.name);
+        }
+        match url::Url::parse(&l.url) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {}
+            _ => bail!(
+                "{key}.url `{}`: expected http(s)://HOST[:PORT]/[PATH]",
+                l.url
+            ),
+        }
+        match (&l.token, &l.token_file) {
+            (Some(_), Some(_)) => bail!("{key}: set `token` or `token_file`, not both"),
+            (None, None) => bail!("{key}: `token` or `token_file` is required"),
+            (Some(t), None) if t.0.trim().is_empty() => bail!("{key}.token: must not be empty"),
+            _ => {}
+        }
+        if let DeviceTypes::Only(v) = &l.device_types
+            && v.is_empty()
+        {
+            bail!("{key}.device_types: an empty list offers nothing; use `all` or name some");
+        }
+        if l.max_requests == 0 {
+            bail!("{key}.max_requests: must be at least 1");
+        }
+        if l.request_timeout < Duration::from_millis(100) {
+            bail!("{key}.request_timeout: expected at least 100ms");
+        }
+        if l.poll.is_zero() || l.poll_max < l.poll {
+            bail!("{key}.poll/poll_max: expected 0 < poll <= poll_max");
+        }
+        if l.refresh < Duration::from_secs(1) {
+            bail!("{key}.refresh: expected at least 1s");
+        }
+        if l.priority > 100 {
+            bail!("{key}.priority: expected 0 to 100");
+        }
+        if !["public", "personal"].contains(&l.visibility.as_str()) {
+            bail!(
+                "{key}.visibility `{}`: expected public or personal",
+                l.visibility
+            );
+        }
+        if let Some(dir) = &l.templates_dir
+            && !dir.is_dir()
+        {
+            bail!("{key}.templates_dir: {} is not a folder", dir.display());
+        }
+        super::templates::Templates::load(l.templates_dir.as_deref())
+            .map_err(|e| anyhow::anyhow!("{key}.templates_dir: {e}"))?;
+    }
+    Ok(())
+}
