@@ -15,8 +15,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-/// A minimal SMTP server on 127.0.0.1: accepts every message and hands over its data.
-async fn smtp_sink() -> (u16, mpsc::UnboundedReceiver<(Vec<String>, String)>) {
+/// A minimal SMTP server on 127.0.0.1: hands over the data of every message it accepts;
+/// the first `refuse` messages get a permanent refusal (554) after their data.
+async fn smtp_sink(refuse: usize) -> (u16, mpsc::UnboundedReceiver<(Vec<String>, String)>) {
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -26,6 +28,7 @@ async fn smtp_sink() -> (u16, mpsc::UnboundedReceiver<(Vec<String>, String)>) {
                 return;
             };
             let tx = tx.clone();
+            let refused = refused.clone();
             tokio::spawn(async move {
                 let (r, mut w) = sock.into_split();
                 let mut r = BufReader::new(r);
@@ -56,8 +59,13 @@ async fn smtp_sink() -> (u16, mpsc::UnboundedReceiver<(Vec<String>, String)>) {
                             }
                             data.push_str(&l);
                         }
-                        let _ = tx.send((std::mem::take(&mut rcpt), data));
-                        b"250 queued\r\n"
+                        if refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < refuse {
+                            rcpt.clear();
+                            b"554 refused\r\n"
+                        } else {
+                            let _ = tx.send((std::mem::take(&mut rcpt), data));
+                            b"250 queued\r\n"
+                        }
                     } else if cmd == "QUIT" {
                         let _ = w.write_all(b"221 bye\r\n").await;
                         return;
@@ -137,7 +145,7 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_is_reported_mailed_and_exported_to_kcidb() {
-    let (smtp_port, mut mails) = smtp_sink().await;
+    let (smtp_port, mut mails) = smtp_sink(0).await;
     let rig = Rig::new(&format!(
         "http: {{listen: 127.0.0.1:0}}\ntimeouts: {{interval: 100ms}}\nreports:\n  email:\n    \
          smtp_host: 127.0.0.1\n    smtp_port: {smtp_port}\n    security: none\n    \
@@ -370,4 +378,54 @@ async fn a_checkout_is_reported_mailed_and_exported_to_kcidb() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_refused_for_good_does_not_hold_up_the_next() {
+    let (smtp_port, mut mails) = smtp_sink(1).await;
+    let rig = Rig::new(&format!(
+        "timeouts: {{interval: 100ms}}\nreports:\n  email:\n    smtp_host: 127.0.0.1\n    \
+         smtp_port: {smtp_port}\n    security: none\n    from: ci@example.org\n    \
+         to: [results@example.org]\n    format: markdown\n"
+    ));
+    let _keep = rig.keep_on_failure();
+    let _coord = rig.start_coordinator();
+    let mut c = rig.client().await;
+    let mut ids = Vec::new();
+    for branch in ["first", "second"] {
+        let id = create(
+            &mut c,
+            v1::Node {
+                kind: v1::NodeKind::Checkout as i32,
+                name: "checkout".into(),
+                data: Some(convert::map_to_struct(
+                    json!({"kernel_revision": {"tree": "t", "branch": branch, "commit": COMMIT}})
+                        .as_object()
+                        .unwrap(),
+                )),
+                ..Default::default()
+            },
+        )
+        .await;
+        ids.push(id);
+    }
+    for id in &ids {
+        c.nodes
+            .update_node(v1::UpdateNodeRequest {
+                id: *id,
+                state: v1::NodeState::Done as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let (_, data) = tokio::time::timeout(Duration::from_secs(30), mails.recv())
+        .await
+        .expect("the second report in time")
+        .unwrap();
+    let unfolded = data.replace("\r\n ", " ");
+    assert!(unfolded.contains("[labwire] t/second"), "{unfolded}");
+    assert!(unfolded.contains("text/markdown"), "{unfolded}");
+    let log = std::fs::read_to_string(rig.path("coordinator.log")).unwrap();
+    assert!(log.contains("report refused by the SMTP server"), "{log}");
 }

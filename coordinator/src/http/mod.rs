@@ -3,7 +3,10 @@
 //! Prometheus metrics and a health check. HTTPS with the coordinator's server certificate by
 //! default; every route but `/healthz` wants a bearer token with the `read` scope.
 
+mod events;
+mod logs;
 mod metrics;
+mod nodes;
 mod routes;
 
 pub use routes::router;

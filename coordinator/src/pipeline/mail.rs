@@ -100,6 +100,14 @@ pub async fn send_report(store: &Store, cfg: &EmailConfig, checkout: NodeId) -> 
     Ok(())
 }
 
+/// Whether a sending error is an SMTP 5xx answer: final for that message.
+fn permanent(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<lettre::transport::smtp::Error>()
+            .is_some_and(|s| s.is_permanent())
+    })
+}
+
 fn load_cursor(conn: &Connection) -> Result<Option<i64>> {
     let v: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [CURSOR_KEY], |r| {
@@ -177,6 +185,13 @@ pub async fn run(store: Store, cfg: EmailConfig, shutdown: CancellationToken) {
                         if let Err(e) = r {
                             tracing::error!(error = %e, "cannot record a mailed report");
                         }
+                        break;
+                    }
+                    Err(e) if permanent(&e) => {
+                        // The server refused this message for good (a bad recipient, a
+                        // message too big): retrying cannot help, and would hold up the
+                        // reports after it.
+                        tracing::error!(checkout = %id, error = %format!("{e:#}"), "report refused by the SMTP server; not retried");
                         break;
                     }
                     Err(e) => {
