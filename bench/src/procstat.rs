@@ -16,7 +16,8 @@ pub struct ProcStat {
     pub at: Instant,
 }
 
-fn clock_ticks() -> f64 {
+/// Clock ticks per second of `/proc` CPU times.
+pub fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }

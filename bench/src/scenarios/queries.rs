@@ -7,6 +7,9 @@ use crate::report::{Figure, Goal, median, ms, quantile, spread};
 use labwire_proto::v1;
 use std::time::Instant;
 
+/// Makes the i-th query of a filter shape.
+type MakeQuery<'a> = Box<dyn Fn(usize) -> v1::QueryNodesRequest + 'a>;
+
 /// Runs the scenario.
 pub async fn run(o: &Opts, big: &BigStore) -> anyhow::Result<Vec<Figure>> {
     let mut c = big.rig.client().await?;
@@ -23,7 +26,7 @@ pub async fn run(o: &Opts, big: &BigStore) -> anyhow::Result<Vec<Figure>> {
         out
     };
     let mid_cursor = (big.nodes / 2) as i64;
-    let shapes: Vec<(&str, Box<dyn Fn(usize) -> v1::QueryNodesRequest>)> = vec![
+    let shapes: Vec<(&str, MakeQuery)> = vec![
         (
             "failed tests",
             Box::new(|_| v1::QueryNodesRequest {
@@ -120,6 +123,21 @@ pub async fn run(o: &Opts, big: &BigStore) -> anyhow::Result<Vec<Figure>> {
             p50s.len(),
             spread(&p50s)
         )),
+        {
+            let (worst, name) = shapes
+                .iter()
+                .zip(&per_shape)
+                .map(|((name, _), v)| (median(v), *name))
+                .fold((0.0, ""), |a, b| if b.0 > a.0 { b } else { a });
+            Figure::new(
+                "queries",
+                "slowest shape p50",
+                worst,
+                "ms",
+                Some(Goal::Below(5.0)),
+            )
+            .note(format!("`{name}`, all runs together"))
+        },
         Figure::new("queries", "query p99", median(&p99s), "ms", None).note(format!(
             "median of {} runs (runs: {} ms)",
             p99s.len(),
