@@ -112,6 +112,9 @@ pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
             "% of a core",
             None,
         )
-        .note(window),
+        .note(format!(
+            "{window}; CPU time is counted in clock ticks of {:.0} ms",
+            1000.0 / crate::procstat::clock_ticks()
+        )),
     ])
 }
