@@ -37,11 +37,13 @@ pub enum Scenario {
     Idle,
     /// Parser MB/s and peak RSS on a large generated KTAP log.
     Parsers,
+    /// A KTAP log through a pty into the agent's console engine and the parser.
+    Serial,
 }
 
 impl Scenario {
     /// Every concrete scenario, in run order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Dispatch,
         Scenario::Throughput,
         Scenario::Queries,
@@ -49,6 +51,7 @@ impl Scenario {
         Scenario::Footprint,
         Scenario::Idle,
         Scenario::Parsers,
+        Scenario::Serial,
     ];
 }
 
@@ -101,6 +104,12 @@ pub struct Opts {
     /// Parsers: MB of generated KTAP log per run.
     #[arg(long, default_value_t = 200)]
     pub log_mb: usize,
+    /// Serial: MB of log sent through the pty at full speed per run.
+    #[arg(long, default_value_t = 20)]
+    pub console_mb: usize,
+    /// Serial: how long the log is sent at 115200 baud to measure CPU.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub console_window: std::time::Duration,
 }
 
 /// The path of this binary, re-executed as the coordinator, the agent and the parser worker.
@@ -139,6 +148,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
             Scenario::Footprint => scenarios::footprint::run(opts).await,
             Scenario::Idle => scenarios::idle::run(opts).await,
             Scenario::Parsers => scenarios::parsers::run(opts).await,
+            Scenario::Serial => scenarios::serial::run(opts).await,
         }
         .with_context(|| format!("scenario {s:?} failed"))?;
         eprint!("{}", report::table(&figs));

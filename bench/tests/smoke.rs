@@ -37,6 +37,10 @@ fn every_scenario_runs_at_toy_scale() {
             "1s",
             "--log-mb",
             "2",
+            "--console-mb",
+            "1",
+            "--console-window",
+            "1s",
         ])
         .env("LABWIRE_LOG", "warn")
         .output()
@@ -55,6 +59,7 @@ fn every_scenario_runs_at_toy_scale() {
         "footprint",
         "idle",
         "parsers",
+        "serial",
     ] {
         assert!(scenarios.contains(s), "no figure from {s}: {figs:?}");
     }

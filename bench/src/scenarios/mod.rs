@@ -7,4 +7,5 @@ pub mod footprint;
 pub mod idle;
 pub mod parsers;
 pub mod queries;
+pub mod serial;
 pub mod throughput;
