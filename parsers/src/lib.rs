@@ -58,6 +58,7 @@ pub mod line;
 mod pattern;
 mod prefilter;
 pub mod report;
+pub mod testgen;
 
 pub use kmsg::SUITE as KERNELMSG_SUITE;
 pub use pattern::PatternSpec;

@@ -1,0 +1,241 @@
+//! A coordinator for a benchmark: its folder, CA, admin token and lab certificates made
+//! in-process with the coordinator library, and the daemon itself run as a separate process
+//! (this binary re-executed as `labwire-bench coordinator serve`, which runs the same entry
+//! point as `labwire-coordinator`), so that its memory and CPU can be read from `/proc`.
+
+use crate::procstat::ProcStat;
+use anyhow::Context;
+use labwire_coordinator::config::CoordinatorConfig;
+use labwire_coordinator::store::Store;
+use labwire_proto::v1::agent_service_client::AgentServiceClient;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A lab's client certificate and key (PEM).
+#[derive(Clone)]
+pub struct LabCert {
+    /// The lab's name (the certificate's common name).
+    pub lab: String,
+    /// Certificate.
+    pub cert_pem: String,
+    /// Private key.
+    pub key_pem: String,
+}
+
+/// A coordinator installation in a temporary folder, and its running process.
+pub struct Rig {
+    dir: tempfile::TempDir,
+    cfg: CoordinatorConfig,
+    /// The admin token (all scopes).
+    pub admin_token: String,
+    /// The CA certificate (PEM).
+    pub ca_pem: Vec<u8>,
+    port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Rig {
+    /// Creates the folder, config, CA and admin token. `extra_config` is appended to the
+    /// coordinator's YAML config.
+    pub fn new(extra_config: &str) -> anyhow::Result<Rig> {
+        let dir = tempfile::Builder::new()
+            .prefix("labwire-bench-")
+            .tempdir()
+            .context("cannot create a temporary folder")?;
+        let port = free_port()?;
+        let cfg_path = dir.path().join("coordinator.yaml");
+        std::fs::write(
+            &cfg_path,
+            format!(
+                "listen: 127.0.0.1:{port}\ndata_dir: {}\npublic_url: https://127.0.0.1:{port}\n{extra_config}",
+                dir.path().join("coordinator").display()
+            ),
+        )?;
+        let cfg = CoordinatorConfig::load(&cfg_path)?;
+        let admin_token = labwire_coordinator::cli::ca_init(
+            &cfg,
+            &["localhost".to_string()],
+            &["127.0.0.1".parse()?],
+        )?;
+        let ca_pem = std::fs::read(cfg.pki_dir().join("ca.pem"))?;
+        Ok(Rig {
+            dir,
+            cfg,
+            admin_token,
+            ca_pem,
+            port,
+            child: None,
+        })
+    }
+
+    /// The coordinator's URL.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// A path in the rig's folder.
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Opens the coordinator's store in this process (only while the daemon is stopped, or
+    /// for reads).
+    pub fn open_store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.cfg.database_path())?)
+    }
+
+    /// Issues one certificate per lab named `{prefix}{i}` for i in 0..n and registers the
+    /// fingerprints in the store, in one transaction (what `ca issue-agent` does per lab).
+    pub fn issue_labs(&self, prefix: &str, n: usize) -> anyhow::Result<Vec<LabCert>> {
+        let pki = self.cfg.pki_dir();
+        let mut certs = Vec::with_capacity(n);
+        let mut regs = Vec::with_capacity(n);
+        for i in 0..n {
+            let lab = format!("{prefix}{i}");
+            let issued = labwire_coordinator::pki::issue_agent_cert(&pki, &lab)?;
+            regs.push((lab.clone(), issued.fingerprint.clone(), issued.not_after));
+            certs.push(LabCert {
+                lab,
+                cert_pem: issued.cert_pem,
+                key_pem: issued.key_pem,
+            });
+        }
+        let store = self.open_store()?;
+        store.write_blocking(|w| {
+            for (lab, fp, until) in &regs {
+                w.register_lab_cert(lab, fp, Some(*until))?;
+            }
+            Ok(())
+        })?;
+        Ok(certs)
+    }
+
+    /// Writes a lab's bundle (certificate, key, CA) under the rig and returns its folder.
+    pub fn write_bundle(&self, cert: &LabCert) -> anyhow::Result<PathBuf> {
+        let out = self.path(&format!("labs/{}", cert.lab));
+        std::fs::create_dir_all(&out)?;
+        std::fs::write(out.join("agent.pem"), &cert.cert_pem)?;
+        labwire_coordinator::pki::write_private(&out.join("agent.key"), &cert.key_pem)?;
+        std::fs::write(out.join("ca.pem"), &self.ca_pem)?;
+        Ok(out)
+    }
+
+    /// Starts the coordinator process and waits until it listens.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let addr_file = self.path("coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::File::create(self.path("coordinator.log"))?;
+        let child = Command::new(crate::self_exe()?)
+            .arg("coordinator")
+            .arg("--config")
+            .arg(self.path("coordinator.yaml"))
+            .args(["serve", "--addr-file"])
+            .arg(&addr_file)
+            .env(
+                "LABWIRE_LOG",
+                std::env::var("LABWIRE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the coordinator")?;
+        self.child = Some(child);
+        wait_until(Duration::from_secs(60), "the coordinator to listen", || {
+            addr_file.exists()
+        })?;
+        Ok(())
+    }
+
+    /// The coordinator's process id.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .context("the coordinator is not running")
+    }
+
+    /// The coordinator's memory and CPU counters now.
+    pub fn stat(&self) -> anyhow::Result<ProcStat> {
+        ProcStat::read(self.pid()?)
+    }
+
+    /// A client with the admin token.
+    pub async fn client(&self) -> anyhow::Result<labwire::client::Clients> {
+        labwire::client::connect(&self.url(), &self.ca_pem, &self.admin_token).await
+    }
+
+    /// An AgentService client over mutual TLS with a lab's certificate, on its own
+    /// connection.
+    pub async fn agent_client(
+        &self,
+        cert: &LabCert,
+    ) -> anyhow::Result<AgentServiceClient<Channel>> {
+        agent_client(&self.url(), &self.ca_pem, cert).await
+    }
+
+    /// Stops the coordinator (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The folder, kept (and returned) instead of removed, e.g. to read logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An AgentService client over mutual TLS with `cert`, on its own connection.
+pub async fn agent_client(
+    url: &str,
+    ca_pem: &[u8],
+    cert: &LabCert,
+) -> anyhow::Result<AgentServiceClient<Channel>> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+    let ch = Channel::from_shared(url.to_string())?
+        .tls_config(tls)?
+        .connect()
+        .await
+        .with_context(|| format!("lab {} cannot connect to {url}", cert.lab))?;
+    Ok(AgentServiceClient::new(ch))
+}
+
+/// Polls `f` every 20 ms until it holds, or fails after `within`.
+pub fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!("timed out after {within:?} waiting for {what}")
+}

@@ -1,0 +1,11 @@
+//! The benchmark scenarios; each returns its figures.
+
+pub mod bigstore;
+pub mod dispatch;
+pub mod events;
+pub mod footprint;
+pub mod idle;
+pub mod parsers;
+pub mod queries;
+pub mod serial;
+pub mod throughput;
