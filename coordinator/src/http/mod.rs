@@ -5,6 +5,7 @@
 
 mod metrics;
 mod routes;
+mod ui;
 
 pub use routes::router;
 
@@ -104,7 +105,7 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) {
-    let app = router(shared);
+    let app = router(shared.clone()).merge(ui::router(shared));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (tcp, peer) = tokio::select! {

@@ -354,7 +354,7 @@ async fn artifact(
 /// Parameters of the event routes.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EventParams {
+pub(super) struct EventParams {
     /// Events after this sequence number (the last one the reader has).
     #[serde(default)]
     from: Option<String>,
@@ -432,6 +432,16 @@ async fn event_stream(
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&shared, &headers, Scope::Read).await?;
+    stream_events(shared, headers, params).await
+}
+
+/// The event stream of `/events/stream` once the caller is authorized (the dashboard serves
+/// the same stream under its own authentication).
+pub(super) async fn stream_events(
+    shared: SharedRef,
+    headers: HeaderMap,
+    params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
     let last = match headers.get("last-event-id") {
         None => None,
