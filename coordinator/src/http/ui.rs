@@ -571,7 +571,7 @@ async fn node(State(shared): State<SharedRef>, headers: HeaderMap, Path(id): Pat
         .values()
         .flatten()
         .filter(|n| n.result == Some(labwire_common::NodeResult::Fail))
-        .filter(|n| !tree.get(&n.id).is_some_and(|k| !k.is_empty()))
+        .filter(|n| tree.get(&n.id).is_none_or(|k| k.is_empty()))
         .collect();
     let total: usize = tree.values().map(Vec::len).sum();
     let _ = write!(
@@ -625,7 +625,7 @@ fn render_tree(
         // A failing leaf test links to its line in the job's log.
         let log_link = if k.kind == NodeKind::Test
             && k.result == Some(labwire_common::NodeResult::Fail)
-            && !tree.get(&k.id).is_some_and(|c| !c.is_empty())
+            && tree.get(&k.id).is_none_or(|c| c.is_empty())
         {
             let job = job_of(tree, root, k.id);
             job.map(|j| {
@@ -837,7 +837,7 @@ async fn labs(State(shared): State<SharedRef>, headers: HeaderMap) -> Page {
         let _ = write!(
             b,
             "<section class=lab data-lab=\"{name}\"><h2>{name} {conn}{revoked}</h2>\
-             <p class=facts>last seen {seen} · {jobs_in_flight} jobs in flight · \
+             <p class=facts>last seen {seen} · {jobs_in_flight} in flight · \
              queue wait ≈ {estimate} · {free} free slots</p>",
             name = esc(&row.name),
             conn = if *connected {
@@ -964,6 +964,14 @@ async fn queue(State(shared): State<SharedRef>, headers: HeaderMap) -> Page {
         ]
         .into_iter()
         .flatten()
+        .chain(job.criteria.tags.iter().map(|t| format!("tag {t}")))
+        .chain(job.criteria.features.iter().map(|f| format!("feature {f}")))
+        .chain(
+            job.criteria
+                .properties
+                .iter()
+                .map(|(k, v)| format!("{k}={v}")),
+        )
         .collect::<Vec<_>>()
         .join(", ");
         let _ = write!(
