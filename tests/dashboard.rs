@@ -180,6 +180,11 @@ async fn dashboard_in_a_browser() {
         .await
         .expect("get");
     assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
     let page = r.text().await.expect("body");
     assert!(
         page.contains("&lt;img src=x onerror=alert(1)&gt;"),

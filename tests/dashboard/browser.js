@@ -38,7 +38,14 @@ async function shot(page, name) {
   const page = browser.pages()[0] || (await browser.newPage());
   const dialogs = [];
   page.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss(); });
-  page.on("pageerror", (e) => { throw new Error(`script error on the page: ${e}`); });
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(`script error: ${e}`));
+  page.on("console", (m) => {
+    // A blocked script or style (the Content-Security-Policy) shows up here.
+    if (m.type() === "error" && !(m.location().url || "").endsWith("/favicon.ico")) {
+      problems.push(`console error: ${m.text()} (${m.location().url})`);
+    }
+  });
   try {
     // Sign in: an unauthenticated page leads to the form; the token ends up in a cookie.
     await page.goto(`${BASE}/ui/checkouts`);
@@ -124,6 +131,7 @@ async function shot(page, name) {
     check((await slowLi.locator("> [data-field=state]").innerText()) === "done", "the slow job shows done, live");
     await page.waitForTimeout(1600); // let the highlight fade before the picture
     await shot(page, "live");
+    check(problems.length === 0, `no script or console errors (${problems.join("; ")})`);
   } catch (e) {
     await shot(page, "failure").catch(() => {});
     console.error(e.stack || String(e));

@@ -116,8 +116,51 @@ async fn page_auth(shared: &SharedRef, headers: &HeaderMap) -> Result<Option<Str
     }
 }
 
+/// An error as a small HTML page with the status the JSON API would give.
 fn fail(e: impl Into<ApiError>) -> Response {
-    e.into().into_response()
+    let e = e.into();
+    let msg = e.0.to_string();
+    let status = e.into_response().status();
+    secured(
+        (
+            status,
+            Html(format!(
+                "<!doctype html><html lang=en><head><meta charset=utf-8><title>{s} · labwire</title>\
+                 <link rel=stylesheet href=/ui/assets/app.css></head><body><header>\
+                 <a class=brand href=/ui/checkouts>labwire</a></header><main><h1>{s}</h1>\
+                 <p class=error>{m}</p></main></body></html>",
+                s = esc(&status.to_string()),
+                m = esc(&msg)
+            )),
+        )
+            .into_response(),
+    )
+}
+
+/// Adds the headers every dashboard answer carries: scripts, styles and everything else only
+/// from the coordinator itself, no framing, no content sniffing, no caching of data.
+fn secured(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
 }
 
 /// Wraps a page body in the layout: navigation, the style sheet, the live-update script and
@@ -131,7 +174,7 @@ fn layout(title: &str, viewer: &Option<String>, seq: i64, body: &str) -> Respons
         ),
         None => "<span class=who>anonymous read</span>".into(),
     };
-    Html(format!(
+    let page = Html(format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8>\
          <meta name=viewport content=\"width=device-width, initial-scale=1\">\
          <title>{t} · labwire</title><link rel=stylesheet href=/ui/assets/app.css>\
@@ -142,7 +185,8 @@ fn layout(title: &str, viewer: &Option<String>, seq: i64, body: &str) -> Respons
          ○ offline</span>{who}</header><main>{body}</main></body></html>",
         t = esc(title),
     ))
-    .into_response()
+    .into_response();
+    secured(page)
 }
 
 async fn last_seq(shared: &SharedRef) -> i64 {
@@ -215,7 +259,7 @@ fn revision(n: &Node) -> BTreeMap<String, String> {
 // ---- sign-in ----
 
 async fn login_form() -> Response {
-    Html(login_page("")).into_response()
+    secured(Html(login_page("")).into_response())
 }
 
 fn login_page(msg: &str) -> String {
@@ -248,11 +292,13 @@ async fn login(State(shared): State<SharedRef>, Form(f): Form<LoginForm>) -> Res
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b';' && b != b',');
     if !valid {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Html(login_page("that is not a token")),
-        )
-            .into_response();
+        return secured(
+            (
+                StatusCode::UNAUTHORIZED,
+                Html(login_page("that is not a token")),
+            )
+                .into_response(),
+        );
     }
     match shared
         .auth
@@ -270,7 +316,9 @@ async fn login(State(shared): State<SharedRef>, Form(f): Form<LoginForm>) -> Res
             ],
         )
             .into_response(),
-        Err(e) => (StatusCode::UNAUTHORIZED, Html(login_page(&e.to_string()))).into_response(),
+        Err(e) => {
+            secured((StatusCode::UNAUTHORIZED, Html(login_page(&e.to_string()))).into_response())
+        }
     }
 }
 
@@ -787,7 +835,9 @@ async fn raw_log(
         })
         .await
         .map_err(fail)?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    Ok(secured(
+        ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+    ))
 }
 
 // ---- labs ----

@@ -7,7 +7,8 @@
   const live = document.getElementById("live");
   const seq = document.body.dataset.seq || "0";
   const path = location.pathname;
-  const refreshWhole = path === "/ui/labs" || path === "/ui/queue";
+  // Pages made of counts and lists are fetched again (their main part) on events.
+  const refreshWhole = path === "/ui/labs" || path === "/ui/queue" || path === "/ui/checkouts";
   let refreshTimer = null;
 
   function text(el, t) { el.textContent = t; }
