@@ -93,7 +93,11 @@
     if (ce && ce.data) updateNode(ce.data);
     live.dataset.lastEvent = ev.lastEventId;
     text(live, "● live · event " + ev.lastEventId);
-    if (refreshWhole) refreshMain();
+    // The page's own node finished: show its final facts and log.
+    const own = document.querySelector("h1[data-node-id]");
+    if (refreshWhole || (own && ce && ce.data && String(ce.data.id) === own.dataset.nodeId && ce.data.state === "done")) {
+      refreshMain();
+    }
   }
   ["org.labwire.node.created", "org.labwire.node.updated"].forEach(function (t) {
     es.addEventListener(t, onEvent);
