@@ -7,6 +7,43 @@ use labwire_proto::convert;
 use labwire_proto::v1::{self, admin_service_server::AdminService};
 use tonic::{Request, Response, Status};
 
+/// A lab as the admin views (`ListLabs`, the dashboard) show it: its stored row, the devices
+/// it last advertised, whether its agent is connected now and how many jobs it holds.
+#[derive(Debug, Clone)]
+pub struct LabOverview {
+    /// The stored lab.
+    pub row: crate::store::labs::LabRow,
+    /// Its devices as last advertised.
+    pub devices: Vec<labwire_common::DeviceInfo>,
+    /// Whether its agent has a live session.
+    pub connected: bool,
+    /// Jobs leased to it.
+    pub jobs_in_flight: u32,
+}
+
+/// Every lab with its devices, connection and jobs in flight.
+pub async fn lab_overview(shared: &super::Shared) -> Result<Vec<LabOverview>, crate::error::Error> {
+    let (labs, leases) = shared
+        .store
+        .read(|c| {
+            Ok((
+                crate::store::labs::list_labs(c)?,
+                crate::store::jobs::leases_by_lab(c)?,
+            ))
+        })
+        .await?;
+    let connected = shared.connected_labs();
+    Ok(labs
+        .into_iter()
+        .map(|row| LabOverview {
+            devices: serde_json::from_value(row.devices.clone()).unwrap_or_default(),
+            connected: connected.contains_key(&row.name),
+            jobs_in_flight: leases.get(&row.name).copied().unwrap_or(0),
+            row,
+        })
+        .collect())
+}
+
 /// The admin service.
 pub struct AdminApi {
     shared: SharedRef,
@@ -26,46 +63,41 @@ impl AdminService for AdminApi {
         req: Request<v1::ListLabsRequest>,
     ) -> Result<Response<v1::ListLabsResponse>, Status> {
         self.shared.auth.token(&req, Scope::Admin).await?;
-        let (labs, leases) = self
-            .shared
-            .store
-            .read(|c| {
-                Ok((
-                    crate::store::labs::list_labs(c)?,
-                    crate::store::jobs::leases_by_lab(c)?,
-                ))
-            })
-            .await?;
-        let connected = self.shared.connected_labs();
+        let labs = lab_overview(&self.shared).await?;
         let labs = labs
             .into_iter()
-            .map(|l| {
-                let devices: Vec<labwire_common::DeviceInfo> =
-                    serde_json::from_value(l.devices.clone()).unwrap_or_default();
-                v1::Lab {
-                    fingerprints: l
-                        .certs
-                        .iter()
-                        .map(|(fp, revoked)| {
-                            if *revoked {
-                                format!("{fp} (revoked)")
-                            } else {
-                                fp.clone()
-                            }
-                        })
-                        .collect(),
-                    last_seen: l.last_seen.map(convert::timestamp),
-                    devices: devices
-                        .iter()
-                        .map(|d| convert::device_to_proto(d, false))
-                        .collect(),
-                    free_slots: l.free_slots,
-                    revoked: l.revoked_at.is_some(),
-                    connected: connected.contains_key(&l.name),
-                    jobs_in_flight: leases.get(&l.name).copied().unwrap_or(0),
-                    name: l.name,
-                }
-            })
+            .map(
+                |LabOverview {
+                     row: l,
+                     devices,
+                     connected,
+                     jobs_in_flight,
+                 }| {
+                    v1::Lab {
+                        fingerprints: l
+                            .certs
+                            .iter()
+                            .map(|(fp, revoked)| {
+                                if *revoked {
+                                    format!("{fp} (revoked)")
+                                } else {
+                                    fp.clone()
+                                }
+                            })
+                            .collect(),
+                        last_seen: l.last_seen.map(convert::timestamp),
+                        devices: devices
+                            .iter()
+                            .map(|d| convert::device_to_proto(d, false))
+                            .collect(),
+                        free_slots: l.free_slots,
+                        revoked: l.revoked_at.is_some(),
+                        connected,
+                        jobs_in_flight,
+                        name: l.name,
+                    }
+                },
+            )
             .collect();
         Ok(Response::new(v1::ListLabsResponse { labs }))
     }

@@ -1,6 +1,7 @@
 //! The gRPC services and the state they share.
 
 mod admin;
+pub use admin::{LabOverview, lab_overview};
 mod agent;
 mod events;
 mod nodes;

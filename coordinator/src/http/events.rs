@@ -96,6 +96,16 @@ pub(super) async fn event_stream(
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&shared, &headers, Scope::Read).await?;
+    stream_events(shared, headers, params).await
+}
+
+/// The event stream of `/events/stream` once the caller is authorized (the dashboard serves
+/// the same stream under its own authentication).
+pub(super) async fn stream_events(
+    shared: SharedRef,
+    headers: HeaderMap,
+    params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
     let last = match headers.get("last-event-id") {
         None => None,

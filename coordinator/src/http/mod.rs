@@ -8,6 +8,7 @@ mod logs;
 mod metrics;
 mod nodes;
 mod routes;
+mod ui;
 
 pub use routes::router;
 
@@ -107,7 +108,7 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) {
-    let app = router(shared);
+    let app = router(shared.clone()).merge(ui::router(shared));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (tcp, peer) = tokio::select! {

@@ -19,6 +19,9 @@ pub struct HttpConfig {
     /// HTTP, for a reverse proxy on the same host; bearer tokens then cross the wire in clear.
     #[serde(default = "yes")]
     pub tls: bool,
+    /// The web dashboard under `/ui/`.
+    #[serde(default)]
+    pub ui: UiConfig,
 }
 
 impl Default for HttpConfig {
@@ -26,8 +29,20 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: None,
             tls: true,
+            ui: UiConfig::default(),
         }
     }
+}
+
+/// The web dashboard.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiConfig {
+    /// Show the dashboard (and its event stream) to anyone who can reach the port, without a
+    /// token. Default `false`: a browser signs in with a `read` token, kept in a cookie. Only
+    /// for trusted networks.
+    #[serde(default)]
+    pub anonymous_read: bool,
 }
 
 /// The timeout service.

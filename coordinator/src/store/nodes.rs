@@ -386,6 +386,22 @@ impl Write<'_> {
     }
 }
 
+/// How many job nodes of a tree (`treeid`) have each result; unfinished ones count under
+/// their state (`running`, ...). For the dashboard's checkout list.
+pub fn job_counts(
+    conn: &Connection,
+    treeid: &str,
+) -> Result<std::collections::BTreeMap<String, i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT COALESCE(result, state), COUNT(*) FROM nodes \
+         WHERE treeid = ?1 AND kind = 'job' GROUP BY 1",
+    )?;
+    let rows = stmt.query_map([treeid], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
