@@ -9,7 +9,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("0001_initial.sql")),
     ("0002_scheduling", include_str!("0002_scheduling.sql")),
     ("0003_pipeline", include_str!("0003_pipeline.sql")),
-    ("0004_node_result_index", include_str!("0004_node_result_index.sql")),
+    (
+        "0004_node_result_index",
+        include_str!("0004_node_result_index.sql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded.
