@@ -490,7 +490,9 @@ async fn jobs_run_on_a_labgrid_place_which_is_free_again_afterwards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_place_held_by_someone_else_is_not_offered_and_a_job_on_it_fails_place_unavailable() {
-    let rig = Rig::new("");
+    // No retries: `place_unavailable` is an infrastructure error the coordinator would
+    // otherwise retry; here the first attempt's end is what is checked.
+    let rig = Rig::new("retries: {max: 0}\n");
     let _keep = rig.keep_on_failure();
     let lg = Labgrid::start(&rig);
     let _coord = rig.start_coordinator();

@@ -334,7 +334,8 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
     let worker = tokio::spawn(w.run(version, stop.clone()));
 
     // A real coordinator and agent; the agent offers the LAVA server's qemu devices.
-    let rig = Rig::new("");
+    // One retry: the infrastructure failure below is retried once, then ends the job.
+    let rig = Rig::new("retries: {max: 1}\n");
     let _keep = rig.keep_on_failure();
     let _coordinator = rig.start_coordinator();
     let bundle = rig.issue_lab("lab-lava");
@@ -418,12 +419,15 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
     );
     assert!(log.contains("TEST_CASE_ID=command-1 RESULT=pass"), "{log}");
 
-    // A job that LAVA ends Incomplete with an infrastructure error.
+    // A job that LAVA ends Incomplete with an infrastructure error: retried once (the
+    // coordinator's `retries`), then incomplete.
     let infra_job = submit_spec(&mut c, lava_job_spec("infra", &[])).await;
-    let n = wait_node(&mut c, infra_job, Duration::from_secs(60), is_done).await;
+    let n = wait_node(&mut c, infra_job, Duration::from_secs(150), is_done).await;
     assert_eq!(n.result, v1::NodeResult::Incomplete as i32, "{n:?}");
+    assert_eq!(n.retry_counter, 1, "{n:?}");
     let d = data(&n);
     assert_eq!(d["error_code"], "infrastructure", "{d:?}");
+    assert_eq!(d["attempts"].as_array().map(Vec::len), Some(2), "{d:?}");
     assert!(
         d["error_msg"]
             .as_str()
