@@ -64,16 +64,16 @@ pub struct CoordinatorConfig {
     pub placement: Option<PathBuf>,
     /// The HTTP/JSON side.
     #[serde(default)]
-    pub http: crate::pipeline::config::HttpConfig,
+    pub http: crate::services::config::HttpConfig,
     /// The timeout service.
     #[serde(default)]
-    pub timeouts: crate::pipeline::config::TimeoutConfig,
+    pub timeouts: crate::services::config::TimeoutConfig,
     /// The trigger.
     #[serde(default)]
-    pub trigger: crate::pipeline::config::TriggerConfig,
+    pub trigger: crate::services::config::TriggerConfig,
     /// Reports.
     #[serde(default)]
-    pub reports: crate::pipeline::config::ReportConfig,
+    pub reports: crate::services::config::ReportConfig,
 }
 
 /// Retries of jobs that ended `incomplete` because the infrastructure failed. Test
@@ -264,7 +264,7 @@ impl CoordinatorConfig {
         if !(self.public_url.starts_with("https://")) {
             bail!("public_url `{}` must start with https://", self.public_url);
         }
-        crate::pipeline::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
+        crate::services::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
         Ok(())
     }
 

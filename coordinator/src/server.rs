@@ -116,7 +116,7 @@ pub async fn serve_with_http(
     let stats = tokio::spawn(refresh_stats(shared.clone()));
     let scheduler =
         pipeline.map(|p| tokio::spawn(crate::scheduler::run(shared.clone(), Arc::new(p))));
-    let mut services = crate::pipeline::start(&shared, http)?;
+    let mut services = crate::services::start(&shared, http)?;
 
     let addr = listener.local_addr()?;
     let router = Server::builder()
