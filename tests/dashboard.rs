@@ -43,31 +43,6 @@ fn require_browser() -> PathBuf {
     dir
 }
 
-async fn submit_under(c: &mut labwire::client::Clients, name: &str, tag: &str, parent: i64) -> i64 {
-    let spec = v1::JobSpec {
-        name: name.into(),
-        criteria: Some(v1::Criteria {
-            driver: "shell".into(),
-            tags: vec![tag.into()],
-            ..Default::default()
-        }),
-        timeout_seconds: 120,
-        ..Default::default()
-    };
-    c.nodes
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(spec),
-            parent,
-            submitter: "dashboard-test".into(),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .node
-        .expect("node")
-        .id
-}
-
 async fn post_node(
     http: &reqwest::Client,
     base: &str,
@@ -147,13 +122,28 @@ async fn dashboard_in_a_browser() {
     )
     .await;
     let mut c = rig.client().await;
-    let pass = submit_under(&mut c, "kunit-pass", "pass", checkout).await;
-    let failing = submit_under(&mut c, "kunit-fail", "fail", checkout).await;
-    let stuck = submit_under(&mut c, "needs-gpu", "gpu", 0).await;
+    let pass = submit_spec_under(
+        &mut c,
+        shell_spec("kunit-pass", &["pass"], &[], 120),
+        checkout,
+    )
+    .await;
+    let failing = submit_spec_under(
+        &mut c,
+        shell_spec("kunit-fail", &["fail"], &[], 120),
+        checkout,
+    )
+    .await;
+    let stuck = submit_spec_under(&mut c, shell_spec("needs-gpu", &["gpu"], &[], 120), 0).await;
     for j in [pass, failing] {
         wait_node(&mut c, j, Duration::from_secs(60), is_done).await;
     }
-    let slow = submit_under(&mut c, "kunit-slow", "slow", checkout).await;
+    let slow = submit_spec_under(
+        &mut c,
+        shell_spec("kunit-slow", &["slow"], &[], 120),
+        checkout,
+    )
+    .await;
     wait_node(&mut c, slow, Duration::from_secs(30), |n| {
         n.state == v1::NodeState::Running as i32 && data(n).contains_key("lab")
     })

@@ -300,21 +300,6 @@ fn job(name: &str, commands: &[&str], params: &[(&str, &str)], timeout: u32) -> 
     }
 }
 
-async fn submit_spec(c: &mut labwire::client::Clients, spec: v1::JobSpec) -> i64 {
-    c.nodes
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(spec),
-            parent: 0,
-            submitter: "labgrid-e2e".into(),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .node
-        .expect("node")
-        .id
-}
-
 /// The names of the devices a lab advertises now.
 async fn advertised(c: &mut labwire::client::Clients, lab: &str) -> Vec<String> {
     let labs = c

@@ -123,21 +123,6 @@ fn lava_job_spec(name: &str, commands: &[&str]) -> v1::JobSpec {
     }
 }
 
-async fn submit_spec(c: &mut labwire::client::Clients, spec: v1::JobSpec) -> i64 {
-    c.nodes
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(spec),
-            parent: 0,
-            submitter: "lava-test".into(),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .node
-        .expect("node")
-        .id
-}
-
 /// The LAVA job the agent submitted for a labwire job (from the job folder).
 fn lava_job_of(state: &std::path::Path, job: i64) -> Option<i64> {
     let text = std::fs::read_to_string(state.join(format!("jobs/{job}-1/lava.json"))).ok()?;

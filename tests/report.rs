@@ -106,31 +106,6 @@ async fn create(c: &mut labwire::client::Clients, node: v1::Node) -> i64 {
         .id
 }
 
-async fn submit_under(c: &mut labwire::client::Clients, parent: i64, name: &str, tag: &str) -> i64 {
-    let spec = v1::JobSpec {
-        name: name.into(),
-        criteria: Some(v1::Criteria {
-            driver: "shell".into(),
-            tags: vec![tag.into()],
-            ..Default::default()
-        }),
-        timeout_seconds: 60,
-        ..Default::default()
-    };
-    c.nodes
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(spec),
-            parent,
-            submitter: "e2e".into(),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .node
-        .unwrap()
-        .id
-}
-
 fn labwire(rig: &Rig, args: &[&str]) -> String {
     run_ok(
         Command::new(CLIENT)
@@ -209,9 +184,14 @@ async fn a_checkout_is_reported_mailed_and_exported_to_kcidb() {
         },
     )
     .await;
-    let smoke = submit_under(&mut c, build, "smoke", "smoke").await;
-    let ktap = submit_under(&mut c, build, "kunit", "ktap").await;
-    let stuck = submit_under(&mut c, build, "nowhere", "no-such-tag").await;
+    let smoke = submit_spec_under(&mut c, shell_spec("smoke", &["smoke"], &[], 60), build).await;
+    let ktap = submit_spec_under(&mut c, shell_spec("kunit", &["ktap"], &[], 60), build).await;
+    let stuck = submit_spec_under(
+        &mut c,
+        shell_spec("nowhere", &["no-such-tag"], &[], 60),
+        build,
+    )
+    .await;
     c.admin
         .cancel_job(v1::CancelJobRequest {
             job: stuck,

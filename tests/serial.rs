@@ -99,21 +99,6 @@ fn board_job(
     }
 }
 
-async fn submit_spec(c: &mut labwire::client::Clients, spec: v1::JobSpec) -> i64 {
-    c.nodes
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(spec),
-            parent: 0,
-            submitter: "serial-e2e".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .node
-        .unwrap()
-        .id
-}
-
 fn qemu_running(rig: &Rig, device: &str) -> bool {
     let pidfile = rig.path(&format!("run-{device}/qemu.pid"));
     let Ok(pid) = std::fs::read_to_string(pidfile) else {

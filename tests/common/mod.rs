@@ -345,9 +345,9 @@ pub fn wait_for(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// Submits a shell job with tags and params.
-pub async fn submit(c: &mut Clients, name: &str, tags: &[&str], params: &[(&str, &str)]) -> i64 {
-    let spec = v1::JobSpec {
+/// A shell job's spec: the job `name` for a device with all of `tags`, with `params`.
+pub fn shell_spec(name: &str, tags: &[&str], params: &[(&str, &str)], timeout: u32) -> v1::JobSpec {
+    v1::JobSpec {
         name: name.into(),
         criteria: Some(v1::Criteria {
             driver: "shell".into(),
@@ -358,13 +358,17 @@ pub async fn submit(c: &mut Clients, name: &str, tags: &[&str], params: &[(&str,
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-        timeout_seconds: 120,
+        timeout_seconds: timeout,
         ..Default::default()
-    };
+    }
+}
+
+/// Submits a job (under `parent`, 0 for none) and returns its node id.
+pub async fn submit_spec_under(c: &mut Clients, spec: v1::JobSpec, parent: i64) -> i64 {
     c.nodes
         .submit_job(v1::SubmitJobRequest {
             spec: Some(spec),
-            parent: 0,
+            parent,
             submitter: "e2e".into(),
         })
         .await
@@ -373,6 +377,16 @@ pub async fn submit(c: &mut Clients, name: &str, tags: &[&str], params: &[(&str,
         .node
         .expect("node")
         .id
+}
+
+/// Submits a job with no parent and returns its node id.
+pub async fn submit_spec(c: &mut Clients, spec: v1::JobSpec) -> i64 {
+    submit_spec_under(c, spec, 0).await
+}
+
+/// Submits a shell job with tags and params.
+pub async fn submit(c: &mut Clients, name: &str, tags: &[&str], params: &[(&str, &str)]) -> i64 {
+    submit_spec(c, shell_spec(name, tags, params, 120)).await
 }
 
 /// Polls a node until `pred` holds (at most `within`).
