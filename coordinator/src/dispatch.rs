@@ -582,23 +582,28 @@ impl Dispatcher {
         v.push((lab.to_string(), Instant::now()));
     }
 
-    /// Records which device the agent really started the job on.
-    pub async fn started(&self, job: NodeId, lab: &str, device: &str) {
-        let mut st = self.state.lock().await;
-        let dt = st
-            .labs
+    /// The device type of a device of `lab`, as its agent last advertised it.
+    pub async fn device_type(&self, lab: &str, device: &str) -> Option<String> {
+        let st = self.state.lock().await;
+        st.labs
             .get(lab)
             .and_then(|v| v.devices.iter().find(|d| d.name == device))
-            .map(|d| d.device_type.clone());
+            .map(|d| d.device_type.clone())
+    }
+
+    /// Records which device (of which type, when known) the agent really started the job on.
+    pub async fn started(&self, job: NodeId, lab: &str, device: &str, device_type: Option<&str>) {
+        let mut st = self.state.lock().await;
         st.leased.insert(job, (lab.to_string(), device.to_string()));
-        for v in st.groups.values_mut() {
-            for e in v.iter_mut() {
-                if e.0 == job {
-                    e.2 = device.to_string();
-                    if let Some(dt) = &dt {
-                        e.1 = dt.clone();
-                    }
-                }
+        if let Some(e) = st
+            .groups
+            .values_mut()
+            .flat_map(|v| v.iter_mut())
+            .find(|e| e.0 == job)
+        {
+            e.2 = device.to_string();
+            if let Some(dt) = device_type {
+                e.1 = dt.to_string();
             }
         }
     }

@@ -245,18 +245,16 @@ impl AgentService for AgentApi {
             return Err(Status::invalid_argument("device is required"));
         }
         let device = r.device;
-        let device_type = self.shared.session(&r.session).ok().and_then(|s| {
-            s.devices
-                .iter()
-                .find(|d| d.name == device)
-                .map(|d| d.device_type.clone())
-        });
-        let (lab2, device2) = (lab.clone(), device.clone());
+        let device_type = self.shared.dispatcher.device_type(&lab, &device).await;
+        let (lab2, device2, dt2) = (lab.clone(), device.clone(), device_type.clone());
         self.shared
             .store
-            .write(move |w| w.start_job(&lab2, job, attempt, &device2, device_type.as_deref()))
+            .write(move |w| w.start_job(&lab2, job, attempt, &device2, dt2.as_deref()))
             .await?;
-        self.shared.dispatcher.started(job, &lab, &device).await;
+        self.shared
+            .dispatcher
+            .started(job, &lab, &device, device_type.as_deref())
+            .await;
         Ok(Response::new(v1::StartJobResponse {}))
     }
 
