@@ -208,8 +208,7 @@ fn make_job(
         }
     }
     // Parameter names must be letters, digits and underscores.
-    params
-        .retain(|k, _| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    params.retain(|k, _| crate::store::jobs::valid_param_key(k));
     let artifacts = parent
         .artifacts
         .iter()

@@ -406,6 +406,12 @@ fn spec_data(spec: &v1::JobSpec, criteria: &Criteria) -> Map<String, Value> {
     m
 }
 
+/// Whether `k` may name a job parameter: letters, digits and underscores, not empty (it
+/// becomes part of an environment variable name on the agent).
+pub fn valid_param_key(k: &str) -> bool {
+    !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// Checks a job spec before it is queued; errors name the field.
 pub fn validate_spec(spec: &v1::JobSpec) -> Result<()> {
     if spec.name.trim().is_empty() {
@@ -439,7 +445,7 @@ pub fn validate_spec(spec: &v1::JobSpec) -> Result<()> {
         )));
     }
     for k in spec.params.keys() {
-        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if !valid_param_key(k) {
             return Err(Error::Invalid(format!(
                 "spec.params key `{k}` must be letters, digits and underscores"
             )));
