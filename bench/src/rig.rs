@@ -88,7 +88,7 @@ impl Rig {
     /// Opens the coordinator's store in this process (only while the daemon is stopped, or
     /// for reads).
     pub fn open_store(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(&self.cfg.database_path())?)
+        labwire_coordinator::cli::open_store(&self.cfg)
     }
 
     /// Issues one certificate per lab named `{prefix}{i}` for i in 0..n and registers the

@@ -37,6 +37,16 @@ pub enum Command {
     /// Manage client tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Create or upgrade the store's schema (`store:` in the config). SQLite stores are
+    /// also migrated when the coordinator starts; PostgreSQL stores, which several replicas
+    /// share, only by this command. With `--from sqlite://PATH`, also copies everything in
+    /// that SQLite store into the (empty) store of the config: the way to move to PostgreSQL.
+    Migrate {
+        /// An SQLite store to copy into the config's store, e.g.
+        /// `sqlite:///var/lib/labwire-coordinator/labwire.db`. Stop the coordinator first.
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Validate config files: with none, the coordinator config and the scheduler and
     /// placement files it names; with files, those, each recognised by its top-level keys.
     /// Errors name the file, the line and the key.
@@ -124,9 +134,16 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<CoordinatorConfig> {
     }
 }
 
-fn open_store(cfg: &CoordinatorConfig) -> anyhow::Result<Store> {
-    let path = cfg.database_path();
-    Store::open(&path).with_context(|| format!("cannot open the store {}", path.display()))
+/// Opens the config's store. An SQLite store is migrated on the way; a PostgreSQL one must
+/// be up to date already (`labwire-coordinator migrate`).
+pub fn open_store(cfg: &CoordinatorConfig) -> anyhow::Result<Store> {
+    let loc = cfg.store_location();
+    let schema = match loc {
+        crate::store::Location::Sqlite(_) => crate::store::Schema::Migrate,
+        crate::store::Location::Postgres(_) => crate::store::Schema::Check,
+    };
+    Store::connect(&loc, crate::clock::Clock::system(), schema)
+        .with_context(|| format!("cannot open the store {loc}"))
 }
 
 /// Creates the CA, server certificate and admin token for `cfg`. Returns the token.
@@ -181,6 +198,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
             crate::server::serve_with_http(cfg, listener, http, shutdown).await
+        }
+        Command::Migrate { from } => {
+            let loc = cfg.store_location();
+            let store = Store::connect(
+                &loc,
+                crate::clock::Clock::system(),
+                crate::store::Schema::AsIs,
+            )
+            .with_context(|| format!("cannot open the store {loc}"))?;
+            let applied = store.read_blocking(crate::store::migrations::apply)?;
+            if applied.is_empty() {
+                println!("{loc}: schema up to date");
+            } else {
+                println!("{loc}: applied {}", applied.join(", "));
+            }
+            if let Some(from) = from {
+                let src = match crate::store::Location::parse(&from).map_err(anyhow::Error::msg)? {
+                    l @ crate::store::Location::Sqlite(_) => l,
+                    other => anyhow::bail!("--from {other}: expected sqlite://PATH"),
+                };
+                if src == loc {
+                    anyhow::bail!("--from {src} is the config's own store");
+                }
+                let source = Store::connect(
+                    &src,
+                    crate::clock::Clock::system(),
+                    crate::store::Schema::Migrate,
+                )
+                .with_context(|| format!("cannot open {src}"))?;
+                let copied = crate::store::copy::copy_all(&source, &store, |table, n| {
+                    println!("  {table}: {n} rows");
+                })?;
+                println!("copied {copied} rows from {src} into {loc}");
+            }
+            Ok(())
         }
         Command::Ca(CaCommand::Init {
             dns,

@@ -35,7 +35,9 @@ pub struct CoordinatorConfig {
     /// Directory for the database and the CA. Default `/var/lib/labwire-coordinator`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Where the store lives: `sqlite://PATH`. Default `sqlite://{data_dir}/labwire.db`.
+    /// Where the store lives: `sqlite://PATH` (one coordinator process) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (several replicas may share it). Default
+    /// `sqlite://{data_dir}/labwire.db`.
     #[serde(default)]
     pub store: Option<String>,
     /// The URL agents and clients use to reach this coordinator; written into agent config
@@ -256,10 +258,8 @@ impl CoordinatorConfig {
                 humantime::format_duration(self.leases.duration)
             );
         }
-        if let Some(s) = &self.store
-            && !s.starts_with("sqlite://")
-        {
-            bail!("store `{s}` is not supported: expected sqlite://PATH");
+        if let Some(s) = &self.store {
+            crate::store::Location::parse(s).map_err(anyhow::Error::msg)?;
         }
         if !(self.public_url.starts_with("https://")) {
             bail!("public_url `{}` must start with https://", self.public_url);
@@ -268,11 +268,13 @@ impl CoordinatorConfig {
         Ok(())
     }
 
-    /// The SQLite database file.
-    pub fn database_path(&self) -> PathBuf {
-        match &self.store {
-            Some(s) => PathBuf::from(s.trim_start_matches("sqlite://")),
-            None => self.data_dir.join("labwire.db"),
+    /// Where the store lives (`store:`, else the SQLite file in `data_dir`).
+    pub fn store_location(&self) -> crate::store::Location {
+        match self.store.as_deref().map(crate::store::Location::parse) {
+            Some(Ok(l)) => l,
+            // `validate` refused anything else when the file was loaded; a config built in
+            // code with a bad value falls back to the default file.
+            _ => crate::store::Location::Sqlite(self.data_dir.join("labwire.db")),
         }
     }
 
@@ -315,7 +317,10 @@ mod tests {
         let c =
             CoordinatorConfig::parse("data_dir: /tmp/x\nleases: {duration: 30s, heartbeat: 5s}\n")
                 .unwrap();
-        assert_eq!(c.database_path(), PathBuf::from("/tmp/x/labwire.db"));
+        assert_eq!(
+            c.store_location(),
+            crate::store::Location::Sqlite(PathBuf::from("/tmp/x/labwire.db"))
+        );
         assert_eq!(c.leases.duration, Duration::from_secs(30));
         let e = CoordinatorConfig::parse("listen: 1.2.3.4:5\nbogus: 1\n").unwrap_err();
         assert!(format!("{e:#}").contains("unknown field `bogus`"), "{e:#}");

@@ -945,7 +945,7 @@ mod tests {
                 w.conn().execute(
                     "INSERT INTO job_stats (signature, lab, runs, wait_ms_avg, run_ms_avg, updated) \
                      VALUES ('pref-2', 'lab-a', 5, 0, 1200000, 0)",
-                    [],
+                    crate::store::db::params![],
                 )?;
                 Ok(())
             })

@@ -51,6 +51,9 @@ pub enum Error {
     /// SQLite failed.
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("database error: {0}")]
+    Pg(#[from] postgres::Error),
     /// Stored data could not be decoded (a bug or a damaged database).
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
@@ -61,6 +64,16 @@ pub enum Error {
 
 /// Shorthand for results with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether a PostgreSQL error is a conflict between concurrent transactions (a deadlock or
+/// a serialization failure) that succeeds when tried again.
+pub fn retryable(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    )
+}
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
@@ -75,7 +88,11 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Status::unauthenticated(msg),
             Error::OutOfRange(_) => Status::out_of_range(msg),
             Error::AlreadyExists(_) => Status::already_exists(msg),
-            Error::Db(_) | Error::Corrupt(_) | Error::Internal(_) => {
+            // Two replicas' transactions got in each other's way, or the database is not
+            // reachable: the caller may try again.
+            Error::Pg(e) if retryable(&e) => Status::aborted(msg),
+            Error::Pg(e) if e.is_closed() => Status::unavailable(msg),
+            Error::Db(_) | Error::Pg(_) | Error::Corrupt(_) | Error::Internal(_) => {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal(msg)
             }

@@ -16,10 +16,10 @@ use crate::pipeline_config::{
     JobConfig, PipelineConfig, PlatformConfig, SchedulerEntry, Variant, param_value,
 };
 use crate::rules::Attrs;
+use crate::store::db::params;
 use crate::store::events::{StoredEvent, events_after, last_seq};
 use crate::store::{NewJob, RunGroup};
 use labwire_proto::v1;
-use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,12 +269,11 @@ pub async fn run(shared: SharedRef, cfg: Arc<PipelineConfig>) {
     let mut seq = store.last_seq();
     let mut cursor = match store
         .write(|w| {
-            let c: Option<String> = w
-                .conn()
-                .query_row("SELECT value FROM meta WHERE key = ?1", [CURSOR_KEY], |r| {
-                    r.get(0)
-                })
-                .optional()?;
+            let c: Option<String> = w.conn().query_opt(
+                "SELECT value FROM meta WHERE key = ?1",
+                params![CURSOR_KEY],
+                |r| r.get(0),
+            )?;
             match c {
                 Some(c) => Ok(c.parse::<i64>().unwrap_or(0)),
                 None => {

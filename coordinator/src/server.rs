@@ -5,7 +5,6 @@ use crate::api::{AdminApi, AgentApi, EventApi, NodeApi, Shared};
 use crate::auth::Auth;
 use crate::config::CoordinatorConfig;
 use crate::dispatch::Dispatcher;
-use crate::store::Store;
 use anyhow::Context;
 use labwire_proto::MAX_MESSAGE_BYTES;
 use labwire_proto::v1::admin_service_server::AdminServiceServer;
@@ -69,10 +68,8 @@ pub async fn serve_with_http(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = tls_config(&cfg)?;
-    let db = cfg.database_path();
-    let store = tokio::task::spawn_blocking(move || Store::open(&db))
-        .await?
-        .with_context(|| format!("cannot open the store {}", cfg.database_path().display()))?;
+    let c2 = cfg.clone();
+    let store = tokio::task::spawn_blocking(move || crate::cli::open_store(&c2)).await??;
     let grace = chrono::Utc::now()
         + chrono::Duration::from_std(cfg.leases.duration).unwrap_or(chrono::Duration::seconds(60));
     let extended = store.write(move |w| w.extend_all_leases(grace)).await?;
@@ -146,7 +143,7 @@ pub async fn serve_with_http(
                 .register_encoded_file_descriptor_set(labwire_proto::FILE_DESCRIPTOR_SET)
                 .build_v1alpha()?,
         );
-    tracing::info!(%addr, store = %store.path().display(), "coordinator listening");
+    tracing::info!(%addr, store = %store.location(), "coordinator listening");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let s2 = shutdown.clone();
     let res = router

@@ -8,11 +8,11 @@ use super::ApiError;
 use super::routes::authorize;
 use crate::api::SharedRef;
 use crate::error::Result;
+use crate::store::db::{Connection, params};
 use crate::store::labs::Scope;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use rusqlite::Connection;
 use std::fmt::Write;
 
 /// Upper bounds (seconds) of the dispatch latency histogram's buckets.
@@ -33,28 +33,37 @@ struct Snapshot {
 
 fn snapshot(c: &Connection) -> Result<Snapshot> {
     let mut s = Snapshot::default();
-    {
-        let mut stmt = c.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
-        s.jobs = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-    }
-    {
-        let mut stmt =
-            c.prepare_cached("SELECT kind, state, COUNT(*) FROM nodes GROUP BY kind, state")?;
-        s.nodes = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-    }
+    s.jobs = c
+        .query_map(
+            "SELECT status, COUNT(*) FROM jobs GROUP BY status",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .into_iter()
+        .collect();
+    s.nodes = c
+        .query_map(
+            "SELECT kind, state, COUNT(*) FROM nodes GROUP BY kind, state",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?
+        .into_iter()
+        .collect();
     // Dispatch latency: from (last) queueing to the lease, for every job leased at least once.
-    let mut sql = String::from("SELECT COUNT(*), COALESCE(SUM(d), 0)");
+    // Sums are cast: PostgreSQL sums BIGINTs as NUMERIC.
+    let mut sql = String::from("SELECT COUNT(*), CAST(COALESCE(SUM(d), 0) AS BIGINT)");
     for b in LATENCY_BUCKETS {
-        let _ = write!(sql, ", COALESCE(SUM(d <= {}), 0)", (b * 1e6) as i64);
+        let _ = write!(
+            sql,
+            ", CAST(COALESCE(SUM(CASE WHEN d <= {} THEN 1 ELSE 0 END), 0) AS BIGINT)",
+            (b * 1e6) as i64
+        );
     }
     sql.push_str(
-        " FROM (SELECT MAX(leased_at - queued_at, 0) AS d FROM jobs WHERE leased_at IS NOT NULL)",
+        " FROM (SELECT CASE WHEN leased_at > queued_at THEN leased_at - queued_at ELSE 0 END \
+         AS d FROM jobs WHERE leased_at IS NOT NULL) AS leased",
     );
-    c.query_row(&sql, [], |r| {
+    c.query_row(&sql, params![], |r| {
         s.latency_count = r.get(0)?;
         s.latency_sum_us = r.get(1)?;
         for i in 0..LATENCY_BUCKETS.len() {

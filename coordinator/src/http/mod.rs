@@ -56,7 +56,7 @@ impl IntoResponse for ApiError {
             | Error::ParentClosed { .. }
             | Error::LeaseLost(_)
             | Error::AlreadyExists(_) => StatusCode::CONFLICT,
-            Error::Db(_) | Error::Corrupt(_) | Error::Internal(_) => {
+            Error::Db(_) | Error::Pg(_) | Error::Corrupt(_) | Error::Internal(_) => {
                 tracing::error!(error = %msg, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -6,6 +6,7 @@ use super::ApiError;
 use super::{events, logs, nodes};
 use crate::api::SharedRef;
 use crate::error::Error;
+use crate::store::db::params;
 use crate::store::labs::{Scope, TokenInfo};
 use axum::Router;
 use axum::extract::State;
@@ -50,7 +51,7 @@ pub(super) async fn authorize(
 async fn healthz(State(shared): State<SharedRef>) -> Response {
     match shared
         .store
-        .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .read(|c| Ok(c.query_row("SELECT 1", params![], |r| r.get::<_, i64>(0))?))
         .await
     {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),

@@ -736,7 +736,7 @@ fn job_of(tree: &BTreeMap<NodeId, Vec<Node>>, root: &Node, id: NodeId) -> Option
 
 /// Reads up to `limit` bytes of a job's log; true when it was cut.
 fn read_log(
-    c: &rusqlite::Connection,
+    c: &crate::store::Connection,
     job: NodeId,
     attempt: i32,
     limit: usize,

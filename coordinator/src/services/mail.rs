@@ -7,13 +7,13 @@ use super::config::{EmailConfig, SmtpSecurity};
 use crate::error::Result;
 use crate::model::{Node, NodeId, NodeKind, NodeState};
 use crate::report::Report;
+use crate::store::db::{Connection, params};
 use crate::store::nodes::{get_node, query_nodes};
 use crate::store::{NodeFilter, Store};
 use anyhow::Context;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use rusqlite::{Connection, OptionalExtension, params};
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -109,11 +109,11 @@ fn permanent(e: &anyhow::Error) -> bool {
 }
 
 fn load_cursor(conn: &Connection) -> Result<Option<i64>> {
-    let v: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [CURSOR_KEY], |r| {
-            r.get(0)
-        })
-        .optional()?;
+    let v: Option<String> = conn.query_opt(
+        "SELECT value FROM meta WHERE key = ?1",
+        params![CURSOR_KEY],
+        |r| r.get(0),
+    )?;
     Ok(v.and_then(|s| s.parse().ok()))
 }
 
@@ -153,7 +153,7 @@ pub async fn run(store: Store, cfg: EmailConfig, shutdown: CancellationToken) {
                     .read(move |c| {
                         Ok(c.query_row(
                             "SELECT EXISTS(SELECT 1 FROM mailed_reports WHERE checkout = ?1)",
-                            [id.0],
+                            params![id.0],
                             |r| r.get(0),
                         )?)
                     })
@@ -175,8 +175,8 @@ pub async fn run(store: Store, cfg: EmailConfig, shutdown: CancellationToken) {
                             .write(move |w| {
                                 let now = crate::store::micros(w.now());
                                 w.conn().execute(
-                                    "INSERT OR IGNORE INTO mailed_reports (checkout, sent) \
-                                     VALUES (?1, ?2)",
+                                    "INSERT INTO mailed_reports (checkout, sent) \
+                                     VALUES (?1, ?2) ON CONFLICT (checkout) DO NOTHING",
                                     params![id.0, now],
                                 )?;
                                 Ok(())

@@ -12,10 +12,10 @@
 
 use crate::error::Result;
 use crate::model::{NodeId, NodeState};
+use crate::store::db::params;
 use crate::store::nodes::{children, get_node};
 use crate::store::{NodeUpdate, Write, micros};
 use labwire_common::NodeResult;
-use rusqlite::params;
 use serde_json::Map;
 
 /// The most nodes each rule handles in one sweep, so a transaction stays short; the rest
@@ -41,19 +41,16 @@ impl TimeoutSweep {
 }
 
 fn ids(w: &Write<'_>, sql: &str, now: i64) -> Result<Vec<NodeId>> {
-    let mut stmt = w.conn().prepare_cached(sql)?;
-    let rows = stmt.query_map(params![now, BATCH as i64], |r| r.get::<_, i64>(0))?;
-    Ok(rows
-        .collect::<rusqlite::Result<Vec<_>>>()?
-        .into_iter()
-        .map(NodeId)
-        .collect())
+    let rows = w
+        .conn()
+        .query_map(sql, params![now, BATCH as i64], |r| r.get::<_, i64>(0))?;
+    Ok(rows.into_iter().map(NodeId).collect())
 }
 
 fn unfinished_children(w: &Write<'_>, id: NodeId) -> Result<usize> {
     let n: i64 = w.conn().query_row(
         "SELECT COUNT(*) FROM nodes WHERE parent = ?1 AND state != 'done'",
-        [id.0],
+        params![id.0],
         |r| r.get(0),
     )?;
     Ok(n as usize)
@@ -103,7 +100,7 @@ impl Write<'_> {
         for _ in 0..64 {
             let ready = ids(
                 self,
-                "SELECT id FROM nodes n WHERE state = 'closing' AND ?1 = ?1 AND NOT EXISTS \
+                "SELECT id FROM nodes n WHERE state = 'closing' AND CAST(?1 AS BIGINT) = ?1 AND NOT EXISTS \
                  (SELECT 1 FROM nodes c WHERE c.parent = n.id AND c.state != 'done') \
                  ORDER BY id LIMIT ?2",
                 now,

@@ -8,10 +8,10 @@
 use super::config::{TreeConfig, TriggerConfig};
 use crate::error::Result;
 use crate::model::{Node, NodeKind, NodeState};
+use crate::store::db::params;
 use crate::store::{NewNode, Store, Write};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -131,15 +131,12 @@ impl Write<'_> {
         timeout: Duration,
         holdoff: Duration,
     ) -> Result<Option<Node>> {
-        let seen: Option<i64> = self
-            .conn()
-            .query_row(
-                "SELECT node_id FROM trigger_commits \
+        let seen: Option<i64> = self.conn().query_opt(
+            "SELECT node_id FROM trigger_commits \
                  WHERE tree = ?1 AND branch = ?2 AND commit_hash = ?3",
-                params![rev.tree, rev.branch, rev.commit],
-                |r| r.get(0),
-            )
-            .optional()?;
+            params![rev.tree, rev.branch, rev.commit],
+            |r| r.get(0),
+        )?;
         if seen.is_some() {
             return Ok(None);
         }

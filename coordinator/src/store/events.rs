@@ -1,12 +1,24 @@
-//! Reading the durable event log: catch-up reads from a cursor, the newest sequence number,
-//! and pruning by age with a record of what was pruned.
+//! The durable event log: appending at commit, catch-up reads from a cursor, the newest
+//! sequence number, pruning by age with a record of what was pruned, and (PostgreSQL) hearing
+//! of other replicas' commits.
+//!
+//! Sequence numbers are strictly increasing, never reused, and a subscriber never sees a gap
+//! that fills in later. On SQLite there is one writer, so commit order is sequence order. On
+//! PostgreSQL several replicas commit at once: a transaction's events are inserted as the last
+//! step before COMMIT, after `UPDATE event_seq SET last = last + n`, whose row lock is held
+//! until the commit. Transactions with events therefore take their numbers and commit one
+//! after another, and when seq N is visible, everything below N is too. (Only this final step
+//! is serialized; the rest of the transactions run in parallel.) The same transaction sends
+//! `NOTIFY labwire_events, 'N'`, which PostgreSQL delivers at commit; each replica listens
+//! and wakes its subscribers.
 
-use super::{Write, corrupt, from_micros, micros};
+use super::db::{Backend, Connection, params};
+use super::{PendingEvent, WeakStore, Write, corrupt, from_micros, micros};
 use crate::error::{Error, Result};
 use crate::model::{Node, NodeKind, NodeState};
 use chrono::{DateTime, Utc};
 use labwire_common::NodeResult;
-use rusqlite::{Connection, OptionalExtension, params};
+use std::time::Duration;
 
 /// One stored event.
 #[derive(Debug, Clone)]
@@ -64,25 +76,134 @@ impl StoredEvent {
 
 /// The newest sequence number ever assigned (0 if none). Pruned events still count.
 pub fn last_seq(conn: &Connection) -> Result<i64> {
-    let from_table: Option<i64> = conn
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let sql = match conn.backend() {
+        Backend::Sqlite => "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+        Backend::Postgres => "SELECT last FROM event_seq",
+    };
+    let from_table: Option<i64> = conn.query_opt(sql, params![], |r| r.get(0))?;
     Ok(from_table.unwrap_or(0))
+}
+
+/// Inserts a committing transaction's events; returns the newest sequence number.
+pub(crate) fn flush(conn: &Connection, events: Vec<PendingEvent>) -> Result<Option<i64>> {
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let mut last = None;
+    match conn.backend() {
+        Backend::Sqlite => {
+            for e in events {
+                last = Some(conn.query_row(
+                    "INSERT INTO events (time, node_id, kind, op, previous_state, \
+                     previous_result, node) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING seq",
+                    params![
+                        e.time,
+                        e.node_id,
+                        e.kind,
+                        e.op,
+                        e.previous_state,
+                        e.previous_result,
+                        e.node
+                    ],
+                    |r| r.get::<_, i64>(0),
+                )?);
+            }
+        }
+        Backend::Postgres => {
+            let n = events.len() as i64;
+            let end: i64 = conn.query_row(
+                "UPDATE event_seq SET last = last + ?1 RETURNING last",
+                params![n],
+                |r| r.get(0),
+            )?;
+            for (i, e) in events.into_iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO events (seq, time, node_id, kind, op, previous_state, \
+                     previous_result, node) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        end - n + 1 + i as i64,
+                        e.time,
+                        e.node_id,
+                        e.kind,
+                        e.op,
+                        e.previous_state,
+                        e.previous_result,
+                        e.node
+                    ],
+                )?;
+            }
+            conn.query_row(
+                "SELECT pg_notify('labwire_events', CAST(?1 AS TEXT))",
+                params![end.to_string()],
+                |_| Ok(()),
+            )?;
+            last = Some(end);
+        }
+    }
+    Ok(last)
+}
+
+/// The PostgreSQL channel that carries the newest sequence number of each commit.
+const CHANNEL: &str = "labwire_events";
+
+/// Listens on PostgreSQL for other replicas' commits and moves the store's `last_seq` watch,
+/// on a thread of its own, until the store is dropped. After a lost connection it connects
+/// again and reads the newest sequence number, so nothing is missed: subscribers read the
+/// durable log, the notification only wakes them.
+pub(crate) fn listen(config: postgres::Config, store: WeakStore) {
+    let spawned = std::thread::Builder::new()
+        .name("labwire-pg-listen".into())
+        .spawn(move || {
+            let mut warned = false;
+            while store.upgrade().is_some() {
+                if let Err(e) = listen_once(&config, &store) {
+                    if !warned {
+                        tracing::warn!(error = %e, "lost the PostgreSQL notification connection; reconnecting");
+                        warned = true;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                } else {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the PostgreSQL listener thread");
+    }
+}
+
+/// One connection's worth of listening; `Ok` when the store is gone.
+fn listen_once(config: &postgres::Config, store: &WeakStore) -> Result<()> {
+    let mut client = config.connect(postgres::NoTls)?;
+    client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+    let last: i64 = client.query_one("SELECT last FROM event_seq", &[])?.get(0);
+    match store.upgrade() {
+        Some(s) => s.announce(last),
+        None => return Ok(()),
+    }
+    loop {
+        let mut notes = client.notifications();
+        let mut it = notes.timeout_iter(Duration::from_secs(1));
+        use postgres::fallible_iterator::FallibleIterator;
+        let next = it.next()?;
+        let Some(store) = store.upgrade() else {
+            return Ok(());
+        };
+        if let Some(n) = next
+            && let Ok(seq) = n.payload().parse::<i64>()
+        {
+            store.announce(seq);
+        }
+    }
 }
 
 /// The highest sequence number removed by pruning (0 if none).
 pub fn pruned_through(conn: &Connection) -> Result<i64> {
-    let v: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'events_pruned_through'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let v: Option<String> = conn.query_opt(
+        "SELECT value FROM meta WHERE key = 'events_pruned_through'",
+        params![],
+        |r| r.get(0),
+    )?;
     v.map_or(Ok(0), |s| {
         s.parse().map_err(|e| corrupt("events_pruned_through", e))
     })
@@ -103,11 +224,9 @@ pub fn events_after(
              resubscribe from {pruned} or later"
         )));
     }
-    let mut stmt = conn.prepare_cached(
+    let rows = conn.query_map(
         "SELECT seq, time, op, previous_state, previous_result, node FROM events \
-         WHERE seq > ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY seq LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(
+         WHERE seq > ?1 AND (CAST(?2 AS TEXT) IS NULL OR kind = ?2) ORDER BY seq LIMIT ?3",
         params![after, kind.map(|k| k.as_str()), limit as i64],
         |r| {
             Ok((
@@ -122,7 +241,7 @@ pub fn events_after(
     )?;
     let mut out = Vec::new();
     for row in rows {
-        let (seq, time, op, ps, pr, node) = row?;
+        let (seq, time, op, ps, pr, node) = row;
         out.push(StoredEvent {
             seq,
             time: from_micros(time),
@@ -203,17 +322,17 @@ impl Write<'_> {
     pub fn prune_events(&mut self, before: DateTime<Utc>) -> Result<usize> {
         let max: Option<i64> = self.tx.query_row(
             "SELECT MAX(seq) FROM events WHERE time < ?1",
-            [micros(before)],
+            params![micros(before)],
             |r| r.get(0),
         )?;
         let Some(max) = max else { return Ok(0) };
         let n = self
             .tx
-            .execute("DELETE FROM events WHERE seq <= ?1", [max])?;
+            .execute("DELETE FROM events WHERE seq <= ?1", params![max])?;
         self.tx.execute(
             "INSERT INTO meta (key, value) VALUES ('events_pruned_through', ?1) \
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [max.to_string()],
+            params![max.to_string()],
         )?;
         Ok(n)
     }

@@ -2,6 +2,7 @@
 //! log appends and result reports, each checked against the lease so that only the agent
 //! holding the current attempt of a job can act on it.
 
+use super::db::{Backend, Connection, Row, params};
 use super::nodes::{NewNode, NodeUpdate, get_node};
 use super::{Write, corrupt, from_micros, micros};
 use crate::error::{Error, Result};
@@ -12,7 +13,6 @@ use chrono::{DateTime, Utc};
 use labwire_common::{Criteria, NodeResult, TestNode};
 use labwire_proto::{convert, v1};
 use prost::Message;
-use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Map, Value, json};
 
 /// Where a job is in the queue.
@@ -163,7 +163,7 @@ const JOB_COLUMNS: &str = "node_id, spec, criteria, priority, status, lease_owne
                            lease_expires, attempt, device, queued_at, attrs, run_group, variant, \
                            variant_mode, device_type";
 
-fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Result<JobRow>> {
+fn job_from_row(r: &Row<'_>) -> Result<JobRow> {
     let spec: Vec<u8> = r.get(1)?;
     let criteria: String = r.get(2)?;
     let status: String = r.get(4)?;
@@ -172,7 +172,7 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Result<JobRow>> {
     let variant: Option<String> = r.get(13)?;
     let mode: Option<String> = r.get(14)?;
     let id = NodeId(r.get(0)?);
-    let build = || -> Result<JobRow> {
+    {
         Ok(JobRow {
             id,
             spec: v1::JobSpec::decode(spec.as_slice()).map_err(|e| corrupt("job spec", e))?,
@@ -200,18 +200,16 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Result<JobRow>> {
             },
             device_type: r.get(15)?,
         })
-    };
-    Ok(build())
+    }
 }
 
 /// Reads one queue entry, or `None`.
 pub fn find_job(conn: &Connection, id: NodeId) -> Result<Option<JobRow>> {
-    conn.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE node_id = ?1"
-    ))?
-    .query_row([id.0], job_from_row)
-    .optional()?
-    .transpose()
+    conn.query_opt(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE node_id = ?1"),
+        params![id.0],
+        job_from_row,
+    )
 }
 
 fn get_job(conn: &Connection, id: NodeId) -> Result<JobRow> {
@@ -253,35 +251,37 @@ pub struct JobStats {
 pub fn job_stats(
     conn: &Connection,
 ) -> Result<std::collections::HashMap<(String, String), JobStats>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT signature, lab, runs, wait_ms_avg, run_ms_avg FROM job_stats")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-            JobStats {
-                runs: r.get(2)?,
-                wait_ms: r.get(3)?,
-                run_ms: r.get(4)?,
-            },
-        ))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let rows = conn.query_map(
+        "SELECT signature, lab, runs, wait_ms_avg, run_ms_avg FROM job_stats",
+        params![],
+        |r| {
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                JobStats {
+                    runs: r.get(2)?,
+                    wait_ms: r.get(3)?,
+                    run_ms: r.get(4)?,
+                },
+            ))
+        },
+    )?;
+    Ok(rows.into_iter().collect())
 }
 
 /// The jobs of a run group that hold or held a device: (job, device type, device).
 pub fn group_usage(conn: &Connection, group: &str) -> Result<Vec<(NodeId, String, String)>> {
-    let mut stmt = conn.prepare_cached(
+    conn.query_map(
         "SELECT node_id, device_type, device FROM jobs WHERE run_group = ?1 \
          AND device_type IS NOT NULL AND device IS NOT NULL",
-    )?;
-    let rows = stmt.query_map([group], |r| {
-        Ok((
-            NodeId(r.get(0)?),
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        params![group],
+        |r| {
+            Ok((
+                NodeId(r.get(0)?),
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        },
+    )
 }
 
 /// Lists queue entries in a state (all when `None`), newest first.
@@ -290,62 +290,52 @@ pub fn list_jobs(
     status: Option<JobStatus>,
     limit: usize,
 ) -> Result<Vec<JobRow>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) \
-         ORDER BY node_id DESC LIMIT ?2"
-    ))?;
-    let rows = stmt.query_map(
+    conn.query_map(
+        &format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE (CAST(?1 AS TEXT) IS NULL OR status = ?1) \
+             ORDER BY node_id DESC LIMIT ?2"
+        ),
         params![status.map(|s| s.as_str()), limit as i64],
         job_from_row,
-    )?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.push(r??);
-    }
-    Ok(out)
+    )
 }
 
 /// Every queued job in dispatch order: priority, then submission order.
 pub fn queued_jobs(conn: &Connection) -> Result<Vec<JobRow>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY priority DESC, node_id"
-    ))?;
-    let rows = stmt.query_map([], job_from_row)?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.push(r??);
-    }
-    Ok(out)
+    conn.query_map(
+        &format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY priority DESC, node_id"
+        ),
+        params![],
+        job_from_row,
+    )
 }
 
 /// Number of jobs leased to each lab.
 pub fn leases_by_lab(conn: &Connection) -> Result<std::collections::HashMap<String, u32>> {
-    let mut stmt = conn.prepare_cached(
+    let rows = conn.query_map(
         "SELECT lease_owner, COUNT(*) FROM jobs WHERE status = 'leased' GROUP BY lease_owner",
+        params![],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)),
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(rows.into_iter().collect())
 }
 
 /// The attempt whose log a reader wants: the reported one, else the newest with a log.
 pub fn log_attempt(conn: &Connection, job: NodeId) -> Result<Option<i32>> {
-    let reported: Option<i32> = conn
-        .query_row(
-            "SELECT attempt FROM job_reports WHERE job = ?1 ORDER BY attempt DESC LIMIT 1",
-            [job.0],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let reported: Option<i32> = conn.query_opt(
+        "SELECT attempt FROM job_reports WHERE job = ?1 ORDER BY attempt DESC LIMIT 1",
+        params![job.0],
+        |r| r.get(0),
+    )?;
     if reported.is_some() {
         return Ok(reported);
     }
-    Ok(conn
-        .query_row(
-            "SELECT attempt FROM logs WHERE job = ?1 ORDER BY attempt DESC LIMIT 1",
-            [job.0],
-            |r| r.get(0),
-        )
-        .optional()?)
+    Ok(conn.query_opt(
+        "SELECT attempt FROM logs WHERE job = ?1 ORDER BY attempt DESC LIMIT 1",
+        params![job.0],
+        |r| r.get(0),
+    )?)
 }
 
 /// Reads up to `max` bytes of chunks of a job attempt's log starting at chunk offset `from`.
@@ -357,21 +347,19 @@ pub fn read_log(
     from: u64,
     max: usize,
 ) -> Result<Vec<(u64, Vec<u8>)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT offset, data FROM log_chunks WHERE job = ?1 AND attempt = ?2 AND offset >= ?3 \
-         ORDER BY offset",
-    )?;
-    let mut rows = stmt.query(params![job.0, attempt, from as i64])?;
     let (mut out, mut size) = (Vec::new(), 0usize);
-    while let Some(r) = rows.next()? {
-        let off: i64 = r.get(0)?;
-        let data: Vec<u8> = r.get(1)?;
-        size += data.len();
-        out.push((off as u64, data));
-        if size >= max {
-            break;
-        }
-    }
+    conn.query_each(
+        "SELECT \"offset\", data FROM log_chunks WHERE job = ?1 AND attempt = ?2 \
+         AND \"offset\" >= ?3 ORDER BY \"offset\"",
+        params![job.0, attempt, from as i64],
+        |r| {
+            let off: i64 = r.get(0)?;
+            let data: Vec<u8> = r.get(1)?;
+            size += data.len();
+            out.push((off as u64, data));
+            Ok(size < max)
+        },
+    )?;
     Ok(out)
 }
 
@@ -549,12 +537,9 @@ impl Write<'_> {
             VariantMode::Permissive => "permissive",
         };
         self.tx
-            .prepare_cached(
-                "INSERT INTO jobs (node_id, spec, criteria, runtime, priority, status, attempt, queued_at, \
+            .execute("INSERT INTO jobs (node_id, spec, criteria, runtime, priority, status, attempt, queued_at, \
                  attrs, run_group, variant, variant_mode) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?7, ?8, ?9, ?10)", params![
                 node.id.0,
                 j.spec.encode_to_vec(),
                 criteria_json,
@@ -580,22 +565,34 @@ impl Write<'_> {
         device_type: &str,
         lease_until: DateTime<Utc>,
     ) -> Result<Claim> {
-        let revoked: Option<Option<i64>> = self
-            .tx
-            .prepare_cached("SELECT revoked_at FROM labs WHERE name = ?1")?
-            .query_row([lab], |r| r.get(0))
-            .optional()?;
+        let revoked: Option<Option<i64>> = self.tx.query_opt(
+            "SELECT revoked_at FROM labs WHERE name = ?1",
+            params![lab],
+            |r| r.get(0),
+        )?;
+        // On PostgreSQL, lock the queue entry first and skip it at once when another
+        // replica is claiming it right now: that claim wins, this one tries another job.
+        if self.tx.backend() == Backend::Postgres {
+            let free = self.tx.query_opt(
+                "SELECT node_id FROM jobs WHERE node_id = ?1 AND status = 'queued' \
+                 FOR UPDATE SKIP LOCKED",
+                params![id.0],
+                |r| r.get::<_, i64>(0),
+            )?;
+            if free.is_none() {
+                return Err(Error::LeaseLost(format!(
+                    "job {id} is no longer queued (or another coordinator is leasing it)"
+                )));
+            }
+        }
         if matches!(revoked, Some(Some(_))) {
             return Err(Error::PermissionDenied(format!("lab `{lab}` is revoked")));
         }
-        let n = self
-            .tx
-            .prepare_cached(
-                "UPDATE jobs SET status = 'leased', lease_owner = ?2, lease_session = ?3, \
+        let n = self.tx.execute(
+            "UPDATE jobs SET status = 'leased', lease_owner = ?2, lease_session = ?3, \
                  lease_expires = ?4, attempt = attempt + 1, device = ?5, leased_at = ?6, \
                  device_type = ?7 WHERE node_id = ?1 AND status = 'queued'",
-            )?
-            .execute(params![
+            params![
                 id.0,
                 lab,
                 session,
@@ -603,7 +600,8 @@ impl Write<'_> {
                 device,
                 micros(self.now),
                 device_type
-            ])?;
+            ],
+        )?;
         if n != 1 {
             return Err(Error::LeaseLost(format!("job {id} is no longer queued")));
         }
@@ -680,13 +678,11 @@ impl Write<'_> {
     ) -> Result<Vec<(NodeId, i32)>> {
         let mut lost = Vec::new();
         for &(job, attempt) in running {
-            let n = self
-                .tx
-                .prepare_cached(
-                    "UPDATE jobs SET lease_expires = ?4 WHERE node_id = ?1 AND attempt = ?2 \
+            let n = self.tx.execute(
+                "UPDATE jobs SET lease_expires = ?4 WHERE node_id = ?1 AND attempt = ?2 \
                      AND lease_owner = ?3 AND status = 'leased'",
-                )?
-                .execute(params![job.0, attempt, lab, micros(until)])?;
+                params![job.0, attempt, lab, micros(until)],
+            )?;
             if n == 0 {
                 lost.push((job, attempt));
             }
@@ -697,13 +693,11 @@ impl Write<'_> {
     /// Puts every lease that ran out before now back in the queue (retry_counter + 1), or,
     /// past `max_retries`, ends the job `done`/`incomplete` with `error_code=lease_expired`.
     pub fn sweep_expired_leases(&mut self, max_retries: i32) -> Result<LeaseSweep> {
-        let expired: Vec<i64> = {
-            let mut stmt = self.tx.prepare_cached(
-                "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_expires < ?1",
-            )?;
-            stmt.query_map([micros(self.now)], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
-        };
+        let expired: Vec<i64> = self.tx.query_map(
+            "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_expires < ?1",
+            params![micros(self.now)],
+            |r| r.get(0),
+        )?;
         let mut sweep = LeaseSweep::default();
         for id in expired.into_iter().map(NodeId) {
             let row = get_job(&self.tx, id)?;
@@ -827,14 +821,11 @@ impl Write<'_> {
         offset: u64,
         data: &[u8],
     ) -> Result<u64> {
-        let reported_by: Option<String> = self
-            .tx
-            .query_row(
-                "SELECT lab FROM job_reports WHERE job = ?1 AND attempt = ?2",
-                params![job.0, attempt],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let reported_by: Option<String> = self.tx.query_opt(
+            "SELECT lab FROM job_reports WHERE job = ?1 AND attempt = ?2",
+            params![job.0, attempt],
+            |r| r.get(0),
+        )?;
         match &reported_by {
             Some(l) if l == lab => {}
             Some(_) => {
@@ -848,12 +839,11 @@ impl Write<'_> {
         }
         let length: u64 = self
             .tx
-            .query_row(
+            .query_opt(
                 "SELECT length FROM logs WHERE job = ?1 AND attempt = ?2",
                 params![job.0, attempt],
                 |r| r.get::<_, i64>(0),
-            )
-            .optional()?
+            )?
             .unwrap_or(0) as u64;
         if offset > length {
             return Err(Error::Invalid(format!(
@@ -870,17 +860,15 @@ impl Write<'_> {
             )));
         }
         let fresh = &data[(length - offset) as usize..];
-        self.tx
-            .prepare_cached(
-                "INSERT INTO log_chunks (job, attempt, offset, data) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![job.0, attempt, length as i64, fresh])?;
-        self.tx
-            .prepare_cached(
-                "INSERT INTO logs (job, attempt, length) VALUES (?1, ?2, ?3) \
+        self.tx.execute(
+            "INSERT INTO log_chunks (job, attempt, \"offset\", data) VALUES (?1, ?2, ?3, ?4)",
+            params![job.0, attempt, length as i64, fresh],
+        )?;
+        self.tx.execute(
+            "INSERT INTO logs (job, attempt, length) VALUES (?1, ?2, ?3) \
                  ON CONFLICT(job, attempt) DO UPDATE SET length = excluded.length",
-            )?
-            .execute(params![job.0, attempt, end as i64])?;
+            params![job.0, attempt, end as i64],
+        )?;
         Ok(end)
     }
 
@@ -904,14 +892,11 @@ impl Write<'_> {
         extra: Map<String, Value>,
         retry: &RetryPolicy,
     ) -> Result<ReportOutcome> {
-        let reported_by: Option<String> = self
-            .tx
-            .query_row(
-                "SELECT lab FROM job_reports WHERE job = ?1 AND attempt = ?2",
-                params![job.0, attempt],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let reported_by: Option<String> = self.tx.query_opt(
+            "SELECT lab FROM job_reports WHERE job = ?1 AND attempt = ?2",
+            params![job.0, attempt],
+            |r| r.get(0),
+        )?;
         if reported_by.as_deref() == Some(lab) {
             return Ok(ReportOutcome::Duplicate);
         }
@@ -1012,28 +997,21 @@ impl Write<'_> {
     fn record_stats(&mut self, row: &JobRow, lab: &str) -> Result<()> {
         let (leased, started): (Option<i64>, Option<i64>) = self.tx.query_row(
             "SELECT leased_at, started_at FROM jobs WHERE node_id = ?1",
-            [row.id.0],
+            params![row.id.0],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let Some(leased) = leased else { return Ok(()) };
         let wait_ms = (leased - micros(row.queued_at)).max(0) as f64 / 1000.0;
         let run_ms = (micros(self.now) - started.unwrap_or(leased)).max(0) as f64 / 1000.0;
-        self.tx
-            .prepare_cached(
-                "INSERT INTO job_stats (signature, lab, runs, wait_ms_avg, run_ms_avg, updated) \
+        self.tx.execute(
+            "INSERT INTO job_stats (signature, lab, runs, wait_ms_avg, run_ms_avg, updated) \
                  VALUES (?1, ?2, 1, ?3, ?4, ?5) \
                  ON CONFLICT(signature, lab) DO UPDATE SET runs = runs + 1, \
                  wait_ms_avg = wait_ms_avg * 0.8 + excluded.wait_ms_avg * 0.2, \
                  run_ms_avg = run_ms_avg * 0.8 + excluded.run_ms_avg * 0.2, \
                  updated = excluded.updated",
-            )?
-            .execute(params![
-                signature(row),
-                lab,
-                wait_ms,
-                run_ms,
-                micros(self.now)
-            ])?;
+            params![signature(row), lab, wait_ms, run_ms, micros(self.now)],
+        )?;
         Ok(())
     }
 
@@ -1073,13 +1051,11 @@ impl Write<'_> {
 
     /// Gives every job leased to `lab` back to the queue (the lab was revoked).
     pub fn requeue_lab_jobs(&mut self, lab: &str) -> Result<Vec<JobRow>> {
-        let ids: Vec<i64> = {
-            let mut stmt = self.tx.prepare_cached(
-                "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_owner = ?1",
-            )?;
-            stmt.query_map([lab], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
-        };
+        let ids: Vec<i64> = self.tx.query_map(
+            "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_owner = ?1",
+            params![lab],
+            |r| r.get(0),
+        )?;
         let mut out = Vec::new();
         for id in ids.into_iter().map(NodeId) {
             let attempt = get_job(&self.tx, id)?.attempt;
@@ -1091,13 +1067,19 @@ impl Write<'_> {
     /// Makes every lease of `lab` except those of `keep` expire now (the lab's agent started
     /// again and no longer holds them); the next sweep puts them back in the queue.
     pub fn expire_lab_leases_except(&mut self, lab: &str, keep: &[NodeId]) -> Result<usize> {
-        let keep = serde_json::to_string(&keep.iter().map(|k| k.0).collect::<Vec<_>>())
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(self.tx.execute(
-            "UPDATE jobs SET lease_expires = 0 WHERE status = 'leased' AND lease_owner = ?1 \
-             AND node_id NOT IN (SELECT value FROM json_each(?2))",
-            params![lab, keep],
-        )?)
+        let held: Vec<i64> = self.tx.query_map(
+            "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_owner = ?1",
+            params![lab],
+            |r| r.get(0),
+        )?;
+        let mut n = 0;
+        for id in held.into_iter().filter(|id| !keep.contains(&NodeId(*id))) {
+            n += self.tx.execute(
+                "UPDATE jobs SET lease_expires = 0 WHERE node_id = ?1 AND status = 'leased'",
+                params![id],
+            )?;
+        }
+        Ok(n)
     }
 
     /// Gives every lease a grace period of `lease` from now: run at start-up so that agents
@@ -1105,7 +1087,7 @@ impl Write<'_> {
     pub fn extend_all_leases(&mut self, until: DateTime<Utc>) -> Result<usize> {
         Ok(self.tx.execute(
             "UPDATE jobs SET lease_expires = ?1 WHERE status = 'leased' AND lease_expires < ?1",
-            [micros(until)],
+            params![micros(until)],
         )?)
     }
 }

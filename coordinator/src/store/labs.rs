@@ -1,11 +1,11 @@
 //! Labs, their client certificates (by SHA-256 fingerprint) and client tokens (stored as
 //! SHA-256 hashes, never in clear).
 
+use super::db::{Connection, params};
 use super::{Write, corrupt, from_micros, micros};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use rand::RngCore;
-use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
@@ -90,13 +90,12 @@ pub fn token_hash(token: &str) -> String {
 /// Finds the lab of a certificate fingerprint. Unknown certificates are refused as
 /// unauthenticated, revoked ones as permission denied.
 pub fn lab_for_fingerprint(conn: &Connection, fingerprint: &str) -> Result<String> {
-    let row: Option<(String, Option<i64>, Option<i64>)> = conn
-        .prepare_cached(
-            "SELECT c.lab, c.revoked_at, l.revoked_at FROM lab_certs c JOIN labs l ON l.name = c.lab \
-             WHERE c.fingerprint = ?1",
-        )?
-        .query_row([fingerprint], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
+    let row: Option<(String, Option<i64>, Option<i64>)> = conn.query_opt(
+        "SELECT c.lab, c.revoked_at, l.revoked_at FROM lab_certs c JOIN labs l ON l.name = c.lab \
+         WHERE c.fingerprint = ?1",
+        params![fingerprint],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     match row {
         None => Err(Error::Unauthenticated(format!(
             "client certificate {}… is not registered with this coordinator \
@@ -116,27 +115,26 @@ pub fn lab_for_fingerprint(conn: &Connection, fingerprint: &str) -> Result<Strin
 
 /// Every lab, by name.
 pub fn list_labs(conn: &Connection) -> Result<Vec<LabRow>> {
-    let mut stmt = conn.prepare_cached(
+    let rows = conn.query_map(
         "SELECT name, last_seen, devices, free_slots, revoked_at FROM labs ORDER BY name",
+        params![],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        },
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, Option<i64>>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, u32>(3)?,
-            r.get::<_, Option<i64>>(4)?,
-        ))
-    })?;
     let mut labs = Vec::new();
-    for row in rows {
-        let (name, last_seen, devices, free_slots, revoked_at) = row?;
-        let mut cstmt = conn.prepare_cached(
+    for (name, last_seen, devices, free_slots, revoked_at) in rows {
+        let certs = conn.query_map(
             "SELECT fingerprint, revoked_at IS NOT NULL FROM lab_certs WHERE lab = ?1 ORDER BY issued",
+            params![&name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let certs = cstmt
-            .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
         labs.push(LabRow {
             name,
             certs,
@@ -151,12 +149,11 @@ pub fn list_labs(conn: &Connection) -> Result<Vec<LabRow>> {
 
 /// Checks a token; errors say whether it is unknown or revoked.
 pub fn verify_token(conn: &Connection, token: &str) -> Result<TokenInfo> {
-    let row: Option<(String, String, i64, Option<i64>)> = conn
-        .prepare_cached("SELECT name, scopes, created, revoked_at FROM tokens WHERE hash = ?1")?
-        .query_row([token_hash(token)], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
-        .optional()?;
+    let row: Option<(String, String, i64, Option<i64>)> = conn.query_opt(
+        "SELECT name, scopes, created, revoked_at FROM tokens WHERE hash = ?1",
+        params![token_hash(token)],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
     let Some((name, scopes, created, revoked_at)) = row else {
         return Err(Error::Unauthenticated("unknown token".into()));
     };
@@ -182,19 +179,20 @@ fn parse_scopes(s: &str) -> Result<Vec<Scope>> {
 
 /// Every token (without secrets).
 pub fn list_tokens(conn: &Connection) -> Result<Vec<TokenInfo>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT name, scopes, created, revoked_at FROM tokens ORDER BY id")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, Option<i64>>(3)?,
-        ))
-    })?;
+    let rows = conn.query_map(
+        "SELECT name, scopes, created, revoked_at FROM tokens ORDER BY id",
+        params![],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        },
+    )?;
     let mut out = Vec::new();
-    for row in rows {
-        let (name, scopes, created, revoked) = row?;
+    for (name, scopes, created, revoked) in rows {
         out.push(TokenInfo {
             name,
             scopes: parse_scopes(&scopes)?,
@@ -235,12 +233,11 @@ impl Write<'_> {
         free_slots: Option<u32>,
     ) -> Result<()> {
         let devices = devices.map(|d| d.to_string());
-        self.tx
-            .prepare_cached(
-                "UPDATE labs SET last_seen = ?2, devices = COALESCE(?3, devices), \
+        self.tx.execute(
+            "UPDATE labs SET last_seen = ?2, devices = COALESCE(?3, devices), \
                  free_slots = COALESCE(?4, free_slots) WHERE name = ?1",
-            )?
-            .execute(params![lab, micros(self.now), devices, free_slots])?;
+            params![lab, micros(self.now), devices, free_slots],
+        )?;
         Ok(())
     }
 
@@ -278,21 +275,17 @@ impl Write<'_> {
             .map(Scope::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let res = self.tx.execute(
-            "INSERT INTO tokens (name, hash, scopes, created) VALUES (?1, ?2, ?3, ?4)",
+        let n = self.tx.execute(
+            "INSERT INTO tokens (name, hash, scopes, created) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (name) DO NOTHING",
             params![name, token_hash(&token), scopes, micros(self.now)],
-        );
-        match res {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(Error::AlreadyExists(format!(
-                    "a token named `{name}` exists already"
-                )))
-            }
-            Err(e) => Err(e.into()),
-            Ok(_) => Ok(token),
+        )?;
+        if n == 0 {
+            return Err(Error::AlreadyExists(format!(
+                "a token named `{name}` exists already"
+            )));
         }
+        Ok(token)
     }
 
     /// Revokes a token by name.

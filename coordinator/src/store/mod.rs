@@ -1,14 +1,28 @@
-//! The coordinator's store: one SQLite file in WAL mode behind this module. Writes go through
-//! one connection, one transaction each ([`Store::write`]); reads use a small pool of
-//! connections ([`Store::read`]). Every node change appends its event in the same transaction.
-//! Both run on tokio's blocking pool so that the async services never block on the disk.
+//! The coordinator's store, behind this module: one SQLite file in WAL mode (the embedded
+//! default, one coordinator process) or a PostgreSQL database (several coordinator replicas
+//! may share it). Every query is written once against [`db::Connection`].
+//!
+//! Each change is one transaction ([`Store::write`]); reads take a connection of their own
+//! ([`Store::read`]). Both run on tokio's blocking pool so that the async services never block
+//! on the database. Every node change appends its event in the same transaction; the events
+//! are inserted at commit time (see [`events`] for how sequence numbers stay gap-free across
+//! replicas).
+//!
+//! SQLite: one writer connection (`BEGIN IMMEDIATE`), so transactions run one after another.
+//! PostgreSQL: a pool of connections, transactions at READ COMMITTED; what must not race takes
+//! row locks (a job is claimed with `FOR UPDATE SKIP LOCKED`, a node is read `FOR UPDATE`
+//! before it changes).
 
+pub mod copy;
+pub mod db;
 pub mod events;
 pub mod jobs;
 pub mod labs;
+pub mod leader;
 pub mod migrations;
 pub mod nodes;
 
+pub use db::{Backend, Connection};
 pub use events::StoredEvent;
 pub use jobs::{
     Claim, JobRow, JobStatus, LeaseSweep, NewJob, ReportOutcome, RetryPolicy, RunGroup,
@@ -19,11 +33,82 @@ pub use nodes::{NewNode, NodeFilter, NodeUpdate};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use db::PgConn;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Where the store lives: the coordinator config's `store:` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// `sqlite://PATH`: one file, one coordinator process.
+    Sqlite(PathBuf),
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (or `postgresql://`): a PostgreSQL
+    /// database that several coordinator replicas may share.
+    Postgres(String),
+}
+
+impl Location {
+    /// Parses `sqlite://PATH`, `postgres://...` or `postgresql://...`; the error says what
+    /// is expected.
+    pub fn parse(s: &str) -> std::result::Result<Location, String> {
+        if let Some(path) = s.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(format!(
+                    "store `{s}`: expected sqlite://PATH with a file path"
+                ));
+            }
+            return Ok(Location::Sqlite(PathBuf::from(path)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            s.parse::<postgres::Config>()
+                .map_err(|e| format!("store `{}`: not a PostgreSQL URL: {e}", redact(s)))?;
+            return Ok(Location::Postgres(s.to_string()));
+        }
+        Err(format!(
+            "store `{}` is not supported: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE",
+            redact(s)
+        ))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            Location::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// A store URL with its password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(x) => x,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// What [`Store::connect`] does with the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Apply pending migrations.
+    Migrate,
+    /// Refuse a schema that is not exactly this coordinator's (PostgreSQL replicas: the
+    /// error says to run `labwire-coordinator migrate`).
+    Check,
+    /// Neither (`labwire-coordinator migrate` itself).
+    AsIs,
+}
 
 /// A handle on the store; cheap to clone.
 #[derive(Clone)]
@@ -31,19 +116,52 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+enum Kind {
+    /// One SQLite file: one writer connection, a few readers.
+    Sqlite {
+        path: PathBuf,
+        writer: Mutex<Connection>,
+        readers: Mutex<Vec<Connection>>,
+    },
+    /// A PostgreSQL database: a pool of connections for reads and writes alike.
+    Pg {
+        config: postgres::Config,
+        pool: Pool,
+    },
+}
+
 struct Inner {
-    path: PathBuf,
-    writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
+    kind: Kind,
+    location: Location,
     last_seq: watch::Sender<i64>,
     clock: Clock,
 }
 
+/// How many PostgreSQL connections one coordinator keeps at most.
+const PG_POOL: usize = 16;
+
+/// A small blocking pool of PostgreSQL connections (callers are on tokio's blocking pool).
+struct Pool {
+    idle: Mutex<(Vec<Connection>, usize)>,
+    freed: Condvar,
+}
+
+/// An event written by a transaction, inserted when it commits.
+pub(crate) struct PendingEvent {
+    time: i64,
+    node_id: i64,
+    kind: &'static str,
+    op: &'static str,
+    previous_state: Option<&'static str>,
+    previous_result: Option<&'static str>,
+    node: String,
+}
+
 /// An open write transaction, with the time of the change and the events it appended.
 pub struct Write<'c> {
-    tx: rusqlite::Transaction<'c>,
+    tx: &'c Connection,
     now: DateTime<Utc>,
-    last_seq: Option<i64>,
+    events: Vec<PendingEvent>,
 }
 
 impl Write<'_> {
@@ -52,14 +170,15 @@ impl Write<'_> {
         self.now
     }
 
-    /// The transaction, for reads inside it.
+    /// The transaction, for reads and writes inside it.
     pub fn conn(&self) -> &Connection {
-        &self.tx
+        self.tx
     }
 }
 
-fn open_conn(path: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
+fn open_sqlite(path: &Path) -> Result<Connection> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -69,7 +188,12 @@ fn open_conn(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(conn)
+    Ok(Connection::Sqlite(conn))
+}
+
+fn open_pg(config: &postgres::Config) -> Result<Connection> {
+    let client = config.connect(postgres::NoTls)?;
+    Ok(Connection::Pg(RefCell::new(PgConn::new(client))))
 }
 
 impl Store {
@@ -81,28 +205,91 @@ impl Store {
     /// Like [`Store::open`], with the time of every change taken from `clock` (tests move a
     /// manual clock to check timeouts).
     pub fn open_with_clock(path: &Path, clock: Clock) -> Result<Store> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let mut writer = open_conn(path)?;
-        migrations::apply(&mut writer)?;
-        let last = events::last_seq(&writer)?;
-        let (last_seq, _) = watch::channel(last);
-        Ok(Store {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                writer: Mutex::new(writer),
-                readers: Mutex::new(Vec::new()),
-                last_seq,
-                clock,
-            }),
-        })
+        Self::connect(
+            &Location::Sqlite(path.to_path_buf()),
+            clock,
+            Schema::Migrate,
+        )
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// Opens the store at `location`, doing `schema` with its schema first.
+    pub fn connect(location: &Location, clock: Clock, schema: Schema) -> Result<Store> {
+        let kind = match location {
+            Location::Sqlite(path) => {
+                if let Some(dir) = path.parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        Error::Internal(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                let writer = open_sqlite(path)?;
+                Kind::Sqlite {
+                    path: path.clone(),
+                    writer: Mutex::new(writer),
+                    readers: Mutex::new(Vec::new()),
+                }
+            }
+            Location::Postgres(url) => {
+                let config: postgres::Config = url
+                    .parse()
+                    .map_err(|e| Error::Invalid(format!("store {}: {e}", redact(url))))?;
+                let first = open_pg(&config).map_err(|e| {
+                    Error::Internal(format!("cannot connect to {}: {e}", redact(url)))
+                })?;
+                Kind::Pg {
+                    config,
+                    pool: Pool {
+                        idle: Mutex::new((vec![first], 1)),
+                        freed: Condvar::new(),
+                    },
+                }
+            }
+        };
+        let (last_seq, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            kind,
+            location: location.clone(),
+            last_seq,
+            clock,
+        });
+        inner.with_conn(true, |c| match schema {
+            Schema::Migrate => migrations::apply(c).map(|_| ()),
+            Schema::Check => migrations::check(c),
+            Schema::AsIs => Ok(()),
+        })?;
+        let last = match schema {
+            Schema::AsIs => 0,
+            _ => inner.with_conn(false, events::last_seq)?,
+        };
+        inner.last_seq.send_replace(last);
+        if let Kind::Pg { config, .. } = &inner.kind
+            && schema != Schema::AsIs
+        {
+            events::listen(config.clone(), WeakStore(Arc::downgrade(&inner)));
+        }
+        Ok(Store { inner })
+    }
+
+    /// Where the store lives (a PostgreSQL password is not shown).
+    pub fn location(&self) -> &Location {
+        &self.inner.location
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        match self.inner.kind {
+            Kind::Sqlite { .. } => Backend::Sqlite,
+            Kind::Pg { .. } => Backend::Postgres,
+        }
+    }
+
+    /// The SQLite file (`None` on PostgreSQL).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner.kind {
+            Kind::Sqlite { path, .. } => Some(path),
+            Kind::Pg { .. } => None,
+        }
     }
 
     /// Runs `f` in one write transaction on the blocking pool. The transaction commits when
@@ -131,14 +318,14 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.read_blocking(f))
+        tokio::task::spawn_blocking(move || inner.with_conn(false, f))
             .await
             .map_err(|e| Error::Internal(format!("database task failed: {e}")))?
     }
 
     /// Like [`Store::read`], on the calling thread.
     pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.inner.read_blocking(f)
+        self.inner.with_conn(false, f)
     }
 
     /// The clock that stamps changes.
@@ -146,50 +333,164 @@ impl Store {
         &self.inner.clock
     }
 
-    /// The sequence number of the newest committed event, watched.
+    /// The sequence number of the newest committed event, watched. On PostgreSQL it also
+    /// moves when another coordinator replica commits (LISTEN/NOTIFY).
     pub fn last_seq(&self) -> watch::Receiver<i64> {
         self.inner.last_seq.subscribe()
     }
 }
 
+/// A store handle that does not keep the store open (for its own background thread).
+#[derive(Clone)]
+pub(crate) struct WeakStore(Weak<Inner>);
+
+impl WeakStore {
+    /// The store, while someone still holds it.
+    pub(crate) fn upgrade(&self) -> Option<Store> {
+        self.0.upgrade().map(|inner| Store { inner })
+    }
+}
+
+impl Store {
+    /// Announces a newer committed event (from another replica's NOTIFY).
+    pub(crate) fn announce(&self, seq: i64) {
+        self.inner.last_seq.send_if_modified(|cur| {
+            if seq > *cur {
+                *cur = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Whether an error means the connection itself is gone (drop it rather than pool it).
+fn broken(conn: &Connection) -> bool {
+    match conn {
+        Connection::Sqlite(_) => false,
+        Connection::Pg(c) => c.borrow_mut().client().is_closed(),
+    }
+}
+
 impl Inner {
+    /// Runs `f` with a connection: the SQLite writer when `write`, else a reader; on
+    /// PostgreSQL any pooled connection.
+    fn with_conn<T>(&self, write: bool, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        match &self.kind {
+            Kind::Sqlite {
+                path,
+                writer,
+                readers,
+            } => {
+                if write {
+                    let conn = writer
+                        .lock()
+                        .map_err(|_| Error::Internal("writer lock poisoned".into()))?;
+                    return f(&conn);
+                }
+                let pooled = readers
+                    .lock()
+                    .map_err(|_| Error::Internal("reader pool lock poisoned".into()))?
+                    .pop();
+                let conn = match pooled {
+                    Some(c) => c,
+                    None => open_sqlite(path)?,
+                };
+                let out = f(&conn);
+                if let Ok(mut pool) = readers.lock()
+                    && pool.len() < 8
+                {
+                    pool.push(conn);
+                }
+                out
+            }
+            Kind::Pg { config, pool } => {
+                let conn = pool.take(config)?;
+                let out = f(&conn);
+                pool.give_back(conn);
+                out
+            }
+        }
+    }
+
     fn write_blocking<T>(&self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self
-            .writer
-            .lock()
-            .map_err(|_| Error::Internal("writer lock poisoned".into()))?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut w = Write {
-            tx,
-            now: self.clock.now(),
-            last_seq: None,
-        };
-        let out = f(&mut w)?;
-        let Write { tx, last_seq, .. } = w;
-        tx.commit()?;
-        if let Some(seq) = last_seq {
-            self.last_seq.send_replace(seq);
+        let (out, last) = self.with_conn(true, |conn| {
+            conn.execute_batch(match conn.backend() {
+                // Take the write lock now rather than at the first write, so that a
+                // transaction never fails half-way for want of it.
+                Backend::Sqlite => "BEGIN IMMEDIATE",
+                Backend::Postgres => "BEGIN",
+            })?;
+            let mut w = Write {
+                tx: conn,
+                now: self.clock.now(),
+                events: Vec::new(),
+            };
+            let res = f(&mut w).and_then(|out| {
+                let last = events::flush(conn, std::mem::take(&mut w.events))?;
+                conn.execute_batch("COMMIT")?;
+                Ok((out, last))
+            });
+            if res.is_err() && !broken(conn) {
+                // A failed COMMIT has already ended the transaction; ROLLBACK then only
+                // warns.
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            res
+        })?;
+        if let Some(seq) = last {
+            self.last_seq.send_if_modified(|cur| {
+                if seq > *cur {
+                    *cur = seq;
+                    true
+                } else {
+                    false
+                }
+            });
         }
         Ok(out)
     }
+}
 
-    fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let pooled = self
-            .readers
+impl Pool {
+    fn take(&self, config: &postgres::Config) -> Result<Connection> {
+        let mut guard = self
+            .idle
             .lock()
-            .map_err(|_| Error::Internal("reader pool lock poisoned".into()))?
-            .pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_conn(&self.path)?,
-        };
-        let out = f(&conn);
-        if let Ok(mut pool) = self.readers.lock()
-            && pool.len() < 8
-        {
-            pool.push(conn);
+            .map_err(|_| Error::Internal("connection pool lock poisoned".into()))?;
+        loop {
+            if let Some(c) = guard.0.pop() {
+                return Ok(c);
+            }
+            if guard.1 < PG_POOL {
+                guard.1 += 1;
+                drop(guard);
+                return open_pg(config).inspect_err(|_| {
+                    if let Ok(mut g) = self.idle.lock() {
+                        g.1 -= 1;
+                    }
+                    self.freed.notify_one();
+                });
+            }
+            guard = self
+                .freed
+                .wait(guard)
+                .map_err(|_| Error::Internal("connection pool lock poisoned".into()))?;
         }
-        out
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let Ok(mut guard) = self.idle.lock() else {
+            return;
+        };
+        if broken(&conn) {
+            guard.1 -= 1;
+        } else {
+            guard.0.push(conn);
+        }
+        drop(guard);
+        self.freed.notify_one();
     }
 }
 

@@ -1,12 +1,12 @@
 //! Node records: create, change (through the state machine), read and query. Every change
 //! appends its event in the same transaction.
 
-use super::{Write, corrupt, from_micros, micros};
+use super::db::{Backend, Connection, Row, Value as SqlValue, params};
+use super::{PendingEvent, Write, corrupt, from_micros, micros};
 use crate::error::{Error, Result};
 use crate::model::{Node, NodeId, NodeKind, NodeState};
 use chrono::{DateTime, Utc};
 use labwire_common::NodeResult;
-use rusqlite::{Connection, OptionalExtension, Row, params, types::Value as SqlValue};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -112,7 +112,7 @@ pub struct NodeFilter {
 const COLUMNS: &str = "id, kind, name, path, grp, parent, state, result, artifacts, data, \
                        created, updated, timeout, holdoff, owner, submitter, treeid, retry_counter";
 
-fn node_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Node>> {
+fn node_from_row(r: &Row<'_>) -> Result<Node> {
     let kind: String = r.get(1)?;
     let path: String = r.get(3)?;
     let state: String = r.get(6)?;
@@ -120,7 +120,7 @@ fn node_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Node>> {
     let artifacts: String = r.get(8)?;
     let data: String = r.get(9)?;
     let id = NodeId(r.get(0)?);
-    let build = || -> Result<Node> {
+    {
         Ok(Node {
             id,
             kind: kind.parse().map_err(|e| corrupt("node kind", e))?,
@@ -144,16 +144,29 @@ fn node_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Node>> {
             treeid: r.get(16)?,
             retry_counter: r.get(17)?,
         })
-    };
-    Ok(build())
+    }
 }
 
 /// Reads one node, or `None`.
 pub fn find_node(conn: &Connection, id: NodeId) -> Result<Option<Node>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM nodes WHERE id = ?1"))?
-        .query_row([id.0], node_from_row)
-        .optional()?
-        .transpose()
+    conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM nodes WHERE id = ?1"),
+        params![id.0],
+        node_from_row,
+    )
+}
+
+/// Reads one node and, on PostgreSQL, locks its row until the transaction ends, so that two
+/// replicas changing the same node do not overwrite each other's change.
+fn find_node_for_update(conn: &Connection, id: NodeId) -> Result<Option<Node>> {
+    match conn.backend() {
+        Backend::Sqlite => find_node(conn, id),
+        Backend::Postgres => conn.query_opt(
+            &format!("SELECT {COLUMNS} FROM nodes WHERE id = ?1 FOR UPDATE"),
+            params![id.0],
+            node_from_row,
+        ),
+    }
 }
 
 /// Reads one node; [`Error::NodeNotFound`] if there is none.
@@ -213,31 +226,22 @@ pub fn query_nodes(conn: &Connection, f: &NodeFilter) -> Result<Vec<Node>> {
         args.push(SqlValue::from(prefix.clone()));
         let n = args.len();
         sql.push_str(&format!(
-            " AND (substr(path, 1, length(?{n})) = ?{n}) \
-             AND (length(path) = length(?{n}) + 1 OR substr(path, length(?{n}) + 1, 1) = ',')"
+            " AND (substr(path, 1, length(CAST(?{n} AS TEXT))) = CAST(?{n} AS TEXT)) \
+             AND (length(path) = length(CAST(?{n} AS TEXT)) + 1 \
+             OR substr(path, length(CAST(?{n} AS TEXT)) + 1, 1) = ',')"
         ));
     }
     sql.push_str(&format!(" ORDER BY id LIMIT {}", f.limit.clamp(1, 1000)));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), node_from_row)?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.push(r??);
-    }
-    Ok(out)
+    conn.query_map(&sql, &args, node_from_row)
 }
 
 /// Direct children of a node, in id order.
 pub fn children(conn: &Connection, id: NodeId) -> Result<Vec<Node>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM nodes WHERE parent = ?1 ORDER BY id"
-    ))?;
-    let rows = stmt.query_map([id.0], node_from_row)?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.push(r??);
-    }
-    Ok(out)
+    conn.query_map(
+        &format!("SELECT {COLUMNS} FROM nodes WHERE parent = ?1 ORDER BY id"),
+        params![id.0],
+        node_from_row,
+    )
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
@@ -252,7 +256,7 @@ impl Write<'_> {
         }
         let (path, treeid) = match n.parent {
             Some(pid) => {
-                let parent = find_node(&self.tx, pid)?
+                let parent = find_node(self.tx, pid)?
                     .ok_or_else(|| Error::Invalid(format!("parent node {pid} does not exist")))?;
                 if !parent.state.takes_children() {
                     return Err(Error::ParentClosed {
@@ -267,13 +271,12 @@ impl Write<'_> {
             None => (vec![n.name.clone()], String::new()),
         };
         let now = micros(self.now);
-        self.tx
-            .prepare_cached(
-                "INSERT INTO nodes (kind, name, path, grp, parent, state, result, artifacts, data, \
+        let id: i64 = self.tx.query_row(
+            "INSERT INTO nodes (kind, name, path, grp, parent, state, result, artifacts, data, \
              created, updated, timeout, holdoff, owner, submitter, treeid, retry_counter) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, 0)",
-            )?
-            .execute(params![
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, 0) \
+             RETURNING id",
+            params![
                 n.kind.as_str(),
                 n.name,
                 to_json(&path)?,
@@ -289,15 +292,18 @@ impl Write<'_> {
                 n.owner,
                 n.submitter,
                 treeid,
-            ])?;
-        let id = NodeId(self.tx.last_insert_rowid());
+            ],
+            |r| r.get(0),
+        )?;
+        let id = NodeId(id);
         if treeid.is_empty() {
             // A root starts its own tree, named after its id.
-            self.tx
-                .prepare_cached("UPDATE nodes SET treeid = ?1 WHERE id = ?2")?
-                .execute(params![format!("{}", id.0), id.0])?;
+            self.tx.execute(
+                "UPDATE nodes SET treeid = ?1 WHERE id = ?2",
+                params![format!("{}", id.0), id.0],
+            )?;
         }
-        let node = get_node(&self.tx, id)?;
+        let node = get_node(self.tx, id)?;
         self.append_event("create", None, None, &node)?;
         Ok(node)
     }
@@ -305,7 +311,7 @@ impl Write<'_> {
     /// Changes a node, checking the state machine, and appends its `update` event.
     /// A change that changes nothing appends nothing.
     pub fn update_node(&mut self, id: NodeId, u: NodeUpdate) -> Result<Node> {
-        let before = get_node(&self.tx, id)?;
+        let before = find_node_for_update(self.tx, id)?.ok_or(Error::NodeNotFound(id))?;
         let mut after = before.clone();
         if let Some(to) = u.state {
             if !before.state.can_become(to) {
@@ -340,12 +346,10 @@ impl Write<'_> {
             return Ok(before);
         }
         after.updated = self.now;
-        self.tx
-            .prepare_cached(
-                "UPDATE nodes SET state = ?1, result = ?2, data = ?3, artifacts = ?4, \
-                 retry_counter = ?5, updated = ?6, holdoff = ?8 WHERE id = ?7",
-            )?
-            .execute(params![
+        self.tx.execute(
+            "UPDATE nodes SET state = ?1, result = ?2, data = ?3, artifacts = ?4, \
+             retry_counter = ?5, updated = ?6, holdoff = ?8 WHERE id = ?7",
+            params![
                 after.state.as_str(),
                 after.result.map(|r| r.as_str()),
                 to_json(&after.data)?,
@@ -354,34 +358,29 @@ impl Write<'_> {
                 micros(after.updated),
                 id.0,
                 after.holdoff.map(micros)
-            ])?;
+            ],
+        )?;
         self.append_event("update", Some(before.state), before.result, &after)?;
         Ok(after)
     }
 
-    /// Appends one event for `node` and remembers its sequence number.
+    /// Appends one event for `node`; it is inserted when the transaction commits.
     fn append_event(
         &mut self,
-        op: &str,
+        op: &'static str,
         previous_state: Option<NodeState>,
         previous_result: Option<NodeResult>,
         node: &Node,
     ) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO events (time, node_id, kind, op, previous_state, previous_result, node) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                micros(self.now),
-                node.id.0,
-                node.kind.as_str(),
-                op,
-                previous_state.map(|s| s.as_str()),
-                previous_result.map(|r| r.as_str()),
-                to_json(node)?,
-            ])?;
-        self.last_seq = Some(self.tx.last_insert_rowid());
+        self.events.push(PendingEvent {
+            time: micros(self.now),
+            node_id: node.id.0,
+            kind: node.kind.as_str(),
+            op,
+            previous_state: previous_state.map(|s| s.as_str()),
+            previous_result: previous_result.map(|r| r.as_str()),
+            node: to_json(node)?,
+        });
         Ok(())
     }
 }
@@ -392,14 +391,13 @@ pub fn job_counts(
     conn: &Connection,
     treeid: &str,
 ) -> Result<std::collections::BTreeMap<String, i64>> {
-    let mut stmt = conn.prepare_cached(
+    let rows = conn.query_map(
         "SELECT COALESCE(result, state), COUNT(*) FROM nodes \
          WHERE treeid = ?1 AND kind = 'job' GROUP BY 1",
+        params![treeid],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
     )?;
-    let rows = stmt.query_map([treeid], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(rows.into_iter().collect())
 }
 
 #[cfg(test)]
