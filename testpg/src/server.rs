@@ -47,17 +47,20 @@ impl PgBin {
     /// `/usr/lib/postgresql/15/bin`, or else the newest `/usr/lib/postgresql/*/bin` that
     /// has the server programs (Debian's layout).
     fn find() -> Result<PgBin, Error> {
-        const ROOT: &str = "/usr/lib/postgresql";
+        Self::find_in(Path::new("/usr/lib/postgresql"))
+    }
+
+    fn find_in(root: &Path) -> Result<PgBin, Error> {
         let complete = |dir: &Path| {
             ["postgres", "initdb", "pg_ctl", "psql"]
                 .iter()
                 .all(|p| dir.join(p).is_file())
         };
-        let preferred = Path::new(ROOT).join("15/bin");
+        let preferred = root.join("15/bin");
         if complete(&preferred) {
             return Ok(PgBin { dir: preferred });
         }
-        let mut found: Vec<(u32, PathBuf)> = fs::read_dir(ROOT)
+        let mut found: Vec<(u32, PathBuf)> = fs::read_dir(root)
             .into_iter()
             .flatten()
             .flatten()
@@ -72,7 +75,8 @@ impl PgBin {
             Some((_, dir)) => Ok(PgBin { dir }),
             None => Err(Error(format!(
                 "no PostgreSQL server programs (postgres, initdb, pg_ctl, psql) under \
-                 {ROOT}/*/bin: run {SETUP_SCRIPT} to install Debian's postgresql package"
+                 {}/*/bin: run {SETUP_SCRIPT} to install Debian's postgresql package",
+                root.display()
             ))),
         }
     }
@@ -140,7 +144,10 @@ pub(crate) struct Layout {
 impl Layout {
     pub fn new() -> Layout {
         let base = match std::env::var_os(DIR_ENV) {
-            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            // Absolute, to compare with the data folder the server reports.
+            Some(dir) if !dir.is_empty() => {
+                std::path::absolute(&dir).unwrap_or_else(|_| PathBuf::from(dir))
+            }
             _ => PathBuf::from(format!("/tmp/labwire-testpg-{}", Uid::effective())),
         };
         Layout { base }
@@ -439,7 +446,8 @@ pub(crate) fn ensure() -> Result<Server, Error> {
         }
     }
     layout.remove_file(&layout.port_file())?;
-    let ready = fs::read_to_string(layout.ready_file()).is_ok_and(|d| Path::new(&d) == bin.dir);
+    let ready = fs::read_to_string(layout.ready_file()).is_ok_and(|d| Path::new(&d) == bin.dir)
+        && layout.data().join("PG_VERSION").is_file();
     if ready {
         // Running but not answering (or its port file lost): stop it to start afresh.
         if pg_ctl_running(&layout, &bin, &runner) {
@@ -474,4 +482,46 @@ pub(crate) fn stop() -> Result<bool, Error> {
     }
     layout.remove_file(&layout.port_file())?;
     Ok(was_running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn programs(dir: &Path) {
+        fs::create_dir_all(dir).unwrap();
+        for p in ["postgres", "initdb", "pg_ctl", "psql"] {
+            File::create(dir.join(p)).unwrap();
+        }
+    }
+
+    #[test]
+    fn missing_programs_name_the_setup_script() {
+        let root = tempfile::tempdir().unwrap();
+        // A bin folder without the server programs (only the client) does not count.
+        fs::create_dir_all(root.path().join("15/bin")).unwrap();
+        File::create(root.path().join("15/bin/psql")).unwrap();
+        let err = PgBin::find_in(root.path())
+            .err()
+            .expect("no programs, yet found")
+            .to_string();
+        assert!(err.contains("scripts/setup.d/15-postgres.sh"), "{err}");
+        assert!(err.contains(&root.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn version_15_first_else_the_newest() {
+        let root = tempfile::tempdir().unwrap();
+        programs(&root.path().join("9/bin"));
+        programs(&root.path().join("16/bin"));
+        assert_eq!(
+            PgBin::find_in(root.path()).unwrap().dir,
+            root.path().join("16/bin")
+        );
+        programs(&root.path().join("15/bin"));
+        assert_eq!(
+            PgBin::find_in(root.path()).unwrap().dir,
+            root.path().join("15/bin")
+        );
+    }
 }
