@@ -227,9 +227,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     crate::store::Schema::Migrate,
                 )
                 .with_context(|| format!("cannot open {src}"))?;
-                let copied = crate::store::copy::copy_all(&source, &store, |table, n| {
-                    println!("  {table}: {n} rows");
-                })?;
+                println!("copying {src} into {loc} (one transaction: all or nothing)");
+                let target = store.clone();
+                let copied = tokio::task::spawn_blocking(move || {
+                    crate::store::copy::copy_all(&source, &target, |table, n| {
+                        println!("  {table}: {n} rows");
+                    })
+                })
+                .await??;
                 println!("copied {copied} rows from {src} into {loc}");
             }
             Ok(())

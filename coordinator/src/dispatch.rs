@@ -857,7 +857,7 @@ mod tests {
         }
     }
 
-    async fn setup(placement: &str) -> (tempfile::TempDir, Store, Dispatcher) {
+    async fn setup(placement: &str) -> (crate::store::TestStore, Store, Dispatcher) {
         let (dir, store) = temp_store();
         for lab in ["lab-a", "lab-b"] {
             let l = lab.to_string();

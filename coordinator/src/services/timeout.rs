@@ -206,10 +206,9 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap()
     }
 
-    fn store() -> (tempfile::TempDir, Store, Clock) {
-        let dir = tempfile::tempdir().unwrap();
+    fn store() -> (crate::store::TestStore, Store, Clock) {
         let clock = Clock::manual(t0());
-        let store = Store::open_with_clock(&dir.path().join("db"), clock.clone()).unwrap();
+        let (dir, store) = crate::store::temp_store_with_clock(clock.clone());
         (dir, store, clock)
     }
 

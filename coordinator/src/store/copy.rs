@@ -53,14 +53,15 @@ const TABLES: &[(&str, &str)] = &[
 ];
 
 /// Copies every row of `source` into `target`, which must hold no nodes, labs or tokens.
-/// Calls `progress(table, rows)` after each table. Returns the number of rows copied.
+/// Calls `progress(table, rows)` after each table. Returns the number of rows copied. Blocks:
+/// call it from a plain thread or tokio's blocking pool, not from async code.
 pub fn copy_all(
     source: &Store,
     target: &Store,
     mut progress: impl FnMut(&str, u64),
 ) -> Result<u64> {
-    let last_seq = source.read_blocking(events::last_seq)?;
-    target.write_blocking(|w| {
+    let last_seq = source.inner.with_conn(false, events::last_seq)?;
+    target.inner.write_blocking(|w| {
         let tx = w.conn();
         for table in ["nodes", "labs", "tokens", "events"] {
             let n: i64 =
@@ -84,7 +85,7 @@ pub fn copy_all(
             let insert = format!("INSERT INTO {table} ({cols}) VALUES ({placeholders})");
             let select = format!("SELECT {cols} FROM {table}");
             let mut n = 0u64;
-            source.read_blocking(|src| {
+            source.inner.with_conn(false, |src| {
                 src.query_each(&select, params![], |row| {
                     let values = (0..width)
                         .map(|i| row.get::<_, Value>(i))

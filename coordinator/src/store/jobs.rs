@@ -1006,9 +1006,9 @@ impl Write<'_> {
         self.tx.execute(
             "INSERT INTO job_stats (signature, lab, runs, wait_ms_avg, run_ms_avg, updated) \
                  VALUES (?1, ?2, 1, ?3, ?4, ?5) \
-                 ON CONFLICT(signature, lab) DO UPDATE SET runs = runs + 1, \
-                 wait_ms_avg = wait_ms_avg * 0.8 + excluded.wait_ms_avg * 0.2, \
-                 run_ms_avg = run_ms_avg * 0.8 + excluded.run_ms_avg * 0.2, \
+                 ON CONFLICT(signature, lab) DO UPDATE SET runs = job_stats.runs + 1, \
+                 wait_ms_avg = job_stats.wait_ms_avg * 0.8 + excluded.wait_ms_avg * 0.2, \
+                 run_ms_avg = job_stats.run_ms_avg * 0.8 + excluded.run_ms_avg * 0.2, \
                  updated = excluded.updated",
             params![signature(row), lab, wait_ms, run_ms, micros(self.now)],
         )?;
@@ -1307,7 +1307,10 @@ mod request_validation {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200))]
+        // Each case opens a fresh store; on PostgreSQL that is a new database, so fewer.
+        #![proptest_config(ProptestConfig::with_cases(
+            if std::env::var("LABWIRE_TEST_STORE").as_deref() == Ok("postgres") { 25 } else { 200 }
+        ))]
 
         /// Whatever a client sends, submission either queues the job with exactly that spec
         /// or refuses it with an `Invalid` error naming a `spec.` field; it never panics and

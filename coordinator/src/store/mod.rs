@@ -214,6 +214,21 @@ impl Store {
 
     /// Opens the store at `location`, doing `schema` with its schema first.
     pub fn connect(location: &Location, clock: Clock, schema: Schema) -> Result<Store> {
+        if matches!(location, Location::Postgres(_))
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            // The `postgres` client drives its own runtime, which cannot start inside
+            // another: connect from a thread of its own.
+            return std::thread::scope(|s| {
+                s.spawn(|| Self::connect_here(location, clock, schema))
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            });
+        }
+        Self::connect_here(location, clock, schema)
+    }
+
+    fn connect_here(location: &Location, clock: Clock, schema: Schema) -> Result<Store> {
         let kind = match location {
             Location::Sqlite(path) => {
                 if let Some(dir) = path.parent()
@@ -307,8 +322,28 @@ impl Store {
     }
 
     /// Like [`Store::write`], on the calling thread (for command-line tools and tests).
-    pub fn write_blocking<T>(&self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<T> {
-        self.inner.write_blocking(f)
+    pub fn write_blocking<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Write<'_>) -> Result<T> + Send,
+    ) -> Result<T> {
+        self.off_runtime(|| self.inner.write_blocking(f))
+    }
+
+    /// Runs `f` here, or on a thread of its own when called from inside a tokio runtime
+    /// with PostgreSQL: the `postgres` client drives its own runtime and cannot run inside
+    /// another.
+    fn off_runtime<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        if matches!(self.inner.kind, Kind::Pg { .. })
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            std::thread::scope(|s| {
+                s.spawn(f)
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+        } else {
+            f()
+        }
     }
 
     /// Runs `f` with a read connection on the blocking pool.
@@ -324,8 +359,11 @@ impl Store {
     }
 
     /// Like [`Store::read`], on the calling thread.
-    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.inner.with_conn(false, f)
+    pub fn read_blocking<T: Send>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send,
+    ) -> Result<T> {
+        self.off_runtime(|| self.inner.with_conn(false, f))
     }
 
     /// The clock that stamps changes.
@@ -453,6 +491,22 @@ impl Inner {
     }
 }
 
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing a `postgres` client blocks on its own runtime, which cannot happen on a
+        // thread that drives tokio tasks: close them on a thread of their own.
+        let conns = match self.idle.get_mut() {
+            Ok(g) => std::mem::take(&mut g.0),
+            Err(_) => return,
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("labwire-pg-close".into())
+                .spawn(move || drop(conns));
+        }
+    }
+}
+
 impl Pool {
     fn take(&self, config: &postgres::Config) -> Result<Connection> {
         let mut guard = self
@@ -508,9 +562,43 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Corrupt(format!("{what}: {e}"))
 }
 
+/// What keeps a test store alive: its folder, and on PostgreSQL its database.
 #[cfg(test)]
-pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
+pub(crate) struct TestStore {
+    _dir: tempfile::TempDir,
+    _db: Option<labwire_testpg::TestDb>,
+}
+
+/// A fresh store for a unit test: an SQLite file, or with `LABWIRE_TEST_STORE=postgres` a
+/// fresh database on the private PostgreSQL test server (labwire-testpg), so the same tests
+/// run on both (`scripts/test.sh` runs them both ways).
+#[cfg(test)]
+pub(crate) fn temp_store_with_clock(clock: Clock) -> (TestStore, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&dir.path().join("labwire.db")).expect("open store");
-    (dir, store)
+    if std::env::var("LABWIRE_TEST_STORE").as_deref() == Ok("postgres") {
+        let db = labwire_testpg::database();
+        let store = Store::connect(&Location::Postgres(db.url.clone()), clock, Schema::Migrate)
+            .expect("open the PostgreSQL test store");
+        return (
+            TestStore {
+                _dir: dir,
+                _db: Some(db),
+            },
+            store,
+        );
+    }
+    let store = Store::open_with_clock(&dir.path().join("labwire.db"), clock).expect("open store");
+    (
+        TestStore {
+            _dir: dir,
+            _db: None,
+        },
+        store,
+    )
+}
+
+/// [`temp_store_with_clock`] with the system clock.
+#[cfg(test)]
+pub(crate) fn temp_store() -> (TestStore, Store) {
+    temp_store_with_clock(Clock::system())
 }
