@@ -254,3 +254,44 @@ async fn the_agent_fails_over_to_another_replica_and_the_running_job_carries_on(
         leases[1]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_starts_with_the_first_replica_that_answers() {
+    let rig = Rig::new("");
+    let _keep = rig.keep_on_failure();
+    let _coord = rig.start_coordinator();
+    rig.issue_lab("lab-a");
+    // Nobody listens on the first address.
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let cfg = rig.agent_config(
+        "lab-a",
+        &[("dev", &["sh", "-c", "echo hello from $LABWIRE_DEVICE"], &[])],
+        "",
+    );
+    let text = std::fs::read_to_string(&cfg).expect("agent config");
+    let one = format!("  url: {}\n", rig.url());
+    assert!(text.contains(&one), "{text}");
+    std::fs::write(
+        &cfg,
+        text.replace(&one, &format!("  urls: [{dead}, {}]\n", rig.url())),
+    )
+    .expect("write agent config");
+    let _agent = rig.start_agent("lab-a");
+    let mut c = rig.client().await;
+    let job = submit(&mut c, "first-answers", &[], &[]).await;
+    let n = wait_node(&mut c, job, Duration::from_secs(30), is_done).await;
+    assert_eq!(n.result, v1::NodeResult::Pass as i32, "{n:?}");
+    assert!(read_log(&mut c, job).await.contains("hello from dev"));
+    let log = std::fs::read_to_string(rig.path("agent-lab-a.log")).expect("agent log");
+    assert!(
+        log.lines().any(|l| l.contains("switching to the next one")
+            && l.contains(&dead)
+            && l.contains(&rig.url())),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("registered with the coordinator") && l.contains(&rig.url())),
+        "{log}"
+    );
+}

@@ -1202,6 +1202,33 @@ mod example_tests {
         assert_eq!(cfg.devices[1].driver.kind(), "serial");
     }
 
+    /// The commented-out `urls:` example, in place of `url:`, loads too.
+    #[test]
+    fn the_urls_example_loads_uncommented() {
+        let text = include_str!("../../config/agent.yaml");
+        let url = "  url: https://coordinator.example.org:7443\n";
+        let urls =
+            "  # urls: [https://coord-a.example.org:7443, https://coord-b.example.org:7443]\n";
+        assert!(text.contains(url) && text.contains(urls));
+        let swapped = text
+            .replace(url, "")
+            .replace(urls, &urls.replacen("# ", "", 1));
+        let cfg = super::AgentConfig::parse(&swapped).unwrap();
+        let got: Vec<&str> = cfg
+            .coordinator
+            .addresses()
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "https://coord-a.example.org:7443",
+                "https://coord-b.example.org:7443"
+            ]
+        );
+    }
+
     /// The commented-out `lava:` example, uncommented, loads too (its templates_dir left
     /// out: the folder does not exist here).
     #[test]
