@@ -67,6 +67,14 @@ fn lease_secs(j: &v1::Job) -> f64 {
     t.seconds as f64 + f64::from(t.nanos) / 1e9
 }
 
+/// Whether an agent log line (JSON, or text on a terminal) says it left `from` for `to`.
+fn switched(line: &str, from: &str, to: &str) -> bool {
+    line.contains("switching to the next one")
+        && (line.contains(&format!("\"from\":\"{from}\""))
+            || line.contains(&format!("from={from}")))
+        && (line.contains(&format!("\"to\":\"{to}\"")) || line.contains(&format!("to={to}")))
+}
+
 fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -86,15 +94,20 @@ async fn the_agent_fails_over_to_another_replica_and_the_running_job_carries_on(
     let (url_a, url_b) = (rig.url(), format!("https://localhost:{port_b}"));
 
     rig.issue_lab("lab-a");
+    // Every run of a command leaves a line in `runs`; the long job goes on until the test
+    // creates `release` (or a minute passed).
     let runs = rig.path("runs.txt");
-    let runs_arg = runs.display().to_string();
+    let release = rig.path("release");
+    let (runs_arg, release_arg) = (runs.display().to_string(), release.display().to_string());
     let slow: &[&str] = &[
         "sh",
         "-c",
-        "echo \"$LABWIRE_JOB_ID-$LABWIRE_JOB_ATTEMPT\" >> \"$1\"; echo started; sleep 18; \
+        "echo \"$LABWIRE_JOB_ID-$LABWIRE_JOB_ATTEMPT\" >> \"$1\"; echo started; i=0; \
+         while [ ! -e \"$2\" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
          echo 'KTAP version 1'; echo 1..1; echo 'ok 1 ran_across_the_failover'; echo finished",
         "sh",
         &runs_arg,
+        &release_arg,
     ];
     let quick: &[&str] = &[
         "sh",
@@ -158,10 +171,8 @@ async fn the_agent_fails_over_to_another_replica_and_the_running_job_carries_on(
         Duration::from_secs(30),
         "the agent to switch to replica B",
         || {
-            std::fs::read_to_string(&agent_log).is_ok_and(|s| {
-                s.lines()
-                    .any(|l| l.contains("switching to the next one") && l.contains(&url_b))
-            })
+            std::fs::read_to_string(&agent_log)
+                .is_ok_and(|s| s.lines().any(|l| switched(l, &url_a, &url_b)))
         },
     );
     wait_for(
@@ -201,18 +212,22 @@ async fn the_agent_fails_over_to_another_replica_and_the_running_job_carries_on(
         leases[1] > leases[0],
         "the lease did not move on: {leases:?}"
     );
+    std::fs::write(&release, "").expect("release the job");
 
     // The result and the whole log arrive through B.
     let n = wait_node(&mut cb, job, Duration::from_secs(60), is_done).await;
     assert_eq!(n.result, v1::NodeResult::Pass as i32, "{n:?}");
     assert_eq!(n.retry_counter, 0, "{n:?}");
     let log = read_log(&mut cb, job).await;
+    // The command's own lines (its argv, echoed first, names them too).
+    let lines: Vec<&str> = log.lines().collect();
+    let at = |what: &str| lines.iter().position(|l| *l == what);
     assert!(
-        log.contains("started") && log.contains("finished"),
+        at("started") < at("finished") && at("started").is_some(),
         "the log: {log}"
     );
     assert_eq!(
-        log.lines().filter(|l| *l == "started").count(),
+        lines.iter().filter(|l| **l == "started").count(),
         1,
         "the log: {log}"
     );
@@ -283,12 +298,7 @@ async fn the_agent_starts_with_the_first_replica_that_answers() {
     assert_eq!(n.result, v1::NodeResult::Pass as i32, "{n:?}");
     assert!(read_log(&mut c, job).await.contains("hello from dev"));
     let log = std::fs::read_to_string(rig.path("agent-lab-a.log")).expect("agent log");
-    assert!(
-        log.lines().any(|l| l.contains("switching to the next one")
-            && l.contains(&dead)
-            && l.contains(&rig.url())),
-        "{log}"
-    );
+    assert!(log.lines().any(|l| switched(l, &dead, &rig.url())), "{log}");
     assert!(
         log.lines()
             .any(|l| l.contains("registered with the coordinator") && l.contains(&rig.url())),

@@ -74,6 +74,19 @@ impl CoordinatorLink {
         }
     }
 
+    /// Whether `other` dials the same addresses in the same order with the same TLS files
+    /// (`url: X` and `urls: [X]` are the same link).
+    pub fn same_link(&self, other: &CoordinatorLink) -> bool {
+        let urls = |l: &CoordinatorLink| -> Vec<String> {
+            l.addresses()
+                .into_iter()
+                .map(|(_, u)| u.to_string())
+                .collect()
+        };
+        urls(self) == urls(other)
+            && (&self.ca, &self.cert, &self.key) == (&other.ca, &other.cert, &other.key)
+    }
+
     /// Exactly one of `url` and `urls`; every address an `https://HOST:PORT` URL, none twice.
     fn validate(&self) -> anyhow::Result<()> {
         match (&self.url, &self.urls) {
@@ -1082,6 +1095,19 @@ mod tests {
                 "coordinator.url `ftp://a:1`: expected https://HOST:PORT",
             ),
         ];
+        let same = |a: &str, b: &str| {
+            let (a, b) = (with_coordinator(a).unwrap(), with_coordinator(b).unwrap());
+            a.coordinator.same_link(&b.coordinator)
+        };
+        assert!(same("url: 'https://a:1', ", "urls: ['https://a:1'], "));
+        assert!(!same(
+            "url: 'https://a:1', ",
+            "urls: ['https://a:1', 'https://b:1'], "
+        ));
+        assert!(!same(
+            "urls: ['https://b:1', 'https://a:1'], ",
+            "urls: ['https://a:1', 'https://b:1'], "
+        ));
         for (link, want) in cases {
             let e = with_coordinator(link).unwrap_err();
             let msg = format!("{e:#}");

@@ -938,19 +938,8 @@ async fn reload_on_sighup(agent: Arc<Agent>, path: std::path::PathBuf) {
 
 fn reload(agent: &Agent, path: &std::path::Path) -> anyhow::Result<usize> {
     let cfg = AgentConfig::load(path)?;
-    // `url: X` and `urls: [X]` are the same link; another address, order or TLS file is not.
-    let link = |c: &AgentConfig| {
-        let urls: Vec<String> = c
-            .coordinator
-            .addresses()
-            .into_iter()
-            .map(|(_, u)| u.to_string())
-            .collect();
-        let l = &c.coordinator;
-        (urls, l.ca.clone(), l.cert.clone(), l.key.clone())
-    };
     if cfg.lab != agent.cfg.lab
-        || link(&cfg) != link(&agent.cfg)
+        || !cfg.coordinator.same_link(&agent.cfg.coordinator)
         || cfg.state_dir != agent.cfg.state_dir
     {
         anyhow::bail!("`lab`, `coordinator` and `state_dir` cannot change without a restart");
