@@ -40,18 +40,87 @@ pub struct AgentConfig {
     pub labgrid: Vec<LabgridConfig>,
 }
 
-/// The coordinator's address and the TLS files.
+/// The coordinator's address (or the addresses of its replicas) and the TLS files.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorLink {
-    /// `https://host:port` of the coordinator.
-    pub url: String,
+    /// `https://host:port` of the coordinator. Exactly one of `url` and `urls` is given.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `https://host:port` of each replica of the coordinator (they share one database and one
+    /// CA): the agent talks to one at a time and moves on to the next when it stops answering.
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
     /// The coordinator's CA certificate (PEM).
     pub ca: PathBuf,
     /// This lab's client certificate (PEM).
     pub cert: PathBuf,
     /// This lab's private key (PEM).
     pub key: PathBuf,
+}
+
+impl CoordinatorLink {
+    /// The coordinator's addresses, in the order the agent tries them, each with its key
+    /// (`coordinator.url` or `coordinator.urls[N]`) for messages.
+    pub fn addresses(&self) -> Vec<(String, &str)> {
+        match (&self.url, &self.urls) {
+            (Some(u), _) => vec![("coordinator.url".to_string(), u.as_str())],
+            (None, Some(us)) => us
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (format!("coordinator.urls[{i}]"), u.as_str()))
+                .collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Whether `other` dials the same addresses in the same order with the same TLS files
+    /// (`url: X` and `urls: [X]` are the same link).
+    pub fn same_link(&self, other: &CoordinatorLink) -> bool {
+        let urls = |l: &CoordinatorLink| -> Vec<String> {
+            l.addresses()
+                .into_iter()
+                .map(|(_, u)| u.to_string())
+                .collect()
+        };
+        urls(self) == urls(other)
+            && (&self.ca, &self.cert, &self.key) == (&other.ca, &other.cert, &other.key)
+    }
+
+    /// Exactly one of `url` and `urls`; every address an `https://HOST:PORT` URL, none twice.
+    fn validate(&self) -> anyhow::Result<()> {
+        match (&self.url, &self.urls) {
+            (Some(_), Some(_)) => bail!(
+                "coordinator: give either `url` (one coordinator) or `urls` (its replicas), not both"
+            ),
+            (None, None) => bail!(
+                "coordinator: `url` (https://HOST:PORT) or `urls` (a list of them, one per replica) is required"
+            ),
+            (None, Some(us)) if us.is_empty() => {
+                bail!("coordinator.urls: list at least one https://HOST:PORT")
+            }
+            _ => {}
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (key, url) in self.addresses() {
+            check_coordinator_url(&key, url)?;
+            if !seen.insert(url) {
+                bail!("{key} `{url}`: listed twice");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An address the agent dials: an `https://HOST:PORT` URL with a host.
+fn check_coordinator_url(key: &str, url: &str) -> anyhow::Result<()> {
+    let has_host = url::Url::parse(url)
+        .ok()
+        .is_some_and(|u| u.host_str().is_some_and(|h| !h.is_empty()));
+    if !url.starts_with("https://") || !has_host {
+        bail!("{key} `{url}`: expected https://HOST:PORT");
+    }
+    Ok(())
 }
 
 /// Concurrency and time limits.
@@ -498,12 +567,7 @@ impl AgentConfig {
         if self.lab.is_empty() {
             bail!("lab: must not be empty");
         }
-        if !self.coordinator.url.starts_with("https://") {
-            bail!(
-                "coordinator.url `{}`: expected https://HOST:PORT",
-                self.coordinator.url
-            );
-        }
+        self.coordinator.validate()?;
         if self.limits.max_jobs == Some(0) {
             bail!("limits.max_jobs: must be at least 1");
         }
@@ -983,6 +1047,73 @@ mod tests {
             assert!(msg.contains(want), "{extra:?}: {msg}");
         }
     }
+
+    fn with_coordinator(link: &str) -> anyhow::Result<AgentConfig> {
+        AgentConfig::parse(&format!(
+            "lab: lab-a\ncoordinator: {{{link}ca: ca.pem, cert: a.pem, key: a.key}}\n"
+        ))
+    }
+
+    #[test]
+    fn one_coordinator_url_or_a_list_of_replicas() {
+        let one = with_coordinator("url: 'https://c.example:7443', ").unwrap();
+        assert_eq!(
+            one.coordinator.addresses(),
+            vec![("coordinator.url".to_string(), "https://c.example:7443")]
+        );
+        let two = with_coordinator("urls: ['https://a.example:7443', 'https://10.0.0.2:7443'], ")
+            .unwrap();
+        assert_eq!(
+            two.coordinator.addresses(),
+            vec![
+                ("coordinator.urls[0]".to_string(), "https://a.example:7443"),
+                ("coordinator.urls[1]".to_string(), "https://10.0.0.2:7443"),
+            ]
+        );
+        let cases = [
+            (
+                "url: 'https://a:1', urls: ['https://b:1'], ",
+                "coordinator: give either `url` (one coordinator) or `urls` (its replicas), not both",
+            ),
+            ("", "coordinator: `url` (https://HOST:PORT) or `urls`"),
+            ("urls: [], ", "coordinator.urls: list at least one"),
+            (
+                "urls: ['https://a:1', 'http://b:1'], ",
+                "coordinator.urls[1] `http://b:1`: expected https://HOST:PORT",
+            ),
+            (
+                "urls: ['https://a:1', 'https://'], ",
+                "coordinator.urls[1] `https://`: expected https://HOST:PORT",
+            ),
+            (
+                "urls: ['https://a:1', 'https://a:1'], ",
+                "coordinator.urls[1] `https://a:1`: listed twice",
+            ),
+            ("urls: 'https://a:1', ", "coordinator.urls"),
+            (
+                "url: 'ftp://a:1', ",
+                "coordinator.url `ftp://a:1`: expected https://HOST:PORT",
+            ),
+        ];
+        let same = |a: &str, b: &str| {
+            let (a, b) = (with_coordinator(a).unwrap(), with_coordinator(b).unwrap());
+            a.coordinator.same_link(&b.coordinator)
+        };
+        assert!(same("url: 'https://a:1', ", "urls: ['https://a:1'], "));
+        assert!(!same(
+            "url: 'https://a:1', ",
+            "urls: ['https://a:1', 'https://b:1'], "
+        ));
+        assert!(!same(
+            "urls: ['https://b:1', 'https://a:1'], ",
+            "urls: ['https://a:1', 'https://b:1'], "
+        ));
+        for (link, want) in cases {
+            let e = with_coordinator(link).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(msg.contains(want), "{link:?}: {msg}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1095,6 +1226,33 @@ mod example_tests {
         let cfg = super::AgentConfig::load(std::path::Path::new(path)).unwrap();
         assert_eq!(cfg.devices.len(), 2);
         assert_eq!(cfg.devices[1].driver.kind(), "serial");
+    }
+
+    /// The commented-out `urls:` example, in place of `url:`, loads too.
+    #[test]
+    fn the_urls_example_loads_uncommented() {
+        let text = include_str!("../../config/agent.yaml");
+        let url = "  url: https://coordinator.example.org:7443\n";
+        let urls =
+            "  # urls: [https://coord-a.example.org:7443, https://coord-b.example.org:7443]\n";
+        assert!(text.contains(url) && text.contains(urls));
+        let swapped = text
+            .replace(url, "")
+            .replace(urls, &urls.replacen("# ", "", 1));
+        let cfg = super::AgentConfig::parse(&swapped).unwrap();
+        let got: Vec<&str> = cfg
+            .coordinator
+            .addresses()
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "https://coord-a.example.org:7443",
+                "https://coord-b.example.org:7443"
+            ]
+        );
     }
 
     /// The commented-out `lava:` example, uncommented, loads too (its templates_dir left

@@ -3,7 +3,7 @@
 //! and delivers everything through the outbox. On shutdown it drains: stops pulling, lets
 //! running jobs finish (up to `limits.drain_timeout`, then stops them), flushes the outbox.
 
-use crate::client::{self, Client, backoff, is_transient};
+use crate::client::{Coordinator, backoff, is_transient};
 use crate::config::AgentConfig;
 use crate::devices::{self, Device};
 use crate::driver::{JobContext, Outcome};
@@ -58,7 +58,8 @@ struct State {
 pub struct Agent {
     cfg: AgentConfig,
     outbox: Arc<Outbox>,
-    client: Client,
+    /// The coordinator (its replicas, one of them current).
+    coordinator: Coordinator,
     state: Mutex<State>,
     /// Bumped on every change of device or session state; the pull loop waits on it.
     changed: watch::Sender<u64>,
@@ -154,7 +155,7 @@ pub async fn run(
     let configured = devices::build(&cfg, &lib)?;
     let sources = sources::build(&cfg)?;
     let outbox = Arc::new(Outbox::open(&cfg.state_dir)?);
-    let client = client::connect(&cfg.coordinator)?;
+    let coordinator = Coordinator::connect(&cfg.coordinator)?;
     let (changed, _) = watch::channel(0);
     let mut state = State {
         configured,
@@ -166,7 +167,7 @@ pub async fn run(
     let (n_devices, max_jobs) = (state.devices.len(), state.max_jobs);
     let agent = Arc::new(Agent {
         outbox,
-        client,
+        coordinator,
         state: Mutex::new(state),
         changed,
         draining: CancellationToken::new(),
@@ -297,7 +298,11 @@ async fn keep_session(agent: Arc<Agent>) {
                     free_slots: agent.free_slots(),
                     held_jobs: agent.held_jobs(),
                 };
-                match agent.client.clone().register(req).await {
+                match agent
+                    .coordinator
+                    .call(|mut c| async move { c.register(req).await })
+                    .await
+                {
                     Ok(resp) => {
                         let r = resp.into_inner();
                         failures = 0;
@@ -312,7 +317,7 @@ async fn keep_session(agent: Arc<Agent>) {
                             st.heartbeat = hb;
                         }
                         agent.bump();
-                        tracing::info!(lab = %r.lab, session = %r.session, "registered with the coordinator");
+                        tracing::info!(lab = %r.lab, session = %r.session, url = %agent.coordinator.url(), "registered with the coordinator");
                         hb
                     }
                     Err(s) => {
@@ -341,7 +346,11 @@ async fn keep_session(agent: Arc<Agent>) {
                     free_slots: agent.free_slots(),
                     draining: agent.draining.is_cancelled(),
                 };
-                match agent.client.clone().heartbeat(req).await {
+                match agent
+                    .coordinator
+                    .call(|mut c| async move { c.heartbeat(req).await })
+                    .await
+                {
                     Ok(resp) => {
                         failures = 0;
                         agent.withdraw(&resp.into_inner().cancel);
@@ -389,11 +398,23 @@ async fn send_outbox(agent: Arc<Agent>) {
                 _ = agent.stop.cancelled() => return,
             }
         };
-        let mut c = agent.client.clone();
+        let co = &agent.coordinator;
         let (job, res) = match &item {
-            Item::Start(r) => (r.job, c.start_job(r.clone()).await.map(|_| ())),
-            Item::Log(r) => (r.job, c.append_log(r.clone()).await.map(|_| ())),
-            Item::Result(r) => (r.job, c.report_result(r.clone()).await.map(|_| ())),
+            Item::Start(r) => (
+                r.job,
+                co.call(|mut c| async move { c.start_job(r.clone()).await.map(|_| ()) })
+                    .await,
+            ),
+            Item::Log(r) => (
+                r.job,
+                co.call(|mut c| async move { c.append_log(r.clone()).await.map(|_| ()) })
+                    .await,
+            ),
+            Item::Result(r) => (
+                r.job,
+                co.call(|mut c| async move { c.report_result(r.clone()).await.map(|_| ()) })
+                    .await,
+            ),
         };
         match res {
             Ok(()) => {
@@ -531,7 +552,10 @@ async fn poll(
         free_devices: names.clone(),
         wait_ms: agent.lock().limits.poll_wait.as_millis() as u32,
     };
-    let res = agent.client.clone().acquire_job(req).await;
+    let res = agent
+        .coordinator
+        .call(|mut c| async move { c.acquire_job(req).await })
+        .await;
     let out = match res {
         Ok(r) => r.into_inner().assignment,
         Err(s) => {
@@ -575,7 +599,11 @@ async fn reject(agent: &Agent, a: &v1::Assignment, reason: &str) {
         job: a.job,
         reason: reason.to_string(),
     };
-    if let Err(s) = agent.client.clone().reject_job(req).await {
+    if let Err(s) = agent
+        .coordinator
+        .call(|mut c| async move { c.reject_job(req).await })
+        .await
+    {
         tracing::warn!(error = %s.message(), "could not hand a job back; its lease will expire");
     }
 }
@@ -911,7 +939,7 @@ async fn reload_on_sighup(agent: Arc<Agent>, path: std::path::PathBuf) {
 fn reload(agent: &Agent, path: &std::path::Path) -> anyhow::Result<usize> {
     let cfg = AgentConfig::load(path)?;
     if cfg.lab != agent.cfg.lab
-        || cfg.coordinator.url != agent.cfg.coordinator.url
+        || !cfg.coordinator.same_link(&agent.cfg.coordinator)
         || cfg.state_dir != agent.cfg.state_dir
     {
         anyhow::bail!("`lab`, `coordinator` and `state_dir` cannot change without a restart");
