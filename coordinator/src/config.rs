@@ -50,6 +50,9 @@ pub struct CoordinatorConfig {
     /// Leases and retries of jobs.
     #[serde(default)]
     pub leases: LeaseConfig,
+    /// Several coordinator replicas on one PostgreSQL store.
+    #[serde(default)]
+    pub replicas: ReplicaConfig,
     /// The event log.
     #[serde(default)]
     pub events: EventConfig,
@@ -165,6 +168,30 @@ impl Default for LeaseConfig {
     }
 }
 
+/// Replicas: one of them (the leader) runs the services that must run once (scheduler,
+/// trigger, timeouts, lease sweeps, event pruning, reports).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// How long the leader's claim lasts; it renews it every third of that. When the leader
+    /// dies, another replica takes over after at most this long. Default `10s`. Keep the
+    /// replicas' clocks in sync (NTP): the claim is compared with each replica's clock.
+    #[serde(default = "default_leader_ttl", with = "humantime_serde")]
+    pub leader_ttl: Duration,
+}
+
+fn default_leader_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            leader_ttl: default_leader_ttl(),
+        }
+    }
+}
+
 /// The event log.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,6 +240,7 @@ impl Default for CoordinatorConfig {
             public_url: default_public_url(),
             tls: TlsFiles::default(),
             leases: LeaseConfig::default(),
+            replicas: ReplicaConfig::default(),
             events: EventConfig::default(),
             retries: RetryConfig::default(),
             pipeline: Vec::new(),
@@ -257,6 +285,9 @@ impl CoordinatorConfig {
                 humantime::format_duration(self.leases.heartbeat),
                 humantime::format_duration(self.leases.duration)
             );
+        }
+        if self.replicas.leader_ttl < Duration::from_secs(1) {
+            bail!("replicas.leader_ttl must be at least 1s");
         }
         if let Some(s) = &self.store {
             crate::store::Location::parse(s).map_err(anyhow::Error::msg)?;

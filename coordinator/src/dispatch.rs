@@ -18,7 +18,7 @@ use crate::model::NodeId;
 use crate::pipeline_config::{Variant, VariantMode};
 use crate::placement::Placement;
 use crate::store::jobs::{JobStats, RETRY_DEVICES, signature};
-use crate::store::{Claim, JobRow, Store};
+use crate::store::{Claim, JobRow, JobStatus, Store};
 use labwire_common::{Criteria, DeviceInfo};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -76,6 +76,9 @@ struct State {
     stats: HashMap<(String, String), JobStats>,
     /// When the queue was last checked for runs with no variant left.
     exhausted_check: Option<Instant>,
+    /// The newest attempt this dispatcher knows of per job, so that a stale read of a job
+    /// (see [`Dispatcher::sync`]) does not undo a newer lease.
+    attempts: HashMap<NodeId, i32>,
 }
 
 /// What [`Dispatcher::explain`] says about one lab.
@@ -395,6 +398,7 @@ impl Dispatcher {
         if claim.job.group.is_some() {
             claim.job.spec.criteria = Some(labwire_proto::convert::criteria_to_proto(crit));
         }
+        st.attempts.insert(claim.job.id, claim.job.attempt);
         st.leased
             .insert(claim.job.id, (lab.to_string(), device.name.clone()));
         if let Some(g) = &claim.job.group {
@@ -574,6 +578,54 @@ impl Dispatcher {
             .insert((Reverse(job.priority), job.id.0), job.clone());
     }
 
+    /// Brings the in-memory queue and leases in line with a job as the store has it now,
+    /// after another coordinator replica changed it (on PostgreSQL, the server follows the
+    /// event log and calls this for every job event; it is harmless for this replica's own
+    /// changes). A queued job joins the queue (and is offered to the waiting agents), a
+    /// leased one counts against its lab, a finished one is dropped.
+    pub async fn sync(&self, row: &JobRow) {
+        {
+            let mut st = self.state.lock().await;
+            if st.attempts.get(&row.id).is_some_and(|a| *a > row.attempt) {
+                return; // read before a lease this dispatcher already knows of
+            }
+            st.attempts.insert(row.id, row.attempt);
+            match row.status {
+                JobStatus::Queued => {
+                    if st.queue.contains_key(&(Reverse(row.priority), row.id.0)) {
+                        return;
+                    }
+                }
+                JobStatus::Leased => {
+                    st.queue.retain(|_, q| q.id != row.id);
+                    let (lab, device) = (
+                        row.lease_owner.clone().unwrap_or_default(),
+                        row.device.clone().unwrap_or_default(),
+                    );
+                    if let Some(g) = &row.group {
+                        let v = st.groups.entry(g.id.clone()).or_default();
+                        v.retain(|(id, _, _)| *id != row.id);
+                        v.push((
+                            row.id,
+                            row.device_type.clone().unwrap_or_default(),
+                            device.clone(),
+                        ));
+                    }
+                    st.leased.insert(row.id, (lab, device));
+                    return;
+                }
+                JobStatus::Finished => {
+                    st.queue.retain(|_, q| q.id != row.id);
+                    st.leased.remove(&row.id);
+                    st.refused.remove(&row.id);
+                    st.attempts.remove(&row.id);
+                    return;
+                }
+            }
+        }
+        self.enqueue(row).await;
+    }
+
     /// Remembers that `lab` refused `job`, so that it goes to another lab first.
     pub async fn refused(&self, job: NodeId, lab: &str) {
         let mut st = self.state.lock().await;
@@ -621,6 +673,7 @@ impl Dispatcher {
         st.queue.retain(|_, q| q.id != id);
         st.leased.remove(&id);
         st.refused.remove(&id);
+        st.attempts.remove(&id);
     }
 
     /// Fails the queued runs whose variant cannot be met any more (strict mode).

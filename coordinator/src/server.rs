@@ -5,6 +5,7 @@ use crate::api::{AdminApi, AgentApi, EventApi, NodeApi, Shared};
 use crate::auth::Auth;
 use crate::config::CoordinatorConfig;
 use crate::dispatch::Dispatcher;
+use crate::store::Backend;
 use anyhow::Context;
 use labwire_proto::MAX_MESSAGE_BYTES;
 use labwire_proto::v1::admin_service_server::AdminServiceServer;
@@ -70,15 +71,6 @@ pub async fn serve_with_http(
     let tls = tls_config(&cfg)?;
     let c2 = cfg.clone();
     let store = tokio::task::spawn_blocking(move || crate::cli::open_store(&c2)).await??;
-    let grace = chrono::Utc::now()
-        + chrono::Duration::from_std(cfg.leases.duration).unwrap_or(chrono::Duration::seconds(60));
-    let extended = store.write(move |w| w.extend_all_leases(grace)).await?;
-    if extended > 0 {
-        tracing::info!(
-            leases = extended,
-            "gave leases held before the restart a grace period"
-        );
-    }
     let placement = match &cfg.placement {
         Some(p) => crate::placement::Placement::load(p)?,
         None => Default::default(),
@@ -108,12 +100,12 @@ pub async fn serve_with_http(
         shutdown: shutdown.clone(),
     });
 
-    let sweeper = tokio::spawn(sweep_leases(shared.clone()));
-    let pruner = tokio::spawn(prune_events(shared.clone()));
+    crate::services::check(&shared)?;
     let stats = tokio::spawn(refresh_stats(shared.clone()));
-    let scheduler =
-        pipeline.map(|p| tokio::spawn(crate::scheduler::run(shared.clone(), Arc::new(p))));
-    let mut services = crate::services::start(&shared, http)?;
+    let leader = tokio::spawn(lead(shared.clone(), pipeline.map(Arc::new)));
+    let follower =
+        (store.backend() == Backend::Postgres).then(|| tokio::spawn(follow_jobs(shared.clone())));
+    let mut services = crate::services::start_http(&shared, http)?;
 
     let addr = listener.local_addr()?;
     let router = Server::builder()
@@ -160,12 +152,13 @@ pub async fn serve_with_http(
         )
         .await;
     shutdown.cancel();
-    sweeper.abort();
-    pruner.abort();
     stats.abort();
-    if let Some(s) = scheduler {
-        s.abort();
+    if let Some(f) = follower {
+        f.abort();
     }
+    // The leader task stops its services and gives the role up, so that another replica
+    // takes over at once.
+    let _ = tokio::time::timeout(Duration::from_secs(15), leader).await;
     let _ = tokio::time::timeout(Duration::from_secs(15), async {
         while services.join_next().await.is_some() {}
     })
@@ -176,8 +169,174 @@ pub async fn serve_with_http(
     Ok(())
 }
 
+/// The role that runs the once-only services.
+const SERVICES_ROLE: &str = "services";
+
+/// This replica's name in the leadership table and logs: host, process, and a random part.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "coordinator".into());
+    format!(
+        "{host}:{}:{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Runs the services that must run once across replicas (scheduler, lease sweeps, event
+/// pruning, timeouts, trigger, reports) while this replica holds the leadership, renewing
+/// it every third of `replicas.leader_ttl`. Stops them as soon as a renewal fails (another
+/// replica takes over once the claim expired), and gives the role up on shutdown. On SQLite
+/// there is only one coordinator process: it takes the role at once, even if a crashed
+/// predecessor's claim has not expired.
+async fn lead(shared: Arc<Shared>, pipeline: Option<Arc<crate::pipeline_config::PipelineConfig>>) {
+    let me = replica_name();
+    let ttl = shared.config.replicas.leader_ttl;
+    let ttl_chrono = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(10));
+    let force = shared.store.backend() == Backend::Sqlite;
+    let mut running: Option<(CancellationToken, tokio::task::JoinSet<()>)> = None;
+    loop {
+        let (who, force_now) = (me.clone(), force && running.is_none());
+        let held = shared
+            .store
+            .write(move |w| {
+                if force_now {
+                    w.resign_any(SERVICES_ROLE)?;
+                }
+                w.try_lead(SERVICES_ROLE, &who, ttl_chrono)
+            })
+            .await;
+        match (&held, running.is_some()) {
+            (Ok(true), false) => {
+                tracing::info!(replica = %me, "this replica runs the scheduler and services now");
+                match start_services(&shared, pipeline.clone()).await {
+                    Ok(r) => running = Some(r),
+                    Err(e) => tracing::error!(error = %e, "cannot start the services"),
+                }
+            }
+            (Ok(false), true) | (Err(_), true) => {
+                if let Err(e) = &held {
+                    tracing::error!(error = %e, "cannot renew the leadership; stopping the services");
+                } else {
+                    tracing::warn!(replica = %me, "another replica took the leadership over; stopping the services");
+                }
+                if let Some((stop, mut set)) = running.take() {
+                    stop.cancel();
+                    set.abort_all();
+                    while set.join_next().await.is_some() {}
+                }
+            }
+            (Err(e), false) => tracing::warn!(error = %e, "cannot read the leadership"),
+            _ => {}
+        }
+        // Alive as long as the store answers (systemd's WatchdogSec), leader or not.
+        if held.is_ok() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep((ttl / 3).min(Duration::from_secs(5))) => {}
+            _ = shared.shutdown.cancelled() => break,
+        }
+    }
+    if let Some((stop, mut set)) = running.take() {
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while set.join_next().await.is_some() {}
+        })
+        .await;
+        set.abort_all();
+        let who = me.clone();
+        match shared
+            .store
+            .write(move |w| w.resign(SERVICES_ROLE, &who))
+            .await
+        {
+            Ok(_) => tracing::info!(replica = %me, "gave the leadership up"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot give the leadership up; it expires by itself")
+            }
+        }
+    }
+}
+
+/// Starts the leader's services; the token stops them.
+async fn start_services(
+    shared: &Arc<Shared>,
+    pipeline: Option<Arc<crate::pipeline_config::PipelineConfig>>,
+) -> anyhow::Result<(CancellationToken, tokio::task::JoinSet<()>)> {
+    // Leases held when the previous leader (or this coordinator, before a restart) stopped
+    // get a grace period, so that agents have time to reconnect before their jobs are taken
+    // away.
+    let grace = chrono::Utc::now()
+        + chrono::Duration::from_std(shared.config.leases.duration)
+            .unwrap_or(chrono::Duration::seconds(60));
+    let extended = shared
+        .store
+        .write(move |w| w.extend_all_leases(grace))
+        .await?;
+    if extended > 0 {
+        tracing::info!(
+            leases = extended,
+            "gave leases held before the leadership changed a grace period"
+        );
+    }
+    let stop = shared.shutdown.child_token();
+    let mut set = tokio::task::JoinSet::new();
+    set.spawn(sweep_leases(shared.clone(), stop.clone()));
+    set.spawn(prune_events(shared.clone(), stop.clone()));
+    if let Some(p) = pipeline {
+        set.spawn(crate::scheduler::run(shared.clone(), p));
+    }
+    crate::services::start_leader(shared, &stop, &mut set)?;
+    Ok((stop, set))
+}
+
+/// On PostgreSQL, other replicas change jobs too: follows the event log and brings this
+/// replica's dispatcher in line with every job event (a job submitted or requeued there
+/// reaches an agent waiting here at once; a lease taken there counts here).
+async fn follow_jobs(shared: Arc<Shared>) {
+    let start = *shared.store.last_seq().borrow();
+    let mut events = crate::store::events::follow(
+        shared.store.clone(),
+        start,
+        None,
+        false,
+        shared.shutdown.clone(),
+    );
+    while let Some(ev) = events.recv().await {
+        let ev = match ev {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot follow the event log; other replicas' jobs are not seen");
+                return;
+            }
+        };
+        if !matches!(
+            ev.node.kind,
+            crate::model::NodeKind::Job
+                | crate::model::NodeKind::Kbuild
+                | crate::model::NodeKind::Process
+        ) {
+            continue;
+        }
+        let id = ev.node.id;
+        match shared
+            .store
+            .read(move |c| crate::store::jobs::find_job(c, id))
+            .await
+        {
+            Ok(Some(row)) => shared.dispatcher.sync(&row).await,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "cannot read a job another replica changed")
+            }
+        }
+    }
+}
+
 /// Puts expired leases back in the queue, a few times per lease period.
-async fn sweep_leases(shared: Arc<Shared>) {
+async fn sweep_leases(shared: Arc<Shared>, stop: CancellationToken) {
     let period = (shared.config.leases.duration / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
     let max_retries = shared.config.leases.max_retries as i32;
@@ -185,7 +344,7 @@ async fn sweep_leases(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         }
         match shared
             .store
@@ -204,7 +363,6 @@ async fn sweep_leases(shared: Arc<Shared>) {
             }
             Err(e) => tracing::error!(error = %e, "lease sweep failed"),
         }
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
     }
 }
 
@@ -223,14 +381,14 @@ async fn refresh_stats(shared: Arc<Shared>) {
 }
 
 /// Deletes events older than the retention, hourly.
-async fn prune_events(shared: Arc<Shared>) {
+async fn prune_events(shared: Arc<Shared>, stop: CancellationToken) {
     let retention = chrono::Duration::from_std(shared.config.events.retention)
         .unwrap_or(chrono::Duration::days(30));
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         }
         let before = chrono::Utc::now() - retention;
         match shared.store.write(move |w| w.prune_events(before)).await {

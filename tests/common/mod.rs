@@ -58,6 +58,8 @@ pub struct Rig {
     pub admin_token: String,
     pub port: u16,
     pub extra_config: String,
+    /// The PostgreSQL database of the store, when the tests run on PostgreSQL.
+    pub pg: Option<labwire_testpg::TestDb>,
 }
 
 pub fn run_ok(cmd: &mut Command) -> String {
@@ -86,13 +88,27 @@ impl Rig {
             .tempdir()
             .expect("tempdir");
         let port = free_port();
+        // With LABWIRE_TEST_STORE=postgres, the coordinator's store is a fresh database on
+        // the private PostgreSQL test server (scripts/test.sh runs the coordinator's
+        // behaviour tests both ways).
+        let pg = (std::env::var("LABWIRE_TEST_STORE").as_deref() == Ok("postgres"))
+            .then(labwire_testpg::database);
         let mut rig = Rig {
             dir,
             admin_token: String::new(),
             port,
             extra_config: extra_config.to_string(),
+            pg,
         };
         rig.write_config();
+        if rig.pg.is_some() {
+            run_ok(
+                Command::new(COORDINATOR)
+                    .args(["--config"])
+                    .arg(rig.path("coordinator.yaml"))
+                    .arg("migrate"),
+            );
+        }
         let token_file = rig.path("admin.token");
         run_ok(
             Command::new(COORDINATOR)
@@ -122,8 +138,12 @@ impl Rig {
     }
 
     fn write_config(&self) {
+        let store = match &self.pg {
+            Some(db) => format!("store: {}\n", db.url),
+            None => String::new(),
+        };
         let cfg = format!(
-            "listen: 127.0.0.1:{}\ndata_dir: {}\npublic_url: {}\n{}",
+            "listen: 127.0.0.1:{}\ndata_dir: {}\npublic_url: {}\n{store}{}",
             self.port,
             self.path("coordinator").display(),
             self.url(),

@@ -11,10 +11,9 @@ use crate::api::SharedRef;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-/// Starts the HTTP side (on `http`, when given) and the pipeline services the config turns
-/// on: the timeout service always, the trigger when trees are configured, the report mailer
-/// when `reports.email` is set. Each stops when the shared shutdown token is cancelled.
-pub fn start(shared: &SharedRef, http: Option<TcpListener>) -> anyhow::Result<JoinSet<()>> {
+/// Starts the HTTP side on `http`, when given; it stops when the shared shutdown token is
+/// cancelled. Every replica serves it.
+pub fn start_http(shared: &SharedRef, http: Option<TcpListener>) -> anyhow::Result<JoinSet<()>> {
     let cfg = &shared.config;
     let mut set = JoinSet::new();
     if let Some(listener) = http {
@@ -35,26 +34,42 @@ pub fn start(shared: &SharedRef, http: Option<TcpListener>) -> anyhow::Result<Jo
             shared.shutdown.clone(),
         ));
     }
+    Ok(set)
+}
+
+/// Checks, at start-up, that the services' settings can work (so that a bad mail set-up
+/// fails the start, not the first report).
+pub fn check(shared: &SharedRef) -> anyhow::Result<()> {
+    if let Some(email) = &shared.config.reports.email {
+        mail::transport(email)?;
+    }
+    Ok(())
+}
+
+/// Starts the pipeline services the config turns on, on the replica that leads: the timeout
+/// service always, the trigger when trees are configured, the report mailer when
+/// `reports.email` is set. Each stops when `stop` is cancelled.
+pub fn start_leader(
+    shared: &SharedRef,
+    stop: &tokio_util::sync::CancellationToken,
+    set: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let cfg = &shared.config;
     set.spawn(timeout::run(
         shared.store.clone(),
         cfg.timeouts.interval,
-        shared.shutdown.clone(),
+        stop.clone(),
     ));
     if !cfg.trigger.trees.is_empty() {
         set.spawn(trigger::run(
             shared.store.clone(),
             cfg.trigger.clone(),
-            shared.shutdown.clone(),
+            stop.clone(),
         ));
     }
     if let Some(email) = &cfg.reports.email {
-        // Fail at start-up, not at the first report, when the settings cannot work.
         mail::transport(email)?;
-        set.spawn(mail::run(
-            shared.store.clone(),
-            email.clone(),
-            shared.shutdown.clone(),
-        ));
+        set.spawn(mail::run(shared.store.clone(), email.clone(), stop.clone()));
     }
-    Ok(set)
+    Ok(())
 }

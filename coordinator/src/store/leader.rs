@@ -29,6 +29,14 @@ impl Write<'_> {
         Ok(current == holder)
     }
 
+    /// Clears `role` whoever holds it (a single SQLite coordinator after a crash: nobody
+    /// else can hold it).
+    pub fn resign_any(&mut self, role: &str) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM leadership WHERE name = ?1", params![role])?;
+        Ok(())
+    }
+
     /// Gives `role` up if `holder` holds it (a replica that stops cleanly), so another
     /// replica takes over at once instead of after the time-out.
     pub fn resign(&mut self, role: &str, holder: &str) -> Result<bool> {
