@@ -1,51 +1,17 @@
 //! An agent configured with several coordinator replicas fails over between them, with real
 //! processes and real mutual TLS: replica A is killed with SIGKILL while a job runs, replica B
-//! (another process on another port, over the same data folder and SQLite file) takes over,
-//! and the agent carries on through B: it registers there, renews the running job's lease,
-//! delivers the job's log and result, and takes new work.
+//! (another process on another port, over the same data folder and store) takes over, and the
+//! agent carries on through B: it registers there, renews the running job's lease, delivers
+//! the job's log and result, and takes new work.
 //!
-//! B is started only after A is dead: the replicas share the database, but not yet their
-//! in-memory queue.
+//! B is started only after A is dead, so this runs on SQLite (one process at a time) as well
+//! as on PostgreSQL; tests/replicas.rs runs two replicas at once.
 
 mod common;
 
 use common::*;
 use labwire_proto::v1;
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Writes replica B's config (A's, on `port`: the same `data_dir`, hence the same SQLite file
-/// and CA) and starts it; waits until its gRPC port is open.
-fn start_replica(rig: &Rig, name: &str, port: u16) -> Proc {
-    let a = std::fs::read_to_string(rig.path("coordinator.yaml")).expect("A's config");
-    let cfg = a.replace(
-        &format!("127.0.0.1:{}", rig.port),
-        &format!("127.0.0.1:{port}"),
-    );
-    assert_ne!(cfg, a, "A's config names its port");
-    let cfg_path = rig.path(&format!("coordinator-{name}.yaml"));
-    std::fs::write(&cfg_path, cfg).expect("write B's config");
-    let log = std::fs::File::create(rig.path(&format!("coordinator-{name}.log"))).expect("log");
-    let addr_file = rig.path(&format!("coordinator-{name}.addr"));
-    let child = Command::new(COORDINATOR)
-        .arg("--config")
-        .arg(&cfg_path)
-        .args(["serve", "--addr-file"])
-        .arg(&addr_file)
-        .env("LABWIRE_LOG", "info,labwire_coordinator=debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start replica");
-    let p = Proc {
-        child,
-        name: format!("coordinator {name}"),
-    };
-    wait_for(Duration::from_secs(20), "replica B to listen", || {
-        addr_file.exists()
-    });
-    p
-}
 
 /// The job's queue entry as the coordinator at `c` sees it.
 async fn job_entry(c: &mut labwire::client::Clients, job: i64) -> Option<v1::Job> {
@@ -153,7 +119,7 @@ async fn the_agent_fails_over_to_another_replica_and_the_running_job_carries_on(
     let _ = coord_a.child.wait();
     let killed_at = now_secs();
     drop(ca);
-    let _coord_b = start_replica(&rig, "b", port_b);
+    let _coord_b = rig.start_replica("b", port_b);
     // A starting coordinator gives every lease a grace period of one lease duration.
     let grace_end = now_secs() + LEASE;
     let ca_pem = std::fs::read(rig.path("coordinator/pki/ca.pem")).expect("ca");

@@ -52,7 +52,7 @@ pub enum Error {
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
     /// PostgreSQL failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", pg_message(.0))]
     Pg(#[from] postgres::Error),
     /// Stored data could not be decoded (a bug or a damaged database).
     #[error("stored data is damaged: {0}")]
@@ -64,6 +64,24 @@ pub enum Error {
 
 /// Shorthand for results with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A PostgreSQL error with the server's own message (the client's `Display` says only
+/// "db error" for those).
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                m.push_str(&format!("; {d}"));
+            }
+            if let Some(h) = db.hint() {
+                m.push_str(&format!("; hint: {h}"));
+            }
+            m
+        }
+        None => e.to_string(),
+    }
+}
 
 /// Whether a PostgreSQL error is a conflict between concurrent transactions (a deadlock or
 /// a serialization failure) that succeeds when tried again.

@@ -332,8 +332,8 @@ pub async fn run(shared: SharedRef, cfg: Arc<PipelineConfig>) {
                     let mut created = Vec::new();
                     for p in planned {
                         let new_row = w.conn().execute(
-                            "INSERT OR IGNORE INTO scheduled (event_seq, job, platform, run, node_id) \
-                             VALUES (?1, ?2, ?3, ?4, 0)",
+                            "INSERT INTO scheduled (event_seq, job, platform, run, node_id) \
+                             VALUES (?1, ?2, ?3, ?4, 0) ON CONFLICT DO NOTHING",
                             params![evseq, p.job, p.platform, p.run],
                         )?;
                         if new_row == 0 {

@@ -82,6 +82,17 @@ impl Rig {
     /// Creates the coordinator's CA and admin token. `extra_config` is appended to the
     /// coordinator config (e.g. lease settings).
     pub fn new(extra_config: &str) -> Rig {
+        let pg = std::env::var("LABWIRE_TEST_STORE").as_deref() == Ok("postgres");
+        Self::with_store(extra_config, pg)
+    }
+
+    /// Like [`Rig::new`], on a fresh PostgreSQL database whatever `LABWIRE_TEST_STORE` says
+    /// (for what only PostgreSQL does: several replicas).
+    pub fn new_on_postgres(extra_config: &str) -> Rig {
+        Self::with_store(extra_config, true)
+    }
+
+    fn with_store(extra_config: &str, postgres: bool) -> Rig {
         labwire::install_crypto();
         let dir = tempfile::Builder::new()
             .prefix("labwire-e2e-")
@@ -91,8 +102,7 @@ impl Rig {
         // With LABWIRE_TEST_STORE=postgres, the coordinator's store is a fresh database on
         // the private PostgreSQL test server (scripts/test.sh runs the coordinator's
         // behaviour tests both ways).
-        let pg = (std::env::var("LABWIRE_TEST_STORE").as_deref() == Ok("postgres"))
-            .then(labwire_testpg::database);
+        let pg = postgres.then(labwire_testpg::database);
         let mut rig = Rig {
             dir,
             admin_token: String::new(),
@@ -295,6 +305,62 @@ impl Rig {
         bundle: Option<&Path>,
     ) -> Result<AgentServiceClient<Channel>, tonic::transport::Error> {
         agent_client_to(&self.url(), &self.path("coordinator/pki/ca.pem"), bundle).await
+    }
+
+    /// Starts another coordinator replica named `name` on `port`: the rig's config with only
+    /// the gRPC port changed (the same `data_dir`, hence the same CA, server certificate and
+    /// store), logging to `coordinator-{name}.log`; waits until its port is open.
+    pub fn start_replica(&self, name: &str, port: u16) -> Proc {
+        let a = std::fs::read_to_string(self.path("coordinator.yaml")).expect("A's config");
+        let cfg = a.replace(
+            &format!("127.0.0.1:{}", self.port),
+            &format!("127.0.0.1:{port}"),
+        );
+        assert_ne!(cfg, a, "the rig's config names its port");
+        let cfg_path = self.path(&format!("coordinator-{name}.yaml"));
+        std::fs::write(&cfg_path, cfg).expect("write the replica's config");
+        let log =
+            std::fs::File::create(self.path(&format!("coordinator-{name}.log"))).expect("log");
+        let addr_file = self.path(&format!("coordinator-{name}.addr"));
+        let child = Command::new(COORDINATOR)
+            .arg("--config")
+            .arg(&cfg_path)
+            .args(["serve", "--addr-file"])
+            .arg(&addr_file)
+            .env("LABWIRE_LOG", "info,labwire_coordinator=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start replica");
+        let p = Proc {
+            child,
+            name: format!("coordinator {name}"),
+        };
+        wait_for(Duration::from_secs(20), "the replica to listen", || {
+            addr_file.exists()
+        });
+        p
+    }
+
+    /// A client with the admin token, to the replica on `port`.
+    pub async fn client_at(&self, port: u16) -> Clients {
+        let ca = std::fs::read(self.path("coordinator/pki/ca.pem")).expect("ca");
+        labwire::client::connect(&format!("https://127.0.0.1:{port}"), &ca, &self.admin_token)
+            .await
+            .expect("connect client")
+    }
+
+    /// Points `lab`'s agent config at several replicas, in order (`coordinator.urls`).
+    pub fn agent_urls(&self, lab: &str, urls: &[String]) {
+        let path = self.path(&format!("labs/{lab}/agent.yaml"));
+        let text = std::fs::read_to_string(&path).expect("agent config");
+        let one = format!("  url: {}\n", self.url());
+        assert!(text.contains(&one), "{text}");
+        std::fs::write(
+            &path,
+            text.replace(&one, &format!("  urls: [{}]\n", urls.join(", "))),
+        )
+        .expect("write agent config");
     }
 
     /// Prints the logs when the test fails (the folder itself is kept then, see `Drop`).
