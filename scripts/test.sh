@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of labwire on a fresh machine: installs the system packages the tests need
-# (Debian, idempotent), then checks formatting and lints, then runs the whole test suite.
+# (Debian, idempotent), then checks formatting and lints, then runs the whole test suite, and
+# the coordinator's behaviour tests a second time on PostgreSQL.
 # This is the README's test command, and what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,12 +32,27 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# The PostgreSQL tests share one private server (labwire-testpg, under /tmp); stop it when
+# the run ends, whatever happens.
+trap 'cargo run -q -p labwire-testpg -- stop >/dev/null 2>&1 || true' EXIT
+
+# The coordinator's behaviour tests run twice: on SQLite (the default), then on PostgreSQL
+# (LABWIRE_TEST_STORE=postgres: each test gets a fresh database on the private server).
+pg_tests=(skeleton reliability scheduling http trigger report failover)
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
-    # nextest does not run doc tests; run them first so that the summary printed last is
-    # the one of the whole suite.
+    # nextest does not run doc tests; run them first.
     cargo test --workspace --doc
     cargo nextest run --workspace --no-fail-fast
+    echo "==> the coordinator's tests again, on PostgreSQL"
+    filter="package(labwire-coordinator)"
+    for t in "${pg_tests[@]}"; do filter="$filter | binary($t)"; done
+    LABWIRE_TEST_STORE=postgres cargo nextest run --workspace --no-fail-fast -E "$filter"
 else
     cargo test --workspace --no-fail-fast
+    echo "==> the coordinator's tests again, on PostgreSQL"
+    args=()
+    for t in "${pg_tests[@]}"; do args+=(--test "$t"); done
+    LABWIRE_TEST_STORE=postgres cargo test --no-fail-fast -p labwire-coordinator --lib
+    LABWIRE_TEST_STORE=postgres cargo test --no-fail-fast -p labwire "${args[@]}"
 fi

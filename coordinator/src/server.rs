@@ -84,6 +84,9 @@ pub async fn serve_with_http(
         }
         Some(loaded.config)
     };
+    // Other replicas' job changes after this point reach the dispatcher through the event
+    // log (PostgreSQL); what happened before, it loads from the store now.
+    let follow_from = *store.last_seq().borrow();
     let dispatcher = Dispatcher::load(
         store.clone(),
         cfg.leases.duration,
@@ -104,7 +107,7 @@ pub async fn serve_with_http(
     let stats = tokio::spawn(refresh_stats(shared.clone()));
     let leader = tokio::spawn(lead(shared.clone(), pipeline.map(Arc::new)));
     let follower =
-        (store.backend() == Backend::Postgres).then(|| tokio::spawn(follow_jobs(shared.clone())));
+        (store.backend() == Backend::Postgres).then(|| tokio::spawn(follow_jobs(shared.clone(), follow_from)));
     let mut services = crate::services::start_http(&shared, http)?;
 
     let addr = listener.local_addr()?;
@@ -295,8 +298,7 @@ async fn start_services(
 /// On PostgreSQL, other replicas change jobs too: follows the event log and brings this
 /// replica's dispatcher in line with every job event (a job submitted or requeued there
 /// reaches an agent waiting here at once; a lease taken there counts here).
-async fn follow_jobs(shared: Arc<Shared>) {
-    let start = *shared.store.last_seq().borrow();
+async fn follow_jobs(shared: Arc<Shared>, start: i64) {
     let mut events = crate::store::events::follow(
         shared.store.clone(),
         start,
