@@ -106,8 +106,8 @@ pub async fn serve_with_http(
     crate::services::check(&shared)?;
     let stats = tokio::spawn(refresh_stats(shared.clone()));
     let leader = tokio::spawn(lead(shared.clone(), pipeline.map(Arc::new)));
-    let follower =
-        (store.backend() == Backend::Postgres).then(|| tokio::spawn(follow_jobs(shared.clone(), follow_from)));
+    let follower = (store.backend() == Backend::Postgres)
+        .then(|| tokio::spawn(follow_jobs(shared.clone(), follow_from)));
     let mut services = crate::services::start_http(&shared, http)?;
 
     let addr = listener.local_addr()?;

@@ -92,7 +92,8 @@ impl Rig {
         Self::with_store(extra_config, true)
     }
 
-    fn with_store(extra_config: &str, postgres: bool) -> Rig {
+    /// A rig on PostgreSQL (`postgres`) or SQLite, whatever `LABWIRE_TEST_STORE` says.
+    pub fn with_store(extra_config: &str, postgres: bool) -> Rig {
         labwire::install_crypto();
         let dir = tempfile::Builder::new()
             .prefix("labwire-e2e-")
