@@ -86,10 +86,14 @@ async fn an_sqlite_store_moves_to_postgres_and_everyone_carries_on() {
 
     // Start on PostgreSQL; the agent reconnects by itself.
     let _coord = rig.start_coordinator();
-    wait_for(Duration::from_secs(20), "the coordinator to run on PostgreSQL", || {
-        std::fs::read_to_string(rig.path("coordinator.log"))
-            .is_ok_and(|l| l.contains("coordinator listening") && l.contains("postgres://"))
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the coordinator to run on PostgreSQL",
+        || {
+            std::fs::read_to_string(rig.path("coordinator.log"))
+                .is_ok_and(|l| l.contains("coordinator listening") && l.contains("postgres://"))
+        },
+    );
     let mut c = rig.client().await;
     for (job, msg, result) in &before {
         let n = c

@@ -32,23 +32,25 @@ struct Snapshot {
 }
 
 fn snapshot(c: &Connection) -> Result<Snapshot> {
-    let mut s = Snapshot::default();
-    s.jobs = c
-        .query_map(
-            "SELECT status, COUNT(*) FROM jobs GROUP BY status",
-            params![],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?
-        .into_iter()
-        .collect();
-    s.nodes = c
-        .query_map(
-            "SELECT kind, state, COUNT(*) FROM nodes GROUP BY kind, state",
-            params![],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?
-        .into_iter()
-        .collect();
+    let mut s = Snapshot {
+        jobs: c
+            .query_map(
+                "SELECT status, COUNT(*) FROM jobs GROUP BY status",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .into_iter()
+            .collect(),
+        nodes: c
+            .query_map(
+                "SELECT kind, state, COUNT(*) FROM nodes GROUP BY kind, state",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
     // Dispatch latency: from (last) queueing to the lease, for every job leased at least once.
     // Sums are cast: PostgreSQL sums BIGINTs as NUMERIC.
     let mut sql = String::from("SELECT COUNT(*), CAST(COALESCE(SUM(d), 0) AS BIGINT)");

@@ -51,7 +51,7 @@ pub(super) async fn authorize(
 async fn healthz(State(shared): State<SharedRef>) -> Response {
     match shared
         .store
-        .read(|c| Ok(c.query_row("SELECT 1", params![], |r| r.get::<_, i64>(0))?))
+        .read(|c| c.query_row("SELECT 1", params![], |r| r.get::<_, i64>(0)))
         .await
     {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),

@@ -151,11 +151,11 @@ pub async fn run(store: Store, cfg: EmailConfig, shutdown: CancellationToken) {
             loop {
                 let sent: bool = match store
                     .read(move |c| {
-                        Ok(c.query_row(
+                        c.query_row(
                             "SELECT EXISTS(SELECT 1 FROM mailed_reports WHERE checkout = ?1)",
                             params![id.0],
                             |r| r.get(0),
-                        )?)
+                        )
                     })
                     .await
                 {

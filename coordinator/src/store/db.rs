@@ -422,7 +422,7 @@ pub enum Connection {
     /// SQLite.
     Sqlite(rusqlite::Connection),
     /// PostgreSQL.
-    Pg(RefCell<PgConn>),
+    Pg(Box<RefCell<PgConn>>),
 }
 
 fn pg_params(params: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {

@@ -331,11 +331,11 @@ pub fn log_attempt(conn: &Connection, job: NodeId) -> Result<Option<i32>> {
     if reported.is_some() {
         return Ok(reported);
     }
-    Ok(conn.query_opt(
+    conn.query_opt(
         "SELECT attempt FROM logs WHERE job = ?1 ORDER BY attempt DESC LIMIT 1",
         params![job.0],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// Reads up to `max` bytes of chunks of a job attempt's log starting at chunk offset `from`.
@@ -497,7 +497,7 @@ impl Write<'_> {
         n.submitter = j.submitter;
         let mut attrs = j.attrs;
         if let Some(p) = j.parent {
-            let parent = Attrs::from_node_data(&get_node(&self.tx, p)?.data);
+            let parent = Attrs::from_node_data(&get_node(self.tx, p)?.data);
             for (k, v) in parent.scalars {
                 attrs.scalars.entry(k).or_insert(v);
             }
@@ -551,7 +551,7 @@ impl Write<'_> {
                 j.group.as_ref().map(variant),
                 j.group.as_ref().map(mode),
             ])?;
-        let job = get_job(&self.tx, node.id)?;
+        let job = get_job(self.tx, node.id)?;
         Ok((node, job))
     }
 
@@ -605,7 +605,7 @@ impl Write<'_> {
         if n != 1 {
             return Err(Error::LeaseLost(format!("job {id} is no longer queued")));
         }
-        let job = get_job(&self.tx, id)?;
+        let job = get_job(self.tx, id)?;
         let mut data = Map::new();
         data.insert("lab".into(), lab.into());
         data.insert("device".into(), device.into());
@@ -621,7 +621,7 @@ impl Write<'_> {
 
     /// The queue entry of `job`, checked to be the current attempt leased to `lab`.
     fn leased_to(&self, lab: &str, job: NodeId, attempt: i32) -> Result<JobRow> {
-        let row = get_job(&self.tx, job)?;
+        let row = get_job(self.tx, job)?;
         if row.status != JobStatus::Leased
             || row.lease_owner.as_deref() != Some(lab)
             || row.attempt != attempt
@@ -665,7 +665,7 @@ impl Write<'_> {
                 ..Default::default()
             },
         )?;
-        get_job(&self.tx, job)
+        get_job(self.tx, job)
     }
 
     /// Extends the leases of the listed attempts held by `lab`. Returns the attempts that are
@@ -700,8 +700,8 @@ impl Write<'_> {
         )?;
         let mut sweep = LeaseSweep::default();
         for id in expired.into_iter().map(NodeId) {
-            let row = get_job(&self.tx, id)?;
-            let node = get_node(&self.tx, id)?;
+            let row = get_job(self.tx, id)?;
+            let node = get_node(self.tx, id)?;
             let lab = row.lease_owner.clone().unwrap_or_default();
             if node.retry_counter < max_retries {
                 self.tx.execute(
@@ -724,7 +724,7 @@ impl Write<'_> {
                         ..Default::default()
                     },
                 )?;
-                sweep.requeued.push(get_job(&self.tx, id)?);
+                sweep.requeued.push(get_job(self.tx, id)?);
             } else {
                 self.finish_job_row(id)?;
                 let mut data = Map::new();
@@ -901,7 +901,7 @@ impl Write<'_> {
             return Ok(ReportOutcome::Duplicate);
         }
         let row = self.leased_to(lab, job, attempt)?;
-        let node = get_node(&self.tx, job)?;
+        let node = get_node(self.tx, job)?;
         self.tx.execute(
             "INSERT INTO job_reports (job, attempt, lab, reported) VALUES (?1, ?2, ?3, ?4)",
             params![job.0, attempt, lab, micros(self.now)],
@@ -954,7 +954,7 @@ impl Write<'_> {
                     ..Default::default()
                 },
             )?;
-            return Ok(ReportOutcome::Retried(Box::new(get_job(&self.tx, job)?)));
+            return Ok(ReportOutcome::Retried(Box::new(get_job(self.tx, job)?)));
         }
         insert_tests(self, &node, tests)?;
         self.finish_job_row(job)?;
@@ -1018,7 +1018,7 @@ impl Write<'_> {
     /// Cancels a job that is not finished: it leaves the queue and its node ends `done`,
     /// `incomplete`, `error_code=cancelled`. A leased job's agent learns at its next heartbeat.
     pub fn cancel_job(&mut self, job: NodeId, reason: &str) -> Result<Node> {
-        let row = get_job(&self.tx, job)?;
+        let row = get_job(self.tx, job)?;
         if row.status == JobStatus::Finished {
             return Err(Error::BadTransition {
                 node: job,
@@ -1058,7 +1058,7 @@ impl Write<'_> {
         )?;
         let mut out = Vec::new();
         for id in ids.into_iter().map(NodeId) {
-            let attempt = get_job(&self.tx, id)?.attempt;
+            let attempt = get_job(self.tx, id)?.attempt;
             out.push(self.release_job(lab, id, attempt, "lab revoked")?);
         }
         Ok(out)
@@ -1085,10 +1085,10 @@ impl Write<'_> {
     /// Gives every lease a grace period of `lease` from now: run at start-up so that agents
     /// have time to reconnect after a coordinator outage before their jobs are taken away.
     pub fn extend_all_leases(&mut self, until: DateTime<Utc>) -> Result<usize> {
-        Ok(self.tx.execute(
+        self.tx.execute(
             "UPDATE jobs SET lease_expires = ?1 WHERE status = 'leased' AND lease_expires < ?1",
             params![micros(until)],
-        )?)
+        )
     }
 }
 

@@ -252,10 +252,10 @@ impl Write<'_> {
         if n == 0 {
             return Err(Error::NotFound(format!("no lab named `{lab}`")));
         }
-        Ok(self.tx.execute(
+        self.tx.execute(
             "UPDATE lab_certs SET revoked_at = ?2 WHERE lab = ?1 AND revoked_at IS NULL",
             params![lab, now],
-        )?)
+        )
     }
 
     /// Creates a token with `scopes`; returns the secret, which is shown once and stored

@@ -193,7 +193,7 @@ fn open_sqlite(path: &Path) -> Result<Connection> {
 
 fn open_pg(config: &postgres::Config) -> Result<Connection> {
     let client = config.connect(postgres::NoTls)?;
-    Ok(Connection::Pg(RefCell::new(PgConn::new(client))))
+    Ok(Connection::Pg(Box::new(RefCell::new(PgConn::new(client)))))
 }
 
 impl Store {
