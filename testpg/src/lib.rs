@@ -196,6 +196,13 @@ fn current_server(fresh: bool) -> Result<server::Server, Error> {
     Ok(server)
 }
 
+/// The CA certificate (PEM file) that signed the shared server's TLS certificate (valid for
+/// 127.0.0.1 and localhost). The server takes TLS and plain connections alike; call
+/// [`database`] first so that the server and this file exist.
+pub fn tls_ca() -> PathBuf {
+    server::tls_ca()
+}
+
 /// Stops the shared test server if it runs (`pg_ctl stop -m fast`: open connections are
 /// closed); returns whether it ran. Its data folder is kept for the next start.
 pub fn stop() -> Result<bool, Error> {

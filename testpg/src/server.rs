@@ -367,9 +367,59 @@ fn initdb(layout: &Layout, bin: &PgBin, runner: &Runner) -> Result<(), Error> {
     layout.write_file(&layout.ready_file(), &bin.dir.to_string_lossy())
 }
 
+/// The server's TLS certificate and key in `pg/` (for 127.0.0.1 and localhost, signed by a
+/// test CA in `pg/tls-ca.pem`), made once. The key belongs to the server's user, mode 600,
+/// as PostgreSQL requires.
+fn tls_files(layout: &Layout, runner: &Runner) -> Result<(PathBuf, PathBuf), Error> {
+    let (ca_path, cert_path, key_path) = (
+        layout.pg().join("tls-ca.pem"),
+        layout.pg().join("server.crt"),
+        layout.pg().join("server.key"),
+    );
+    if ca_path.exists() && cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    let err = |e: rcgen::Error| Error(format!("making the test TLS certificate: {e}"));
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "labwire-testpg CA");
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let mut server = rcgen::CertificateParams::new(vec!["localhost".to_string()]).map_err(err)?;
+    server
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(std::net::IpAddr::V4(
+            std::net::Ipv4Addr::LOCALHOST,
+        )));
+    let server_key = rcgen::KeyPair::generate().map_err(err)?;
+    let server_cert = server.signed_by(&server_key, &issuer).map_err(err)?;
+    for (path, text, mode) in [
+        (&cert_path, server_cert.pem(), 0o644),
+        (&key_path, server_key.serialize_pem(), 0o600),
+        (&ca_path, ca_cert.pem(), 0o644),
+    ] {
+        fs::write(path, text).map_err(|e| Error(format!("writing {}: {e}", path.display())))?;
+        if let Runner::Postgres(user) = runner {
+            std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .map_err(|e| Error(format!("chown {}: {e}", path.display())))?;
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| Error(format!("chmod {}: {e}", path.display())))?;
+    }
+    Ok((cert_path, key_path))
+}
+
+/// The CA that signed the shared server's TLS certificate.
+pub(crate) fn tls_ca() -> PathBuf {
+    Layout::new().pg().join("tls-ca.pem")
+}
+
 /// Starts the server on a free port (three tries, in case another process takes the port
 /// between our choice and the server's bind) and returns the port.
 fn start(layout: &Layout, bin: &PgBin, runner: &Runner) -> Result<u16, Error> {
+    let (cert, key) = tls_files(layout, runner)?;
     let mut last = None;
     for _ in 0..3 {
         let port = free_port()?;
@@ -378,6 +428,13 @@ fn start(layout: &Layout, bin: &PgBin, runner: &Runner) -> Result<u16, Error> {
             options.push_str(" -c ");
             options.push_str(s);
         }
+        // TLS on (and optional, so plain connections work too): tests of the coordinator's
+        // TLS connections to PostgreSQL verify the server with `tls_ca()`.
+        options.push_str(&format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        ));
         let mut cmd = runner.command(&bin.get("pg_ctl"));
         cmd.arg("start")
             .arg("-D")
@@ -440,10 +497,13 @@ pub(crate) fn ensure() -> Result<Server, Error> {
         port,
         psql: bin.get("psql"),
     };
-    if let Some(port) = layout.read_port() {
-        if answers(&layout, &bin, port) {
-            return Ok(server(port));
-        }
+    // A server without the TLS files was started by an older labwire-testpg, without TLS:
+    // start it again.
+    if let Some(port) = layout.read_port()
+        && answers(&layout, &bin, port)
+        && layout.pg().join("tls-ca.pem").exists()
+    {
+        return Ok(server(port));
     }
     layout.remove_file(&layout.port_file())?;
     let ready = fs::read_to_string(layout.ready_file()).is_ok_and(|d| Path::new(&d) == bin.dir)

@@ -150,13 +150,13 @@ const CHANNEL: &str = "labwire_events";
 /// on a thread of its own, until the store is dropped. After a lost connection it connects
 /// again and reads the newest sequence number, so nothing is missed: subscribers read the
 /// durable log, the notification only wakes them.
-pub(crate) fn listen(config: postgres::Config, store: WeakStore) {
+pub(crate) fn listen(config: postgres::Config, tls: super::PgTls, store: WeakStore) {
     let spawned = std::thread::Builder::new()
         .name("labwire-pg-listen".into())
         .spawn(move || {
             let mut warned = false;
             while store.upgrade().is_some() {
-                if let Err(e) = listen_once(&config, &store) {
+                if let Err(e) = listen_once(&config, &tls, &store) {
                     if !warned {
                         tracing::warn!(error = %e, "lost the PostgreSQL notification connection; reconnecting");
                         warned = true;
@@ -173,8 +173,8 @@ pub(crate) fn listen(config: postgres::Config, store: WeakStore) {
 }
 
 /// One connection's worth of listening; `Ok` when the store is gone.
-fn listen_once(config: &postgres::Config, store: &WeakStore) -> Result<()> {
-    let mut client = config.connect(postgres::NoTls)?;
+fn listen_once(config: &postgres::Config, tls: &super::PgTls, store: &WeakStore) -> Result<()> {
+    let mut client = tls.connect(config)?;
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     let last: i64 = client.query_one("SELECT last FROM event_seq", &[])?.get(0);
     match store.upgrade() {

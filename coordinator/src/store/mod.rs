@@ -46,7 +46,9 @@ pub enum Location {
     /// `sqlite://PATH`: one file, one coordinator process.
     Sqlite(PathBuf),
     /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (or `postgresql://`): a PostgreSQL
-    /// database that several coordinator replicas may share.
+    /// database that several coordinator replicas may share. With
+    /// `?sslrootcert=/path/ca.pem` the connection uses TLS and the server's certificate must
+    /// be signed by that CA and name the host (as libpq's `sslmode=verify-full`).
     Postgres(String),
 }
 
@@ -63,8 +65,7 @@ impl Location {
             return Ok(Location::Sqlite(PathBuf::from(path)));
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            s.parse::<postgres::Config>()
-                .map_err(|e| format!("store `{}`: not a PostgreSQL URL: {e}", redact(s)))?;
+            pg_config(s)?;
             return Ok(Location::Postgres(s.to_string()));
         }
         Err(format!(
@@ -81,6 +82,93 @@ impl std::fmt::Display for Location {
             Location::Postgres(url) => f.write_str(&redact(url)),
         }
     }
+}
+
+/// How the coordinator reaches PostgreSQL: plain, or TLS verified against a CA.
+#[derive(Clone)]
+pub(crate) enum PgTls {
+    /// No TLS (`sslmode` must not be `require`).
+    Plain,
+    /// TLS, the server verified against the CA of `sslrootcert`.
+    Verified(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl PgTls {
+    pub(crate) fn connect(&self, config: &postgres::Config) -> Result<postgres::Client> {
+        Ok(match self {
+            PgTls::Plain => config.connect(postgres::NoTls)?,
+            PgTls::Verified(tls) => config.connect(tls.clone())?,
+        })
+    }
+}
+
+/// Parses a PostgreSQL store URL: the client settings, and the CA file of its
+/// `sslrootcert` parameter (which the `postgres` client does not know, so it is taken out).
+fn pg_config(url: &str) -> std::result::Result<(postgres::Config, Option<PathBuf>), String> {
+    let bad = |e: &dyn std::fmt::Display| format!("store `{}`: {e}", redact(url));
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut ca = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslrootcert", v)) if !v.is_empty() => ca = Some(PathBuf::from(v)),
+            Some(("sslrootcert", _)) => return Err(bad(&"sslrootcert needs a file path")),
+            _ => rest.push(pair),
+        }
+    }
+    let plain = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    let mut config: postgres::Config = plain
+        .parse()
+        .map_err(|e| bad(&format!("not a PostgreSQL URL: {e}")))?;
+    use postgres::config::SslMode;
+    match (&ca, config.get_ssl_mode()) {
+        (Some(_), SslMode::Disable) => {
+            return Err(bad(&"sslrootcert with sslmode=disable: choose one"));
+        }
+        // A CA given means TLS, never a silent fallback to plain text.
+        (Some(_), _) => {
+            config.ssl_mode(SslMode::Require);
+        }
+        (None, SslMode::Require) => {
+            return Err(bad(&"sslmode=require needs sslrootcert=PATH (the CA that \
+                             signed the server's certificate)"));
+        }
+        // Without a CA the connection is plain (also with the default sslmode=prefer).
+        (None, _) => {}
+    }
+    Ok((config, ca))
+}
+
+/// The TLS set-up for a CA file (none: plain).
+fn pg_tls(ca: Option<&Path>) -> Result<PgTls> {
+    let Some(ca) = ca else {
+        return Ok(PgTls::Plain);
+    };
+    let bad = |e: &dyn std::fmt::Display| {
+        Error::Invalid(format!("store sslrootcert {}: {e}", ca.display()))
+    };
+    let pem = std::fs::read(ca).map_err(|e| bad(&e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no certificate in the file"));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Internal(format!("TLS set-up: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(PgTls::Verified(
+        tokio_postgres_rustls::MakeRustlsConnect::new(config),
+    ))
 }
 
 /// A store URL with its password replaced by `***`, for logs and errors.
@@ -126,6 +214,7 @@ enum Kind {
     /// A PostgreSQL database: a pool of connections for reads and writes alike.
     Pg {
         config: postgres::Config,
+        tls: PgTls,
         pool: Pool,
     },
 }
@@ -191,8 +280,8 @@ fn open_sqlite(path: &Path) -> Result<Connection> {
     Ok(Connection::Sqlite(conn))
 }
 
-fn open_pg(config: &postgres::Config) -> Result<Connection> {
-    let client = config.connect(postgres::NoTls)?;
+fn open_pg(config: &postgres::Config, tls: &PgTls) -> Result<Connection> {
+    let client = tls.connect(config)?;
     Ok(Connection::Pg(Box::new(RefCell::new(PgConn::new(client)))))
 }
 
@@ -246,14 +335,14 @@ impl Store {
                 }
             }
             Location::Postgres(url) => {
-                let config: postgres::Config = url
-                    .parse()
-                    .map_err(|e| Error::Invalid(format!("store {}: {e}", redact(url))))?;
-                let first = open_pg(&config).map_err(|e| {
+                let (config, ca) = pg_config(url).map_err(Error::Invalid)?;
+                let tls = pg_tls(ca.as_deref())?;
+                let first = open_pg(&config, &tls).map_err(|e| {
                     Error::Internal(format!("cannot connect to {}: {e}", redact(url)))
                 })?;
                 Kind::Pg {
                     config,
+                    tls,
                     pool: Pool {
                         idle: Mutex::new((vec![first], 1)),
                         freed: Condvar::new(),
@@ -278,10 +367,14 @@ impl Store {
             _ => inner.with_conn(false, events::last_seq)?,
         };
         inner.last_seq.send_replace(last);
-        if let Kind::Pg { config, .. } = &inner.kind
+        if let Kind::Pg { config, tls, .. } = &inner.kind
             && schema != Schema::AsIs
         {
-            events::listen(config.clone(), WeakStore(Arc::downgrade(&inner)));
+            events::listen(
+                config.clone(),
+                tls.clone(),
+                WeakStore(Arc::downgrade(&inner)),
+            );
         }
         Ok(Store { inner })
     }
@@ -443,8 +536,8 @@ impl Inner {
                 }
                 out
             }
-            Kind::Pg { config, pool } => {
-                let conn = pool.take(config)?;
+            Kind::Pg { config, tls, pool } => {
+                let conn = pool.take(config, tls)?;
                 let out = f(&conn);
                 pool.give_back(conn);
                 out
@@ -508,7 +601,7 @@ impl Drop for Pool {
 }
 
 impl Pool {
-    fn take(&self, config: &postgres::Config) -> Result<Connection> {
+    fn take(&self, config: &postgres::Config, tls: &PgTls) -> Result<Connection> {
         let mut guard = self
             .idle
             .lock()
@@ -520,7 +613,7 @@ impl Pool {
             if guard.1 < PG_POOL {
                 guard.1 += 1;
                 drop(guard);
-                return open_pg(config).inspect_err(|_| {
+                return open_pg(config, tls).inspect_err(|_| {
                     if let Ok(mut g) = self.idle.lock() {
                         g.1 -= 1;
                     }
@@ -595,6 +688,69 @@ pub(crate) fn temp_store_with_clock(clock: Clock) -> (TestStore, Store) {
         },
         store,
     )
+}
+
+#[cfg(test)]
+mod pg_tls_tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_are_checked() {
+        assert!(Location::parse("sqlite://").is_err());
+        assert!(matches!(
+            Location::parse("sqlite:///x/y.db"),
+            Ok(Location::Sqlite(_))
+        ));
+        let e = Location::parse("mysql://a@b/c").unwrap_err();
+        assert!(e.contains("sqlite://PATH or postgres://"), "{e}");
+        let e = Location::parse("postgres://u:secret@h/db?sslmode=require").unwrap_err();
+        assert!(
+            e.contains("needs sslrootcert") && !e.contains("secret"),
+            "{e}"
+        );
+        let e =
+            Location::parse("postgres://u@h/db?sslrootcert=/ca.pem&sslmode=disable").unwrap_err();
+        assert!(e.contains("choose one"), "{e}");
+        let (cfg, ca) =
+            pg_config("postgres://u@h:5/db?sslrootcert=/ca.pem&connect_timeout=3").unwrap();
+        assert_eq!(ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(cfg.get_ssl_mode(), postgres::config::SslMode::Require);
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+
+    /// A real TLS connection to the test server, verified against its CA; another CA is
+    /// refused.
+    #[test]
+    fn tls_to_postgres_is_verified() {
+        let db = labwire_testpg::database();
+        let ca = labwire_testpg::tls_ca();
+        let url = format!("{}?sslrootcert={}", db.url, ca.display());
+        let store = Store::connect(&Location::Postgres(url), Clock::system(), Schema::Migrate)
+            .expect("a TLS connection verified against the test CA");
+        let ssl: bool = store
+            .read_blocking(|c| {
+                c.query_row(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    db::params![],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert!(ssl, "the connection is not encrypted");
+        drop(store);
+
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other-ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        std::fs::write(&other, p.self_signed(&key).unwrap().pem()).unwrap();
+        let url = format!("{}?sslrootcert={}", db.url, other.display());
+        let err = Store::connect(&Location::Postgres(url), Clock::system(), Schema::Migrate)
+            .err()
+            .expect("a server certificate from another CA is refused");
+        assert!(err.to_string().contains("cannot connect"), "{err}");
+    }
 }
 
 /// [`temp_store_with_clock`] with the system clock.
