@@ -690,6 +690,12 @@ pub(crate) fn temp_store_with_clock(clock: Clock) -> (TestStore, Store) {
     )
 }
 
+/// [`temp_store_with_clock`] with the system clock.
+#[cfg(test)]
+pub(crate) fn temp_store() -> (TestStore, Store) {
+    temp_store_with_clock(Clock::system())
+}
+
 #[cfg(test)]
 mod pg_tls_tests {
     use super::*;
@@ -751,10 +757,4 @@ mod pg_tls_tests {
             .expect("a server certificate from another CA is refused");
         assert!(err.to_string().contains("cannot connect"), "{err}");
     }
-}
-
-/// [`temp_store_with_clock`] with the system clock.
-#[cfg(test)]
-pub(crate) fn temp_store() -> (TestStore, Store) {
-    temp_store_with_clock(Clock::system())
 }
