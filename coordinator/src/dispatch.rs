@@ -359,6 +359,44 @@ impl Dispatcher {
         v.last_seen = Instant::now();
     }
 
+    /// Takes in what the labs connected to other coordinator replicas last advertised (the
+    /// store's `labs` rows, which every heartbeat updates), so that placement compares them
+    /// too. A lab this replica heard from more recently keeps its own view; a lab not heard
+    /// from within the horizon is left out.
+    pub async fn refresh_remote_labs(&self, rows: &[crate::store::LabRow]) {
+        let now = chrono::Utc::now();
+        let mut st = self.state.lock().await;
+        for row in rows {
+            let (Some(seen), None) = (row.last_seen, row.revoked_at) else {
+                continue;
+            };
+            let Ok(age) = (now - seen).to_std() else {
+                continue;
+            };
+            if age >= self.horizon {
+                continue;
+            }
+            let Some(at) = Instant::now().checked_sub(age) else {
+                continue;
+            };
+            if st.labs.get(&row.name).is_some_and(|v| v.last_seen >= at) {
+                continue;
+            }
+            let Ok(devices) = serde_json::from_value::<Vec<DeviceInfo>>(row.devices.clone()) else {
+                continue;
+            };
+            st.labs.insert(
+                row.name.clone(),
+                LabView {
+                    devices,
+                    free_slots: row.free_slots,
+                    draining: false,
+                    last_seen: at,
+                },
+            );
+        }
+    }
+
     /// Reloads the job statistics from the store (run now and then).
     pub async fn refresh_stats(&self) -> Result<()> {
         let stats = self.store.read(crate::store::jobs::job_stats).await?;
@@ -939,6 +977,58 @@ mod tests {
         d.acquire(lab, "s", devs.to_vec(), Duration::ZERO)
             .await
             .unwrap()
+    }
+
+    /// Labs connected to another replica come from the store's `labs` rows; another
+    /// replica's job and lease changes come through `sync`.
+    #[tokio::test]
+    async fn other_replicas_labs_and_jobs_are_seen() {
+        let (_d, store, d) = setup("").await;
+        let json = serde_json::to_value(vec![device("c1", "x")]).unwrap();
+        store
+            .write(move |w| {
+                w.register_lab_cert("lab-c", "fp-c", None)?;
+                w.touch_lab("lab-c", Some(&json), Some(1))
+            })
+            .await
+            .unwrap();
+        let rows = store.read(crate::store::labs::list_labs).await.unwrap();
+        d.refresh_remote_labs(&rows).await;
+        let id = submit(&store, &d, job("one", None)).await;
+        let row = store
+            .read(move |c| crate::store::jobs::find_job(c, id))
+            .await
+            .unwrap()
+            .unwrap();
+        let v = d.explain(&row, &["lab-c".into()]).await;
+        assert!(v[0].eligible, "{v:?}");
+        // Another replica leases it: this one counts the lease and no longer offers the job.
+        let until = chrono::Utc::now() + chrono::Duration::seconds(60);
+        let leased = store
+            .write(move |w| w.claim_job(id, "lab-c", "s", "c1", "x", until))
+            .await
+            .unwrap();
+        d.sync(&leased.job).await;
+        assert_eq!(d.queue_len().await, 0);
+        // A stale read from before the lease changes nothing.
+        d.sync(&row).await;
+        assert_eq!(d.queue_len().await, 0);
+        // It goes back to the queue there: here it is offered again.
+        let again = store
+            .write(move |w| w.release_job("lab-c", id, 1, "test"))
+            .await
+            .unwrap();
+        d.sync(&again).await;
+        assert_eq!(d.queue_len().await, 1);
+        assert_eq!(
+            poll(&d, "lab-c", &[device("c1", "x")])
+                .await
+                .unwrap()
+                .claim
+                .job
+                .id,
+            id
+        );
     }
 
     #[tokio::test]

@@ -106,8 +106,12 @@ pub async fn serve_with_http(
     crate::services::check(&shared)?;
     let stats = tokio::spawn(refresh_stats(shared.clone()));
     let leader = tokio::spawn(lead(shared.clone(), pipeline.map(Arc::new)));
-    let follower = (store.backend() == Backend::Postgres)
-        .then(|| tokio::spawn(follow_jobs(shared.clone(), follow_from)));
+    let follower = (store.backend() == Backend::Postgres).then(|| {
+        (
+            tokio::spawn(follow_jobs(shared.clone(), follow_from)),
+            tokio::spawn(refresh_remote_labs(shared.clone())),
+        )
+    });
     let mut services = crate::services::start_http(&shared, http)?;
 
     let addr = listener.local_addr()?;
@@ -156,8 +160,9 @@ pub async fn serve_with_http(
         .await;
     shutdown.cancel();
     stats.abort();
-    if let Some(f) = follower {
-        f.abort();
+    if let Some((jobs, labs)) = follower {
+        jobs.abort();
+        labs.abort();
     }
     // The leader task stops its services and gives the role up, so that another replica
     // takes over at once.
@@ -298,6 +303,24 @@ async fn start_services(
 /// On PostgreSQL, other replicas change jobs too: follows the event log and brings this
 /// replica's dispatcher in line with every job event (a job submitted or requeued there
 /// reaches an agent waiting here at once; a lease taken there counts here).
+/// On PostgreSQL, every few seconds: what the labs connected to other replicas advertised,
+/// for placement.
+async fn refresh_remote_labs(shared: Arc<Shared>) {
+    let period =
+        (shared.config.leases.heartbeat / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        match shared.store.read(crate::store::labs::list_labs).await {
+            Ok(rows) => shared.dispatcher.refresh_remote_labs(&rows).await,
+            Err(e) => tracing::warn!(error = %e, "cannot read the labs of other replicas"),
+        }
+    }
+}
+
 async fn follow_jobs(shared: Arc<Shared>, start: i64) {
     let mut events = crate::store::events::follow(
         shared.store.clone(),
