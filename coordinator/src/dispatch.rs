@@ -959,7 +959,9 @@ mod tests {
         let d = Dispatcher::load(
             store.clone(),
             Duration::from_secs(60),
-            Duration::from_millis(20),
+            // Labs count as connected for three heartbeats (0.6 s): long enough for a loaded
+            // machine's store calls (PostgreSQL included), short for the strict-variant wait.
+            Duration::from_millis(200),
             Placement::parse(placement).unwrap(),
         )
         .await
@@ -1131,7 +1133,7 @@ mod tests {
             }]
         );
         // Nothing is left for the third run: strict mode fails it (after the settling time).
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
         d.update_lab("lab-a", Some(devs.to_vec()), 2, false).await;
         assert!(poll(&d, "lab-a", &devs).await.is_none());
         let n3 = store
