@@ -79,7 +79,19 @@ fn pg_message(e: &postgres::Error) -> String {
             }
             m
         }
-        None => e.to_string(),
+        None => {
+            // The client's own errors keep the cause (connection refused, TLS) as source.
+            let mut m = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(c) = src {
+                let text = c.to_string();
+                if !m.ends_with(&text) {
+                    m.push_str(&format!(": {text}"));
+                }
+                src = c.source();
+            }
+            m
+        }
     }
 }
 
