@@ -697,7 +697,7 @@ pub(crate) fn temp_store() -> (TestStore, Store) {
 }
 
 #[cfg(test)]
-mod pg_tls_tests {
+mod pg_tests {
     use super::*;
 
     #[test]
@@ -722,6 +722,145 @@ mod pg_tls_tests {
         assert_eq!(ca, Some(PathBuf::from("/ca.pem")));
         assert_eq!(cfg.get_ssl_mode(), postgres::config::SslMode::Require);
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+
+    fn two_replicas() -> (labwire_testpg::TestDb, Store, Store) {
+        let db = labwire_testpg::database();
+        let loc = Location::Postgres(db.url.clone());
+        let a = Store::connect(&loc, Clock::system(), Schema::Migrate).unwrap();
+        let b = Store::connect(&loc, Clock::system(), Schema::Check).unwrap();
+        (db, a, b)
+    }
+
+    /// Two stores (two replicas' connection pools) on one database, eight writers at once,
+    /// some transactions with several events: a reader that follows the log sees every
+    /// number exactly once, each the one after the last: no gap ever shows that fills in later.
+    #[test]
+    fn concurrent_replicas_number_events_without_visible_gaps() {
+        use crate::model::NodeKind;
+        let (_db, a, b) = two_replicas();
+        const WRITERS: usize = 8;
+        const EACH: usize = 40;
+        // Each writer: EACH transactions, every other one with a create and an update.
+        let total = (WRITERS * EACH + WRITERS * EACH / 2) as i64;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let seen = std::thread::scope(|s| {
+            let follower = s.spawn(|| {
+                let mut cursor = 0i64;
+                let mut seen = Vec::new();
+                let start = std::time::Instant::now();
+                while cursor < total {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(120),
+                        "stuck at {cursor}"
+                    );
+                    let evs = b
+                        .read_blocking(move |c| events::events_after(c, cursor, 1000, None))
+                        .unwrap();
+                    for e in evs {
+                        assert_eq!(e.seq, cursor + 1, "a gap showed after {cursor}");
+                        cursor = e.seq;
+                        seen.push(e.seq);
+                    }
+                    if done.load(std::sync::atomic::Ordering::SeqCst) && cursor >= total {
+                        break;
+                    }
+                }
+                seen
+            });
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+                    s.spawn(move || {
+                        for i in 0..EACH {
+                            store
+                                .write_blocking(move |tx| {
+                                    let n = tx.create_node(NewNode::new(
+                                        NodeKind::Checkout,
+                                        format!("w{w}-{i}"),
+                                    ))?;
+                                    if i % 2 == 0 {
+                                        tx.update_node(
+                                            n.id,
+                                            NodeUpdate {
+                                                state: Some(crate::model::NodeState::Done),
+                                                ..Default::default()
+                                            },
+                                        )?;
+                                    }
+                                    Ok(())
+                                })
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            follower.join().unwrap()
+        });
+        assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+        assert_eq!(*a.last_seq().borrow(), total);
+        // The other replica hears of the newest number through LISTEN/NOTIFY.
+        let start = std::time::Instant::now();
+        while *b.last_seq().borrow() < total {
+            assert!(start.elapsed() < Duration::from_secs(10), "no notification");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Two replicas race to lease the same 60 jobs: each job is leased exactly once.
+    #[test]
+    fn concurrent_replicas_lease_each_job_once() {
+        let (_db, a, b) = two_replicas();
+        let ids: Vec<crate::model::NodeId> = (0..60)
+            .map(|i| {
+                a.write_blocking(move |w| {
+                    w.submit_job(NewJob {
+                        spec: labwire_proto::v1::JobSpec {
+                            name: format!("j{i}"),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    })
+                })
+                .unwrap()
+                .0
+                .id
+            })
+            .collect();
+        let until = chrono::Utc::now() + chrono::Duration::seconds(60);
+        let won: Vec<Vec<crate::model::NodeId>> = std::thread::scope(|s| {
+            let racers: Vec<_> = [(&a, "lab-a"), (&b, "lab-b"), (&a, "lab-c"), (&b, "lab-d")]
+                .into_iter()
+                .map(|(store, lab)| {
+                    let ids = ids.clone();
+                    s.spawn(move || {
+                        let mut mine = Vec::new();
+                        for id in ids {
+                            match store.write_blocking(move |w| {
+                                w.claim_job(id, lab, "s", "dev", "dt", until)
+                            }) {
+                                Ok(c) => mine.push(c.job.id),
+                                Err(Error::LeaseLost(_)) => {}
+                                Err(e) => panic!("claim of {id} by {lab}: {e}"),
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let mut all: Vec<_> = won.iter().flatten().copied().collect();
+        all.sort();
+        assert_eq!(all, ids, "every job leased exactly once: {won:?}");
+        let attempts: Vec<i32> = b
+            .read_blocking(|c| c.query_map("SELECT attempt FROM jobs", db::params![], |r| r.get(0)))
+            .unwrap();
+        assert!(attempts.iter().all(|a| *a == 1), "{attempts:?}");
     }
 
     /// A real TLS connection to the test server, verified against its CA; another CA is
