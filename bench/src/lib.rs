@@ -1,6 +1,8 @@
 //! labwire-bench: measures labwire's speed, scale and footprint against a real coordinator
 //! process and simulated (or real) agents over real mutual TLS on 127.0.0.1, and prints one
-//! table of figures with their targets (or JSON).
+//! table of figures with their targets (or JSON). The coordinator's store is an SQLite file
+//! by default, or PostgreSQL with `--store` (see [`StoreChoice`]); every figure says which
+//! store it was measured on.
 //!
 //! The coordinator and the agent run as separate processes started from this binary itself
 //! (`labwire-bench coordinator ...` and `labwire-bench agent ...` run the same library entry
@@ -15,6 +17,7 @@ pub mod sim;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use labwire_coordinator::store::redact;
 use report::Figure;
 use std::path::PathBuf;
 
@@ -53,6 +56,77 @@ impl Scenario {
         Scenario::Parsers,
         Scenario::Serial,
     ];
+
+    /// Whether the scenario runs a coordinator, and so measures its store too (the parser
+    /// and serial scenarios do not).
+    pub fn uses_store(self) -> bool {
+        !matches!(self, Scenario::Parsers | Scenario::Serial)
+    }
+}
+
+/// Where the coordinator's store lives during a benchmark (`--store`). Printed (also with
+/// `{:?}`) without the password of a URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// `sqlite`: an SQLite file in the coordinator's temporary folder (the default).
+    Sqlite,
+    /// `postgres`: for each coordinator, a fresh database on the private PostgreSQL test
+    /// server of `labwire-testpg` (started on 127.0.0.1 if it does not run; `fsync=off`),
+    /// dropped afterwards.
+    TestPg,
+    /// `postgres://USER@HOST:PORT/DB`: a database of the user's own, which must be empty; it
+    /// holds one coordinator's data, so one run may use it for one coordinator only, and the
+    /// data stays there afterwards.
+    Url(String),
+}
+
+impl StoreChoice {
+    /// Parses `sqlite`, `postgres` or a `postgres://` (`postgresql://`) URL.
+    pub fn parse(s: &str) -> Result<StoreChoice, String> {
+        match s {
+            "sqlite" => Ok(StoreChoice::Sqlite),
+            "postgres" | "postgresql" => Ok(StoreChoice::TestPg),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                match labwire_coordinator::store::Location::parse(url)? {
+                    labwire_coordinator::store::Location::Postgres(u) => Ok(StoreChoice::Url(u)),
+                    other => Err(format!("`{other}` is not a PostgreSQL URL")),
+                }
+            }
+            other => Err(format!(
+                "`{}`: expected sqlite, postgres (a fresh database on the PostgreSQL test \
+                 server) or postgres://USER@HOST:PORT/DATABASE (an empty database)",
+                redact(other)
+            )),
+        }
+    }
+
+    /// The store's kind as figures carry it: `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreChoice::Sqlite => "sqlite",
+            StoreChoice::TestPg | StoreChoice::Url(_) => "postgres",
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Sqlite => f.write_str("Sqlite"),
+            StoreChoice::TestPg => f.write_str("TestPg"),
+            StoreChoice::Url(u) => write!(f, "Url({:?})", redact(u)),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Sqlite => f.write_str("sqlite"),
+            StoreChoice::TestPg => f.write_str("postgres"),
+            StoreChoice::Url(u) => f.write_str(&redact(u)),
+        }
+    }
 }
 
 /// Command-line options. Defaults are the sizes of the targets.
@@ -65,6 +139,13 @@ pub struct Opts {
     /// Print the figures as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The coordinator's store: `sqlite` (a file in its temporary folder), `postgres` (a
+    /// fresh database on the private PostgreSQL test server of labwire-testpg for each
+    /// coordinator) or `postgres://USER@HOST:PORT/DB` (an empty database of your own, for
+    /// one scenario: the parsers and serial scenarios use no store, queries and events share
+    /// one).
+    #[arg(long, default_value = "sqlite", value_parser = StoreChoice::parse)]
+    pub store: StoreChoice,
     /// Runs of each latency and throughput measurement; medians over them are reported.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
@@ -125,6 +206,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
     } else {
         opts.scenarios.clone()
     };
+    check_store_use(&list, &opts.store)?;
     let mut all = Vec::new();
     let mut store = None;
     for s in list {
@@ -136,7 +218,8 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
             Scenario::Throughput => scenarios::throughput::run(opts).await,
             Scenario::Queries | Scenario::Events => {
                 if store.is_none() {
-                    store = Some(scenarios::bigstore::BigStore::build(opts.nodes).await?);
+                    store =
+                        Some(scenarios::bigstore::BigStore::build(&opts.store, opts.nodes).await?);
                 }
                 let st = store.as_ref().context("store built above")?;
                 if s == Scenario::Queries {
@@ -151,9 +234,95 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
             Scenario::Serial => scenarios::serial::run(opts).await,
         }
         .with_context(|| format!("scenario {s:?} failed"))?;
+        let figs: Vec<Figure> = figs
+            .into_iter()
+            .map(|f| {
+                if s.uses_store() {
+                    f.store(opts.store.kind())
+                } else {
+                    f
+                }
+            })
+            .collect();
         eprint!("{}", report::table(&figs));
         eprintln!("    ({s:?} took {:.1}s)", t.elapsed().as_secs_f64());
         all.extend(figs);
     }
     Ok(all)
+}
+
+/// Refuses a user's PostgreSQL database for more than one coordinator: each scenario's
+/// coordinator needs an empty store (queries and events share one).
+pub fn check_store_use(list: &[Scenario], store: &StoreChoice) -> anyhow::Result<()> {
+    if let StoreChoice::Url(u) = store {
+        let mut rigs: Vec<&str> = Vec::new();
+        for s in list.iter().filter(|s| s.uses_store()) {
+            let rig = match s {
+                Scenario::Queries | Scenario::Events => "queries/events",
+                Scenario::Dispatch => "dispatch",
+                Scenario::Throughput => "throughput",
+                Scenario::Footprint => "footprint",
+                Scenario::Idle => "idle",
+                _ => "other",
+            };
+            if !rigs.contains(&rig) {
+                rigs.push(rig);
+            }
+        }
+        anyhow::ensure!(
+            rigs.len() <= 1,
+            "--store {}: one empty database holds one scenario's coordinator, and these \
+             scenarios each start their own: {}; run them one at a time, each on an empty \
+             database, or use --store postgres (a fresh database on the PostgreSQL test \
+             server for each)",
+            redact(u),
+            rigs.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_choices_parse_and_a_user_database_serves_one_coordinator() {
+        assert_eq!(StoreChoice::parse("sqlite"), Ok(StoreChoice::Sqlite));
+        assert_eq!(StoreChoice::parse("postgres"), Ok(StoreChoice::TestPg));
+        let url = "postgres://bench:secret@db.example.org:5432/labwire_bench";
+        assert_eq!(StoreChoice::parse(url), Ok(StoreChoice::Url(url.into())));
+        assert_eq!(StoreChoice::Url(url.into()).kind(), "postgres");
+        let shown = format!(
+            "{} {:?}",
+            StoreChoice::Url(url.into()),
+            StoreChoice::Url(url.into())
+        );
+        assert!(
+            shown.contains("bench:***@db.example.org") && !shown.contains("secret"),
+            "{shown}"
+        );
+        let e = StoreChoice::parse("mysql://u:pw@h/db").unwrap_err();
+        assert!(
+            e.contains("expected sqlite, postgres") && !e.contains("pw"),
+            "{e}"
+        );
+        let e = StoreChoice::parse("postgres://u:pw@h:notaport/db").unwrap_err();
+        assert!(!e.contains("pw"), "{e}");
+
+        let opts = Opts::try_parse_from(["labwire-bench", "dispatch"]).unwrap();
+        assert_eq!(opts.store, StoreChoice::Sqlite);
+        let user = StoreChoice::Url(url.into());
+        check_store_use(&[Scenario::Dispatch, Scenario::Parsers], &user).unwrap();
+        check_store_use(&[Scenario::Queries, Scenario::Events], &user).unwrap();
+        let e = check_store_use(&Scenario::ALL, &user)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dispatch, throughput, queries/events, footprint, idle"),
+            "{e}"
+        );
+        assert!(!e.contains("secret"), "{e}");
+        check_store_use(&Scenario::ALL, &StoreChoice::TestPg).unwrap();
+    }
 }

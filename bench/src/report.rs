@@ -18,6 +18,9 @@ pub enum Goal {
 pub struct Figure {
     /// The scenario that measured it.
     pub scenario: String,
+    /// The coordinator's store it was measured on: `sqlite` or `postgres` (None: the
+    /// scenario runs no coordinator).
+    pub store: Option<String>,
     /// What it is.
     pub name: String,
     /// The value (median over the runs where there are several).
@@ -41,6 +44,7 @@ impl Figure {
         });
         Figure {
             scenario: scenario.into(),
+            store: None,
             name: name.into(),
             value,
             unit: unit.into(),
@@ -48,6 +52,12 @@ impl Figure {
             met,
             note: String::new(),
         }
+    }
+
+    /// Says which store the coordinator had.
+    pub fn store(mut self, kind: &str) -> Figure {
+        self.store = Some(kind.into());
+        self
     }
 
     /// Adds how it was measured.
@@ -69,11 +79,12 @@ fn fmt_value(v: f64) -> String {
 
 /// Prints figures as an aligned text table.
 pub fn table(figs: &[Figure]) -> String {
-    let rows: Vec<[String; 5]> = figs
+    let rows: Vec<[String; 6]> = figs
         .iter()
         .map(|f| {
             [
                 f.scenario.clone(),
+                f.store.clone().unwrap_or_else(|| "-".into()),
                 f.name.clone(),
                 format!("{} {}", fmt_value(f.value), f.unit),
                 match f.target {
@@ -89,7 +100,7 @@ pub fn table(figs: &[Figure]) -> String {
             ]
         })
         .collect();
-    let head = ["scenario", "figure", "value", "target", ""];
+    let head = ["scenario", "store", "figure", "value", "target", ""];
     let mut w = head.map(str::len);
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -97,7 +108,7 @@ pub fn table(figs: &[Figure]) -> String {
         }
     }
     let mut out = String::new();
-    let line = |cells: [&str; 5], out: &mut String| {
+    let line = |cells: [&str; 6], out: &mut String| {
         for (i, c) in cells.iter().enumerate() {
             out.push_str(&format!("{:<width$}  ", c, width = w[i]));
         }
@@ -107,7 +118,7 @@ pub fn table(figs: &[Figure]) -> String {
     line(head, &mut out);
     for r in &rows {
         line(
-            [&r[0], &r[1], &r[2], &r[3], &r[4]].map(|s| s.as_str()),
+            [&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]].map(|s| s.as_str()),
             &mut out,
         );
     }
@@ -163,7 +174,16 @@ mod tests {
             Figure::new("s", "n", 1.0, "/s", Some(Goal::AtLeast(2.0))).met,
             Some(false)
         );
-        let t = table(&[Figure::new("s", "n", 1.0, "ms", None).note("x")]);
+        let t = table(&[
+            Figure::new("s", "n", 1.0, "ms", None).note("x"),
+            Figure::new("d", "p50", 1.5, "ms", None).store("postgres"),
+        ]);
         assert!(t.contains("s / n: x"), "{t}");
+        assert!(
+            t.lines().next().unwrap().starts_with("scenario  store"),
+            "{t}"
+        );
+        assert!(t.contains("s         -         n"), "{t}");
+        assert!(t.contains("d         postgres  p50"), "{t}");
     }
 }

@@ -2,11 +2,17 @@
 //! in-process with the coordinator library, and the daemon itself run as a separate process
 //! (this binary re-executed as `labwire-bench coordinator serve`, which runs the same entry
 //! point as `labwire-coordinator`), so that its memory and CPU can be read from `/proc`.
+//!
+//! The store is an SQLite file in the rig's folder, or a PostgreSQL database
+//! ([`StoreChoice`]): then its URL is the config's `store:` and the schema is created by
+//! `labwire-bench coordinator migrate` (the same code as `labwire-coordinator migrate`)
+//! before anything else opens it, since a PostgreSQL store is never migrated on the way.
 
+use crate::StoreChoice;
 use crate::procstat::ProcStat;
 use anyhow::Context;
 use labwire_coordinator::config::CoordinatorConfig;
-use labwire_coordinator::store::Store;
+use labwire_coordinator::store::{Location, Schema, Store, redact};
 use labwire_proto::v1::agent_service_client::AgentServiceClient;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +40,9 @@ pub struct Rig {
     pub ca_pem: Vec<u8>,
     port: u16,
     child: Option<Child>,
+    /// The test server's database when the store is `--store postgres`; dropped (with the
+    /// database) after the coordinator has stopped.
+    _pg: Option<labwire_testpg::TestDb>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -42,23 +51,45 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Rig {
-    /// Creates the folder, config, CA and admin token. `extra_config` is appended to the
-    /// coordinator's YAML config.
-    pub fn new(extra_config: &str) -> anyhow::Result<Rig> {
+    /// Creates the folder, config, store (schema included), CA and admin token, with the
+    /// store `store`. `extra_config` is appended to the coordinator's YAML config.
+    pub fn new(store: &StoreChoice, extra_config: &str) -> anyhow::Result<Rig> {
         let dir = tempfile::Builder::new()
             .prefix("labwire-bench-")
             .tempdir()
             .context("cannot create a temporary folder")?;
         let port = free_port()?;
+        let (pg_url, pg) = match store {
+            StoreChoice::Sqlite => (None, None),
+            StoreChoice::TestPg => {
+                let db = labwire_testpg::try_database()
+                    .context("--store postgres: no database on the PostgreSQL test server")?;
+                (Some(db.url.clone()), Some(db))
+            }
+            StoreChoice::Url(url) => {
+                ensure_empty(url)?;
+                (Some(url.clone()), None)
+            }
+        };
+        // A JSON string is a YAML double-quoted scalar: the URL stays whole whatever its
+        // password holds.
+        let store_line = match &pg_url {
+            Some(u) => format!("store: {}\n", serde_json::to_string(u)?),
+            None => String::new(),
+        };
         let cfg_path = dir.path().join("coordinator.yaml");
         std::fs::write(
             &cfg_path,
             format!(
-                "listen: 127.0.0.1:{port}\ndata_dir: {}\npublic_url: https://127.0.0.1:{port}\n{extra_config}",
+                "listen: 127.0.0.1:{port}\ndata_dir: {}\npublic_url: https://127.0.0.1:{port}\n{store_line}{extra_config}",
                 dir.path().join("coordinator").display()
             ),
         )?;
         let cfg = CoordinatorConfig::load(&cfg_path)?;
+        if let Some(url) = &pg_url {
+            migrate(&cfg_path)?;
+            eprintln!("    store: {}", redact(url));
+        }
         let admin_token = labwire_coordinator::cli::ca_init(
             &cfg,
             &["localhost".to_string()],
@@ -72,6 +103,7 @@ impl Rig {
             ca_pem,
             port,
             child: None,
+            _pg: pg,
         })
     }
 
@@ -85,8 +117,8 @@ impl Rig {
         self.dir.path().join(p)
     }
 
-    /// Opens the coordinator's store in this process (only while the daemon is stopped, or
-    /// for reads).
+    /// Opens the coordinator's store in this process (on SQLite, write only while the daemon
+    /// is stopped: it has one writer).
     pub fn open_store(&self) -> anyhow::Result<Store> {
         labwire_coordinator::cli::open_store(&self.cfg)
     }
@@ -209,6 +241,54 @@ impl Drop for Rig {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Refuses a user's PostgreSQL database that holds any table: the benchmark's figures are
+/// for a fresh store, and an earlier run's schema would be taken as is, its data included.
+fn ensure_empty(url: &str) -> anyhow::Result<()> {
+    let loc = Location::Postgres(url.to_string());
+    let store = Store::connect(
+        &loc,
+        labwire_coordinator::clock::Clock::system(),
+        Schema::AsIs,
+    )
+    .with_context(|| format!("--store: cannot open {loc}"))?;
+    let tables: i64 = store.read_blocking(|c| {
+        c.query_row(
+            "SELECT count(*) FROM information_schema.tables \
+             WHERE table_schema NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+            |r| r.get(0),
+        )
+    })?;
+    anyhow::ensure!(
+        tables == 0,
+        "--store {loc}: the database is not empty ({tables} tables); the benchmark needs an \
+         empty database for each scenario's coordinator (one CREATE DATABASE per scenario)"
+    );
+    Ok(())
+}
+
+/// Creates the schema of a PostgreSQL store: `labwire-bench coordinator --config CFG
+/// migrate`, which runs the same code as `labwire-coordinator migrate`.
+fn migrate(cfg_path: &Path) -> anyhow::Result<()> {
+    let out = Command::new(crate::self_exe()?)
+        .arg("coordinator")
+        .arg("--config")
+        .arg(cfg_path)
+        .arg("migrate")
+        .env("LABWIRE_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run `labwire-bench coordinator migrate`")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "`coordinator migrate` failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// An AgentService client over mutual TLS with `cert`, on its own connection.

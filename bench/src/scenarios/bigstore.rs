@@ -8,6 +8,7 @@
 //! group = the job's name; 85 % pass, 10 % fail, 5 % skip), each job done once its tests are
 //! in. So 100 nodes make 107 events (100 creations, 7 job updates).
 
+use crate::StoreChoice;
 use crate::rig::Rig;
 use labwire_common::NodeResult;
 use labwire_coordinator::model::{NodeId, NodeKind, NodeState};
@@ -45,9 +46,10 @@ pub struct BigStore {
 }
 
 impl BigStore {
-    /// Writes about `nodes` nodes (whole trees of 100) and starts the coordinator.
-    pub async fn build(nodes: usize) -> anyhow::Result<BigStore> {
-        let mut rig = Rig::new("")?;
+    /// Writes about `nodes` nodes (whole trees of 100) into a store of kind `store` and
+    /// starts the coordinator.
+    pub async fn build(store: &StoreChoice, nodes: usize) -> anyhow::Result<BigStore> {
+        let mut rig = Rig::new(store, "")?;
         let store = rig.open_store()?;
         let trees = nodes.div_ceil(TREE).max(1);
         let t = Instant::now();

@@ -16,7 +16,7 @@ const WARMUP: usize = 20;
 
 /// Runs the scenario.
 pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
-    let mut rig = Rig::new("")?;
+    let mut rig = Rig::new(&o.store, "")?;
     let certs = rig.issue_labs("latency-", 1)?;
     rig.start()?;
     let mut client = rig.client().await?;

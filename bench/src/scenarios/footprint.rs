@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
     let hb = humantime::format_duration(o.heartbeat);
     let lease = humantime::format_duration(o.heartbeat * 4);
-    let mut rig = Rig::new(&format!("leases: {{duration: {lease}, heartbeat: {hb}}}\n"))?;
+    let mut rig = Rig::new(
+        &o.store,
+        &format!("leases: {{duration: {lease}, heartbeat: {hb}}}\n"),
+    )?;
     let cert = rig.issue_labs("footprint-", 1)?.remove(0);
     let bundle = rig.write_bundle(&cert)?;
     rig.start()?;

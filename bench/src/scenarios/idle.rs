@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
     let hb = humantime::format_duration(o.heartbeat);
     let lease = humantime::format_duration(o.heartbeat * 4);
-    let mut rig = Rig::new(&format!("leases: {{duration: {lease}, heartbeat: {hb}}}\n"))?;
+    let mut rig = Rig::new(
+        &o.store,
+        &format!("leases: {{duration: {lease}, heartbeat: {hb}}}\n"),
+    )?;
     let t = Instant::now();
     let n = o.idle_agents.max(1);
     let certs = tokio::task::block_in_place(|| rig.issue_labs("idle-", n))?;

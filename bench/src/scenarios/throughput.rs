@@ -19,7 +19,7 @@ const SUBMITTERS: usize = 4;
 
 /// Runs the scenario.
 pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
-    let mut rig = Rig::new("")?;
+    let mut rig = Rig::new(&o.store, "")?;
     let certs = rig.issue_labs("tput-", o.agents.max(1))?;
     rig.start()?;
     let url = rig.url();
@@ -131,7 +131,7 @@ pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
             Some(Goal::AtLeast(2000.0)),
         )
         .note(format!(
-            "median of {} runs of {per_run} jobs, {} agents, {} child tests each, SQLite (runs: {}/s)",
+            "median of {} runs of {per_run} jobs, {} agents, {} child tests each (runs: {}/s)",
             rates.len(),
             o.agents,
             o.tests,
