@@ -110,18 +110,28 @@ pub(crate) fn flush(conn: &Connection, events: Vec<PendingEvent>) -> Result<Opti
             }
         }
         Backend::Postgres => {
-            let n = events.len() as i64;
-            let end: i64 = conn.query_row(
-                "UPDATE event_seq SET last = last + ?1 RETURNING last",
-                params![n],
-                |r| r.get(0),
-            )?;
+            // One round trip per event: take the next number (the row lock on event_seq,
+            // held until COMMIT, orders the committers) and insert the event; the last one
+            // also sends the NOTIFY that PostgreSQL delivers at commit.
+            let n = events.len();
             for (i, e) in events.into_iter().enumerate() {
-                conn.execute(
-                    "INSERT INTO events (seq, time, node_id, kind, op, previous_state, \
-                     previous_result, node) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                let sql = if i + 1 < n {
+                    "WITH s AS (UPDATE event_seq SET last = last + 1 RETURNING last) \
+                     INSERT INTO events (seq, time, node_id, kind, op, previous_state, \
+                     previous_result, node) SELECT last, CAST(?1 AS BIGINT), \
+                     CAST(?2 AS BIGINT), CAST(?3 AS TEXT), CAST(?4 AS TEXT), CAST(?5 AS TEXT), \
+                     CAST(?6 AS TEXT), CAST(?7 AS TEXT) FROM s RETURNING seq"
+                } else {
+                    "WITH s AS (UPDATE event_seq SET last = last + 1 RETURNING last), \
+                     i AS (INSERT INTO events (seq, time, node_id, kind, op, previous_state, \
+                     previous_result, node) SELECT last, CAST(?1 AS BIGINT), \
+                     CAST(?2 AS BIGINT), CAST(?3 AS TEXT), CAST(?4 AS TEXT), CAST(?5 AS TEXT), \
+                     CAST(?6 AS TEXT), CAST(?7 AS TEXT) FROM s RETURNING seq) \
+                     SELECT seq, pg_notify('labwire_events', CAST(seq AS TEXT)) FROM i"
+                };
+                last = Some(conn.query_row(
+                    sql,
                     params![
-                        end - n + 1 + i as i64,
                         e.time,
                         e.node_id,
                         e.kind,
@@ -130,14 +140,9 @@ pub(crate) fn flush(conn: &Connection, events: Vec<PendingEvent>) -> Result<Opti
                         e.previous_result,
                         e.node
                     ],
-                )?;
+                    |r| r.get::<_, i64>(0),
+                )?);
             }
-            conn.query_row(
-                "SELECT pg_notify('labwire_events', CAST(?1 AS TEXT))",
-                params![end.to_string()],
-                |_| Ok(()),
-            )?;
-            last = Some(end);
         }
     }
     Ok(last)

@@ -536,10 +536,11 @@ impl Write<'_> {
             VariantMode::Strict => "strict",
             VariantMode::Permissive => "permissive",
         };
-        self.tx
-            .execute("INSERT INTO jobs (node_id, spec, criteria, runtime, priority, status, attempt, queued_at, \
+        // The queue entry comes back with RETURNING: no second read.
+        let job = self.tx.query_row(
+            &format!("INSERT INTO jobs (node_id, spec, criteria, runtime, priority, status, attempt, queued_at, \
                  attrs, run_group, variant, variant_mode) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?7, ?8, ?9, ?10)", params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?7, ?8, ?9, ?10) RETURNING {JOB_COLUMNS}"), params![
                 node.id.0,
                 j.spec.encode_to_vec(),
                 criteria_json,
@@ -550,8 +551,9 @@ impl Write<'_> {
                 j.group.as_ref().map(|g| g.id.clone()),
                 j.group.as_ref().map(variant),
                 j.group.as_ref().map(mode),
-            ])?;
-        let job = get_job(self.tx, node.id)?;
+            ],
+            job_from_row,
+        )?;
         Ok((node, job))
     }
 
@@ -570,42 +572,44 @@ impl Write<'_> {
             params![lab],
             |r| r.get(0),
         )?;
-        // On PostgreSQL, lock the queue entry first and skip it at once when another
-        // replica is claiming it right now: that claim wins, this one tries another job.
-        if self.tx.backend() == Backend::Postgres {
-            let free = self.tx.query_opt(
-                "SELECT node_id FROM jobs WHERE node_id = ?1 AND status = 'queued' \
-                 FOR UPDATE SKIP LOCKED",
-                params![id.0],
-                |r| r.get::<_, i64>(0),
-            )?;
-            if free.is_none() {
-                return Err(Error::LeaseLost(format!(
-                    "job {id} is no longer queued (or another coordinator is leasing it)"
-                )));
-            }
-        }
         if matches!(revoked, Some(Some(_))) {
             return Err(Error::PermissionDenied(format!("lab `{lab}` is revoked")));
         }
-        let n = self.tx.execute(
-            "UPDATE jobs SET status = 'leased', lease_owner = ?2, lease_session = ?3, \
-                 lease_expires = ?4, attempt = attempt + 1, device = ?5, leased_at = ?6, \
-                 device_type = ?7 WHERE node_id = ?1 AND status = 'queued'",
-            params![
-                id.0,
-                lab,
-                session,
-                micros(lease_until),
-                device,
-                micros(self.now),
-                device_type
-            ],
-        )?;
-        if n != 1 {
-            return Err(Error::LeaseLost(format!("job {id} is no longer queued")));
-        }
-        let job = get_job(self.tx, id)?;
+        // Only a queued job is leased. On PostgreSQL the row is locked first with SKIP
+        // LOCKED: when another replica is leasing it right now, that claim wins and this one
+        // fails at once (and the dispatcher tries its next job) instead of waiting. The
+        // leased row comes back with RETURNING.
+        let which = match self.tx.backend() {
+            Backend::Sqlite => "?1 AND status = 'queued'",
+            Backend::Postgres => {
+                "(SELECT node_id FROM jobs WHERE node_id = ?1 AND status = 'queued' \
+                 FOR UPDATE SKIP LOCKED)"
+            }
+        };
+        let job = self
+            .tx
+            .query_opt(
+                &format!(
+                    "UPDATE jobs SET status = 'leased', lease_owner = ?2, lease_session = ?3, \
+                     lease_expires = ?4, attempt = attempt + 1, device = ?5, leased_at = ?6, \
+                     device_type = ?7 WHERE node_id = {which} RETURNING {JOB_COLUMNS}"
+                ),
+                params![
+                    id.0,
+                    lab,
+                    session,
+                    micros(lease_until),
+                    device,
+                    micros(self.now),
+                    device_type
+                ],
+                job_from_row,
+            )?
+            .ok_or_else(|| {
+                Error::LeaseLost(format!(
+                    "job {id} is no longer queued (or another coordinator is leasing it)"
+                ))
+            })?;
         let mut data = Map::new();
         data.insert("lab".into(), lab.into());
         data.insert("device".into(), device.into());

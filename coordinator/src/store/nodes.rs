@@ -271,11 +271,14 @@ impl Write<'_> {
             None => (vec![n.name.clone()], String::new()),
         };
         let now = micros(self.now);
-        let id: i64 = self.tx.query_row(
-            "INSERT INTO nodes (kind, name, path, grp, parent, state, result, artifacts, data, \
+        // The new row comes back with RETURNING: no second read.
+        let node = self.tx.query_row(
+            &format!(
+                "INSERT INTO nodes (kind, name, path, grp, parent, state, result, artifacts, data, \
              created, updated, timeout, holdoff, owner, submitter, treeid, retry_counter) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, 0) \
-             RETURNING id",
+             RETURNING {COLUMNS}"
+            ),
             params![
                 n.kind.as_str(),
                 n.name,
@@ -293,17 +296,18 @@ impl Write<'_> {
                 n.submitter,
                 treeid,
             ],
-            |r| r.get(0),
+            node_from_row,
         )?;
-        let id = NodeId(id);
-        if treeid.is_empty() {
+        let node = if node.treeid.is_empty() {
             // A root starts its own tree, named after its id.
-            self.tx.execute(
-                "UPDATE nodes SET treeid = ?1 WHERE id = ?2",
-                params![format!("{}", id.0), id.0],
-            )?;
-        }
-        let node = get_node(self.tx, id)?;
+            self.tx.query_row(
+                &format!("UPDATE nodes SET treeid = ?1 WHERE id = ?2 RETURNING {COLUMNS}"),
+                params![node.id.0.to_string(), node.id.0],
+                node_from_row,
+            )?
+        } else {
+            node
+        };
         self.append_event("create", None, None, &node)?;
         Ok(node)
     }
