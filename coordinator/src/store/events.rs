@@ -110,28 +110,30 @@ pub(crate) fn flush(conn: &Connection, events: Vec<PendingEvent>) -> Result<Opti
             }
         }
         Backend::Postgres => {
-            // One round trip per event: take the next number (the row lock on event_seq,
-            // held until COMMIT, orders the committers) and insert the event; the last one
-            // also sends the NOTIFY that PostgreSQL delivers at commit.
-            let n = events.len();
-            for (i, e) in events.into_iter().enumerate() {
-                let sql = if i + 1 < n {
-                    "WITH s AS (UPDATE event_seq SET last = last + 1 RETURNING last) \
-                     INSERT INTO events (seq, time, node_id, kind, op, previous_state, \
-                     previous_result, node) SELECT last, CAST(?1 AS BIGINT), \
-                     CAST(?2 AS BIGINT), CAST(?3 AS TEXT), CAST(?4 AS TEXT), CAST(?5 AS TEXT), \
-                     CAST(?6 AS TEXT), CAST(?7 AS TEXT) FROM s RETURNING seq"
-                } else {
-                    "WITH s AS (UPDATE event_seq SET last = last + 1 RETURNING last), \
-                     i AS (INSERT INTO events (seq, time, node_id, kind, op, previous_state, \
-                     previous_result, node) SELECT last, CAST(?1 AS BIGINT), \
-                     CAST(?2 AS BIGINT), CAST(?3 AS TEXT), CAST(?4 AS TEXT), CAST(?5 AS TEXT), \
-                     CAST(?6 AS TEXT), CAST(?7 AS TEXT) FROM s RETURNING seq) \
-                     SELECT seq, pg_notify('labwire_events', CAST(seq AS TEXT)) FROM i"
-                };
-                last = Some(conn.query_row(
-                    sql,
-                    params![
+            // One statement per batch of events: take the next numbers (the row lock on
+            // event_seq, held until COMMIT, orders the committers), insert the events, and
+            // with the last batch send the NOTIFY that PostgreSQL delivers at commit.
+            let batches: Vec<&[PendingEvent]> = events.chunks(EVENT_BATCH).collect();
+            for (b, batch) in batches.iter().enumerate() {
+                let n = batch.len();
+                let mut rows = Vec::with_capacity(n);
+                let mut values = Vec::with_capacity(n * 7);
+                for (k, e) in batch.iter().enumerate() {
+                    let p = k * 7;
+                    rows.push(format!(
+                        "({}, CAST(?{} AS BIGINT), CAST(?{} AS BIGINT), CAST(?{} AS TEXT), \
+                         CAST(?{} AS TEXT), CAST(?{} AS TEXT), CAST(?{} AS TEXT), \
+                         CAST(?{} AS TEXT))",
+                        k + 1,
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6,
+                        p + 7
+                    ));
+                    values.extend_from_slice(params![
                         e.time,
                         e.node_id,
                         e.kind,
@@ -139,14 +141,32 @@ pub(crate) fn flush(conn: &Connection, events: Vec<PendingEvent>) -> Result<Opti
                         e.previous_state,
                         e.previous_result,
                         e.node
-                    ],
-                    |r| r.get::<_, i64>(0),
-                )?);
+                    ]);
+                }
+                let notify = if b + 1 == batches.len() {
+                    ", pg_notify('labwire_events', CAST(last AS TEXT))"
+                } else {
+                    ""
+                };
+                let sql = format!(
+                    "WITH s AS (UPDATE event_seq SET last = last + {n} RETURNING last), \
+                     i AS (INSERT INTO events (seq, time, node_id, kind, op, previous_state, \
+                     previous_result, node) SELECT s.last - {n} + v.ord, v.time, v.node_id, \
+                     v.kind, v.op, v.ps, v.pr, v.node FROM s, (VALUES {}) \
+                     AS v(ord, time, node_id, kind, op, ps, pr, node)) \
+                     SELECT last{notify} FROM s",
+                    rows.join(", ")
+                );
+                last = Some(conn.query_row(&sql, &values, |r| r.get::<_, i64>(0))?);
             }
         }
     }
     Ok(last)
 }
+
+/// At most this many events go into one INSERT on PostgreSQL (7 parameters each, well
+/// under PostgreSQL's 65,535 parameters per statement).
+const EVENT_BATCH: usize = 500;
 
 /// The PostgreSQL channel that carries the newest sequence number of each commit.
 const CHANNEL: &str = "labwire_events";

@@ -811,6 +811,32 @@ mod pg_tests {
         }
     }
 
+    /// A transaction with more events than one INSERT takes (a big result tree): every
+    /// event is stored, numbered in order, and announced once.
+    #[test]
+    fn a_transaction_with_many_events_is_numbered_whole() {
+        use crate::model::NodeKind;
+        let (_db, a, b) = two_replicas();
+        a.write_blocking(|w| w.create_node(NewNode::new(NodeKind::Checkout, "first")))
+            .unwrap();
+        a.write_blocking(|w| {
+            for i in 0..1234 {
+                w.create_node(NewNode::new(NodeKind::Checkout, format!("n{i}")))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(*a.last_seq().borrow(), 1235);
+        let evs = b
+            .read_blocking(|c| events::events_after(c, 0, 5000, None))
+            .unwrap();
+        assert_eq!(
+            evs.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=1235).collect::<Vec<_>>()
+        );
+        assert_eq!(evs[1234].node.name, "n1233");
+    }
+
     /// Two replicas race to lease the same 60 jobs: each job is leased exactly once.
     #[test]
     fn concurrent_replicas_lease_each_job_once() {
