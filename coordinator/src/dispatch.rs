@@ -703,6 +703,7 @@ impl Dispatcher {
         let mut st = self.state.lock().await;
         st.leased.remove(&job);
         st.refused.remove(&job);
+        st.attempts.remove(&job);
     }
 
     /// Drops a job from the in-memory queue and leases (it was cancelled or failed).
