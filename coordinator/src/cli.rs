@@ -201,6 +201,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate { from } => {
             let loc = cfg.store_location();
+            // Check the source before touching the target.
+            let src = match from.as_deref().map(crate::store::Location::parse) {
+                None => None,
+                Some(Err(e)) => anyhow::bail!("--from: {e}"),
+                Some(Ok(l @ crate::store::Location::Sqlite(_))) if l == loc => {
+                    anyhow::bail!("--from {l} is the config's own store")
+                }
+                Some(Ok(crate::store::Location::Sqlite(path))) if !path.is_file() => {
+                    anyhow::bail!("--from: no SQLite store at {}", path.display())
+                }
+                Some(Ok(l @ crate::store::Location::Sqlite(_))) => Some(l),
+                Some(Ok(other)) => anyhow::bail!("--from {other}: expected sqlite://PATH"),
+            };
             let store = Store::connect(
                 &loc,
                 crate::clock::Clock::system(),
@@ -213,14 +226,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("{loc}: applied {}", applied.join(", "));
             }
-            if let Some(from) = from {
-                let src = match crate::store::Location::parse(&from).map_err(anyhow::Error::msg)? {
-                    l @ crate::store::Location::Sqlite(_) => l,
-                    other => anyhow::bail!("--from {other}: expected sqlite://PATH"),
-                };
-                if src == loc {
-                    anyhow::bail!("--from {src} is the config's own store");
-                }
+            if let Some(src) = src {
                 let source = Store::connect(
                     &src,
                     crate::clock::Clock::system(),
@@ -230,8 +236,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("copying {src} into {loc} (one transaction: all or nothing)");
                 let target = store.clone();
                 let copied = tokio::task::spawn_blocking(move || {
-                    crate::store::copy::copy_all(&source, &target, |table, n| {
-                        println!("  {table}: {n} rows");
+                    crate::store::copy::copy_all(&source, &target, |table, n, done| {
+                        if done {
+                            println!("  {table}: {n} rows");
+                        } else {
+                            println!("  {table}: {n} rows so far...");
+                        }
                     })
                 })
                 .await??;

@@ -53,12 +53,12 @@ const TABLES: &[(&str, &str)] = &[
 ];
 
 /// Copies every row of `source` into `target`, which must hold no nodes, labs or tokens.
-/// Calls `progress(table, rows)` after each table. Returns the number of rows copied. Blocks:
+/// Calls `progress(table, rows, finished)` every 100,000 rows and after each table. Returns the number of rows copied. Blocks:
 /// call it from a plain thread or tokio's blocking pool, not from async code.
 pub fn copy_all(
     source: &Store,
     target: &Store,
-    mut progress: impl FnMut(&str, u64),
+    mut progress: impl FnMut(&str, u64, bool),
 ) -> Result<u64> {
     let last_seq = source.inner.with_conn(false, events::last_seq)?;
     target.inner.write_blocking(|w| {
@@ -92,10 +92,13 @@ pub fn copy_all(
                         .collect::<Result<Vec<_>>>()?;
                     tx.execute(&insert, &values)?;
                     n += 1;
+                    if n % 100_000 == 0 {
+                        progress(table, n, false);
+                    }
                     Ok(true)
                 })
             })?;
-            progress(table, n);
+            progress(table, n, true);
             total += n;
         }
         if tx.backend() == Backend::Postgres {
@@ -167,7 +170,12 @@ mod tests {
 
         let (_d2, target) = temp_store();
         let mut tables = Vec::new();
-        let n = copy_all(&source, &target, |t, _| tables.push(t.to_string())).unwrap();
+        let n = copy_all(&source, &target, |t, _, done| {
+            if done {
+                tables.push(t.to_string())
+            }
+        })
+        .unwrap();
         assert!(n >= 8, "{n}");
         assert_eq!(tables.len(), TABLES.len());
         // The same data, read through the target.
@@ -194,7 +202,7 @@ mod tests {
         assert_eq!(evs.len(), 1);
         assert_eq!(evs[0].seq, last + 1);
         // A second copy is refused: the target is not empty.
-        let err = copy_all(&source, &target, |_, _| {}).unwrap_err();
+        let err = copy_all(&source, &target, |_, _, _| {}).unwrap_err();
         assert!(err.to_string().contains("not empty"), "{err}");
     }
 }
