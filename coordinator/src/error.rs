@@ -105,6 +105,16 @@ pub fn retryable(e: &postgres::Error) -> bool {
     )
 }
 
+/// Whether a PostgreSQL error means the connection is gone (closed, or ended by the server:
+/// SQLSTATE classes 08, connection exception, and 57, operator intervention such as a
+/// shutdown or `pg_terminate_backend`). The pool replaces such a connection; the call may be
+/// tried again.
+pub fn connection_lost(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57"))
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let msg = e.to_string();
@@ -121,7 +131,7 @@ impl From<Error> for Status {
             // Two replicas' transactions got in each other's way, or the database is not
             // reachable: the caller may try again.
             Error::Pg(e) if retryable(&e) => Status::aborted(msg),
-            Error::Pg(e) if e.is_closed() => Status::unavailable(msg),
+            Error::Pg(e) if connection_lost(&e) => Status::unavailable(msg),
             Error::Db(_) | Error::Pg(_) | Error::Corrupt(_) | Error::Internal(_) => {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal(msg)

@@ -56,6 +56,11 @@ impl IntoResponse for ApiError {
             | Error::ParentClosed { .. }
             | Error::LeaseLost(_)
             | Error::AlreadyExists(_) => StatusCode::CONFLICT,
+            // The database connection dropped, or two replicas' transactions collided: the
+            // request may be sent again.
+            Error::Pg(e) if crate::error::connection_lost(e) || crate::error::retryable(e) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Db(_) | Error::Pg(_) | Error::Corrupt(_) | Error::Internal(_) => {
                 tracing::error!(error = %msg, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -837,6 +837,64 @@ mod pg_tests {
         assert_eq!(evs[1234].node.name, "n1233");
     }
 
+    /// The database drops every connection (a failover, a restart, an admin's
+    /// pg_terminate_backend): each pooled connection fails one call (UNAVAILABLE), then the
+    /// pool connects again, and the listener too, so the other replica still hears of new
+    /// events.
+    #[test]
+    fn replicas_reconnect_after_the_database_drops_their_connections() {
+        use crate::model::NodeKind;
+        let (db, a, b) = two_replicas();
+        let create = |s: &Store, name: &str| {
+            let name = name.to_string();
+            s.write_blocking(move |w| w.create_node(NewNode::new(NodeKind::Checkout, name)))
+        };
+        create(&a, "before").unwrap();
+        let killed = db
+            .psql(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .expect("terminate the store's connections");
+        assert_ne!(killed.trim(), "0", "no connection was dropped");
+        // At most one failure per pooled connection, then it works again.
+        let mut failures = 0;
+        let node = loop {
+            match create(&a, "after") {
+                Ok(n) => break n,
+                Err(e) => {
+                    failures += 1;
+                    assert!(failures <= PG_POOL, "no reconnect: {e}");
+                }
+            }
+        };
+        // The other replica's listener reconnected and hears of it.
+        let want = *a.last_seq().borrow();
+        let start = std::time::Instant::now();
+        while *b.last_seq().borrow() < want {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "the other replica never heard of event {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Its pool meets the dropped connections too: each fails one call (as UNAVAILABLE,
+        // which clients retry), then is replaced.
+        let mut failures = 0;
+        let back = loop {
+            match b.read_blocking(move |c| nodes::get_node(c, node.id)) {
+                Ok(n) => break n,
+                Err(e) => {
+                    failures += 1;
+                    assert!(failures <= PG_POOL, "no reconnect: {e}");
+                    let status = tonic::Status::from(e);
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                }
+            }
+        };
+        assert_eq!(back.name, "after");
+    }
+
     /// Two replicas race to lease the same 60 jobs: each job is leased exactly once.
     #[test]
     fn concurrent_replicas_lease_each_job_once() {
