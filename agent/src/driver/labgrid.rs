@@ -93,7 +93,10 @@ impl LabgridDriver {
                     err.message()
                 ));
             }
-            if Instant::now() + ACQUIRE_RETRY > deadline {
+            // Give up only once the whole wait has passed (one last try at the deadline),
+            // not one retry interval early.
+            let now = Instant::now();
+            if now >= deadline {
                 // A call that was stopped may still have acquired the place at the
                 // coordinator: give back what may be ours (`release-from` never touches a
                 // place someone else holds).
@@ -111,7 +114,7 @@ impl LabgridDriver {
                 ));
             }
             tokio::select! {
-                _ = tokio::time::sleep(ACQUIRE_RETRY) => {}
+                _ = tokio::time::sleep(ACQUIRE_RETRY.min(deadline - now)) => {}
                 _ = ctx.cancel.cancelled() => {
                     return Err(fail("cancelled", format!("the job was cancelled while waiting for the Labgrid place {place}"), None));
                 }
