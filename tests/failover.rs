@@ -122,14 +122,7 @@ async fn the_agent_fails_over_to_another_replica_and_the_running_job_carries_on(
     let _coord_b = rig.start_replica("b", port_b);
     // A starting coordinator gives every lease a grace period of one lease duration.
     let grace_end = now_secs() + LEASE;
-    let ca_pem = std::fs::read(rig.path("coordinator/pki/ca.pem")).expect("ca");
-    let mut cb = labwire::client::connect(
-        &format!("https://127.0.0.1:{port_b}"),
-        &ca_pem,
-        &rig.admin_token,
-    )
-    .await
-    .expect("connect to B");
+    let mut cb = rig.client_at(port_b).await;
 
     // The agent says it switched to B, and B registers it.
     let agent_log = rig.path("agent-lab-a.log");

@@ -363,14 +363,11 @@ impl Dispatcher {
     /// store's `labs` rows, which every heartbeat updates), so that placement compares them
     /// too. A lab this replica heard from more recently keeps its own view; a lab not heard
     /// from within the horizon is left out.
-    pub async fn refresh_remote_labs(&self, rows: &[crate::store::LabRow]) {
+    pub async fn refresh_remote_labs(&self, rows: &[crate::store::labs::LabAdvert]) {
         let now = chrono::Utc::now();
         let mut st = self.state.lock().await;
         for row in rows {
-            let (Some(seen), None) = (row.last_seen, row.revoked_at) else {
-                continue;
-            };
-            let Ok(age) = (now - seen).to_std() else {
+            let Ok(age) = (now - row.last_seen).to_std() else {
                 continue;
             };
             if age >= self.horizon {
@@ -995,7 +992,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let rows = store.read(crate::store::labs::list_labs).await.unwrap();
+        let rows = store.read(crate::store::labs::adverts).await.unwrap();
         d.refresh_remote_labs(&rows).await;
         let id = submit(&store, &d, job("one", None)).await;
         let row = store

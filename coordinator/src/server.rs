@@ -314,7 +314,7 @@ async fn refresh_remote_labs(shared: Arc<Shared>) {
             _ = tick.tick() => {}
             _ = shared.shutdown.cancelled() => return,
         }
-        match shared.store.read(crate::store::labs::list_labs).await {
+        match shared.store.read(crate::store::labs::adverts).await {
             Ok(rows) => shared.dispatcher.refresh_remote_labs(&rows).await,
             Err(e) => tracing::warn!(error = %e, "cannot read the labs of other replicas"),
         }

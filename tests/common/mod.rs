@@ -165,21 +165,34 @@ impl Rig {
 
     /// Starts the coordinator and waits until its port is open.
     pub fn start_coordinator(&self) -> Proc {
+        let _ = std::fs::remove_file(self.path("coordinator-http.addr"));
+        self.serve(
+            &self.path("coordinator.yaml"),
+            "coordinator",
+            Some(self.path("coordinator-http.addr")),
+        )
+    }
+
+    /// Starts `labwire-coordinator serve` with `config`, logging to `{name}.log` and writing
+    /// its address to `{name}.addr` (and the HTTP side's to `http_addr`), and waits until its
+    /// port is open.
+    fn serve(&self, config: &Path, name: &str, http_addr: Option<PathBuf>) -> Proc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.path("coordinator.log"))
+            .open(self.path(&format!("{name}.log")))
             .expect("log");
-        let addr_file = self.path("coordinator.addr");
+        let addr_file = self.path(&format!("{name}.addr"));
         let _ = std::fs::remove_file(&addr_file);
-        let _ = std::fs::remove_file(self.path("coordinator-http.addr"));
-        let child = Command::new(COORDINATOR)
-            .arg("--config")
-            .arg(self.path("coordinator.yaml"))
+        let mut cmd = Command::new(COORDINATOR);
+        cmd.arg("--config")
+            .arg(config)
             .args(["serve", "--addr-file"])
-            .arg(&addr_file)
-            .arg("--http-addr-file")
-            .arg(self.path("coordinator-http.addr"))
+            .arg(&addr_file);
+        if let Some(h) = http_addr {
+            cmd.arg("--http-addr-file").arg(h);
+        }
+        let child = cmd
             .env("LABWIRE_LOG", "info,labwire_coordinator=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -187,11 +200,13 @@ impl Rig {
             .expect("start coordinator");
         let p = Proc {
             child,
-            name: "coordinator".into(),
+            name: name.replace('-', " "),
         };
-        wait_for(Duration::from_secs(20), "coordinator to listen", || {
-            addr_file.exists()
-        });
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{name} to listen"),
+            || addr_file.exists(),
+        );
         p
     }
 
@@ -294,8 +309,12 @@ impl Rig {
     }
 
     pub async fn client_with(&self, token: &str) -> Clients {
+        self.connect(&self.url(), token).await
+    }
+
+    async fn connect(&self, url: &str, token: &str) -> Clients {
         let ca = std::fs::read(self.path("coordinator/pki/ca.pem")).expect("ca");
-        labwire::client::connect(&self.url(), &ca, token)
+        labwire::client::connect(url, &ca, token)
             .await
             .expect("connect client")
     }
@@ -320,35 +339,13 @@ impl Rig {
         assert_ne!(cfg, a, "the rig's config names its port");
         let cfg_path = self.path(&format!("coordinator-{name}.yaml"));
         std::fs::write(&cfg_path, cfg).expect("write the replica's config");
-        let log =
-            std::fs::File::create(self.path(&format!("coordinator-{name}.log"))).expect("log");
-        let addr_file = self.path(&format!("coordinator-{name}.addr"));
-        let child = Command::new(COORDINATOR)
-            .arg("--config")
-            .arg(&cfg_path)
-            .args(["serve", "--addr-file"])
-            .arg(&addr_file)
-            .env("LABWIRE_LOG", "info,labwire_coordinator=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start replica");
-        let p = Proc {
-            child,
-            name: format!("coordinator {name}"),
-        };
-        wait_for(Duration::from_secs(20), "the replica to listen", || {
-            addr_file.exists()
-        });
-        p
+        self.serve(&cfg_path, &format!("coordinator-{name}"), None)
     }
 
     /// A client with the admin token, to the replica on `port`.
     pub async fn client_at(&self, port: u16) -> Clients {
-        let ca = std::fs::read(self.path("coordinator/pki/ca.pem")).expect("ca");
-        labwire::client::connect(&format!("https://127.0.0.1:{port}"), &ca, &self.admin_token)
+        self.connect(&format!("https://127.0.0.1:{port}"), &self.admin_token)
             .await
-            .expect("connect client")
     }
 
     /// Points `lab`'s agent config at several replicas, in order (`coordinator.urls`).

@@ -147,6 +147,48 @@ pub fn list_labs(conn: &Connection) -> Result<Vec<LabRow>> {
     Ok(labs)
 }
 
+/// What a lab's agent last advertised (heartbeats update it), for the placement of other
+/// replicas.
+#[derive(Debug, Clone)]
+pub struct LabAdvert {
+    /// The lab.
+    pub name: String,
+    /// When its agent last called.
+    pub last_seen: DateTime<Utc>,
+    /// Its advertised devices, as JSON.
+    pub devices: serde_json::Value,
+    /// Its free slots.
+    pub free_slots: u32,
+}
+
+/// Every lab that is not revoked and whose agent has called, with what it advertised: one
+/// query (unlike [`list_labs`], no certificates), cheap enough to run every few seconds.
+pub fn adverts(conn: &Connection) -> Result<Vec<LabAdvert>> {
+    let rows = conn.query_map(
+        "SELECT name, last_seen, devices, free_slots FROM labs \
+         WHERE revoked_at IS NULL AND last_seen IS NOT NULL",
+        params![],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, u32>(3)?,
+            ))
+        },
+    )?;
+    rows.into_iter()
+        .map(|(name, seen, devices, free_slots)| {
+            Ok(LabAdvert {
+                name,
+                last_seen: from_micros(seen),
+                devices: serde_json::from_str(&devices).map_err(|e| corrupt("lab devices", e))?,
+                free_slots,
+            })
+        })
+        .collect()
+}
+
 /// Checks a token; errors say whether it is unknown or revoked.
 pub fn verify_token(conn: &Connection, token: &str) -> Result<TokenInfo> {
     let row: Option<(String, String, i64, Option<i64>)> = conn.query_opt(

@@ -47,17 +47,6 @@ impl Write<'_> {
     }
 }
 
-/// Who holds each role, and until when.
-pub fn leaders(
-    conn: &super::Connection,
-) -> Result<Vec<(String, String, chrono::DateTime<chrono::Utc>)>> {
-    conn.query_map(
-        "SELECT name, holder, expires FROM leadership ORDER BY name",
-        params![],
-        |r| Ok((r.get(0)?, r.get(1)?, super::from_micros(r.get(2)?))),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use crate::store::temp_store;
@@ -66,49 +55,24 @@ mod tests {
     #[test]
     fn one_leader_until_it_expires_or_resigns() {
         let (_d, store) = temp_store();
+        let lead = |who: &'static str, ttl: Duration| {
+            store
+                .write_blocking(move |w| w.try_lead("services", who, ttl))
+                .unwrap()
+        };
         let ttl = Duration::seconds(10);
-        assert!(
-            store
-                .write_blocking(|w| w.try_lead("services", "a", ttl))
-                .unwrap()
-        );
-        assert!(
-            !store
-                .write_blocking(|w| w.try_lead("services", "b", ttl))
-                .unwrap()
-        );
+        assert!(lead("a", ttl));
+        assert!(!lead("b", ttl));
         // Renewal by the holder.
-        assert!(
-            store
-                .write_blocking(|w| w.try_lead("services", "a", ttl))
-                .unwrap()
-        );
+        assert!(lead("a", ttl));
         // An expired claim is taken over.
-        let short = Duration::microseconds(-1);
-        assert!(
-            store
-                .write_blocking(|w| w.try_lead("services", "a", short))
-                .unwrap()
-        );
-        assert!(
-            store
-                .write_blocking(|w| w.try_lead("services", "b", ttl))
-                .unwrap()
-        );
-        assert!(
-            !store
-                .write_blocking(|w| w.try_lead("services", "a", ttl))
-                .unwrap()
-        );
+        assert!(lead("a", Duration::microseconds(-1)));
+        assert!(lead("b", ttl));
+        assert!(!lead("a", ttl));
         // Resigning frees it at once.
         assert!(store.write_blocking(|w| w.resign("services", "b")).unwrap());
-        assert!(
-            store
-                .write_blocking(|w| w.try_lead("services", "a", ttl))
-                .unwrap()
-        );
-        let l = store.read_blocking(super::leaders).unwrap();
-        assert_eq!(l.len(), 1);
-        assert_eq!(l[0].1, "a");
+        assert!(lead("a", ttl));
+        // `a` holds it now.
+        assert!(!lead("b", ttl));
     }
 }

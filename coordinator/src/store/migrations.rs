@@ -117,7 +117,7 @@ fn apply_locked(conn: &Connection) -> Result<Vec<String>> {
 pub fn check(conn: &Connection) -> Result<()> {
     ensure_table(conn)?;
     let have = applied(conn)?;
-    let known: Vec<&str> = MIGRATIONS.iter().map(|(n, _, _)| *n).collect();
+    let known = known();
     if let Some(unknown) = have.iter().find(|n| !known.contains(&n.as_str())) {
         return Err(Error::Invalid(format!(
             "the store's schema has migration {unknown}, which this coordinator does not know: \

@@ -392,14 +392,6 @@ impl Store {
         }
     }
 
-    /// The SQLite file (`None` on PostgreSQL).
-    pub fn path(&self) -> Option<&Path> {
-        match &self.inner.kind {
-            Kind::Sqlite { path, .. } => Some(path),
-            Kind::Pg { .. } => None,
-        }
-    }
-
     /// Runs `f` in one write transaction on the blocking pool. The transaction commits when
     /// `f` returns `Ok`, and rolls back otherwise. Subscribers learn of new events after the
     /// commit.
@@ -485,14 +477,7 @@ impl WeakStore {
 impl Store {
     /// Announces a newer committed event (from another replica's NOTIFY).
     pub(crate) fn announce(&self, seq: i64) {
-        self.inner.last_seq.send_if_modified(|cur| {
-            if seq > *cur {
-                *cur = seq;
-                true
-            } else {
-                false
-            }
-        });
+        self.inner.announce(seq);
     }
 }
 
@@ -505,6 +490,18 @@ fn broken(conn: &Connection) -> bool {
 }
 
 impl Inner {
+    /// Moves the newest committed event number forward (never back: a notification can
+    /// arrive after a later local commit).
+    fn announce(&self, seq: i64) {
+        self.last_seq.send_if_modified(|cur| {
+            let newer = seq > *cur;
+            if newer {
+                *cur = seq;
+            }
+            newer
+        });
+    }
+
     /// Runs `f` with a connection: the SQLite writer when `write`, else a reader; on
     /// PostgreSQL any pooled connection.
     fn with_conn<T>(&self, write: bool, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -571,14 +568,7 @@ impl Inner {
             res
         })?;
         if let Some(seq) = last {
-            self.last_seq.send_if_modified(|cur| {
-                if seq > *cur {
-                    *cur = seq;
-                    true
-                } else {
-                    false
-                }
-            });
+            self.announce(seq);
         }
         Ok(out)
     }
