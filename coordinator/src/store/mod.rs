@@ -303,18 +303,9 @@ impl Store {
 
     /// Opens the store at `location`, doing `schema` with its schema first.
     pub fn connect(location: &Location, clock: Clock, schema: Schema) -> Result<Store> {
-        if matches!(location, Location::Postgres(_))
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            // The `postgres` client drives its own runtime, which cannot start inside
-            // another: connect from a thread of its own.
-            return std::thread::scope(|s| {
-                s.spawn(|| Self::connect_here(location, clock, schema))
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            });
-        }
-        Self::connect_here(location, clock, schema)
+        off_runtime(matches!(location, Location::Postgres(_)), || {
+            Self::connect_here(location, clock, schema)
+        })
     }
 
     fn connect_here(location: &Location, clock: Clock, schema: Schema) -> Result<Store> {
@@ -414,21 +405,8 @@ impl Store {
         self.off_runtime(|| self.inner.write_blocking(f))
     }
 
-    /// Runs `f` here, or on a thread of its own when called from inside a tokio runtime
-    /// with PostgreSQL: the `postgres` client drives its own runtime and cannot run inside
-    /// another.
     fn off_runtime<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        if matches!(self.inner.kind, Kind::Pg { .. })
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            std::thread::scope(|s| {
-                s.spawn(f)
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            })
-        } else {
-            f()
-        }
+        off_runtime(matches!(self.inner.kind, Kind::Pg { .. }), f)
     }
 
     /// Runs `f` with a read connection on the blocking pool.
@@ -478,6 +456,21 @@ impl Store {
     /// Announces a newer committed event (from another replica's NOTIFY).
     pub(crate) fn announce(&self, seq: i64) {
         self.inner.announce(seq);
+    }
+}
+
+/// Runs `f` here, or, for PostgreSQL (`pg`) when called from inside a tokio runtime, on a
+/// thread of its own: the `postgres` client drives its own runtime, which cannot start
+/// inside another.
+fn off_runtime<T: Send>(pg: bool, f: impl FnOnce() -> T + Send) -> T {
+    if pg && tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| {
+            s.spawn(f)
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    } else {
+        f()
     }
 }
 
