@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::setup::open_store;
+
 /// The default config file.
 pub const DEFAULT_CONFIG: &str = "/etc/labwire/coordinator.yaml";
 
@@ -132,18 +134,6 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<CoordinatorConfig> {
         }
         None => Ok(CoordinatorConfig::default()),
     }
-}
-
-/// Opens the config's store. An SQLite store is migrated on the way; a PostgreSQL one must
-/// be up to date already (`labwire-coordinator migrate`).
-pub fn open_store(cfg: &CoordinatorConfig) -> anyhow::Result<Store> {
-    let loc = cfg.store_location();
-    let schema = match loc {
-        crate::store::Location::Sqlite(_) => crate::store::Schema::Migrate,
-        crate::store::Location::Postgres(_) => crate::store::Schema::Check,
-    };
-    Store::connect(&loc, crate::clock::Clock::system(), schema)
-        .with_context(|| format!("cannot open the store {loc}"))
 }
 
 /// Creates the CA, server certificate and admin token for `cfg`. Returns the token.

@@ -1,10 +1,11 @@
 //! Runs the coordinator: opens the store, starts dispatch and the background sweeps, and
 //! serves the gRPC API over TLS until the shutdown token is cancelled.
 
-use crate::api::{AdminApi, AgentApi, EventApi, NodeApi, Shared};
 use crate::auth::Auth;
 use crate::config::CoordinatorConfig;
 use crate::dispatch::Dispatcher;
+use crate::grpc::{AdminApi, AgentApi, EventApi, NodeApi};
+use crate::shared::Shared;
 use crate::store::Backend;
 use anyhow::Context;
 use labwire_proto::MAX_MESSAGE_BYTES;
@@ -70,7 +71,7 @@ pub async fn serve_with_http(
 ) -> anyhow::Result<()> {
     let tls = tls_config(&cfg)?;
     let c2 = cfg.clone();
-    let store = tokio::task::spawn_blocking(move || crate::cli::open_store(&c2)).await??;
+    let store = tokio::task::spawn_blocking(move || crate::setup::open_store(&c2)).await??;
     let placement = match &cfg.placement {
         Some(p) => crate::placement::Placement::load(p)?,
         None => Default::default(),
@@ -103,7 +104,7 @@ pub async fn serve_with_http(
         shutdown: shutdown.clone(),
     });
 
-    crate::services::check(&shared)?;
+    crate::pipeline::check(&shared)?;
     let stats = tokio::spawn(refresh_stats(shared.clone()));
     let leader = tokio::spawn(lead(shared.clone(), pipeline.map(Arc::new)));
     let follower = (store.backend() == Backend::Postgres).then(|| {
@@ -112,7 +113,7 @@ pub async fn serve_with_http(
             tokio::spawn(refresh_remote_labs(shared.clone())),
         )
     });
-    let mut services = crate::services::start_http(&shared, http)?;
+    let mut services = crate::pipeline::start_http(&shared, http)?;
 
     let addr = listener.local_addr()?;
     let router = Server::builder()
@@ -294,9 +295,9 @@ async fn start_services(
     set.spawn(sweep_leases(shared.clone(), stop.clone()));
     set.spawn(prune_events(shared.clone(), stop.clone()));
     if let Some(p) = pipeline {
-        set.spawn(crate::scheduler::run(shared.clone(), p));
+        set.spawn(crate::pipeline::scheduler::run(shared.clone(), p));
     }
-    crate::services::start_leader(shared, &stop, &mut set)?;
+    crate::pipeline::start_leader(shared, &stop, &mut set)?;
     Ok((stop, set))
 }
 

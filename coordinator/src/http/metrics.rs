@@ -6,8 +6,8 @@
 
 use super::ApiError;
 use super::routes::authorize;
-use crate::api::SharedRef;
 use crate::error::Result;
+use crate::shared::SharedRef;
 use crate::store::db::{Connection, params};
 use crate::store::labs::Scope;
 use axum::extract::State;

@@ -12,8 +12,8 @@ mod ui;
 
 pub use routes::router;
 
-use crate::api::SharedRef;
 use crate::error::Error;
+use crate::shared::SharedRef;
 use anyhow::Context;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -3,9 +3,9 @@
 
 use super::ApiError;
 use super::routes::authorize;
-use crate::api::SharedRef;
 use crate::error::Error;
 use crate::model::{NodeId, NodeKind, NodeState};
+use crate::shared::SharedRef;
 use crate::store::NodeFilter;
 use crate::store::labs::Scope;
 use axum::extract::{Path, Query, State};

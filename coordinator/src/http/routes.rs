@@ -4,8 +4,8 @@
 
 use super::ApiError;
 use super::{events, logs, nodes};
-use crate::api::SharedRef;
 use crate::error::Error;
+use crate::shared::SharedRef;
 use crate::store::db::params;
 use crate::store::labs::{Scope, TokenInfo};
 use axum::Router;

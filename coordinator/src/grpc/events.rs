@@ -3,8 +3,8 @@
 //! the store to announce a newer sequence number; it never relies on in-memory copies of
 //! events, so a slow subscriber cannot miss any.
 
-use super::SharedRef;
 use crate::model::NodeKind;
+use crate::shared::SharedRef;
 use crate::store::StoredEvent;
 use crate::store::labs::Scope;
 use labwire_proto::convert;

@@ -1,48 +1,12 @@
 //! AdminService: labs, jobs, revocation and cancellation. Needs the `admin` scope.
 
-use super::{SharedRef, node_id};
+use super::node_id;
+use crate::shared::{LabOverview, SharedRef, lab_overview};
 use crate::store::JobStatus;
 use crate::store::labs::Scope;
 use labwire_proto::convert;
 use labwire_proto::v1::{self, admin_service_server::AdminService};
 use tonic::{Request, Response, Status};
-
-/// A lab as the admin views (`ListLabs`, the dashboard) show it: its stored row, the devices
-/// it last advertised, whether its agent is connected now and how many jobs it holds.
-#[derive(Debug, Clone)]
-pub struct LabOverview {
-    /// The stored lab.
-    pub row: crate::store::labs::LabRow,
-    /// Its devices as last advertised.
-    pub devices: Vec<labwire_common::DeviceInfo>,
-    /// Whether its agent has a live session.
-    pub connected: bool,
-    /// Jobs leased to it.
-    pub jobs_in_flight: u32,
-}
-
-/// Every lab with its devices, connection and jobs in flight.
-pub async fn lab_overview(shared: &super::Shared) -> Result<Vec<LabOverview>, crate::error::Error> {
-    let (labs, leases) = shared
-        .store
-        .read(|c| {
-            Ok((
-                crate::store::labs::list_labs(c)?,
-                crate::store::jobs::leases_by_lab(c)?,
-            ))
-        })
-        .await?;
-    let connected = shared.connected_labs();
-    Ok(labs
-        .into_iter()
-        .map(|row| LabOverview {
-            devices: serde_json::from_value(row.devices.clone()).unwrap_or_default(),
-            connected: connected.contains_key(&row.name),
-            jobs_in_flight: leases.get(&row.name).copied().unwrap_or(0),
-            row,
-        })
-        .collect())
-}
 
 /// The admin service.
 pub struct AdminApi {

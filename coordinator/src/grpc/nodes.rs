@@ -1,7 +1,8 @@
 //! NodeService: create, change, read and query nodes; submit jobs; read job logs.
 
-use super::{SharedRef, node_id};
+use super::node_id;
 use crate::model::{NodeId, NodeKind, NodeState};
+use crate::shared::SharedRef;
 use crate::store::labs::Scope;
 use crate::store::{NewJob, NewNode, NodeFilter, NodeUpdate};
 use labwire_proto::convert;

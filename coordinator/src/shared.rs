@@ -1,20 +1,10 @@
-//! The gRPC services and the state they share.
-
-mod admin;
-pub use admin::{LabOverview, lab_overview};
-mod agent;
-mod events;
-mod nodes;
-
-pub use admin::AdminApi;
-pub use agent::AgentApi;
-pub use events::EventApi;
-pub use nodes::NodeApi;
+//! The state every part of a running coordinator shares (the gRPC services, the HTTP side,
+//! the pipeline services): the store, dispatch, authentication, the live agent sessions and
+//! the configuration.
 
 use crate::auth::Auth;
 use crate::config::CoordinatorConfig;
 use crate::dispatch::Dispatcher;
-use crate::model::NodeId;
 use crate::store::Store;
 use labwire_common::DeviceInfo;
 use std::collections::HashMap;
@@ -82,15 +72,42 @@ impl Shared {
     }
 }
 
-/// A node id from a request field; refuses 0 and negatives with the field's name.
-pub(crate) fn node_id(field: &str, v: i64) -> Result<NodeId, Status> {
-    if v <= 0 {
-        return Err(Status::invalid_argument(format!(
-            "{field} must be a node id (a positive number), got {v}"
-        )));
-    }
-    Ok(NodeId(v))
-}
-
 /// Shared state handle used by the services.
 pub type SharedRef = Arc<Shared>;
+
+/// A lab as the admin views (`ListLabs`, the dashboard) show it: its stored row, the devices
+/// it last advertised, whether its agent is connected now and how many jobs it holds.
+#[derive(Debug, Clone)]
+pub struct LabOverview {
+    /// The stored lab.
+    pub row: crate::store::labs::LabRow,
+    /// Its devices as last advertised.
+    pub devices: Vec<labwire_common::DeviceInfo>,
+    /// Whether its agent has a live session.
+    pub connected: bool,
+    /// Jobs leased to it.
+    pub jobs_in_flight: u32,
+}
+
+/// Every lab with its devices, connection and jobs in flight.
+pub async fn lab_overview(shared: &Shared) -> Result<Vec<LabOverview>, crate::error::Error> {
+    let (labs, leases) = shared
+        .store
+        .read(|c| {
+            Ok((
+                crate::store::labs::list_labs(c)?,
+                crate::store::jobs::leases_by_lab(c)?,
+            ))
+        })
+        .await?;
+    let connected = shared.connected_labs();
+    Ok(labs
+        .into_iter()
+        .map(|row| LabOverview {
+            devices: serde_json::from_value(row.devices.clone()).unwrap_or_default(),
+            connected: connected.contains_key(&row.name),
+            jobs_in_flight: leases.get(&row.name).copied().unwrap_or(0),
+            row,
+        })
+        .collect())
+}

@@ -1,13 +1,14 @@
-//! The pipeline services that run inside the coordinator next to dispatch: the trigger
-//! (new commits become `checkout` nodes), the timeout service (timeouts, holdoffs, closing)
-//! and the e-mailed checkout reports.
+//! The pipeline services that run inside the coordinator next to dispatch: the scheduler
+//! (events become jobs), the trigger (new commits become `checkout` nodes), the timeout
+//! service (timeouts, holdoffs, closing) and the e-mailed checkout reports.
 
 pub mod config;
 pub mod mail;
+pub mod scheduler;
 pub mod timeout;
 pub mod trigger;
 
-use crate::api::SharedRef;
+use crate::shared::SharedRef;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 

@@ -10,12 +10,12 @@
 //! - On its first start the cursor is the current end of the log: a scheduler added to a
 //!   running coordinator does not replay history.
 
-use crate::api::SharedRef;
 use crate::model::{Node, NodeKind};
 use crate::pipeline_config::{
     JobConfig, PipelineConfig, PlatformConfig, SchedulerEntry, Variant, param_value,
 };
 use crate::rules::Attrs;
+use crate::shared::SharedRef;
 use crate::store::db::params;
 use crate::store::events::{StoredEvent, events_after, last_seq};
 use crate::store::{NewJob, RunGroup};

@@ -1,8 +1,9 @@
 //! AgentService: what lab agents call. Every call is authenticated by the client certificate;
 //! every job call is checked against the lease held by the calling lab.
 
-use super::{Session, SharedRef, node_id};
+use super::node_id;
 use crate::model::NodeId;
+use crate::shared::{Session, SharedRef};
 use crate::store::ReportOutcome;
 use labwire_common::NodeResult;
 use labwire_proto::convert;
