@@ -19,8 +19,10 @@ pub mod events;
 pub mod jobs;
 pub mod labs;
 pub mod leader;
+mod location;
 pub mod migrations;
 pub mod nodes;
+mod pg;
 
 pub use db::{Backend, Connection};
 pub use events::StoredEvent;
@@ -28,163 +30,18 @@ pub use jobs::{
     Claim, JobRow, JobStatus, LeaseSweep, NewJob, ReportOutcome, RetryPolicy, RunGroup,
 };
 pub use labs::{LabRow, Scope, TokenInfo};
+pub use location::{Location, redact};
 pub use nodes::{NewNode, NodeFilter, NodeUpdate};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use chrono::{DateTime, TimeZone, Utc};
-use db::PgConn;
-use std::cell::RefCell;
+use location::pg_config;
+use pg::{PG_POOL, PgTls, Pool, broken, open_pg, pg_tls};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// Where the store lives: the coordinator config's `store:` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// `sqlite://PATH`: one file, one coordinator process.
-    Sqlite(PathBuf),
-    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (or `postgresql://`): a PostgreSQL
-    /// database that several coordinator replicas may share. With
-    /// `?sslrootcert=/path/ca.pem` the connection uses TLS and the server's certificate must
-    /// be signed by that CA and name the host (as libpq's `sslmode=verify-full`).
-    Postgres(String),
-}
-
-impl Location {
-    /// Parses `sqlite://PATH`, `postgres://...` or `postgresql://...`; the error says what
-    /// is expected.
-    pub fn parse(s: &str) -> std::result::Result<Location, String> {
-        if let Some(path) = s.strip_prefix("sqlite://") {
-            if path.is_empty() {
-                return Err(format!(
-                    "store `{s}`: expected sqlite://PATH with a file path"
-                ));
-            }
-            return Ok(Location::Sqlite(PathBuf::from(path)));
-        }
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            pg_config(s)?;
-            return Ok(Location::Postgres(s.to_string()));
-        }
-        Err(format!(
-            "store `{}` is not supported: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE",
-            redact(s)
-        ))
-    }
-}
-
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
-            Location::Postgres(url) => f.write_str(&redact(url)),
-        }
-    }
-}
-
-/// How the coordinator reaches PostgreSQL: plain, or TLS verified against a CA.
-#[derive(Clone)]
-pub(crate) enum PgTls {
-    /// No TLS (`sslmode` must not be `require`).
-    Plain,
-    /// TLS, the server verified against the CA of `sslrootcert`.
-    Verified(tokio_postgres_rustls::MakeRustlsConnect),
-}
-
-impl PgTls {
-    pub(crate) fn connect(&self, config: &postgres::Config) -> Result<postgres::Client> {
-        Ok(match self {
-            PgTls::Plain => config.connect(postgres::NoTls)?,
-            PgTls::Verified(tls) => config.connect(tls.clone())?,
-        })
-    }
-}
-
-/// Parses a PostgreSQL store URL: the client settings, and the CA file of its
-/// `sslrootcert` parameter (which the `postgres` client does not know, so it is taken out).
-fn pg_config(url: &str) -> std::result::Result<(postgres::Config, Option<PathBuf>), String> {
-    let bad = |e: &dyn std::fmt::Display| format!("store `{}`: {e}", redact(url));
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut ca = None;
-    let mut rest = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("sslrootcert", v)) if !v.is_empty() => ca = Some(PathBuf::from(v)),
-            Some(("sslrootcert", _)) => return Err(bad(&"sslrootcert needs a file path")),
-            _ => rest.push(pair),
-        }
-    }
-    let plain = if rest.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    let mut config: postgres::Config = plain
-        .parse()
-        .map_err(|e| bad(&format!("not a PostgreSQL URL: {e}")))?;
-    use postgres::config::SslMode;
-    match (&ca, config.get_ssl_mode()) {
-        (Some(_), SslMode::Disable) => {
-            return Err(bad(&"sslrootcert with sslmode=disable: choose one"));
-        }
-        // A CA given means TLS, never a silent fallback to plain text.
-        (Some(_), _) => {
-            config.ssl_mode(SslMode::Require);
-        }
-        (None, SslMode::Require) => {
-            return Err(bad(&"sslmode=require needs sslrootcert=PATH (the CA that \
-                             signed the server's certificate)"));
-        }
-        // Without a CA the connection is plain (also with the default sslmode=prefer).
-        (None, _) => {}
-    }
-    Ok((config, ca))
-}
-
-/// The TLS set-up for a CA file (none: plain).
-fn pg_tls(ca: Option<&Path>) -> Result<PgTls> {
-    let Some(ca) = ca else {
-        return Ok(PgTls::Plain);
-    };
-    let bad = |e: &dyn std::fmt::Display| {
-        Error::Invalid(format!("store sslrootcert {}: {e}", ca.display()))
-    };
-    let pem = std::fs::read(ca).map_err(|e| bad(&e))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-    }
-    if roots.is_empty() {
-        return Err(bad(&"no certificate in the file"));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| Error::Internal(format!("TLS set-up: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(PgTls::Verified(
-        tokio_postgres_rustls::MakeRustlsConnect::new(config),
-    ))
-}
-
-/// A store URL with its password replaced by `***`, for logs and errors.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some(x) => x,
-        None => return url.to_string(),
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
-}
 
 /// What [`Store::connect`] does with the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,15 +81,6 @@ struct Inner {
     location: Location,
     last_seq: watch::Sender<i64>,
     clock: Clock,
-}
-
-/// How many PostgreSQL connections one coordinator keeps at most.
-const PG_POOL: usize = 16;
-
-/// A small blocking pool of PostgreSQL connections (callers are on tokio's blocking pool).
-struct Pool {
-    idle: Mutex<(Vec<Connection>, usize)>,
-    freed: Condvar,
 }
 
 /// An event written by a transaction, inserted when it commits.
@@ -278,11 +126,6 @@ fn open_sqlite(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(Connection::Sqlite(conn))
-}
-
-fn open_pg(config: &postgres::Config, tls: &PgTls) -> Result<Connection> {
-    let client = tls.connect(config)?;
-    Ok(Connection::Pg(Box::new(RefCell::new(PgConn::new(client)))))
 }
 
 impl Store {
@@ -474,14 +317,6 @@ fn off_runtime<T: Send>(pg: bool, f: impl FnOnce() -> T + Send) -> T {
     }
 }
 
-/// Whether an error means the connection itself is gone (drop it rather than pool it).
-fn broken(conn: &Connection) -> bool {
-    match conn {
-        Connection::Sqlite(_) => false,
-        Connection::Pg(c) => c.borrow_mut().client().is_closed(),
-    }
-}
-
 impl Inner {
     /// Moves the newest committed event number forward (never back: a notification can
     /// arrive after a later local commit).
@@ -567,63 +402,6 @@ impl Inner {
     }
 }
 
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // Closing a `postgres` client blocks on its own runtime, which cannot happen on a
-        // thread that drives tokio tasks: close them on a thread of their own.
-        let conns = match self.idle.get_mut() {
-            Ok(g) => std::mem::take(&mut g.0),
-            Err(_) => return,
-        };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let _ = std::thread::Builder::new()
-                .name("labwire-pg-close".into())
-                .spawn(move || drop(conns));
-        }
-    }
-}
-
-impl Pool {
-    fn take(&self, config: &postgres::Config, tls: &PgTls) -> Result<Connection> {
-        let mut guard = self
-            .idle
-            .lock()
-            .map_err(|_| Error::Internal("connection pool lock poisoned".into()))?;
-        loop {
-            if let Some(c) = guard.0.pop() {
-                return Ok(c);
-            }
-            if guard.1 < PG_POOL {
-                guard.1 += 1;
-                drop(guard);
-                return open_pg(config, tls).inspect_err(|_| {
-                    if let Ok(mut g) = self.idle.lock() {
-                        g.1 -= 1;
-                    }
-                    self.freed.notify_one();
-                });
-            }
-            guard = self
-                .freed
-                .wait(guard)
-                .map_err(|_| Error::Internal("connection pool lock poisoned".into()))?;
-        }
-    }
-
-    fn give_back(&self, conn: Connection) {
-        let Ok(mut guard) = self.idle.lock() else {
-            return;
-        };
-        if broken(&conn) {
-            guard.1 -= 1;
-        } else {
-            guard.0.push(conn);
-        }
-        drop(guard);
-        self.freed.notify_one();
-    }
-}
-
 /// Microseconds since the Unix epoch, the unit of every stored time.
 pub fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -682,30 +460,6 @@ pub(crate) fn temp_store() -> (TestStore, Store) {
 #[cfg(test)]
 mod pg_tests {
     use super::*;
-
-    #[test]
-    fn store_urls_are_checked() {
-        assert!(Location::parse("sqlite://").is_err());
-        assert!(matches!(
-            Location::parse("sqlite:///x/y.db"),
-            Ok(Location::Sqlite(_))
-        ));
-        let e = Location::parse("mysql://a@b/c").unwrap_err();
-        assert!(e.contains("sqlite://PATH or postgres://"), "{e}");
-        let e = Location::parse("postgres://u:secret@h/db?sslmode=require").unwrap_err();
-        assert!(
-            e.contains("needs sslrootcert") && !e.contains("secret"),
-            "{e}"
-        );
-        let e =
-            Location::parse("postgres://u@h/db?sslrootcert=/ca.pem&sslmode=disable").unwrap_err();
-        assert!(e.contains("choose one"), "{e}");
-        let (cfg, ca) =
-            pg_config("postgres://u@h:5/db?sslrootcert=/ca.pem&connect_timeout=3").unwrap();
-        assert_eq!(ca, Some(PathBuf::from("/ca.pem")));
-        assert_eq!(cfg.get_ssl_mode(), postgres::config::SslMode::Require);
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-    }
 
     fn two_replicas() -> (labwire_testpg::TestDb, Store, Store) {
         let db = labwire_testpg::database();
