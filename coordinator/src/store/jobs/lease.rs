@@ -1,0 +1,429 @@
+//! Leases: a queued job claimed by a lab's agent session, renewed by heartbeats, given back,
+//! expired by the sweep (back in the queue, or ended past the retry limit), and every check
+//! that only the agent holding the current attempt acts on a job.
+
+use super::super::db::{Backend, params};
+use super::super::nodes::{NodeUpdate, get_node};
+use super::super::{Write, micros};
+use super::{Claim, JOB_COLUMNS, JobRow, JobStatus, LeaseSweep, get_job, job_from_row};
+use crate::error::{Error, Result};
+use crate::model::{NodeId, NodeState};
+use chrono::{DateTime, Utc};
+use labwire_common::NodeResult;
+use serde_json::{Map, Value};
+
+impl Write<'_> {
+    /// Leases a queued job to a lab's agent session, starting a new attempt.
+    pub fn claim_job(
+        &mut self,
+        id: NodeId,
+        lab: &str,
+        session: &str,
+        device: &str,
+        device_type: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Claim> {
+        let revoked: Option<Option<i64>> = self.tx.query_opt(
+            "SELECT revoked_at FROM labs WHERE name = ?1",
+            params![lab],
+            |r| r.get(0),
+        )?;
+        if matches!(revoked, Some(Some(_))) {
+            return Err(Error::PermissionDenied(format!("lab `{lab}` is revoked")));
+        }
+        // Only a queued job is leased. On PostgreSQL the row is locked first with SKIP
+        // LOCKED: when another replica is leasing it right now, that claim wins and this one
+        // fails at once (and the dispatcher tries its next job) instead of waiting. The
+        // leased row comes back with RETURNING.
+        let which = match self.tx.backend() {
+            Backend::Sqlite => "?1 AND status = 'queued'",
+            Backend::Postgres => {
+                "(SELECT node_id FROM jobs WHERE node_id = ?1 AND status = 'queued' \
+                 FOR UPDATE SKIP LOCKED)"
+            }
+        };
+        let job = self
+            .tx
+            .query_opt(
+                &format!(
+                    "UPDATE jobs SET status = 'leased', lease_owner = ?2, lease_session = ?3, \
+                     lease_expires = ?4, attempt = attempt + 1, device = ?5, leased_at = ?6, \
+                     device_type = ?7 WHERE node_id = {which} RETURNING {JOB_COLUMNS}"
+                ),
+                params![
+                    id.0,
+                    lab,
+                    session,
+                    micros(lease_until),
+                    device,
+                    micros(self.now),
+                    device_type
+                ],
+                job_from_row,
+            )?
+            .ok_or_else(|| {
+                Error::LeaseLost(format!(
+                    "job {id} is no longer queued (or another coordinator is leasing it)"
+                ))
+            })?;
+        let mut data = Map::new();
+        data.insert("lab".into(), lab.into());
+        data.insert("device".into(), device.into());
+        let node = self.update_node(
+            id,
+            NodeUpdate {
+                data,
+                ..Default::default()
+            },
+        )?;
+        Ok(Claim { job, node })
+    }
+
+    /// The queue entry of `job`, checked to be the current attempt leased to `lab`.
+    pub(super) fn leased_to(&self, lab: &str, job: NodeId, attempt: i32) -> Result<JobRow> {
+        let row = get_job(self.tx, job)?;
+        if row.status != JobStatus::Leased
+            || row.lease_owner.as_deref() != Some(lab)
+            || row.attempt != attempt
+        {
+            return Err(Error::LeaseLost(format!(
+                "job {job} attempt {attempt} is not leased to lab `{lab}` (now {}{})",
+                row.status.as_str(),
+                match (&row.lease_owner, row.status) {
+                    (Some(o), JobStatus::Leased) =>
+                        format!(", attempt {} leased to `{o}`", row.attempt),
+                    _ => String::new(),
+                }
+            )));
+        }
+        Ok(row)
+    }
+
+    /// Gives a leased attempt back to the queue without counting a retry (the agent refused
+    /// it, or never received it).
+    pub fn release_job(
+        &mut self,
+        lab: &str,
+        job: NodeId,
+        attempt: i32,
+        reason: &str,
+    ) -> Result<JobRow> {
+        self.leased_to(lab, job, attempt)?;
+        self.tx.execute(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_session = NULL, \
+             lease_expires = NULL, device = NULL, device_type = NULL, queued_at = ?2 WHERE node_id = ?1",
+            params![job.0, micros(self.now)],
+        )?;
+        let mut data = Map::new();
+        data.insert("lab".into(), Value::Null);
+        data.insert("device".into(), Value::Null);
+        data.insert("last_rejection".into(), format!("{lab}: {reason}").into());
+        self.update_node(
+            job,
+            NodeUpdate {
+                data,
+                ..Default::default()
+            },
+        )?;
+        get_job(self.tx, job)
+    }
+
+    /// Extends the leases of the listed attempts held by `lab`. Returns the attempts that are
+    /// not (or no longer) leased to it: the agent must stop them.
+    pub fn renew_leases(
+        &mut self,
+        lab: &str,
+        running: &[(NodeId, i32)],
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(NodeId, i32)>> {
+        let mut lost = Vec::new();
+        for &(job, attempt) in running {
+            let n = self.tx.execute(
+                "UPDATE jobs SET lease_expires = ?4 WHERE node_id = ?1 AND attempt = ?2 \
+                     AND lease_owner = ?3 AND status = 'leased'",
+                params![job.0, attempt, lab, micros(until)],
+            )?;
+            if n == 0 {
+                lost.push((job, attempt));
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Puts every lease that ran out before now back in the queue (retry_counter + 1), or,
+    /// past `max_retries`, ends the job `done`/`incomplete` with `error_code=lease_expired`.
+    pub fn sweep_expired_leases(&mut self, max_retries: i32) -> Result<LeaseSweep> {
+        let expired: Vec<i64> = self.tx.query_map(
+            "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_expires < ?1",
+            params![micros(self.now)],
+            |r| r.get(0),
+        )?;
+        let mut sweep = LeaseSweep::default();
+        for id in expired.into_iter().map(NodeId) {
+            let row = get_job(self.tx, id)?;
+            let node = get_node(self.tx, id)?;
+            let lab = row.lease_owner.clone().unwrap_or_default();
+            if node.retry_counter < max_retries {
+                self.tx.execute(
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_session = NULL, \
+                     lease_expires = NULL, device = NULL, device_type = NULL, queued_at = ?2 WHERE node_id = ?1",
+                    params![id.0, micros(self.now)],
+                )?;
+                let mut data = Map::new();
+                data.insert("lab".into(), Value::Null);
+                data.insert("device".into(), Value::Null);
+                data.insert(
+                    "last_error".into(),
+                    format!("lease of attempt {} held by `{lab}` expired", row.attempt).into(),
+                );
+                self.update_node(
+                    id,
+                    NodeUpdate {
+                        data,
+                        retry_counter: Some(node.retry_counter + 1),
+                        ..Default::default()
+                    },
+                )?;
+                sweep.requeued.push(get_job(self.tx, id)?);
+            } else {
+                self.finish_job_row(id)?;
+                let mut data = Map::new();
+                data.insert("error_code".into(), "lease_expired".into());
+                data.insert(
+                    "error_msg".into(),
+                    format!(
+                        "the lease held by `{lab}` expired and the job ran out of retries ({max_retries})"
+                    )
+                    .into(),
+                );
+                self.update_node(
+                    id,
+                    NodeUpdate {
+                        state: Some(NodeState::Done),
+                        result: Some(NodeResult::Incomplete),
+                        data,
+                        ..Default::default()
+                    },
+                )?;
+                sweep.failed.push(id);
+            }
+        }
+        Ok(sweep)
+    }
+
+    /// Records that the job started on a device (of a device type, when known).
+    pub fn start_job(
+        &mut self,
+        lab: &str,
+        job: NodeId,
+        attempt: i32,
+        device: &str,
+        device_type: Option<&str>,
+    ) -> Result<()> {
+        self.leased_to(lab, job, attempt)?;
+        self.tx.execute(
+            "UPDATE jobs SET device = ?2, started_at = ?3, device_type = COALESCE(?4, device_type) \
+             WHERE node_id = ?1",
+            params![job.0, device, micros(self.now), device_type],
+        )?;
+        let mut data = Map::new();
+        data.insert("device".into(), device.into());
+        self.update_node(
+            job,
+            NodeUpdate {
+                data,
+                ..Default::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Gives every job leased to `lab` back to the queue (the lab was revoked).
+    pub fn requeue_lab_jobs(&mut self, lab: &str) -> Result<Vec<JobRow>> {
+        let ids: Vec<i64> = self.tx.query_map(
+            "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_owner = ?1",
+            params![lab],
+            |r| r.get(0),
+        )?;
+        let mut out = Vec::new();
+        for id in ids.into_iter().map(NodeId) {
+            let attempt = get_job(self.tx, id)?.attempt;
+            out.push(self.release_job(lab, id, attempt, "lab revoked")?);
+        }
+        Ok(out)
+    }
+
+    /// Makes every lease of `lab` except those of `keep` expire now (the lab's agent started
+    /// again and no longer holds them); the next sweep puts them back in the queue.
+    pub fn expire_lab_leases_except(&mut self, lab: &str, keep: &[NodeId]) -> Result<usize> {
+        let held: Vec<i64> = self.tx.query_map(
+            "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_owner = ?1",
+            params![lab],
+            |r| r.get(0),
+        )?;
+        let mut n = 0;
+        for id in held.into_iter().filter(|id| !keep.contains(&NodeId(*id))) {
+            n += self.tx.execute(
+                "UPDATE jobs SET lease_expires = 0 WHERE node_id = ?1 AND status = 'leased'",
+                params![id],
+            )?;
+        }
+        Ok(n)
+    }
+
+    /// Gives every lease a grace period of `lease` from now: run at start-up so that agents
+    /// have time to reconnect after a coordinator outage before their jobs are taken away.
+    pub fn extend_all_leases(&mut self, until: DateTime<Utc>) -> Result<usize> {
+        self.tx.execute(
+            "UPDATE jobs SET lease_expires = ?1 WHERE status = 'leased' AND lease_expires < ?1",
+            params![micros(until)],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::jobs::{NewJob, ReportOutcome, RetryPolicy};
+    use crate::store::nodes::get_node;
+    use crate::store::temp_store;
+    use labwire_common::{NodeResult, TestNode};
+    use labwire_proto::v1;
+    use serde_json::Map;
+
+    fn spec(name: &str) -> v1::JobSpec {
+        v1::JobSpec {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lease_cycle_and_stale_reports() {
+        let (_d, store) = temp_store();
+        let (node, _) = store
+            .write_blocking(|w| {
+                w.submit_job(NewJob {
+                    spec: spec("j"),
+                    parent: None,
+                    submitter: "me".into(),
+                    owner: "admin".into(),
+                    ..Default::default()
+                })
+            })
+            .unwrap();
+        let id = node.id;
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        let claim = store
+            .write_blocking(move |w| w.claim_job(id, "lab-a", "s1", "dev", "dt", past))
+            .unwrap();
+        assert_eq!(claim.job.attempt, 1);
+        // Claiming twice is refused.
+        assert!(
+            store
+                .write_blocking(move |w| w.claim_job(id, "lab-b", "s2", "dev", "dt", past))
+                .is_err()
+        );
+        let sweep = store.write_blocking(|w| w.sweep_expired_leases(3)).unwrap();
+        assert_eq!(sweep.requeued.len(), 1);
+        let later = chrono::Utc::now() + chrono::Duration::seconds(60);
+        let claim = store
+            .write_blocking(move |w| w.claim_job(id, "lab-b", "s2", "dev", "dt", later))
+            .unwrap();
+        assert_eq!(claim.job.attempt, 2);
+        assert_eq!(claim.node.retry_counter, 1);
+        // The first lab's late report is refused.
+        let err = store
+            .write_blocking(move |w| {
+                w.report_result(
+                    "lab-a",
+                    id,
+                    1,
+                    NodeResult::Pass,
+                    "",
+                    "",
+                    &[],
+                    Map::new(),
+                    &RetryPolicy::default(),
+                )
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::LeaseLost(_)), "{err}");
+        // The holder's report applies once; a repeat is a duplicate.
+        let tests = vec![TestNode::group(
+            "suite",
+            vec![TestNode::leaf("t1", NodeResult::Pass)],
+        )];
+        let t2 = tests.clone();
+        let out = store
+            .write_blocking(move |w| {
+                w.report_result(
+                    "lab-b",
+                    id,
+                    2,
+                    NodeResult::Pass,
+                    "",
+                    "",
+                    &t2,
+                    Map::new(),
+                    &RetryPolicy::default(),
+                )
+            })
+            .unwrap();
+        assert!(matches!(out, ReportOutcome::Applied(_)));
+        let out = store
+            .write_blocking(move |w| {
+                w.report_result(
+                    "lab-b",
+                    id,
+                    2,
+                    NodeResult::Pass,
+                    "",
+                    "",
+                    &tests,
+                    Map::new(),
+                    &RetryPolicy::default(),
+                )
+            })
+            .unwrap();
+        assert!(matches!(out, ReportOutcome::Duplicate));
+        let kids = store
+            .read_blocking(move |c| crate::store::nodes::children(c, id))
+            .unwrap();
+        assert_eq!(kids.len(), 1);
+        assert_eq!(kids[0].state, NodeState::Done);
+    }
+
+    #[test]
+    fn retries_run_out() {
+        let (_d, store) = temp_store();
+        let (node, _) = store
+            .write_blocking(|w| {
+                w.submit_job(NewJob {
+                    spec: spec("j"),
+                    parent: None,
+                    submitter: String::new(),
+                    owner: String::new(),
+                    ..Default::default()
+                })
+            })
+            .unwrap();
+        let id = node.id;
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        for round in 0..2 {
+            store
+                .write_blocking(move |w| w.claim_job(id, "lab", "s", "d", "dt", past))
+                .unwrap();
+            let sweep = store.write_blocking(|w| w.sweep_expired_leases(1)).unwrap();
+            if round == 0 {
+                assert_eq!(sweep.requeued.len(), 1);
+            } else {
+                assert_eq!(sweep.failed, vec![id]);
+            }
+        }
+        let node = store.read_blocking(move |c| get_node(c, id)).unwrap();
+        assert_eq!(node.state, NodeState::Done);
+        assert_eq!(node.result, Some(NodeResult::Incomplete));
+        assert_eq!(node.error_code(), Some("lease_expired"));
+    }
+}

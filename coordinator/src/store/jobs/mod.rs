@@ -1,0 +1,431 @@
+//! The job queue: a job node plus its queue entry. Submission, the queue's reads, and the
+//! ways a job leaves the queue (cancelled, failed while queued). Leases, logs, results,
+//! statistics and the checks of a spec each have a module of their own.
+
+mod lease;
+mod logs;
+mod report;
+mod spec;
+mod stats;
+
+pub use logs::{log_attempt, read_log};
+pub use spec::{valid_param_key, validate_spec};
+pub use stats::{JobStats, job_stats, signature};
+
+use super::db::{Connection, Row, params};
+use super::nodes::{NewNode, NodeUpdate, get_node};
+use super::{Write, corrupt, from_micros, micros};
+use crate::error::{Error, Result};
+use crate::model::{Node, NodeId, NodeKind, NodeState};
+use crate::pipeline_config::{Variant, VariantMode};
+use crate::rules::Attrs;
+use chrono::{DateTime, Utc};
+use labwire_common::{Criteria, NodeResult};
+use labwire_proto::{convert, v1};
+use prost::Message;
+use serde_json::{Map, Value, json};
+use spec::spec_data;
+
+/// Where a job is in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Waiting for an agent.
+    Queued,
+    /// Leased to an agent.
+    Leased,
+    /// Finished; the node is done.
+    Finished,
+}
+
+impl JobStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Leased => "leased",
+            Self::Finished => "finished",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "queued" => Ok(Self::Queued),
+            "leased" => Ok(Self::Leased),
+            "finished" => Ok(Self::Finished),
+            other => Err(corrupt("job status", other)),
+        }
+    }
+
+    /// The protobuf enum.
+    pub fn to_proto(self) -> v1::JobStatus {
+        match self {
+            Self::Queued => v1::JobStatus::Queued,
+            Self::Leased => v1::JobStatus::Leased,
+            Self::Finished => v1::JobStatus::Finished,
+        }
+    }
+}
+
+/// A job to queue.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    /// What to run.
+    pub spec: v1::JobSpec,
+    /// Parent node.
+    pub parent: Option<NodeId>,
+    /// Who asked for it.
+    pub submitter: String,
+    /// The token name that created it.
+    pub owner: String,
+    /// The node kind: `job` unless the scheduler creates a `kbuild` or `process` job.
+    pub kind: Option<NodeKind>,
+    /// Placement attributes (tree, branch, job, platform, ...); `job`, `kind` and
+    /// `device_type` are filled in from the spec, tree and branch from the parent's
+    /// `kernel_revision`, when missing.
+    pub attrs: Attrs,
+    /// The run group, for runs that must differ.
+    pub group: Option<RunGroup>,
+    /// Extra node data.
+    pub data: Map<String, Value>,
+}
+
+/// The runs of one job that must each use another device type (or device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunGroup {
+    /// Identifies the group (the scheduler uses `EVENT/JOB/PLATFORM`).
+    pub id: String,
+    /// What must differ.
+    pub variant: Variant,
+    /// What happens when nothing different is left.
+    pub mode: VariantMode,
+}
+
+/// When a job that ended `incomplete` goes back to the queue.
+#[derive(Debug, Clone, Default)]
+pub struct RetryPolicy {
+    /// At most this many retries (the node's `retry_counter`).
+    pub max: i32,
+    /// The error codes that mean the infrastructure failed, not the kernel.
+    pub error_codes: Vec<String>,
+}
+
+/// A queue entry.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    /// The job node's id.
+    pub id: NodeId,
+    /// The job's spec.
+    pub spec: v1::JobSpec,
+    /// Its criteria, decoded.
+    pub criteria: Criteria,
+    /// Priority (higher first).
+    pub priority: i32,
+    /// Queue state.
+    pub status: JobStatus,
+    /// The lab holding the lease.
+    pub lease_owner: Option<String>,
+    /// The agent session holding the lease.
+    pub lease_session: Option<String>,
+    /// When the lease runs out.
+    pub lease_expires: Option<DateTime<Utc>>,
+    /// The lease generation: grows by one with every lease of the job.
+    pub attempt: i32,
+    /// The device the job runs on.
+    pub device: Option<String>,
+    /// When it was (last) queued.
+    pub queued_at: DateTime<Utc>,
+    /// Placement attributes.
+    pub attrs: Attrs,
+    /// The run group, if any.
+    pub group: Option<RunGroup>,
+    /// The device type of the device it was leased to.
+    pub device_type: Option<String>,
+}
+
+/// A lease just granted.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The queue entry, now leased.
+    pub job: JobRow,
+    /// The job node.
+    pub node: Node,
+}
+
+/// What [`Write::sweep_expired_leases`] did.
+#[derive(Debug, Default)]
+pub struct LeaseSweep {
+    /// Jobs back in the queue.
+    pub requeued: Vec<JobRow>,
+    /// Jobs that ran out of retries and ended incomplete.
+    pub failed: Vec<NodeId>,
+}
+
+/// The outcome of a result report.
+#[derive(Debug)]
+pub enum ReportOutcome {
+    /// Applied now; the job node after the change.
+    Applied(Box<Node>),
+    /// The attempt failed for an infrastructure reason; the job is back in the queue.
+    Retried(Box<JobRow>),
+    /// The same attempt was reported before; nothing changed.
+    Duplicate,
+}
+
+const JOB_COLUMNS: &str = "node_id, spec, criteria, priority, status, lease_owner, lease_session, \
+                           lease_expires, attempt, device, queued_at, attrs, run_group, variant, \
+                           variant_mode, device_type";
+
+fn job_from_row(r: &Row<'_>) -> Result<JobRow> {
+    let spec: Vec<u8> = r.get(1)?;
+    let criteria: String = r.get(2)?;
+    let status: String = r.get(4)?;
+    let attrs: String = r.get(11)?;
+    let group: Option<String> = r.get(12)?;
+    let variant: Option<String> = r.get(13)?;
+    let mode: Option<String> = r.get(14)?;
+    let id = NodeId(r.get(0)?);
+    {
+        Ok(JobRow {
+            id,
+            spec: v1::JobSpec::decode(spec.as_slice()).map_err(|e| corrupt("job spec", e))?,
+            criteria: serde_json::from_str(&criteria).map_err(|e| corrupt("job criteria", e))?,
+            priority: r.get(3)?,
+            status: JobStatus::parse(&status)?,
+            lease_owner: r.get(5)?,
+            lease_session: r.get(6)?,
+            lease_expires: r.get::<_, Option<i64>>(7)?.map(from_micros),
+            attempt: r.get(8)?,
+            device: r.get(9)?,
+            queued_at: from_micros(r.get(10)?),
+            attrs: serde_json::from_str(&attrs).map_err(|e| corrupt("job attrs", e))?,
+            group: match (group, variant) {
+                (Some(id), Some(v)) => Some(RunGroup {
+                    id,
+                    variant: serde_json::from_value(Value::String(v.clone()))
+                        .map_err(|e| corrupt("job variant", e))?,
+                    mode: match mode.as_deref() {
+                        Some("permissive") => VariantMode::Permissive,
+                        _ => VariantMode::Strict,
+                    },
+                }),
+                _ => None,
+            },
+            device_type: r.get(15)?,
+        })
+    }
+}
+
+/// Reads one queue entry, or `None`.
+pub fn find_job(conn: &Connection, id: NodeId) -> Result<Option<JobRow>> {
+    conn.query_opt(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE node_id = ?1"),
+        params![id.0],
+        job_from_row,
+    )
+}
+
+fn get_job(conn: &Connection, id: NodeId) -> Result<JobRow> {
+    find_job(conn, id)?.ok_or_else(|| Error::NotFound(format!("job {id} not found")))
+}
+
+/// How long a `kbuild` job that passed stays `available` for its tests to be scheduled.
+pub const KBUILD_HOLDOFF: chrono::Duration = chrono::Duration::minutes(10);
+
+/// The attribute list that holds `lab/device` of the attempts that failed for an
+/// infrastructure reason; the dispatcher prefers other devices for the next attempt.
+pub const RETRY_DEVICES: &str = "retry_devices";
+
+/// The jobs of a run group that hold or held a device: (job, device type, device).
+pub fn group_usage(conn: &Connection, group: &str) -> Result<Vec<(NodeId, String, String)>> {
+    conn.query_map(
+        "SELECT node_id, device_type, device FROM jobs WHERE run_group = ?1 \
+         AND device_type IS NOT NULL AND device IS NOT NULL",
+        params![group],
+        |r| {
+            Ok((
+                NodeId(r.get(0)?),
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        },
+    )
+}
+
+/// Lists queue entries in a state (all when `None`), newest first.
+pub fn list_jobs(
+    conn: &Connection,
+    status: Option<JobStatus>,
+    limit: usize,
+) -> Result<Vec<JobRow>> {
+    conn.query_map(
+        &format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE (CAST(?1 AS TEXT) IS NULL OR status = ?1) \
+             ORDER BY node_id DESC LIMIT ?2"
+        ),
+        params![status.map(|s| s.as_str()), limit as i64],
+        job_from_row,
+    )
+}
+
+/// Every queued job in dispatch order: priority, then submission order.
+pub fn queued_jobs(conn: &Connection) -> Result<Vec<JobRow>> {
+    conn.query_map(
+        &format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY priority DESC, node_id"
+        ),
+        params![],
+        job_from_row,
+    )
+}
+
+/// Number of jobs leased to each lab.
+pub fn leases_by_lab(conn: &Connection) -> Result<std::collections::HashMap<String, u32>> {
+    let rows = conn.query_map(
+        "SELECT lease_owner, COUNT(*) FROM jobs WHERE status = 'leased' GROUP BY lease_owner",
+        params![],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)),
+    )?;
+    Ok(rows.into_iter().collect())
+}
+
+impl Write<'_> {
+    /// Queues a job: creates its node (running) and its queue entry.
+    pub fn submit_job(&mut self, j: NewJob) -> Result<(Node, JobRow)> {
+        validate_spec(&j.spec)?;
+        let criteria = convert::criteria_from_proto(&j.spec.criteria.clone().unwrap_or_default());
+        let kind = j.kind.unwrap_or(NodeKind::Job);
+        let mut n = NewNode::new(kind, j.spec.name.clone());
+        n.parent = j.parent;
+        n.group = Some(j.spec.name.clone());
+        n.data = spec_data(&j.spec, &criteria);
+        n.data.extend(j.data);
+        n.owner = j.owner;
+        n.submitter = j.submitter;
+        let mut attrs = j.attrs;
+        if let Some(p) = j.parent {
+            let parent = Attrs::from_node_data(&get_node(self.tx, p)?.data);
+            for (k, v) in parent.scalars {
+                attrs.scalars.entry(k).or_insert(v);
+            }
+            for (k, v) in parent.lists {
+                attrs.lists.entry(k).or_insert(v);
+            }
+            attrs.version = attrs.version.or(parent.version);
+        }
+        for (k, v) in [
+            ("job", Some(j.spec.name.clone())),
+            ("kind", Some(kind.as_str().to_string())),
+            ("device_type", criteria.device_type.clone()),
+            ("arch", criteria.arch.clone()),
+            ("runtime", criteria.driver.clone()),
+        ] {
+            if let Some(v) = v {
+                attrs.scalars.entry(k.to_string()).or_insert(v);
+            }
+        }
+        if let Some(g) = &j.group {
+            n.data.insert(
+                "run_group".into(),
+                json!({"id": g.id, "variant": g.variant, "mode": g.mode}),
+            );
+        }
+        let node = self.create_node(n)?;
+        let criteria_json =
+            serde_json::to_string(&criteria).map_err(|e| Error::Internal(e.to_string()))?;
+        let attrs_json =
+            serde_json::to_string(&attrs).map_err(|e| Error::Internal(e.to_string()))?;
+        let variant = |g: &RunGroup| match g.variant {
+            Variant::DeviceType => "device_type",
+            Variant::Device => "device",
+        };
+        let mode = |g: &RunGroup| match g.mode {
+            VariantMode::Strict => "strict",
+            VariantMode::Permissive => "permissive",
+        };
+        // The queue entry comes back with RETURNING: no second read.
+        let job = self.tx.query_row(
+            &format!("INSERT INTO jobs (node_id, spec, criteria, runtime, priority, status, attempt, queued_at, \
+                 attrs, run_group, variant, variant_mode) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?7, ?8, ?9, ?10) RETURNING {JOB_COLUMNS}"), params![
+                node.id.0,
+                j.spec.encode_to_vec(),
+                criteria_json,
+                criteria.driver.clone().unwrap_or_default(),
+                j.spec.priority,
+                micros(self.now),
+                attrs_json,
+                j.group.as_ref().map(|g| g.id.clone()),
+                j.group.as_ref().map(variant),
+                j.group.as_ref().map(mode),
+            ],
+            job_from_row,
+        )?;
+        Ok((node, job))
+    }
+
+    fn finish_job_row(&mut self, id: NodeId) -> Result<()> {
+        self.tx.execute(
+            "UPDATE jobs SET status = 'finished', lease_expires = NULL, finished_at = ?2 \
+             WHERE node_id = ?1",
+            params![id.0, micros(self.now)],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a queued job that can never run: `done`, `incomplete`, with the error.
+    pub fn fail_queued_job(&mut self, job: NodeId, code: &str, msg: &str) -> Result<Node> {
+        let n = self.tx.execute(
+            "UPDATE jobs SET status = 'finished', finished_at = ?2 WHERE node_id = ?1 \
+             AND status = 'queued'",
+            params![job.0, micros(self.now)],
+        )?;
+        if n != 1 {
+            return Err(Error::LeaseLost(format!("job {job} is no longer queued")));
+        }
+        let mut data = Map::new();
+        data.insert("error_code".into(), code.into());
+        data.insert("error_msg".into(), msg.into());
+        self.update_node(
+            job,
+            NodeUpdate {
+                state: Some(NodeState::Done),
+                result: Some(NodeResult::Incomplete),
+                data,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Cancels a job that is not finished: it leaves the queue and its node ends `done`,
+    /// `incomplete`, `error_code=cancelled`. A leased job's agent learns at its next heartbeat.
+    pub fn cancel_job(&mut self, job: NodeId, reason: &str) -> Result<Node> {
+        let row = get_job(self.tx, job)?;
+        if row.status == JobStatus::Finished {
+            return Err(Error::BadTransition {
+                node: job,
+                from: NodeState::Done,
+                to: NodeState::Done,
+            });
+        }
+        self.finish_job_row(job)?;
+        let mut data = Map::new();
+        data.insert("error_code".into(), "cancelled".into());
+        data.insert(
+            "error_msg".into(),
+            if reason.is_empty() {
+                "cancelled".to_string()
+            } else {
+                reason.to_string()
+            }
+            .into(),
+        );
+        self.update_node(
+            job,
+            NodeUpdate {
+                state: Some(NodeState::Done),
+                result: Some(NodeResult::Incomplete),
+                data,
+                ..Default::default()
+            },
+        )
+    }
+}
