@@ -1085,12 +1085,15 @@ mod tests {
         // Once statistics say pref-2 runs 20 minutes in lab-a, lab-b is sooner.
         store
             .write_blocking(|w| {
-                w.conn().execute(
-                    "INSERT INTO job_stats (signature, lab, runs, wait_ms_avg, run_ms_avg, updated) \
-                     VALUES ('pref-2', 'lab-a', 5, 0, 1200000, 0)",
-                    crate::store::db::params![],
-                )?;
-                Ok(())
+                w.set_job_stats(
+                    "pref-2",
+                    "lab-a",
+                    &JobStats {
+                        runs: 5,
+                        wait_ms: 0.0,
+                        run_ms: 1_200_000.0,
+                    },
+                )
             })
             .unwrap();
         d.refresh_stats().await.unwrap();

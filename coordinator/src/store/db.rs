@@ -441,6 +441,12 @@ impl Connection {
         }
     }
 
+    /// Checks that the database answers (the health check).
+    pub fn ping(&self) -> Result<()> {
+        self.query_row("SELECT 1", params![], |r| r.get::<_, i64>(0))
+            .map(|_| ())
+    }
+
     /// Runs one statement; returns how many rows it changed.
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
         match self {

@@ -341,6 +341,88 @@ pub fn follow(
     rx
 }
 
+/// How long a service that follows the log from its cursor waits before it reads again
+/// after a failed read.
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// Follows the log for a service that keeps a stored cursor (the scheduler, the report
+/// mailer): the events after the cursor in order, then each newer one as it commits, until
+/// `shutdown` (or the receiver is dropped). The first time, the cursor starts at the end of
+/// the log. The service handles each event and moves the cursor itself
+/// ([`Write::move_cursor`]), in the transaction that records what it did. The stream only
+/// carries events: a cursor older than what pruning kept skips to the oldest kept event
+/// (logged as an error, since events were missed), and a failed read is tried again after a
+/// pause, resuming after the last event sent.
+pub fn follow_cursor(
+    store: super::Store,
+    cursor: super::cursor::EventCursor,
+    kind: Option<NodeKind>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::sync::mpsc::Receiver<StoredEvent> {
+    let (tx, rx) = tokio::sync::mpsc::channel(FOLLOW_BATCH);
+    let name = cursor.name();
+    tokio::spawn(async move {
+        let pause = || async {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_PAUSE) => true,
+                _ = shutdown.cancelled() => false,
+            }
+        };
+        let mut pos = loop {
+            match store.write(move |w| w.start_cursor(cursor)).await {
+                Ok(p) => break p,
+                Err(e) => {
+                    tracing::error!(cursor = name, error = %e, "cannot read an event cursor; retrying");
+                    if !pause().await {
+                        return;
+                    }
+                }
+            }
+        };
+        loop {
+            let mut events = follow(store.clone(), pos, kind, false, shutdown.clone());
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    Ok(e) => {
+                        pos = e.seq;
+                        if tx.send(e).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(Error::OutOfRange(m)) => {
+                        match store.read(pruned_through).await {
+                            Ok(p) => {
+                                tracing::error!(
+                                    cursor = name,
+                                    from = pos,
+                                    to = p,
+                                    "{m}; skipping to the oldest kept event"
+                                );
+                                pos = p;
+                            }
+                            Err(e) => {
+                                tracing::error!(cursor = name, error = %e, "cannot read the event log");
+                            }
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(cursor = name, error = %e, "cannot read the event log; retrying");
+                        if !pause().await {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            if shutdown.is_cancelled() || tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 impl Write<'_> {
     /// Deletes events older than `before` and records the highest pruned sequence number.
     /// Returns how many were deleted.

@@ -14,15 +14,21 @@
 //! before it changes).
 
 pub mod copy;
+pub mod cursor;
 pub mod db;
 pub mod events;
 pub mod jobs;
 pub mod labs;
 pub mod leader;
 mod location;
+pub mod metrics;
 pub mod migrations;
 pub mod nodes;
 mod pg;
+pub mod reports;
+pub mod scheduled;
+pub mod timeouts;
+pub mod trigger;
 
 pub use db::{Backend, Connection};
 pub use events::StoredEvent;
@@ -37,7 +43,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use chrono::{DateTime, TimeZone, Utc};
 use location::pg_config;
-use pg::{PG_POOL, PgTls, Pool, broken, open_pg, pg_tls};
+use pg::{PgTls, Pool, broken, open_pg, pg_tls};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
@@ -107,9 +113,30 @@ impl Write<'_> {
         self.now
     }
 
-    /// The transaction, for reads and writes inside it.
-    pub fn conn(&self) -> &Connection {
+    /// The transaction, for the store's own reads and writes inside it.
+    pub(in crate::store) fn conn(&self) -> &Connection {
         self.tx
+    }
+
+    /// Runs `f` inside a savepoint of this transaction: when it fails, what it wrote (and
+    /// the events it appended) is undone and the transaction goes on, so that one bad row
+    /// does not fail a whole sweep. The error is returned.
+    pub fn savepoint<T>(&mut self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<T> {
+        let events = self.events.len();
+        self.tx.execute_batch("SAVEPOINT labwire_step")?;
+        match f(self) {
+            Ok(v) => {
+                self.tx.execute_batch("RELEASE SAVEPOINT labwire_step")?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.tx.execute_batch(
+                    "ROLLBACK TO SAVEPOINT labwire_step; RELEASE SAVEPOINT labwire_step",
+                )?;
+                self.events.truncate(events);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -459,6 +486,7 @@ pub(crate) fn temp_store() -> (TestStore, Store) {
 
 #[cfg(test)]
 mod pg_tests {
+    use super::pg::PG_POOL;
     use super::*;
 
     fn two_replicas() -> (labwire_testpg::TestDb, Store, Store) {

@@ -74,4 +74,24 @@ impl Write<'_> {
         )?;
         Ok(())
     }
+
+    /// Sets the statistics of a signature in a lab (tests that need a known history).
+    #[cfg(test)]
+    pub(crate) fn set_job_stats(&mut self, signature: &str, lab: &str, s: &JobStats) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO job_stats (signature, lab, runs, wait_ms_avg, run_ms_avg, updated) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(signature, lab) DO UPDATE SET \
+             runs = excluded.runs, wait_ms_avg = excluded.wait_ms_avg, \
+             run_ms_avg = excluded.run_ms_avg, updated = excluded.updated",
+            params![
+                signature,
+                lab,
+                s.runs,
+                s.wait_ms,
+                s.run_ms,
+                micros(self.now)
+            ],
+        )?;
+        Ok(())
+    }
 }
