@@ -3,6 +3,7 @@
 //! token whose scopes must allow the call.
 
 use crate::error::Error;
+use crate::model::LabName;
 use crate::pki::fingerprint;
 use crate::store::Store;
 use crate::store::labs::{Scope, TokenInfo, lab_for_fingerprint, verify_token};
@@ -22,7 +23,7 @@ impl Auth {
 
     /// The lab named by the request's client certificate. Refused when there is no
     /// certificate, when it is not registered, or when it (or its lab) is revoked.
-    pub async fn lab<T>(&self, req: &Request<T>) -> Result<String, Status> {
+    pub async fn lab<T>(&self, req: &Request<T>) -> Result<LabName, Status> {
         let certs = req.peer_certs().ok_or_else(|| {
             Status::unauthenticated(
                 "agents must present a client certificate issued by this coordinator's CA",

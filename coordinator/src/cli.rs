@@ -274,7 +274,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(CaCommand::Revoke { lab }) => {
             let store = open_store(&cfg)?;
             let n = store.write_blocking(|w| {
-                w.requeue_lab_jobs(&lab)?;
+                w.requeue_lab_jobs(&crate::model::LabName::new(lab.clone()))?;
                 w.revoke_lab(&lab)
             })?;
             println!("lab `{lab}`: {n} certificate(s) revoked");

@@ -4,7 +4,8 @@
 
 use crate::auth::Auth;
 use crate::config::CoordinatorConfig;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, JobQueue};
+use crate::model::{LabName, SessionId};
 use crate::store::Store;
 use labwire_common::DeviceInfo;
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use tonic::Status;
 #[derive(Debug, Clone)]
 pub struct Session {
     /// The lab.
-    pub lab: String,
+    pub lab: LabName,
     /// Its advertised devices.
     pub devices: Vec<DeviceInfo>,
     /// Free slots it advertised.
@@ -30,12 +31,16 @@ pub struct Session {
 pub struct Shared {
     /// The store.
     pub store: Store,
-    /// Dispatch.
-    pub dispatcher: Dispatcher,
+    /// Dispatch (what reads it and hands out leases; changes of the queue go through
+    /// `queue`).
+    pub dispatcher: Arc<Dispatcher>,
+    /// The job queue: every change of the queue, written to the store then told to the
+    /// dispatcher.
+    pub queue: JobQueue,
     /// Caller authentication.
     pub auth: Auth,
     /// Live agent sessions by id.
-    pub sessions: RwLock<HashMap<String, Session>>,
+    pub sessions: RwLock<HashMap<SessionId, Session>>,
     /// The configuration.
     pub config: CoordinatorConfig,
     /// Cancelled when the coordinator shuts down; long calls end early.
@@ -44,7 +49,7 @@ pub struct Shared {
 
 impl Shared {
     /// The session, if it is known; agents register again when it is not.
-    pub fn session(&self, id: &str) -> Result<Session, Status> {
+    pub fn session(&self, id: &SessionId) -> Result<Session, Status> {
         let mut map = self
             .sessions
             .write()
@@ -58,8 +63,16 @@ impl Shared {
         Ok(s.clone())
     }
 
+    /// Ends every agent session of `lab` (it was revoked): its agents must register again,
+    /// which its revoked certificate no longer allows.
+    pub fn end_sessions(&self, lab: &LabName) {
+        if let Ok(mut map) = self.sessions.write() {
+            map.retain(|_, s| &s.lab != lab);
+        }
+    }
+
     /// Labs with a session heard from within two heartbeat intervals.
-    pub fn connected_labs(&self) -> HashMap<String, Session> {
+    pub fn connected_labs(&self) -> HashMap<LabName, Session> {
         let horizon = self.config.leases.heartbeat * 2 + std::time::Duration::from_secs(5);
         let map = match self.sessions.read() {
             Ok(m) => m,
@@ -105,7 +118,7 @@ pub async fn lab_overview(shared: &Shared) -> Result<Vec<LabOverview>, crate::er
         .into_iter()
         .map(|row| LabOverview {
             devices: serde_json::from_value(row.devices.clone()).unwrap_or_default(),
-            connected: connected.contains_key(&row.name),
+            connected: connected.contains_key(row.name.as_str()),
             jobs_in_flight: leases.get(&row.name).copied().unwrap_or(0),
             row,
         })

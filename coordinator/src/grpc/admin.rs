@@ -1,6 +1,7 @@
 //! AdminService: labs, jobs, revocation and cancellation. Needs the `admin` scope.
 
 use super::node_id;
+use crate::model::LabName;
 use crate::shared::{LabOverview, SharedRef, lab_overview};
 use crate::store::JobStatus;
 use crate::store::labs::Scope;
@@ -107,7 +108,7 @@ impl AdminService for AdminApi {
                     status: j.status.to_proto() as i32,
                     lease_owner: j.lease_owner.unwrap_or_default(),
                     lease_until: j.lease_expires.map(convert::timestamp),
-                    attempt: j.attempt,
+                    attempt: j.attempt.0,
                     priority: j.priority,
                     device: j.device.unwrap_or_default(),
                     spec: Some(j.spec),
@@ -121,23 +122,9 @@ impl AdminService for AdminApi {
         req: Request<v1::RevokeLabRequest>,
     ) -> Result<Response<v1::RevokeLabResponse>, Status> {
         self.shared.auth.token(&req, Scope::Admin).await?;
-        let lab = req.into_inner().lab;
-        let l2 = lab.clone();
-        let (certs, requeued) = self
-            .shared
-            .store
-            .write(move |w| {
-                let jobs = w.requeue_lab_jobs(&l2)?;
-                let n = w.revoke_lab(&l2)?;
-                Ok((n, jobs))
-            })
-            .await?;
-        if let Ok(mut map) = self.shared.sessions.write() {
-            map.retain(|_, s| s.lab != lab);
-        }
-        for j in &requeued {
-            self.shared.dispatcher.enqueue(j).await;
-        }
+        let lab = LabName::new(req.into_inner().lab);
+        let (certs, requeued) = self.shared.queue.revoke(lab.clone()).await?;
+        self.shared.end_sessions(&lab);
         tracing::warn!(lab = %lab, certificates = certs, jobs = requeued.len(), "lab revoked");
         Ok(Response::new(v1::RevokeLabResponse {
             certificates: certs as u32,
@@ -152,13 +139,7 @@ impl AdminService for AdminApi {
         self.shared.auth.token(&req, Scope::Admin).await?;
         let r = req.into_inner();
         let id = node_id("job", r.job)?;
-        let reason = r.reason;
-        let node = self
-            .shared
-            .store
-            .write(move |w| w.cancel_job(id, &reason))
-            .await?;
-        self.shared.dispatcher.forget(id).await;
+        let node = self.shared.queue.cancel(id, r.reason).await?;
         Ok(Response::new(v1::CancelJobResponse {
             node: Some(node.to_proto()),
         }))

@@ -108,7 +108,7 @@ impl NodeService for NodeApi {
         let node = self
             .shared
             .store
-            .write(move |w| w.update_node(id, u))
+            .write(move |w| w.update_node_for_client(id, u))
             .await?;
         Ok(Response::new(v1::UpdateNodeResponse {
             node: Some(node.to_proto()),
@@ -196,9 +196,8 @@ impl NodeService for NodeApi {
             owner: token.name,
             ..Default::default()
         };
-        let (node, row) = self.shared.store.write(move |w| w.submit_job(job)).await?;
+        let (node, _) = self.shared.queue.submit(job).await?;
         tracing::info!(job = %node.id, name = %node.name, "job submitted");
-        self.shared.dispatcher.enqueue(&row).await;
         Ok(Response::new(v1::SubmitJobResponse {
             node: Some(node.to_proto()),
         }))

@@ -55,6 +55,7 @@ impl IntoResponse for ApiError {
             Error::BadTransition { .. }
             | Error::ParentClosed { .. }
             | Error::LeaseLost(_)
+            | Error::Refused(_)
             | Error::AlreadyExists(_) => StatusCode::CONFLICT,
             // The database connection dropped, or two replicas' transactions collided: the
             // request may be sent again.

@@ -242,7 +242,8 @@ pub(super) async fn create_node(
 }
 
 /// `PUT /node/{id}` (scope `submit`): changes state, result, data or artifacts through the
-/// node state machine, as gRPC `UpdateNode` does.
+/// node state machine, as gRPC `UpdateNode` does. A job's state and result change only
+/// through the job queue: refused with 409 (see [`crate::store::jobs::QUEUE_KEYS`]).
 pub(super) async fn update_node(
     State(shared): State<SharedRef>,
     headers: HeaderMap,
@@ -260,7 +261,10 @@ pub(super) async fn update_node(
         retry_counter: None,
         holdoff: None,
     };
-    let node = shared.store.write(move |w| w.update_node(id, u)).await?;
+    let node = shared
+        .store
+        .write(move |w| w.update_node_for_client(id, u))
+        .await?;
     Ok(axum::Json(node).into_response())
 }
 

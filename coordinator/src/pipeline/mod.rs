@@ -57,7 +57,7 @@ pub fn start_leader(
 ) -> anyhow::Result<()> {
     let cfg = &shared.config;
     set.spawn(timeout::run(
-        shared.store.clone(),
+        shared.queue.clone(),
         cfg.timeouts.interval,
         stop.clone(),
     ));

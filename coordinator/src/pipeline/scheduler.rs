@@ -280,7 +280,9 @@ pub async fn run(shared: SharedRef, cfg: Arc<PipelineConfig>) {
         let evseq = ev.seq;
         loop {
             let planned = planned.clone();
-            let res = store
+            // Through the job queue: the jobs created are offered to the agents at once.
+            let res = shared
+                .queue
                 .write(move |w| {
                     let mut created = Vec::new();
                     for p in planned {
@@ -308,7 +310,6 @@ pub async fn run(shared: SharedRef, cfg: Arc<PipelineConfig>) {
                 Ok(created) => {
                     for row in &created {
                         tracing::info!(event = evseq, job = %row.id, name = %row.spec.name, "scheduler created a job");
-                        shared.dispatcher.enqueue(row).await;
                     }
                     break;
                 }

@@ -1,9 +1,10 @@
 //! The timeout service: applies the timeout, holdoff and closing rules
-//! ([`crate::store::timeouts`]) every `timeouts.interval`, on the replica that leads.
+//! ([`crate::store::timeouts`]) every `timeouts.interval`, on the replica that leads. It goes
+//! through the job queue, so a job that timed out is no longer offered to the agents.
 
 /// Sweeps every `interval` until `shutdown`.
 pub async fn run(
-    store: crate::store::Store,
+    queue: crate::dispatch::JobQueue,
     interval: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -14,7 +15,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        match store.write(|w| w.sweep_timeouts()).await {
+        match queue.sweep_timeouts().await {
             Ok(s) if s.is_empty() => {}
             Ok(s) => tracing::info!(
                 timed_out = s.timed_out.len(),

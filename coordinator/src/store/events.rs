@@ -13,7 +13,7 @@
 //! and wakes its subscribers.
 
 use super::db::{Backend, Connection, params};
-use super::{PendingEvent, WeakStore, Write, corrupt, from_micros, micros};
+use super::{PendingEvent, Write, corrupt, from_micros, micros};
 use crate::error::{Error, Result};
 use crate::model::{Node, NodeKind, NodeState};
 use chrono::{DateTime, Utc};
@@ -167,60 +167,6 @@ pub(crate) fn flush(conn: &Connection, events: Vec<PendingEvent>) -> Result<Opti
 /// At most this many events go into one INSERT on PostgreSQL (7 parameters each, well
 /// under PostgreSQL's 65,535 parameters per statement).
 const EVENT_BATCH: usize = 500;
-
-/// The PostgreSQL channel that carries the newest sequence number of each commit.
-const CHANNEL: &str = "labwire_events";
-
-/// Listens on PostgreSQL for other replicas' commits and moves the store's `last_seq` watch,
-/// on a thread of its own, until the store is dropped. After a lost connection it connects
-/// again and reads the newest sequence number, so nothing is missed: subscribers read the
-/// durable log, the notification only wakes them.
-pub(crate) fn listen(config: postgres::Config, tls: super::PgTls, store: WeakStore) {
-    let spawned = std::thread::Builder::new()
-        .name("labwire-pg-listen".into())
-        .spawn(move || {
-            let mut warned = false;
-            while store.upgrade().is_some() {
-                if let Err(e) = listen_once(&config, &tls, &store) {
-                    if !warned {
-                        tracing::warn!(error = %e, "lost the PostgreSQL notification connection; reconnecting");
-                        warned = true;
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                } else {
-                    return;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the PostgreSQL listener thread");
-    }
-}
-
-/// One connection's worth of listening; `Ok` when the store is gone.
-fn listen_once(config: &postgres::Config, tls: &super::PgTls, store: &WeakStore) -> Result<()> {
-    let mut client = tls.connect(config)?;
-    client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-    let last: i64 = client.query_one("SELECT last FROM event_seq", &[])?.get(0);
-    match store.upgrade() {
-        Some(s) => s.announce(last),
-        None => return Ok(()),
-    }
-    loop {
-        let mut notes = client.notifications();
-        let mut it = notes.timeout_iter(Duration::from_secs(1));
-        use postgres::fallible_iterator::FallibleIterator;
-        let next = it.next()?;
-        let Some(store) = store.upgrade() else {
-            return Ok(());
-        };
-        if let Some(n) = next
-            && let Ok(seq) = n.payload().parse::<i64>()
-        {
-            store.announce(seq);
-        }
-    }
-}
 
 /// The highest sequence number removed by pruning (0 if none).
 pub fn pruned_through(conn: &Connection) -> Result<i64> {

@@ -1,9 +1,10 @@
 //! Labs, their client certificates (by SHA-256 fingerprint) and client tokens (stored as
 //! SHA-256 hashes, never in clear).
 
-use super::db::{Connection, params};
+use super::db::{Backend, Connection, params};
 use super::{Write, corrupt, from_micros, micros};
 use crate::error::{Error, Result};
+use crate::model::LabName;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -89,7 +90,7 @@ pub fn token_hash(token: &str) -> String {
 
 /// Finds the lab of a certificate fingerprint. Unknown certificates are refused as
 /// unauthenticated, revoked ones as permission denied.
-pub fn lab_for_fingerprint(conn: &Connection, fingerprint: &str) -> Result<String> {
+pub fn lab_for_fingerprint(conn: &Connection, fingerprint: &str) -> Result<LabName> {
     let row: Option<(String, Option<i64>, Option<i64>)> = conn.query_opt(
         "SELECT c.lab, c.revoked_at, l.revoked_at FROM lab_certs c JOIN labs l ON l.name = c.lab \
          WHERE c.fingerprint = ?1",
@@ -109,7 +110,7 @@ pub fn lab_for_fingerprint(conn: &Connection, fingerprint: &str) -> Result<Strin
                 "the certificate of lab `{lab}` was revoked"
             )))
         }
-        Some((lab, _, _)) => Ok(lab),
+        Some((lab, _, _)) => Ok(LabName::new(lab)),
     }
 }
 
@@ -145,6 +146,15 @@ pub fn list_labs(conn: &Connection) -> Result<Vec<LabRow>> {
         });
     }
     Ok(labs)
+}
+
+/// The names of the revoked labs.
+pub fn revoked_labs(conn: &Connection) -> Result<Vec<String>> {
+    conn.query_map(
+        "SELECT name FROM labs WHERE revoked_at IS NOT NULL ORDER BY name",
+        params![],
+        |r| r.get(0),
+    )
 }
 
 /// What a lab's agent last advertised (heartbeats update it), for the placement of other
@@ -270,7 +280,7 @@ impl Write<'_> {
     /// Records an agent's call: last seen, and its advertisement when given.
     pub fn touch_lab(
         &mut self,
-        lab: &str,
+        lab: &LabName,
         devices: Option<&serde_json::Value>,
         free_slots: Option<u32>,
     ) -> Result<()> {
@@ -284,7 +294,8 @@ impl Write<'_> {
     }
 
     /// Revokes every certificate of a lab and the lab itself. Returns how many certificates
-    /// were revoked.
+    /// were revoked. Every coordinator on the store learns of it when the transaction commits
+    /// ([`super::Store::labs_changed`]).
     pub fn revoke_lab(&mut self, lab: &str) -> Result<usize> {
         let now = micros(self.now);
         let n = self.tx.execute(
@@ -294,10 +305,19 @@ impl Write<'_> {
         if n == 0 {
             return Err(Error::NotFound(format!("no lab named `{lab}`")));
         }
-        self.tx.execute(
+        let certs = self.tx.execute(
             "UPDATE lab_certs SET revoked_at = ?2 WHERE lab = ?1 AND revoked_at IS NULL",
             params![lab, now],
-        )
+        )?;
+        // Every coordinator running on this store hears of it (see `store::watch`).
+        self.labs_changed = true;
+        if self.tx.backend() == Backend::Postgres {
+            self.tx.execute(
+                "SELECT pg_notify(?1, ?2)",
+                params![super::watch::LABS_CHANNEL, lab],
+            )?;
+        }
+        Ok(certs)
     }
 
     /// Creates a token with `scopes`; returns the secret, which is shown once and stored
@@ -383,7 +403,7 @@ mod tests {
             store
                 .read_blocking(|c| lab_for_fingerprint(c, "aa11"))
                 .unwrap(),
-            "lab-a"
+            LabName::new("lab-a")
         );
         assert!(matches!(
             store.read_blocking(|c| lab_for_fingerprint(c, "bb22")),

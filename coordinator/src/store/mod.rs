@@ -29,6 +29,7 @@ pub mod reports;
 pub mod scheduled;
 pub mod timeouts;
 pub mod trigger;
+mod watch;
 
 pub use db::{Backend, Connection};
 pub use events::StoredEvent;
@@ -41,13 +42,13 @@ pub use nodes::{NewNode, NodeFilter, NodeUpdate};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::model::NodeId;
 use chrono::{DateTime, TimeZone, Utc};
 use location::pg_config;
 use pg::{PgTls, Pool, broken, open_pg, pg_tls};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// What [`Store::connect`] does with the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +86,11 @@ enum Kind {
 struct Inner {
     kind: Kind,
     location: Location,
-    last_seq: watch::Sender<i64>,
+    last_seq: tokio::sync::watch::Sender<i64>,
+    /// Moves when a lab may have been revoked (here or by another process).
+    labs: tokio::sync::watch::Sender<u64>,
+    /// Whether the SQLite watcher runs.
+    watching: std::sync::atomic::AtomicBool,
     clock: Clock,
 }
 
@@ -105,6 +110,20 @@ pub struct Write<'c> {
     tx: &'c Connection,
     now: DateTime<Utc>,
     events: Vec<PendingEvent>,
+    queue: Vec<QueueChange>,
+    /// Whether the transaction revoked a lab.
+    labs_changed: bool,
+}
+
+/// A change of the job queue that a transaction made, for the dispatcher to follow once the
+/// transaction commits ([`Store::write_queue`], [`crate::dispatch::JobQueue`]).
+#[derive(Debug, Clone)]
+pub enum QueueChange {
+    /// The job is (back) in the queue, waiting for an agent.
+    Queued(Box<JobRow>),
+    /// The job left the queue for good: finished, cancelled, failed, timed out, or its entry
+    /// closed by a repair.
+    Ended(NodeId),
 }
 
 impl Write<'_> {
@@ -118,11 +137,17 @@ impl Write<'_> {
         self.tx
     }
 
+    /// Notes a queue change of this transaction for the dispatcher.
+    pub(in crate::store) fn queue_changed(&mut self, change: QueueChange) {
+        self.queue.push(change);
+    }
+
     /// Runs `f` inside a savepoint of this transaction: when it fails, what it wrote (and
-    /// the events it appended) is undone and the transaction goes on, so that one bad row
-    /// does not fail a whole sweep. The error is returned.
+    /// the events and queue changes it noted) is undone and the transaction goes on, so that
+    /// one bad row does not fail a whole sweep. The error is returned.
     pub fn savepoint<T>(&mut self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<T> {
         let events = self.events.len();
+        let queue = self.queue.len();
         self.tx.execute_batch("SAVEPOINT labwire_step")?;
         match f(self) {
             Ok(v) => {
@@ -134,6 +159,7 @@ impl Write<'_> {
                     "ROLLBACK TO SAVEPOINT labwire_step; RELEASE SAVEPOINT labwire_step",
                 )?;
                 self.events.truncate(events);
+                self.queue.truncate(queue);
                 Err(e)
             }
         }
@@ -211,11 +237,14 @@ impl Store {
                 }
             }
         };
-        let (last_seq, _) = watch::channel(0);
+        let (last_seq, _) = tokio::sync::watch::channel(0);
+        let (labs, _) = tokio::sync::watch::channel(0);
         let inner = Arc::new(Inner {
             kind,
             location: location.clone(),
             last_seq,
+            labs,
+            watching: Default::default(),
             clock,
         });
         inner.with_conn(true, |c| match schema {
@@ -231,7 +260,7 @@ impl Store {
         if let Kind::Pg { config, tls, .. } = &inner.kind
             && schema != Schema::AsIs
         {
-            events::listen(
+            watch::listen(
                 config.clone(),
                 tls.clone(),
                 WeakStore(Arc::downgrade(&inner)),
@@ -256,7 +285,21 @@ impl Store {
     /// Runs `f` in one write transaction on the blocking pool. The transaction commits when
     /// `f` returns `Ok`, and rolls back otherwise. Subscribers learn of new events after the
     /// commit.
+    ///
+    /// The queue changes the transaction made are dropped: code that runs next to a
+    /// dispatcher changes the queue through [`crate::dispatch::JobQueue`] instead, which
+    /// passes them on.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Write<'_>) -> Result<T> + Send + 'static,
+    {
+        Ok(self.write_queue(f).await?.0)
+    }
+
+    /// Like [`Store::write`], and returns the queue changes the transaction made, in order,
+    /// for the dispatcher to follow.
+    pub async fn write_queue<T, F>(&self, f: F) -> Result<(T, Vec<QueueChange>)>
     where
         T: Send + 'static,
         F: FnOnce(&mut Write<'_>) -> Result<T> + Send + 'static,
@@ -272,7 +315,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Write<'_>) -> Result<T> + Send,
     ) -> Result<T> {
-        self.off_runtime(|| self.inner.write_blocking(f))
+        Ok(self.off_runtime(|| self.inner.write_blocking(f))?.0)
     }
 
     fn off_runtime<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
@@ -306,8 +349,28 @@ impl Store {
 
     /// The sequence number of the newest committed event, watched. On PostgreSQL it also
     /// moves when another coordinator replica commits (LISTEN/NOTIFY).
-    pub fn last_seq(&self) -> watch::Receiver<i64> {
+    pub fn last_seq(&self) -> tokio::sync::watch::Receiver<i64> {
         self.inner.last_seq.subscribe()
+    }
+
+    /// Moves when a lab may have been revoked: by this process, by another replica
+    /// (PostgreSQL NOTIFY) or, once [`Store::watch_other_processes`] runs, by another process
+    /// on the same SQLite file. The watcher reads the labs to learn which.
+    pub fn labs_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.labs.subscribe()
+    }
+
+    /// On SQLite, starts watching the file for other processes' commits (see
+    /// [`watch`](self::watch)), so that [`Store::last_seq`] and [`Store::labs_changed`] move
+    /// for them too; on PostgreSQL the notifications do that already. The daemon calls it;
+    /// once is enough.
+    pub fn watch_other_processes(&self) {
+        use std::sync::atomic::Ordering;
+        if let Kind::Sqlite { path, .. } = &self.inner.kind
+            && !self.inner.watching.swap(true, Ordering::SeqCst)
+        {
+            watch::poll_sqlite(path.clone(), WeakStore(Arc::downgrade(&self.inner)));
+        }
     }
 }
 
@@ -326,6 +389,11 @@ impl Store {
     /// Announces a newer committed event (from another replica's NOTIFY).
     pub(crate) fn announce(&self, seq: i64) {
         self.inner.announce(seq);
+    }
+
+    /// Announces that a lab may have been revoked.
+    pub(crate) fn announce_labs(&self) {
+        self.inner.labs.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -397,8 +465,11 @@ impl Inner {
         }
     }
 
-    fn write_blocking<T>(&self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<T> {
-        let (out, last) = self.with_conn(true, |conn| {
+    fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Write<'_>) -> Result<T>,
+    ) -> Result<(T, Vec<QueueChange>)> {
+        let (out, last, changes, labs) = self.with_conn(true, |conn| {
             conn.execute_batch(match conn.backend() {
                 // Take the write lock now rather than at the first write, so that a
                 // transaction never fails half-way for want of it.
@@ -409,11 +480,13 @@ impl Inner {
                 tx: conn,
                 now: self.clock.now(),
                 events: Vec::new(),
+                queue: Vec::new(),
+                labs_changed: false,
             };
             let res = f(&mut w).and_then(|out| {
                 let last = events::flush(conn, std::mem::take(&mut w.events))?;
                 conn.execute_batch("COMMIT")?;
-                Ok((out, last))
+                Ok((out, last, std::mem::take(&mut w.queue), w.labs_changed))
             });
             if res.is_err() && !broken(conn) {
                 // A failed COMMIT has already ended the transaction; ROLLBACK then only
@@ -425,7 +498,10 @@ impl Inner {
         if let Some(seq) = last {
             self.announce(seq);
         }
-        Ok(out)
+        if labs {
+            self.labs.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok((out, changes))
     }
 }
 
@@ -694,11 +770,9 @@ mod pg_tests {
                     s.spawn(move || {
                         let mut mine = Vec::new();
                         for id in ids {
-                            match store.write_blocking(move |w| {
-                                w.claim_job(id, lab, "s", "dev", "dt", until)
-                            }) {
-                                Ok(c) => mine.push(c.job.id),
-                                Err(Error::LeaseLost(_)) => {}
+                            match store.write_blocking(move |w| w.claim_for_test(id, lab, until)) {
+                                Ok(Some(c)) => mine.push(c.job.id),
+                                Ok(None) => {}
                                 Err(e) => panic!("claim of {id} by {lab}: {e}"),
                             }
                         }

@@ -12,7 +12,7 @@
 
 use super::db::params;
 use super::nodes::{NodeUpdate, children, get_node};
-use super::{Write, micros};
+use super::{QueueChange, Write, micros};
 use crate::error::Result;
 use crate::model::{NodeId, NodeState};
 use labwire_common::NodeResult;
@@ -152,11 +152,14 @@ impl Write<'_> {
             }
             // A queued or leased job leaves the queue; the agent holding it learns at its
             // next heartbeat that the lease is gone.
-            self.conn().execute(
+            let left = self.conn().execute(
                 "UPDATE jobs SET status = 'finished', lease_expires = NULL, finished_at = ?2 \
                  WHERE node_id = ?1 AND status != 'finished'",
                 params![id.0, micros(self.now())],
             )?;
+            if left > 0 {
+                self.queue_changed(QueueChange::Ended(id));
+            }
             self.update_node(id, u)?;
             changed.push(id);
         }

@@ -4,25 +4,42 @@
 
 use super::super::db::{Backend, params};
 use super::super::nodes::{NodeUpdate, get_node};
-use super::super::{Write, micros};
+use super::super::{QueueChange, Write, micros};
 use super::{Claim, JOB_COLUMNS, JobRow, JobStatus, LeaseSweep, get_job, job_from_row};
 use crate::error::{Error, Result};
-use crate::model::{NodeId, NodeState};
+use crate::model::{AttemptNo, LabName, NodeId, NodeState, SessionId};
 use chrono::{DateTime, Utc};
 use labwire_common::NodeResult;
 use serde_json::{Map, Value};
 
+/// The terms of a lease: which agent session of which lab takes a job, on which device (of
+/// which type), until when.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTerms<'a> {
+    /// The lab.
+    pub lab: &'a LabName,
+    /// Its agent session.
+    pub session: &'a SessionId,
+    /// The device the job was matched to.
+    pub device: &'a str,
+    /// That device's type.
+    pub device_type: &'a str,
+    /// When the lease runs out unless renewed.
+    pub until: DateTime<Utc>,
+}
+
 impl Write<'_> {
-    /// Leases a queued job to a lab's agent session, starting a new attempt.
-    pub fn claim_job(
-        &mut self,
-        id: NodeId,
-        lab: &str,
-        session: &str,
-        device: &str,
-        device_type: &str,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Claim> {
+    /// Leases a queued job to a lab's agent session, starting a new attempt. `None` when the
+    /// job is not queued (any more), another replica is leasing it right now, or its node
+    /// had ended (the entry is then closed). A revoked lab is refused.
+    pub fn claim_job(&mut self, id: NodeId, terms: &LeaseTerms<'_>) -> Result<Option<Claim>> {
+        let LeaseTerms {
+            lab,
+            session,
+            device,
+            device_type,
+            until: lease_until,
+        } = *terms;
         let revoked: Option<Option<i64>> = self.tx.query_opt(
             "SELECT revoked_at FROM labs WHERE name = ?1",
             params![lab],
@@ -42,48 +59,62 @@ impl Write<'_> {
                  FOR UPDATE SKIP LOCKED)"
             }
         };
-        let job = self
-            .tx
-            .query_opt(
-                &format!(
-                    "UPDATE jobs SET status = 'leased', lease_owner = ?2, lease_session = ?3, \
+        let job = self.tx.query_opt(
+            &format!(
+                "UPDATE jobs SET status = 'leased', lease_owner = ?2, lease_session = ?3, \
                      lease_expires = ?4, attempt = attempt + 1, device = ?5, leased_at = ?6, \
                      device_type = ?7 WHERE node_id = {which} RETURNING {JOB_COLUMNS}"
-                ),
-                params![
-                    id.0,
-                    lab,
-                    session,
-                    micros(lease_until),
-                    device,
-                    micros(self.now),
-                    device_type
-                ],
-                job_from_row,
-            )?
-            .ok_or_else(|| {
-                Error::LeaseLost(format!(
-                    "job {id} is no longer queued (or another coordinator is leasing it)"
-                ))
-            })?;
+            ),
+            params![
+                id.0,
+                lab,
+                session,
+                micros(lease_until),
+                device,
+                micros(self.now),
+                device_type
+            ],
+            job_from_row,
+        )?;
+        let Some(job) = job else {
+            return Ok(None);
+        };
         let mut data = Map::new();
-        data.insert("lab".into(), lab.into());
+        data.insert("lab".into(), lab.as_str().into());
         data.insert("device".into(), device.into());
-        let node = self.update_node(
+        let node = match self.update_node(
             id,
             NodeUpdate {
                 data,
                 ..Default::default()
             },
-        )?;
-        Ok(Claim { job, node })
+        ) {
+            Ok(n) => n,
+            // The node ended outside the queue (a bad row from before job nodes were kept
+            // to the queue's own changes): close the entry instead of leasing it.
+            Err(Error::BadTransition {
+                from: NodeState::Done,
+                ..
+            }) => {
+                tracing::warn!(job = %id, "a queued job's node had ended already; its queue entry is closed");
+                self.finish_job_row(id)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Some(Claim { job, node }))
     }
 
     /// The queue entry of `job`, checked to be the current attempt leased to `lab`.
-    pub(super) fn leased_to(&self, lab: &str, job: NodeId, attempt: i32) -> Result<JobRow> {
+    pub(super) fn leased_to(
+        &self,
+        lab: &LabName,
+        job: NodeId,
+        attempt: AttemptNo,
+    ) -> Result<JobRow> {
         let row = get_job(self.tx, job)?;
         if row.status != JobStatus::Leased
-            || row.lease_owner.as_deref() != Some(lab)
+            || row.lease_owner.as_deref() != Some(lab.as_str())
             || row.attempt != attempt
         {
             return Err(Error::LeaseLost(format!(
@@ -103,9 +134,9 @@ impl Write<'_> {
     /// it, or never received it).
     pub fn release_job(
         &mut self,
-        lab: &str,
+        lab: &LabName,
         job: NodeId,
-        attempt: i32,
+        attempt: AttemptNo,
         reason: &str,
     ) -> Result<JobRow> {
         self.leased_to(lab, job, attempt)?;
@@ -125,17 +156,19 @@ impl Write<'_> {
                 ..Default::default()
             },
         )?;
-        get_job(self.tx, job)
+        let row = get_job(self.tx, job)?;
+        self.queue_changed(QueueChange::Queued(Box::new(row.clone())));
+        Ok(row)
     }
 
     /// Extends the leases of the listed attempts held by `lab`. Returns the attempts that are
     /// not (or no longer) leased to it: the agent must stop them.
     pub fn renew_leases(
         &mut self,
-        lab: &str,
-        running: &[(NodeId, i32)],
+        lab: &LabName,
+        running: &[(NodeId, AttemptNo)],
         until: DateTime<Utc>,
-    ) -> Result<Vec<(NodeId, i32)>> {
+    ) -> Result<Vec<(NodeId, AttemptNo)>> {
         let mut lost = Vec::new();
         for &(job, attempt) in running {
             let n = self.tx.execute(
@@ -152,6 +185,8 @@ impl Write<'_> {
 
     /// Puts every lease that ran out before now back in the queue (retry_counter + 1), or,
     /// past `max_retries`, ends the job `done`/`incomplete` with `error_code=lease_expired`.
+    /// A row that cannot be processed (its node ended outside the queue, damaged data) does
+    /// not fail the sweep: it is logged, left out and repaired ([`Write::guarded`]).
     pub fn sweep_expired_leases(&mut self, max_retries: i32) -> Result<LeaseSweep> {
         let expired: Vec<i64> = self.tx.query_map(
             "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_expires < ?1",
@@ -160,63 +195,75 @@ impl Write<'_> {
         )?;
         let mut sweep = LeaseSweep::default();
         for id in expired.into_iter().map(NodeId) {
-            let row = get_job(self.tx, id)?;
-            let node = get_node(self.tx, id)?;
-            let lab = row.lease_owner.clone().unwrap_or_default();
-            if node.retry_counter < max_retries {
-                self.tx.execute(
-                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_session = NULL, \
-                     lease_expires = NULL, device = NULL, device_type = NULL, queued_at = ?2 WHERE node_id = ?1",
-                    params![id.0, micros(self.now)],
-                )?;
-                let mut data = Map::new();
-                data.insert("lab".into(), Value::Null);
-                data.insert("device".into(), Value::Null);
-                data.insert(
-                    "last_error".into(),
-                    format!("lease of attempt {} held by `{lab}` expired", row.attempt).into(),
-                );
-                self.update_node(
-                    id,
-                    NodeUpdate {
-                        data,
-                        retry_counter: Some(node.retry_counter + 1),
-                        ..Default::default()
-                    },
-                )?;
-                sweep.requeued.push(get_job(self.tx, id)?);
-            } else {
-                self.finish_job_row(id)?;
-                let mut data = Map::new();
-                data.insert("error_code".into(), "lease_expired".into());
-                data.insert(
-                    "error_msg".into(),
-                    format!(
-                        "the lease held by `{lab}` expired and the job ran out of retries ({max_retries})"
-                    )
-                    .into(),
-                );
-                self.update_node(
-                    id,
-                    NodeUpdate {
-                        state: Some(NodeState::Done),
-                        result: Some(NodeResult::Incomplete),
-                        data,
-                        ..Default::default()
-                    },
-                )?;
-                sweep.failed.push(id);
+            match self.guarded(id, |w| w.expire_lease(id, max_retries))? {
+                Some(Some(row)) => sweep.requeued.push(row),
+                Some(None) => sweep.failed.push(id),
+                None => sweep.repaired.push(id),
             }
         }
         Ok(sweep)
     }
 
+    /// Ends one expired lease: the job back in the queue (`Some`), or, out of retries, ended
+    /// (`None`).
+    fn expire_lease(&mut self, id: NodeId, max_retries: i32) -> Result<Option<JobRow>> {
+        let row = get_job(self.tx, id)?;
+        let node = get_node(self.tx, id)?;
+        let lab = row.lease_owner.clone().unwrap_or_default();
+        if node.retry_counter < max_retries {
+            self.tx.execute(
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_session = NULL, \
+                 lease_expires = NULL, device = NULL, device_type = NULL, queued_at = ?2 WHERE node_id = ?1",
+                params![id.0, micros(self.now)],
+            )?;
+            let mut data = Map::new();
+            data.insert("lab".into(), Value::Null);
+            data.insert("device".into(), Value::Null);
+            data.insert(
+                "last_error".into(),
+                format!("lease of attempt {} held by `{lab}` expired", row.attempt).into(),
+            );
+            self.update_node(
+                id,
+                NodeUpdate {
+                    data,
+                    retry_counter: Some(node.retry_counter + 1),
+                    ..Default::default()
+                },
+            )?;
+            let row = get_job(self.tx, id)?;
+            self.queue_changed(QueueChange::Queued(Box::new(row.clone())));
+            Ok(Some(row))
+        } else {
+            self.finish_job_row(id)?;
+            let mut data = Map::new();
+            data.insert("error_code".into(), "lease_expired".into());
+            data.insert(
+                "error_msg".into(),
+                format!(
+                    "the lease held by `{lab}` expired and the job ran out of retries ({max_retries})"
+                )
+                .into(),
+            );
+            self.update_node(
+                id,
+                NodeUpdate {
+                    state: Some(NodeState::Done),
+                    result: Some(NodeResult::Incomplete),
+                    data,
+                    ..Default::default()
+                },
+            )?;
+            Ok(None)
+        }
+    }
+
     /// Records that the job started on a device (of a device type, when known).
     pub fn start_job(
         &mut self,
-        lab: &str,
+        lab: &LabName,
         job: NodeId,
-        attempt: i32,
+        attempt: AttemptNo,
         device: &str,
         device_type: Option<&str>,
     ) -> Result<()> {
@@ -238,8 +285,9 @@ impl Write<'_> {
         Ok(())
     }
 
-    /// Gives every job leased to `lab` back to the queue (the lab was revoked).
-    pub fn requeue_lab_jobs(&mut self, lab: &str) -> Result<Vec<JobRow>> {
+    /// Gives every job leased to `lab` back to the queue (the lab was revoked). A row that
+    /// cannot be given back is repaired instead ([`Write::guarded`]).
+    pub fn requeue_lab_jobs(&mut self, lab: &LabName) -> Result<Vec<JobRow>> {
         let ids: Vec<i64> = self.tx.query_map(
             "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_owner = ?1",
             params![lab],
@@ -247,15 +295,18 @@ impl Write<'_> {
         )?;
         let mut out = Vec::new();
         for id in ids.into_iter().map(NodeId) {
-            let attempt = get_job(self.tx, id)?.attempt;
-            out.push(self.release_job(lab, id, attempt, "lab revoked")?);
+            let released = self.guarded(id, |w| {
+                let attempt = get_job(w.tx, id)?.attempt;
+                w.release_job(lab, id, attempt, "lab revoked")
+            })?;
+            out.extend(released);
         }
         Ok(out)
     }
 
     /// Makes every lease of `lab` except those of `keep` expire now (the lab's agent started
     /// again and no longer holds them); the next sweep puts them back in the queue.
-    pub fn expire_lab_leases_except(&mut self, lab: &str, keep: &[NodeId]) -> Result<usize> {
+    pub fn expire_lab_leases_except(&mut self, lab: &LabName, keep: &[NodeId]) -> Result<usize> {
         let held: Vec<i64> = self.tx.query_map(
             "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_owner = ?1",
             params![lab],
@@ -284,12 +335,11 @@ impl Write<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::jobs::{NewJob, ReportOutcome, RetryPolicy};
+    use crate::store::jobs::{NewJob, ReportOutcome};
     use crate::store::nodes::get_node;
     use crate::store::temp_store;
     use labwire_common::{NodeResult, TestNode};
     use labwire_proto::v1;
-    use serde_json::Map;
 
     fn spec(name: &str) -> v1::JobSpec {
         v1::JobSpec {
@@ -315,38 +365,29 @@ mod tests {
         let id = node.id;
         let past = chrono::Utc::now() - chrono::Duration::seconds(1);
         let claim = store
-            .write_blocking(move |w| w.claim_job(id, "lab-a", "s1", "dev", "dt", past))
+            .write_blocking(move |w| w.claim_for_test(id, "lab-a", past))
+            .unwrap()
             .unwrap();
-        assert_eq!(claim.job.attempt, 1);
+        assert_eq!(claim.job.attempt, AttemptNo(1));
         // Claiming twice is refused.
         assert!(
             store
-                .write_blocking(move |w| w.claim_job(id, "lab-b", "s2", "dev", "dt", past))
-                .is_err()
+                .write_blocking(move |w| w.claim_for_test(id, "lab-b", past))
+                .unwrap()
+                .is_none()
         );
         let sweep = store.write_blocking(|w| w.sweep_expired_leases(3)).unwrap();
         assert_eq!(sweep.requeued.len(), 1);
         let later = chrono::Utc::now() + chrono::Duration::seconds(60);
         let claim = store
-            .write_blocking(move |w| w.claim_job(id, "lab-b", "s2", "dev", "dt", later))
+            .write_blocking(move |w| w.claim_for_test(id, "lab-b", later))
+            .unwrap()
             .unwrap();
-        assert_eq!(claim.job.attempt, 2);
+        assert_eq!(claim.job.attempt, AttemptNo(2));
         assert_eq!(claim.node.retry_counter, 1);
         // The first lab's late report is refused.
         let err = store
-            .write_blocking(move |w| {
-                w.report_result(
-                    "lab-a",
-                    id,
-                    1,
-                    NodeResult::Pass,
-                    "",
-                    "",
-                    &[],
-                    Map::new(),
-                    &RetryPolicy::default(),
-                )
-            })
+            .write_blocking(move |w| w.report_for_test("lab-a", id, 1, NodeResult::Pass, vec![]))
             .unwrap_err();
         assert!(matches!(err, Error::LeaseLost(_)), "{err}");
         // The holder's report applies once; a repeat is a duplicate.
@@ -356,35 +397,11 @@ mod tests {
         )];
         let t2 = tests.clone();
         let out = store
-            .write_blocking(move |w| {
-                w.report_result(
-                    "lab-b",
-                    id,
-                    2,
-                    NodeResult::Pass,
-                    "",
-                    "",
-                    &t2,
-                    Map::new(),
-                    &RetryPolicy::default(),
-                )
-            })
+            .write_blocking(move |w| w.report_for_test("lab-b", id, 2, NodeResult::Pass, t2))
             .unwrap();
         assert!(matches!(out, ReportOutcome::Applied(_)));
         let out = store
-            .write_blocking(move |w| {
-                w.report_result(
-                    "lab-b",
-                    id,
-                    2,
-                    NodeResult::Pass,
-                    "",
-                    "",
-                    &tests,
-                    Map::new(),
-                    &RetryPolicy::default(),
-                )
-            })
+            .write_blocking(move |w| w.report_for_test("lab-b", id, 2, NodeResult::Pass, tests))
             .unwrap();
         assert!(matches!(out, ReportOutcome::Duplicate));
         let kids = store
@@ -412,7 +429,7 @@ mod tests {
         let past = chrono::Utc::now() - chrono::Duration::seconds(1);
         for round in 0..2 {
             store
-                .write_blocking(move |w| w.claim_job(id, "lab", "s", "d", "dt", past))
+                .write_blocking(move |w| w.claim_for_test(id, "lab", past))
                 .unwrap();
             let sweep = store.write_blocking(|w| w.sweep_expired_leases(1)).unwrap();
             if round == 0 {

@@ -4,7 +4,7 @@
 use super::super::Write;
 use super::super::db::{Connection, params};
 use crate::error::{Error, Result};
-use crate::model::NodeId;
+use crate::model::{AttemptNo, LabName, NodeId};
 
 /// The attempt whose log a reader wants: the reported one, else the newest with a log.
 pub fn log_attempt(conn: &Connection, job: NodeId) -> Result<Option<i32>> {
@@ -53,9 +53,9 @@ impl Write<'_> {
     /// stored length.
     pub fn append_log(
         &mut self,
-        lab: &str,
+        lab: &LabName,
         job: NodeId,
-        attempt: i32,
+        attempt: AttemptNo,
         offset: u64,
         data: &[u8],
     ) -> Result<u64> {
@@ -65,7 +65,7 @@ impl Write<'_> {
             |r| r.get(0),
         )?;
         match &reported_by {
-            Some(l) if l == lab => {}
+            Some(l) if l == lab.as_str() => {}
             Some(_) => {
                 return Err(Error::LeaseLost(format!(
                     "job {job} attempt {attempt} was reported by another lab"
@@ -142,10 +142,12 @@ mod tests {
         let id = node.id;
         let later = chrono::Utc::now() + chrono::Duration::seconds(60);
         store
-            .write_blocking(move |w| w.claim_job(id, "lab", "s", "d", "dt", later))
+            .write_blocking(move |w| w.claim_for_test(id, "lab", later))
             .unwrap();
         let append = |off: u64, data: &'static [u8]| {
-            store.write_blocking(move |w| w.append_log("lab", id, 1, off, data))
+            store.write_blocking(move |w| {
+                w.append_log(&LabName::new("lab"), id, AttemptNo(1), off, data)
+            })
         };
         assert_eq!(append(0, b"hello ").unwrap(), 6);
         assert_eq!(append(0, b"hello ").unwrap(), 6);
@@ -158,7 +160,13 @@ mod tests {
         assert_eq!(all, b"hello world");
         assert!(
             store
-                .write_blocking(move |w| w.append_log("other", id, 1, 11, b"x"))
+                .write_blocking(move |w| w.append_log(
+                    &LabName::new("other"),
+                    id,
+                    AttemptNo(1),
+                    11,
+                    b"x"
+                ))
                 .is_err()
         );
     }

@@ -4,19 +4,24 @@
 
 mod lease;
 mod logs;
+mod owned;
+mod repair;
 mod report;
 mod spec;
 mod stats;
 
+pub use lease::LeaseTerms;
 pub use logs::{log_attempt, read_log};
+pub use owned::QUEUE_KEYS;
+pub use report::ResultReport;
 pub use spec::{valid_param_key, validate_spec};
 pub use stats::{JobStats, job_stats, signature};
 
 use super::db::{Connection, Row, params};
 use super::nodes::{NewNode, NodeUpdate, get_node};
-use super::{Write, corrupt, from_micros, micros};
+use super::{QueueChange, Write, corrupt, from_micros, micros};
 use crate::error::{Error, Result};
-use crate::model::{Node, NodeId, NodeKind, NodeState};
+use crate::model::{AttemptNo, Node, NodeId, NodeKind, NodeState};
 use crate::pipeline_config::{Variant, VariantMode};
 use crate::rules::Attrs;
 use chrono::{DateTime, Utc};
@@ -128,7 +133,7 @@ pub struct JobRow {
     /// When the lease runs out.
     pub lease_expires: Option<DateTime<Utc>>,
     /// The lease generation: grows by one with every lease of the job.
-    pub attempt: i32,
+    pub attempt: AttemptNo,
     /// The device the job runs on.
     pub device: Option<String>,
     /// When it was (last) queued.
@@ -157,6 +162,8 @@ pub struct LeaseSweep {
     pub requeued: Vec<JobRow>,
     /// Jobs that ran out of retries and ended incomplete.
     pub failed: Vec<NodeId>,
+    /// Rows that could not be processed and were repaired instead (see [`Write::guarded`]).
+    pub repaired: Vec<NodeId>,
 }
 
 /// The outcome of a result report.
@@ -359,15 +366,18 @@ impl Write<'_> {
             ],
             job_from_row,
         )?;
+        self.queue_changed(QueueChange::Queued(Box::new(job.clone())));
         Ok((node, job))
     }
 
+    /// Takes a job out of the queue for good (its node ends in the same transaction).
     fn finish_job_row(&mut self, id: NodeId) -> Result<()> {
         self.tx.execute(
             "UPDATE jobs SET status = 'finished', lease_expires = NULL, finished_at = ?2 \
              WHERE node_id = ?1",
             params![id.0, micros(self.now)],
         )?;
+        self.queue_changed(QueueChange::Ended(id));
         Ok(())
     }
 
@@ -381,6 +391,7 @@ impl Write<'_> {
         if n != 1 {
             return Err(Error::LeaseLost(format!("job {job} is no longer queued")));
         }
+        self.queue_changed(QueueChange::Ended(job));
         let mut data = Map::new();
         data.insert("error_code".into(), code.into());
         data.insert("error_msg".into(), msg.into());
@@ -397,6 +408,9 @@ impl Write<'_> {
 
     /// Cancels a job that is not finished: it leaves the queue and its node ends `done`,
     /// `incomplete`, `error_code=cancelled`. A leased job's agent learns at its next heartbeat.
+    /// A job whose node had ended outside the queue (a bad row from before job nodes were
+    /// kept to the queue's own changes) only has its entry closed; its node is returned as
+    /// it is.
     pub fn cancel_job(&mut self, job: NodeId, reason: &str) -> Result<Node> {
         let row = get_job(self.tx, job)?;
         if row.status == JobStatus::Finished {
@@ -407,6 +421,11 @@ impl Write<'_> {
             });
         }
         self.finish_job_row(job)?;
+        let node = get_node(self.tx, job)?;
+        if node.state == NodeState::Done {
+            tracing::warn!(job = %job, "a job's node had ended already; its queue entry is closed");
+            return Ok(node);
+        }
         let mut data = Map::new();
         data.insert("error_code".into(), "cancelled".into());
         data.insert(
@@ -426,6 +445,52 @@ impl Write<'_> {
                 data,
                 ..Default::default()
             },
+        )
+    }
+}
+
+#[cfg(test)]
+impl Write<'_> {
+    /// A lease for tests: session `s` of `lab` on device `dev` of type `dt`, until `until`.
+    pub(crate) fn claim_for_test(
+        &mut self,
+        id: NodeId,
+        lab: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Claim>> {
+        self.claim_job(
+            id,
+            &LeaseTerms {
+                lab: &crate::model::LabName::new(lab),
+                session: &crate::model::SessionId::new("s"),
+                device: "dev",
+                device_type: "dt",
+                until,
+            },
+        )
+    }
+
+    /// A result report for tests, with no error and default retries.
+    pub(crate) fn report_for_test(
+        &mut self,
+        lab: &str,
+        job: NodeId,
+        attempt: i32,
+        result: NodeResult,
+        tests: Vec<labwire_common::TestNode>,
+    ) -> Result<ReportOutcome> {
+        self.report_result(
+            ResultReport {
+                lab: crate::model::LabName::new(lab),
+                job,
+                attempt: AttemptNo(attempt),
+                result,
+                error_code: String::new(),
+                error_msg: String::new(),
+                tests,
+                extra: Map::new(),
+            },
+            &RetryPolicy::default(),
         )
     }
 }

@@ -4,10 +4,10 @@
 
 use super::super::db::params;
 use super::super::nodes::{NewNode, NodeUpdate, get_node};
-use super::super::{Write, micros};
+use super::super::{QueueChange, Write, micros};
 use super::{KBUILD_HOLDOFF, RETRY_DEVICES, ReportOutcome, RetryPolicy, get_job};
 use crate::error::{Error, Result};
-use crate::model::{Node, NodeId, NodeKind, NodeState};
+use crate::model::{AttemptNo, LabName, Node, NodeId, NodeKind, NodeState};
 use labwire_common::{NodeResult, TestNode};
 use serde_json::{Map, Value, json};
 
@@ -51,6 +51,27 @@ fn insert_tests(w: &mut Write<'_>, parent: &Node, tests: &[TestNode]) -> Result<
     Ok(())
 }
 
+/// An attempt's final result, as the agent holding its lease reports it.
+#[derive(Debug, Clone)]
+pub struct ResultReport {
+    /// The lab reporting.
+    pub lab: LabName,
+    /// The job.
+    pub job: NodeId,
+    /// The attempt the result is of.
+    pub attempt: AttemptNo,
+    /// The job's result.
+    pub result: NodeResult,
+    /// Why it is `incomplete` (an error code), or empty.
+    pub error_code: String,
+    /// The error's message, or empty.
+    pub error_msg: String,
+    /// The test results, as a tree.
+    pub tests: Vec<TestNode>,
+    /// More node data (the coordinator's own keys already taken out).
+    pub extra: Map<String, Value>,
+}
+
 impl Write<'_> {
     /// Applies an attempt's final result: the result tree becomes test nodes, the job node
     /// goes `done` (a `kbuild` that passed goes `available`, to take its tests as children).
@@ -59,19 +80,27 @@ impl Write<'_> {
     /// to `retry.max` times: its tests are not kept (only the final attempt counts), its
     /// summary is added to the node's `data.attempts`, and the next attempt prefers another
     /// device.
-    #[allow(clippy::too_many_arguments)]
     pub fn report_result(
         &mut self,
-        lab: &str,
-        job: NodeId,
-        attempt: i32,
-        result: NodeResult,
-        error_code: &str,
-        error_msg: &str,
-        tests: &[TestNode],
-        extra: Map<String, Value>,
+        report: ResultReport,
         retry: &RetryPolicy,
     ) -> Result<ReportOutcome> {
+        let ResultReport {
+            lab: lab_name,
+            job,
+            attempt,
+            result,
+            error_code,
+            error_msg,
+            tests,
+            extra,
+        } = report;
+        let (lab, error_code, error_msg, tests) = (
+            lab_name.as_str(),
+            error_code.as_str(),
+            error_msg.as_str(),
+            tests.as_slice(),
+        );
         let reported_by: Option<String> = self.tx.query_opt(
             "SELECT lab FROM job_reports WHERE job = ?1 AND attempt = ?2",
             params![job.0, attempt],
@@ -80,7 +109,7 @@ impl Write<'_> {
         if reported_by.as_deref() == Some(lab) {
             return Ok(ReportOutcome::Duplicate);
         }
-        let row = self.leased_to(lab, job, attempt)?;
+        let row = self.leased_to(&lab_name, job, attempt)?;
         let node = get_node(self.tx, job)?;
         self.tx.execute(
             "INSERT INTO job_reports (job, attempt, lab, reported) VALUES (?1, ?2, ?3, ?4)",
@@ -134,7 +163,9 @@ impl Write<'_> {
                     ..Default::default()
                 },
             )?;
-            return Ok(ReportOutcome::Retried(Box::new(get_job(self.tx, job)?)));
+            let row = get_job(self.tx, job)?;
+            self.queue_changed(QueueChange::Queued(Box::new(row.clone())));
+            return Ok(ReportOutcome::Retried(Box::new(row)));
         }
         insert_tests(self, &node, tests)?;
         self.finish_job_row(job)?;
