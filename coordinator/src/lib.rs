@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod files;
 pub mod grpc;
 pub mod http;
 pub mod model;

@@ -116,7 +116,7 @@ pub fn init_ca(dir: &Path, dns: &[String], ips: &[IpAddr]) -> anyhow::Result<CaF
             dir.display()
         );
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::files::private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
@@ -207,7 +207,8 @@ pub fn write_agent_bundle(
     issued: &Issued,
     coordinator_url: &str,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // The folder holds the lab's private key.
+    crate::files::private_dir(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_public(&out.join("agent.pem"), &issued.cert_pem)?;
     write_private(&out.join("agent.key"), &issued.key_pem)?;
     let ca = std::fs::read_to_string(ca_dir.join("ca.pem"))?;

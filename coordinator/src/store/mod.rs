@@ -210,10 +210,15 @@ impl Store {
                 if let Some(dir) = path.parent()
                     && !dir.as_os_str().is_empty()
                 {
-                    std::fs::create_dir_all(dir).map_err(|e| {
+                    crate::files::private_dir(dir).map_err(|e| {
                         Error::Internal(format!("cannot create {}: {e}", dir.display()))
                     })?;
                 }
+                // The database holds token hashes, job logs and results: 0600, and SQLite
+                // gives its -wal and -shm files the same mode.
+                crate::files::private_file(path).map_err(|e| {
+                    Error::Internal(format!("cannot create {}: {e}", path.display()))
+                })?;
                 let writer = open_sqlite(path)?;
                 Kind::Sqlite {
                     path: path.clone(),
