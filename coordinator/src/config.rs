@@ -107,7 +107,7 @@ impl Default for RetryConfig {
 
 impl RetryConfig {
     /// The store's view of it.
-    pub fn policy(&self) -> crate::store::RetryPolicy {
+    pub(crate) fn policy(&self) -> crate::store::RetryPolicy {
         crate::store::RetryPolicy {
             max: self.max as i32,
             error_codes: self.error_codes.clone(),

@@ -9,7 +9,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Creates `dir` and its missing parents, each `0700`. An existing folder is left as it is.
-pub fn private_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -17,7 +17,7 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Creates `path` empty with mode `0600` unless it exists; its folder must exist.
-pub fn private_file(path: &Path) -> io::Result<()> {
+pub(crate) fn private_file(path: &Path) -> io::Result<()> {
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -1,25 +1,30 @@
 //! The labwire coordinator: the store of CI nodes, events and jobs, the gRPC API, dispatch
 //! to lab agents under leases, and the certificate authority that identifies labs.
+//!
+//! Items are `pub(crate)` unless the binaries, the benchmark or the end-to-end tests use
+//! them; every public item is documented.
 
-pub mod auth;
+#![warn(missing_docs)]
+
+pub(crate) mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod dispatch;
+pub(crate) mod dispatch;
 pub mod error;
-pub mod files;
-pub mod grpc;
-pub mod http;
+pub(crate) mod files;
+pub(crate) mod grpc;
+pub(crate) mod http;
 pub mod model;
-pub mod pipeline;
-pub mod pipeline_config;
+pub(crate) mod pipeline;
+pub(crate) mod pipeline_config;
 pub mod pki;
-pub mod placement;
+pub(crate) mod placement;
 pub mod report;
-pub mod rules;
+pub(crate) mod rules;
 pub mod server;
-pub mod setup;
-pub mod shared;
+pub(crate) mod setup;
+pub(crate) mod shared;
 pub mod store;
 
 /// The old name of [`shared`], kept so that `http/ui.rs` (rewritten on another branch) still

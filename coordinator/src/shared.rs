@@ -16,40 +16,40 @@ use tonic::Status;
 
 /// An agent session: one per connected agent process.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     /// The lab.
-    pub lab: LabName,
+    pub(crate) lab: LabName,
     /// Its advertised devices.
-    pub devices: Vec<DeviceInfo>,
+    pub(crate) devices: Vec<DeviceInfo>,
     /// Free slots it advertised.
-    pub free_slots: u32,
+    pub(crate) free_slots: u32,
     /// When it last called.
-    pub last_seen: Instant,
+    pub(crate) last_seen: Instant,
 }
 
 /// State shared by every service.
-pub struct Shared {
+pub(crate) struct Shared {
     /// The store.
-    pub store: Store,
+    pub(crate) store: Store,
     /// Dispatch (what reads it and hands out leases; changes of the queue go through
     /// `queue`).
-    pub dispatcher: Arc<Dispatcher>,
+    pub(crate) dispatcher: Arc<Dispatcher>,
     /// The job queue: every change of the queue, written to the store then told to the
     /// dispatcher.
-    pub queue: JobQueue,
+    pub(crate) queue: JobQueue,
     /// Caller authentication.
-    pub auth: Auth,
+    pub(crate) auth: Auth,
     /// Live agent sessions by id.
-    pub sessions: RwLock<HashMap<SessionId, Session>>,
+    pub(crate) sessions: RwLock<HashMap<SessionId, Session>>,
     /// The configuration.
-    pub config: CoordinatorConfig,
+    pub(crate) config: CoordinatorConfig,
     /// Cancelled when the coordinator shuts down; long calls end early.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Shared {
     /// The session, if it is known; agents register again when it is not.
-    pub fn session(&self, id: &SessionId) -> Result<Session, Status> {
+    pub(crate) fn session(&self, id: &SessionId) -> Result<Session, Status> {
         let mut map = self
             .sessions
             .write()
@@ -65,14 +65,14 @@ impl Shared {
 
     /// Ends every agent session of `lab` (it was revoked): its agents must register again,
     /// which its revoked certificate no longer allows.
-    pub fn end_sessions(&self, lab: &LabName) {
+    pub(crate) fn end_sessions(&self, lab: &LabName) {
         if let Ok(mut map) = self.sessions.write() {
             map.retain(|_, s| &s.lab != lab);
         }
     }
 
     /// Labs with a session heard from within two heartbeat intervals.
-    pub fn connected_labs(&self) -> HashMap<LabName, Session> {
+    pub(crate) fn connected_labs(&self) -> HashMap<LabName, Session> {
         let horizon = self.config.leases.heartbeat * 2 + std::time::Duration::from_secs(5);
         let map = match self.sessions.read() {
             Ok(m) => m,
@@ -86,24 +86,24 @@ impl Shared {
 }
 
 /// Shared state handle used by the services.
-pub type SharedRef = Arc<Shared>;
+pub(crate) type SharedRef = Arc<Shared>;
 
 /// A lab as the admin views (`ListLabs`, the dashboard) show it: its stored row, the devices
 /// it last advertised, whether its agent is connected now and how many jobs it holds.
 #[derive(Debug, Clone)]
-pub struct LabOverview {
+pub(crate) struct LabOverview {
     /// The stored lab.
-    pub row: crate::store::labs::LabRow,
+    pub(crate) row: crate::store::labs::LabRow,
     /// Its devices as last advertised.
-    pub devices: Vec<labwire_common::DeviceInfo>,
+    pub(crate) devices: Vec<labwire_common::DeviceInfo>,
     /// Whether its agent has a live session.
-    pub connected: bool,
+    pub(crate) connected: bool,
     /// Jobs leased to it.
-    pub jobs_in_flight: u32,
+    pub(crate) jobs_in_flight: u32,
 }
 
 /// Every lab with its devices, connection and jobs in flight.
-pub async fn lab_overview(shared: &Shared) -> Result<Vec<LabOverview>, crate::error::Error> {
+pub(crate) async fn lab_overview(shared: &Shared) -> Result<Vec<LabOverview>, crate::error::Error> {
     let (labs, leases) = shared
         .store
         .read(|c| {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// What kind of config file a file is, by its top-level keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigKind {
+pub(crate) enum ConfigKind {
     /// coordinator.yaml
     Coordinator,
     /// A scheduler file in the KernelCI pipeline format.
@@ -17,7 +17,7 @@ pub enum ConfigKind {
 }
 
 /// Recognises a config file by its top-level keys.
-pub fn config_kind(path: &Path) -> anyhow::Result<ConfigKind> {
+pub(crate) fn config_kind(path: &Path) -> anyhow::Result<ConfigKind> {
     let text = crate::config::read_config_text(path)?;
     let v: yaml_serde::Value =
         yaml_serde::from_str(&text).with_context(|| format!("in {}", path.display()))?;

@@ -9,8 +9,6 @@ mod serve;
 mod token;
 
 pub use ca::{ca_init, ca_issue_agent};
-pub use check::{ConfigKind, config_kind};
-pub use serve::spawn_signal_handler;
 
 use crate::config::CoordinatorConfig;
 use clap::{Args, Parser, Subcommand};

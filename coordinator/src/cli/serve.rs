@@ -40,7 +40,7 @@ fn write_addr(f: &Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.
-pub fn spawn_signal_handler(token: CancellationToken) {
+pub(crate) fn spawn_signal_handler(token: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (

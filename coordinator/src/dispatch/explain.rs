@@ -8,21 +8,21 @@ use labwire_common::DeviceInfo;
 
 /// What [`Dispatcher::explain`] says about one lab.
 #[derive(Debug, Clone)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// The lab.
-    pub lab: String,
+    pub(crate) lab: String,
     /// Whether the job may be placed there now.
-    pub eligible: bool,
+    pub(crate) eligible: bool,
     /// Why (not), one sentence each.
-    pub reasons: Vec<String>,
+    pub(crate) reasons: Vec<String>,
     /// Expected start delay minus preference bonus, in seconds (lower is better).
-    pub score: Option<f64>,
+    pub(crate) score: Option<f64>,
 }
 
 impl Dispatcher {
     /// Tells, lab by lab, whether and why `job` can (not) be placed there. `labs` are
     /// every lab the coordinator knows (connected or not).
-    pub async fn explain(&self, job: &JobRow, labs: &[String]) -> Vec<Verdict> {
+    pub(crate) async fn explain(&self, job: &JobRow, labs: &[String]) -> Vec<Verdict> {
         let placement = self.placement();
         let st = self.state.lock().await;
         let crit = st.effective_criteria(job, self.horizon, true);

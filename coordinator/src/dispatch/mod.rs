@@ -18,14 +18,13 @@
 //! queue change are private to this module, so no caller can forget one half.
 
 mod explain;
-pub mod queue;
+pub(crate) mod queue;
 mod rules;
 mod state;
 #[cfg(test)]
 mod tests;
 
-pub use explain::Verdict;
-pub use queue::JobQueue;
+pub(crate) use queue::JobQueue;
 
 use crate::error::Result;
 use crate::model::{LabName, NodeId, SessionId};
@@ -43,15 +42,15 @@ const REFUSAL_MEMORY: Duration = Duration::from_secs(60);
 
 /// A job handed to an agent, with the device it was matched to.
 #[derive(Debug)]
-pub struct Assignment {
+pub(crate) struct Assignment {
     /// The lease just granted.
-    pub claim: Claim,
+    pub(crate) claim: Claim,
     /// The free device the job's criteria matched first.
-    pub device: String,
+    pub(crate) device: String,
 }
 
 /// The dispatcher.
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     store: Store,
     lease: Duration,
     /// Labs not heard from for this long are not considered connected.
@@ -63,7 +62,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Loads the queue, the leases and the statistics from the store.
-    pub async fn load(
+    pub(crate) async fn load(
         store: Store,
         lease: Duration,
         heartbeat: Duration,
@@ -121,7 +120,7 @@ impl Dispatcher {
     }
 
     /// The placement rules in force.
-    pub fn placement(&self) -> Arc<Placement> {
+    pub(crate) fn placement(&self) -> Arc<Placement> {
         match self.placement.read() {
             Ok(p) => p.clone(),
             Err(p) => p.into_inner().clone(),
@@ -129,12 +128,13 @@ impl Dispatcher {
     }
 
     /// How many jobs wait in the queue.
-    pub async fn queue_len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) async fn queue_len(&self) -> usize {
         self.state.lock().await.queue.len()
     }
 
     /// Records what a lab's agent advertised (at register and heartbeat).
-    pub async fn update_lab(
+    pub(crate) async fn update_lab(
         &self,
         lab: &LabName,
         devices: Option<Vec<DeviceInfo>>,
@@ -160,7 +160,7 @@ impl Dispatcher {
     /// store's `labs` rows, which every heartbeat updates), so that placement compares them
     /// too. A lab this replica heard from more recently keeps its own view; a lab not heard
     /// from within the horizon is left out.
-    pub async fn refresh_remote_labs(&self, rows: &[crate::store::labs::LabAdvert]) {
+    pub(crate) async fn refresh_remote_labs(&self, rows: &[crate::store::labs::LabAdvert]) {
         let now = chrono::Utc::now();
         let mut st = self.state.lock().await;
         for row in rows {
@@ -196,14 +196,14 @@ impl Dispatcher {
     }
 
     /// Reloads the job statistics from the store (run now and then).
-    pub async fn refresh_stats(&self) -> Result<()> {
+    pub(crate) async fn refresh_stats(&self) -> Result<()> {
         let stats = self.store.read(crate::store::jobs::job_stats).await?;
         self.state.lock().await.stats = stats;
         Ok(())
     }
 
     /// The device type of a device of `lab`, as its agent last advertised it.
-    pub async fn device_type(&self, lab: &LabName, device: &str) -> Option<String> {
+    pub(crate) async fn device_type(&self, lab: &LabName, device: &str) -> Option<String> {
         let st = self.state.lock().await;
         st.labs
             .get(lab)
@@ -482,7 +482,7 @@ impl Dispatcher {
 
     /// Waits up to `wait` for a job that one of `devices` can run, and leases it to the
     /// agent session.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         lab: &LabName,
         session: &SessionId,

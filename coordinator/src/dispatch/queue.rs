@@ -21,26 +21,20 @@ use std::sync::Arc;
 
 /// The job queue: the store's queue and the dispatcher's copy of it, changed together.
 #[derive(Clone)]
-pub struct JobQueue {
+pub(crate) struct JobQueue {
     store: Store,
     dispatcher: Arc<Dispatcher>,
 }
 
 impl JobQueue {
     /// The queue over `store`, followed by `dispatcher`.
-    pub fn new(store: Store, dispatcher: Arc<Dispatcher>) -> JobQueue {
+    pub(crate) fn new(store: Store, dispatcher: Arc<Dispatcher>) -> JobQueue {
         JobQueue { store, dispatcher }
-    }
-
-    /// The dispatcher (for what reads it or hands out leases: acquire, explain, the labs'
-    /// adverts).
-    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
-        &self.dispatcher
     }
 
     /// Runs `f` in one store transaction; once it committed, tells the dispatcher of every
     /// queue change it made, in order.
-    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Write<'_>) -> Result<T> + Send + 'static,
@@ -57,18 +51,18 @@ impl JobQueue {
 
     /// Queues a job (SubmitJob): its node and queue entry, then an offer to the waiting
     /// agents.
-    pub async fn submit(&self, job: NewJob) -> Result<(Node, JobRow)> {
+    pub(crate) async fn submit(&self, job: NewJob) -> Result<(Node, JobRow)> {
         self.write(move |w| w.submit_job(job)).await
     }
 
     /// Cancels a job (CancelJob): it leaves the queue and its node ends `incomplete`.
-    pub async fn cancel(&self, id: NodeId, reason: String) -> Result<Node> {
+    pub(crate) async fn cancel(&self, id: NodeId, reason: String) -> Result<Node> {
         self.write(move |w| w.cancel_job(id, &reason)).await
     }
 
     /// A lab's agent refuses a job it was handed: the job goes back to the queue, and to
     /// other labs first.
-    pub async fn reject(
+    pub(crate) async fn reject(
         &self,
         lab: LabName,
         job: NodeId,
@@ -83,7 +77,7 @@ impl JobQueue {
     }
 
     /// A lab's agent started a job on a device.
-    pub async fn start(
+    pub(crate) async fn start(
         &self,
         lab: LabName,
         job: NodeId,
@@ -101,30 +95,34 @@ impl JobQueue {
     }
 
     /// Applies an attempt's final result (or puts the job back in the queue for a retry).
-    pub async fn report(&self, report: ResultReport, retry: RetryPolicy) -> Result<ReportOutcome> {
+    pub(crate) async fn report(
+        &self,
+        report: ResultReport,
+        retry: RetryPolicy,
+    ) -> Result<ReportOutcome> {
         self.write(move |w| w.report_result(report, &retry)).await
     }
 
     /// Puts the expired leases back in the queue (or ends their jobs).
-    pub async fn sweep_leases(&self, max_retries: i32) -> Result<LeaseSweep> {
+    pub(crate) async fn sweep_leases(&self, max_retries: i32) -> Result<LeaseSweep> {
         self.write(move |w| w.sweep_expired_leases(max_retries))
             .await
     }
 
     /// Applies the timeout, holdoff and closing rules; a job that timed out leaves the queue.
-    pub async fn sweep_timeouts(&self) -> Result<TimeoutSweep> {
+    pub(crate) async fn sweep_timeouts(&self) -> Result<TimeoutSweep> {
         self.write(|w| w.sweep_timeouts()).await
     }
 
     /// Closes the queue entries whose node had ended already (run when the services start).
-    pub async fn repair(&self) -> Result<Vec<NodeId>> {
+    pub(crate) async fn repair(&self) -> Result<Vec<NodeId>> {
         self.write(|w| w.repair_queue()).await
     }
 
     /// Revokes a lab (RevokeLab): its leased jobs go back to the queue, its certificates are
     /// revoked, and the dispatcher forgets it. Returns the number of certificates revoked and
     /// the jobs requeued.
-    pub async fn revoke(&self, lab: LabName) -> Result<(usize, Vec<JobRow>)> {
+    pub(crate) async fn revoke(&self, lab: LabName) -> Result<(usize, Vec<JobRow>)> {
         let l2 = lab.clone();
         let out = self
             .write(move |w| {
@@ -141,7 +139,7 @@ impl JobQueue {
     /// dispatcher forgets the lab, any job still leased to it goes back to the queue, and the
     /// jobs that process put back in the queue are offered again at once. Returns how many
     /// jobs are queued.
-    pub async fn lab_revoked(&self, lab: &LabName) -> Result<usize> {
+    pub(crate) async fn lab_revoked(&self, lab: &LabName) -> Result<usize> {
         self.dispatcher.forget_lab(lab).await;
         let l2 = lab.clone();
         self.write(move |w| w.requeue_lab_jobs(&l2)).await?;
@@ -154,7 +152,7 @@ impl JobQueue {
 
     /// Another process changed a job (a replica on PostgreSQL): brings the dispatcher in line
     /// with the job as the store has it now.
-    pub async fn follow(&self, row: &JobRow) {
+    pub(crate) async fn follow(&self, row: &JobRow) {
         self.dispatcher.sync(row).await;
     }
 }

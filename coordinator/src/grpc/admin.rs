@@ -10,13 +10,13 @@ use labwire_proto::v1::{self, admin_service_server::AdminService};
 use tonic::{Request, Response, Status};
 
 /// The admin service.
-pub struct AdminApi {
+pub(crate) struct AdminApi {
     shared: SharedRef,
 }
 
 impl AdminApi {
     /// The service over shared state.
-    pub fn new(shared: SharedRef) -> Self {
+    pub(crate) fn new(shared: SharedRef) -> Self {
         AdminApi { shared }
     }
 }

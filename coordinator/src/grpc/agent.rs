@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 /// The agent service.
-pub struct AgentApi {
+pub(crate) struct AgentApi {
     shared: SharedRef,
 }
 
 impl AgentApi {
     /// The service over shared state.
-    pub fn new(shared: SharedRef) -> Self {
+    pub(crate) fn new(shared: SharedRef) -> Self {
         AgentApi { shared }
     }
 

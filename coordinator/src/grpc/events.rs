@@ -15,19 +15,19 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 /// The event service.
-pub struct EventApi {
+pub(crate) struct EventApi {
     shared: SharedRef,
 }
 
 impl EventApi {
     /// The service over shared state.
-    pub fn new(shared: SharedRef) -> Self {
+    pub(crate) fn new(shared: SharedRef) -> Self {
         EventApi { shared }
     }
 }
 
 /// A stored event as its protobuf message.
-pub fn event_to_proto(e: &StoredEvent, source: &str) -> v1::Event {
+pub(crate) fn event_to_proto(e: &StoredEvent, source: &str) -> v1::Event {
     v1::Event {
         seq: e.seq,
         r#type: e.event_type().to_string(),

@@ -6,10 +6,10 @@ mod agent;
 mod events;
 mod nodes;
 
-pub use admin::AdminApi;
-pub use agent::AgentApi;
-pub use events::EventApi;
-pub use nodes::NodeApi;
+pub(crate) use admin::AdminApi;
+pub(crate) use agent::AgentApi;
+pub(crate) use events::EventApi;
+pub(crate) use nodes::NodeApi;
 
 use crate::model::NodeId;
 use tonic::Status;

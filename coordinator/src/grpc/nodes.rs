@@ -12,13 +12,13 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// The node service.
-pub struct NodeApi {
+pub(crate) struct NodeApi {
     shared: SharedRef,
 }
 
 impl NodeApi {
     /// The service over shared state.
-    pub fn new(shared: SharedRef) -> Self {
+    pub(crate) fn new(shared: SharedRef) -> Self {
         NodeApi { shared }
     }
 }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use std::fmt::Write;
 
 /// Upper bounds (seconds) of the dispatch latency histogram's buckets.
-pub const LATENCY_BUCKETS: &[f64] = &[
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
 ];
 

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 /// The HTTP routes over the coordinator's shared state.
-pub fn router(shared: SharedRef) -> Router {
+pub(crate) fn router(shared: SharedRef) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(super::metrics::metrics))

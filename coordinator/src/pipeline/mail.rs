@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The message for `report`.
-pub fn message(cfg: &EmailConfig, report: &Report) -> anyhow::Result<Message> {
+pub(crate) fn message(cfg: &EmailConfig, report: &Report) -> anyhow::Result<Message> {
     let mut b = Message::builder()
         .from(
             cfg.from
@@ -40,7 +40,7 @@ pub fn message(cfg: &EmailConfig, report: &Report) -> anyhow::Result<Message> {
 }
 
 /// The SMTP transport for `cfg`.
-pub fn transport(cfg: &EmailConfig) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+pub(crate) fn transport(cfg: &EmailConfig) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
     type T = AsyncSmtpTransport<Tokio1Executor>;
     let mut b = match cfg.security {
         SmtpSecurity::None => T::builder_dangerous(&cfg.smtp_host),
@@ -59,7 +59,11 @@ pub fn transport(cfg: &EmailConfig) -> anyhow::Result<AsyncSmtpTransport<Tokio1E
 }
 
 /// Builds and sends the report of one checkout.
-pub async fn send_report(store: &Store, cfg: &EmailConfig, checkout: NodeId) -> anyhow::Result<()> {
+pub(crate) async fn send_report(
+    store: &Store,
+    cfg: &EmailConfig,
+    checkout: NodeId,
+) -> anyhow::Result<()> {
     let (root, nodes) = store.read(move |c| checkout_tree(c, checkout)).await?;
     let report = Report::build(&root, &nodes);
     let msg = message(cfg, &report)?;
@@ -81,7 +85,7 @@ fn permanent(e: &anyhow::Error) -> bool {
 /// Follows the event log from the mailer's cursor and mails each checkout's report once,
 /// when it goes `done`. Starts, the first time, from the newest event: older checkouts are
 /// not mailed.
-pub async fn run(store: Store, cfg: EmailConfig, shutdown: CancellationToken) {
+pub(crate) async fn run(store: Store, cfg: EmailConfig, shutdown: CancellationToken) {
     let mut events = crate::store::events::follow_cursor(
         store.clone(),
         EventCursor::REPORT_MAIL,

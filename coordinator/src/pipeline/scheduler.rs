@@ -28,19 +28,19 @@ use std::time::Duration;
 
 /// One job the scheduler wants to create for an event.
 #[derive(Debug, Clone)]
-pub struct Planned {
+pub(crate) struct Planned {
     /// The `jobs:` key.
-    pub job: String,
+    pub(crate) job: String,
     /// The platform (empty for none).
-    pub platform: String,
+    pub(crate) platform: String,
     /// The run number, from 0.
-    pub run: u32,
+    pub(crate) run: u32,
     /// The job to submit.
-    pub new: NewJob,
+    pub(crate) new: NewJob,
 }
 
 /// Whether the entry fires for this event (edge-triggered).
-pub fn fires(entry: &SchedulerEntry, ev: &StoredEvent) -> bool {
+pub(crate) fn fires(entry: &SchedulerEntry, ev: &StoredEvent) -> bool {
     let m = &entry.event;
     let n = &ev.node;
     let field_ok = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
@@ -62,7 +62,7 @@ pub fn fires(entry: &SchedulerEntry, ev: &StoredEvent) -> bool {
 }
 
 /// The jobs that `cfg` creates for one event.
-pub fn plan(cfg: &PipelineConfig, ev: &StoredEvent) -> Vec<Planned> {
+pub(crate) fn plan(cfg: &PipelineConfig, ev: &StoredEvent) -> Vec<Planned> {
     let mut out = Vec::new();
     for entry in &cfg.scheduler {
         if !fires(entry, ev) {
@@ -266,7 +266,7 @@ fn make_job(
 /// for each event, creates the planned jobs and moves the cursor in one transaction. A
 /// transaction that fails is tried again after a pause (nothing of it was kept), so no event
 /// is skipped.
-pub async fn run(shared: SharedRef, cfg: Arc<PipelineConfig>) {
+pub(crate) async fn run(shared: SharedRef, cfg: Arc<PipelineConfig>) {
     let store = shared.store.clone();
     let mut events = follow_cursor(
         store.clone(),

@@ -3,7 +3,7 @@
 //! through the job queue, so a job that timed out is no longer offered to the agents.
 
 /// Sweeps every `interval` until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     queue: crate::dispatch::JobQueue,
     interval: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,

@@ -20,22 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 /// One commit at the head of a watched branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revision {
+pub(crate) struct Revision {
     /// The tree's name.
-    pub tree: String,
+    pub(crate) tree: String,
     /// The repository URL.
-    pub url: String,
+    pub(crate) url: String,
     /// The branch.
-    pub branch: String,
+    pub(crate) branch: String,
     /// The full commit hash.
-    pub commit: String,
+    pub(crate) commit: String,
     /// A tag naming exactly this commit, if any.
-    pub describe: Option<String>,
+    pub(crate) describe: Option<String>,
 }
 
 impl Revision {
     /// KernelCI's `kernel_revision` object.
-    pub fn kernel_revision(&self) -> Value {
+    pub(crate) fn kernel_revision(&self) -> Value {
         let mut v = json!({
             "tree": self.tree,
             "url": self.url,
@@ -49,7 +49,7 @@ impl Revision {
     }
 
     /// The commit as the store records it.
-    pub fn seen(&self) -> SeenCommit<'_> {
+    pub(crate) fn seen(&self) -> SeenCommit<'_> {
         SeenCommit {
             tree: &self.tree,
             branch: &self.branch,
@@ -61,16 +61,16 @@ impl Revision {
 
 /// What `git ls-remote --heads --tags` said: branch heads, and the tags of each commit.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RemoteRefs {
+pub(crate) struct RemoteRefs {
     /// Branch name -> commit.
-    pub heads: BTreeMap<String, String>,
+    pub(crate) heads: BTreeMap<String, String>,
     /// Commit -> the tags that name it, sorted.
-    pub tags: BTreeMap<String, Vec<String>>,
+    pub(crate) tags: BTreeMap<String, Vec<String>>,
 }
 
 /// Parses `git ls-remote` output (`<hash>\t<ref>` lines). Annotated tags name their commit on
 /// the peeled `refs/tags/T^{}` line.
-pub fn parse_ls_remote(out: &str) -> anyhow::Result<RemoteRefs> {
+pub(crate) fn parse_ls_remote(out: &str) -> anyhow::Result<RemoteRefs> {
     let mut refs = RemoteRefs::default();
     for (i, line) in out.lines().enumerate() {
         if line.is_empty() {
@@ -104,7 +104,11 @@ pub fn parse_ls_remote(out: &str) -> anyhow::Result<RemoteRefs> {
 
 /// Runs `git ls-remote --heads --tags URL` (an argument list, no shell; no prompt for
 /// credentials), at most `timeout` long.
-pub async fn ls_remote(git: &Path, url: &str, timeout: Duration) -> anyhow::Result<RemoteRefs> {
+pub(crate) async fn ls_remote(
+    git: &Path,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<RemoteRefs> {
     let mut cmd = tokio::process::Command::new(git);
     cmd.args(["ls-remote", "--heads", "--tags", url])
         .env("GIT_TERMINAL_PROMPT", "0")
@@ -132,7 +136,7 @@ pub async fn ls_remote(git: &Path, url: &str, timeout: Duration) -> anyhow::Resu
 }
 
 /// Polls one tree once: new head commits of its branches become checkout nodes.
-pub async fn poll_tree(
+pub(crate) async fn poll_tree(
     store: &Store,
     cfg: &TriggerConfig,
     tree: &TreeConfig,
@@ -169,7 +173,7 @@ pub async fn poll_tree(
 
 /// Polls every configured tree until `shutdown`, each on its own schedule: at start, then
 /// every `interval` plus a random part of `jitter`.
-pub async fn run(store: Store, cfg: TriggerConfig, shutdown: CancellationToken) {
+pub(crate) async fn run(store: Store, cfg: TriggerConfig, shutdown: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
     for tree in cfg.trees.clone() {
         let (store, cfg, shutdown) = (store.clone(), cfg.clone(), shutdown.clone());

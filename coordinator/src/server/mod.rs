@@ -12,6 +12,7 @@ use crate::dispatch::{Dispatcher, JobQueue};
 use crate::grpc::{AdminApi, AgentApi, EventApi, NodeApi};
 use crate::shared::Shared;
 use crate::store::Backend;
+use crate::store::cursor::EventCursor;
 use anyhow::Context;
 use labwire_proto::MAX_MESSAGE_BYTES;
 use labwire_proto::v1::admin_service_server::AdminServiceServer;
@@ -36,7 +37,7 @@ fn read(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
 /// The TLS settings: the server's identity, and client certificates from the coordinator's
 /// CA accepted but not required (clients with tokens have none; the agent service refuses
 /// calls without one).
-pub fn tls_config(cfg: &CoordinatorConfig) -> anyhow::Result<ServerTlsConfig> {
+pub(crate) fn tls_config(cfg: &CoordinatorConfig) -> anyhow::Result<ServerTlsConfig> {
     let cert = read(&cfg.cert_path(), "server certificate")?;
     let key = read(&cfg.key_path(), "server key")?;
     let ca = read(&cfg.client_ca_path(), "client CA certificate")?;
@@ -90,6 +91,24 @@ pub async fn serve_with_http(
         }
         Some(loaded.config)
     };
+    // The services that follow the event log from a stored cursor start, the first time, at
+    // the end of the log as it is now, before any client can reach this coordinator: what a
+    // client does while the leader's services start up is not missed.
+    let mut cursors = Vec::new();
+    if pipeline.is_some() {
+        cursors.push(EventCursor::SCHEDULER);
+    }
+    if cfg.reports.email.is_some() {
+        cursors.push(EventCursor::REPORT_MAIL);
+    }
+    store
+        .write(move |w| {
+            for c in cursors {
+                w.start_cursor(c)?;
+            }
+            Ok(())
+        })
+        .await?;
     // Other replicas' job changes after this point reach the dispatcher through the event
     // log (PostgreSQL); what happened before, it loads from the store now.
     let follow_from = *store.last_seq().borrow();

@@ -55,7 +55,7 @@ const TABLES: &[(&str, &str)] = &[
 /// Copies every row of `source` into `target`, which must hold no nodes, labs or tokens.
 /// Calls `progress(table, rows, finished)` every 100,000 rows and after each table. Returns the number of rows copied. Blocks:
 /// call it from a plain thread or tokio's blocking pool, not from async code.
-pub fn copy_all(
+pub(crate) fn copy_all(
     source: &Store,
     target: &Store,
     mut progress: impl FnMut(&str, u64, bool),

@@ -11,16 +11,16 @@ use crate::error::{Error, Result};
 /// A service's stored position in the event log: the sequence number of the last event it
 /// handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventCursor(&'static str);
+pub(crate) struct EventCursor(&'static str);
 
 impl EventCursor {
     /// The scheduler's cursor.
-    pub const SCHEDULER: EventCursor = EventCursor("scheduler_cursor");
+    pub(crate) const SCHEDULER: EventCursor = EventCursor("scheduler_cursor");
     /// The report mailer's cursor.
-    pub const REPORT_MAIL: EventCursor = EventCursor("report_mail_cursor");
+    pub(crate) const REPORT_MAIL: EventCursor = EventCursor("report_mail_cursor");
 
     /// The cursor's key in the store.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         self.0
     }
 }
@@ -28,7 +28,7 @@ impl EventCursor {
 impl Write<'_> {
     /// Where `cursor` stands. The first time, that is the current end of the log, and it is
     /// stored: a service added to a running coordinator does not replay history.
-    pub fn start_cursor(&mut self, cursor: EventCursor) -> Result<i64> {
+    pub(crate) fn start_cursor(&mut self, cursor: EventCursor) -> Result<i64> {
         let stored: Option<String> = self.tx.query_opt(
             "SELECT value FROM meta WHERE key = ?1",
             params![cursor.name()],
@@ -47,7 +47,7 @@ impl Write<'_> {
     }
 
     /// Moves `cursor` to `seq`, the last event handled.
-    pub fn move_cursor(&mut self, cursor: EventCursor, seq: i64) -> Result<()> {
+    pub(crate) fn move_cursor(&mut self, cursor: EventCursor, seq: i64) -> Result<()> {
         self.tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) \
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -22,24 +22,24 @@ use std::time::Duration;
 
 /// One stored event.
 #[derive(Debug, Clone)]
-pub struct StoredEvent {
+pub(crate) struct StoredEvent {
     /// Sequence number.
-    pub seq: i64,
+    pub(crate) seq: i64,
     /// When the change happened.
-    pub time: DateTime<Utc>,
+    pub(crate) time: DateTime<Utc>,
     /// `create` or `update`.
-    pub op: String,
+    pub(crate) op: String,
     /// State before an update.
-    pub previous_state: Option<NodeState>,
+    pub(crate) previous_state: Option<NodeState>,
     /// Result before an update.
-    pub previous_result: Option<NodeResult>,
+    pub(crate) previous_result: Option<NodeResult>,
     /// The node after the change.
-    pub node: Node,
+    pub(crate) node: Node,
 }
 
 impl StoredEvent {
     /// The CloudEvents `type` of this event.
-    pub fn event_type(&self) -> &'static str {
+    pub(crate) fn event_type(&self) -> &'static str {
         if self.op == "create" {
             "org.labwire.node.created"
         } else {
@@ -49,7 +49,7 @@ impl StoredEvent {
 
     /// The event as a CloudEvents 1.0 JSON record; `data` is the node plus `op`,
     /// `previous_state` and `previous_result`.
-    pub fn to_cloudevent(&self, source: &str) -> serde_json::Value {
+    pub(crate) fn to_cloudevent(&self, source: &str) -> serde_json::Value {
         let mut data = serde_json::to_value(&self.node).unwrap_or_default();
         if let Some(obj) = data.as_object_mut() {
             obj.insert("op".into(), self.op.clone().into());
@@ -169,7 +169,7 @@ pub(crate) fn flush(conn: &Connection, events: Vec<PendingEvent>) -> Result<Opti
 const EVENT_BATCH: usize = 500;
 
 /// The highest sequence number removed by pruning (0 if none).
-pub fn pruned_through(conn: &Connection) -> Result<i64> {
+pub(crate) fn pruned_through(conn: &Connection) -> Result<i64> {
     let v: Option<String> = conn.query_opt(
         "SELECT value FROM meta WHERE key = 'events_pruned_through'",
         params![],
@@ -182,7 +182,7 @@ pub fn pruned_through(conn: &Connection) -> Result<i64> {
 
 /// Up to `limit` events with a sequence number greater than `after`, in order, optionally
 /// only those of nodes of `kind`. Refuses a cursor older than what pruning kept.
-pub fn events_after(
+pub(crate) fn events_after(
     conn: &Connection,
     after: i64,
     limit: usize,
@@ -230,7 +230,7 @@ pub fn events_after(
 }
 
 /// How many events [`follow`] reads per store call.
-pub const FOLLOW_BATCH: usize = 1000;
+pub(crate) const FOLLOW_BATCH: usize = 1000;
 
 /// Follows the event log after `after`: the stored events in order, then each newer one as
 /// its transaction commits, until the receiver is dropped or `shutdown` is cancelled (or,
@@ -238,7 +238,7 @@ pub const FOLLOW_BATCH: usize = 1000;
 /// wakes on the store's announcement of a newer sequence number, so a slow reader misses
 /// nothing. The gRPC `Subscribe` and the HTTP event stream both use it. A store error is sent
 /// and ends the stream.
-pub fn follow(
+pub(crate) fn follow(
     store: super::Store,
     after: i64,
     kind: Option<NodeKind>,
@@ -299,7 +299,7 @@ const RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// carries events: a cursor older than what pruning kept skips to the oldest kept event
 /// (logged as an error, since events were missed), and a failed read is tried again after a
 /// pause, resuming after the last event sent.
-pub fn follow_cursor(
+pub(crate) fn follow_cursor(
     store: super::Store,
     cursor: super::cursor::EventCursor,
     kind: Option<NodeKind>,
@@ -372,7 +372,7 @@ pub fn follow_cursor(
 impl Write<'_> {
     /// Deletes events older than `before` and records the highest pruned sequence number.
     /// Returns how many were deleted.
-    pub fn prune_events(&mut self, before: DateTime<Utc>) -> Result<usize> {
+    pub(crate) fn prune_events(&mut self, before: DateTime<Utc>) -> Result<usize> {
         let max: Option<i64> = self.tx.query_row(
             "SELECT MAX(seq) FROM events WHERE time < ?1",
             params![micros(before)],

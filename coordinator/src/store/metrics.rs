@@ -8,24 +8,24 @@ use std::fmt::Write;
 
 /// What one scrape reads from the store.
 #[derive(Debug, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Jobs per queue state.
-    pub jobs: Vec<(String, i64)>,
+    pub(crate) jobs: Vec<(String, i64)>,
     /// Nodes per (kind, state).
-    pub nodes: Vec<(String, String, i64)>,
+    pub(crate) nodes: Vec<(String, String, i64)>,
     /// Jobs leased within each bucket's bound, in the order of the bounds asked for.
-    pub latency_buckets: Vec<i64>,
+    pub(crate) latency_buckets: Vec<i64>,
     /// Jobs leased at least once.
-    pub latency_count: i64,
+    pub(crate) latency_count: i64,
     /// The sum of their dispatch latencies, µs.
-    pub latency_sum_us: i64,
+    pub(crate) latency_sum_us: i64,
     /// The newest event sequence number.
-    pub last_seq: i64,
+    pub(crate) last_seq: i64,
 }
 
 /// Reads the figures; `buckets` are the histogram's upper bounds in seconds. Dispatch latency
 /// is the time from (last) queueing to the lease, for every job leased at least once.
-pub fn snapshot(c: &Connection, buckets: &[f64]) -> Result<Snapshot> {
+pub(crate) fn snapshot(c: &Connection, buckets: &[f64]) -> Result<Snapshot> {
     let mut s = Snapshot {
         jobs: c.query_map(
             "SELECT status, COUNT(*) FROM jobs GROUP BY status",

@@ -13,32 +13,32 @@
 //! row locks (a job is claimed with `FOR UPDATE SKIP LOCKED`, a node is read `FOR UPDATE`
 //! before it changes).
 
-pub mod copy;
-pub mod cursor;
+pub(crate) mod copy;
+pub(crate) mod cursor;
 pub mod db;
 pub mod events;
-pub mod jobs;
-pub mod labs;
-pub mod leader;
+pub(crate) mod jobs;
+pub(crate) mod labs;
+pub(crate) mod leader;
 mod location;
-pub mod metrics;
-pub mod migrations;
-pub mod nodes;
+pub(crate) mod metrics;
+pub(crate) mod migrations;
+pub(crate) mod nodes;
 mod pg;
-pub mod reports;
-pub mod scheduled;
-pub mod timeouts;
-pub mod trigger;
+pub(crate) mod reports;
+pub(crate) mod scheduled;
+pub(crate) mod timeouts;
+pub(crate) mod trigger;
 mod watch;
 
 pub use db::{Backend, Connection};
-pub use events::StoredEvent;
-pub use jobs::{
+pub(crate) use events::StoredEvent;
+pub(crate) use jobs::{
     Claim, JobRow, JobStatus, LeaseSweep, NewJob, ReportOutcome, RetryPolicy, RunGroup,
 };
-pub use labs::{LabRow, Scope, TokenInfo};
 pub use location::{Location, redact};
-pub use nodes::{NewNode, NodeFilter, NodeUpdate};
+pub(crate) use nodes::NodeFilter;
+pub use nodes::{NewNode, NodeUpdate};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -118,7 +118,7 @@ pub struct Write<'c> {
 /// A change of the job queue that a transaction made, for the dispatcher to follow once the
 /// transaction commits ([`Store::write_queue`], [`crate::dispatch::JobQueue`]).
 #[derive(Debug, Clone)]
-pub enum QueueChange {
+pub(crate) enum QueueChange {
     /// The job is (back) in the queue, waiting for an agent.
     Queued(Box<JobRow>),
     /// The job left the queue for good: finished, cancelled, failed, timed out, or its entry
@@ -304,7 +304,7 @@ impl Store {
 
     /// Like [`Store::write`], and returns the queue changes the transaction made, in order,
     /// for the dispatcher to follow.
-    pub async fn write_queue<T, F>(&self, f: F) -> Result<(T, Vec<QueueChange>)>
+    pub(crate) async fn write_queue<T, F>(&self, f: F) -> Result<(T, Vec<QueueChange>)>
     where
         T: Send + 'static,
         F: FnOnce(&mut Write<'_>) -> Result<T> + Send + 'static,
@@ -511,12 +511,12 @@ impl Inner {
 }
 
 /// Microseconds since the Unix epoch, the unit of every stored time.
-pub fn micros(t: DateTime<Utc>) -> i64 {
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
 /// A stored time back as a time.
-pub fn from_micros(us: i64) -> DateTime<Utc> {
+pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
     Utc.timestamp_micros(us).single().unwrap_or_default()
 }
 

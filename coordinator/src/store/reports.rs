@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::model::{Node, NodeId};
 
 /// The checkout and every other node of its tree.
-pub fn checkout_tree(conn: &Connection, checkout: NodeId) -> Result<(Node, Vec<Node>)> {
+pub(crate) fn checkout_tree(conn: &Connection, checkout: NodeId) -> Result<(Node, Vec<Node>)> {
     let root = get_node(conn, checkout)?;
     let mut out = Vec::new();
     let mut cursor = None;
@@ -33,7 +33,7 @@ pub fn checkout_tree(conn: &Connection, checkout: NodeId) -> Result<(Node, Vec<N
 }
 
 /// Whether the report of `checkout` was mailed.
-pub fn report_mailed(conn: &Connection, checkout: NodeId) -> Result<bool> {
+pub(crate) fn report_mailed(conn: &Connection, checkout: NodeId) -> Result<bool> {
     conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM mailed_reports WHERE checkout = ?1)",
         params![checkout.0],
@@ -43,7 +43,7 @@ pub fn report_mailed(conn: &Connection, checkout: NodeId) -> Result<bool> {
 
 impl Write<'_> {
     /// Records that the report of `checkout` was mailed.
-    pub fn record_report_mailed(&mut self, checkout: NodeId) -> Result<()> {
+    pub(crate) fn record_report_mailed(&mut self, checkout: NodeId) -> Result<()> {
         self.tx.execute(
             "INSERT INTO mailed_reports (checkout, sent) VALUES (?1, ?2) \
              ON CONFLICT (checkout) DO NOTHING",

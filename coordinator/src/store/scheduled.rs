@@ -10,20 +10,20 @@ use crate::model::Node;
 
 /// One run the scheduler plans for one event.
 #[derive(Debug, Clone, Copy)]
-pub struct PlannedRun<'a> {
+pub(crate) struct PlannedRun<'a> {
     /// The event's sequence number.
-    pub event: i64,
+    pub(crate) event: i64,
     /// The `jobs:` key.
-    pub job: &'a str,
+    pub(crate) job: &'a str,
     /// The platform (empty for none).
-    pub platform: &'a str,
+    pub(crate) platform: &'a str,
     /// The run number, from 0.
-    pub run: u32,
+    pub(crate) run: u32,
 }
 
 /// What [`Write::schedule_run`] did.
 #[derive(Debug)]
-pub enum Scheduled {
+pub(crate) enum Scheduled {
     /// The job was created and queued.
     Created(Box<(Node, JobRow)>),
     /// The run was created before (the event was seen twice): nothing to do.
@@ -36,7 +36,7 @@ pub enum Scheduled {
 impl Write<'_> {
     /// Creates the job of one planned run, exactly once: the run is recorded with the job it
     /// created, in this transaction. A job the store refuses leaves nothing behind.
-    pub fn schedule_run(&mut self, run: PlannedRun<'_>, job: NewJob) -> Result<Scheduled> {
+    pub(crate) fn schedule_run(&mut self, run: PlannedRun<'_>, job: NewJob) -> Result<Scheduled> {
         let new_row = self.tx.execute(
             "INSERT INTO scheduled (event_seq, job, platform, run, node_id) \
              VALUES (?1, ?2, ?3, ?4, 0) ON CONFLICT DO NOTHING",

@@ -20,22 +20,22 @@ use serde_json::Map;
 
 /// The most nodes each rule handles in one sweep, so a transaction stays short; the rest
 /// wait for the next sweep.
-pub const BATCH: usize = 500;
+pub(crate) const BATCH: usize = 500;
 
 /// What one sweep changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct TimeoutSweep {
+pub(crate) struct TimeoutSweep {
     /// Nodes that timed out (including the descendants that went with them).
-    pub timed_out: Vec<NodeId>,
+    pub(crate) timed_out: Vec<NodeId>,
     /// Available nodes past their holdoff that went `closing`.
-    pub closing: Vec<NodeId>,
+    pub(crate) closing: Vec<NodeId>,
     /// Nodes that went `done` by holdoff or because their last child finished.
-    pub closed: Vec<NodeId>,
+    pub(crate) closed: Vec<NodeId>,
 }
 
 impl TimeoutSweep {
     /// Whether nothing changed.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.timed_out.is_empty() && self.closing.is_empty() && self.closed.is_empty()
     }
 }
@@ -58,7 +58,7 @@ fn unfinished_children(w: &Write<'_>, id: NodeId) -> Result<usize> {
 
 impl Write<'_> {
     /// Applies the timeout, holdoff and closing rules at this transaction's time.
-    pub fn sweep_timeouts(&mut self) -> Result<TimeoutSweep> {
+    pub(crate) fn sweep_timeouts(&mut self) -> Result<TimeoutSweep> {
         let now = micros(self.now());
         let mut out = TimeoutSweep::default();
 

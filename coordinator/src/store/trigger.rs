@@ -13,22 +13,22 @@ use std::time::Duration;
 
 /// A commit at the head of a watched branch.
 #[derive(Debug, Clone)]
-pub struct SeenCommit<'a> {
+pub(crate) struct SeenCommit<'a> {
     /// The tree's name.
-    pub tree: &'a str,
+    pub(crate) tree: &'a str,
     /// The branch.
-    pub branch: &'a str,
+    pub(crate) branch: &'a str,
     /// The full commit hash.
-    pub commit: &'a str,
+    pub(crate) commit: &'a str,
     /// KernelCI's `kernel_revision` object for the checkout node's data.
-    pub kernel_revision: Value,
+    pub(crate) kernel_revision: Value,
 }
 
 impl Write<'_> {
     /// Creates the checkout node of `commit` (`available`, with the `timeout` and `holdoff`
     /// from now) unless this tree, branch and commit were seen before. Returns the new node,
     /// or `None`.
-    pub fn record_commit(
+    pub(crate) fn record_commit(
         &mut self,
         commit: &SeenCommit<'_>,
         timeout: Duration,

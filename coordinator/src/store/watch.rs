@@ -25,7 +25,7 @@ pub(super) const EVENTS_CHANNEL: &str = "labwire_events";
 /// The PostgreSQL channel that names a lab whose certificates were revoked.
 pub(super) const LABS_CHANNEL: &str = "labwire_labs";
 /// How often the SQLite watcher looks for another process's commits.
-pub const SQLITE_POLL: Duration = Duration::from_millis(200);
+pub(crate) const SQLITE_POLL: Duration = Duration::from_millis(200);
 
 /// Listens on PostgreSQL for other replicas' commits and moves the store's watches, on a
 /// thread of its own, until the store is dropped.

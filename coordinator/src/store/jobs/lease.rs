@@ -15,24 +15,28 @@ use serde_json::{Map, Value};
 /// The terms of a lease: which agent session of which lab takes a job, on which device (of
 /// which type), until when.
 #[derive(Debug, Clone, Copy)]
-pub struct LeaseTerms<'a> {
+pub(crate) struct LeaseTerms<'a> {
     /// The lab.
-    pub lab: &'a LabName,
+    pub(crate) lab: &'a LabName,
     /// Its agent session.
-    pub session: &'a SessionId,
+    pub(crate) session: &'a SessionId,
     /// The device the job was matched to.
-    pub device: &'a str,
+    pub(crate) device: &'a str,
     /// That device's type.
-    pub device_type: &'a str,
+    pub(crate) device_type: &'a str,
     /// When the lease runs out unless renewed.
-    pub until: DateTime<Utc>,
+    pub(crate) until: DateTime<Utc>,
 }
 
 impl Write<'_> {
     /// Leases a queued job to a lab's agent session, starting a new attempt. `None` when the
     /// job is not queued (any more), another replica is leasing it right now, or its node
     /// had ended (the entry is then closed). A revoked lab is refused.
-    pub fn claim_job(&mut self, id: NodeId, terms: &LeaseTerms<'_>) -> Result<Option<Claim>> {
+    pub(crate) fn claim_job(
+        &mut self,
+        id: NodeId,
+        terms: &LeaseTerms<'_>,
+    ) -> Result<Option<Claim>> {
         let LeaseTerms {
             lab,
             session,
@@ -132,7 +136,7 @@ impl Write<'_> {
 
     /// Gives a leased attempt back to the queue without counting a retry (the agent refused
     /// it, or never received it).
-    pub fn release_job(
+    pub(crate) fn release_job(
         &mut self,
         lab: &LabName,
         job: NodeId,
@@ -163,7 +167,7 @@ impl Write<'_> {
 
     /// Extends the leases of the listed attempts held by `lab`. Returns the attempts that are
     /// not (or no longer) leased to it: the agent must stop them.
-    pub fn renew_leases(
+    pub(crate) fn renew_leases(
         &mut self,
         lab: &LabName,
         running: &[(NodeId, AttemptNo)],
@@ -187,7 +191,7 @@ impl Write<'_> {
     /// past `max_retries`, ends the job `done`/`incomplete` with `error_code=lease_expired`.
     /// A row that cannot be processed (its node ended outside the queue, damaged data) does
     /// not fail the sweep: it is logged, left out and repaired ([`Write::guarded`]).
-    pub fn sweep_expired_leases(&mut self, max_retries: i32) -> Result<LeaseSweep> {
+    pub(crate) fn sweep_expired_leases(&mut self, max_retries: i32) -> Result<LeaseSweep> {
         let expired: Vec<i64> = self.tx.query_map(
             "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_expires < ?1",
             params![micros(self.now)],
@@ -259,7 +263,7 @@ impl Write<'_> {
     }
 
     /// Records that the job started on a device (of a device type, when known).
-    pub fn start_job(
+    pub(crate) fn start_job(
         &mut self,
         lab: &LabName,
         job: NodeId,
@@ -287,7 +291,7 @@ impl Write<'_> {
 
     /// Gives every job leased to `lab` back to the queue (the lab was revoked). A row that
     /// cannot be given back is repaired instead ([`Write::guarded`]).
-    pub fn requeue_lab_jobs(&mut self, lab: &LabName) -> Result<Vec<JobRow>> {
+    pub(crate) fn requeue_lab_jobs(&mut self, lab: &LabName) -> Result<Vec<JobRow>> {
         let ids: Vec<i64> = self.tx.query_map(
             "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_owner = ?1",
             params![lab],
@@ -306,7 +310,11 @@ impl Write<'_> {
 
     /// Makes every lease of `lab` except those of `keep` expire now (the lab's agent started
     /// again and no longer holds them); the next sweep puts them back in the queue.
-    pub fn expire_lab_leases_except(&mut self, lab: &LabName, keep: &[NodeId]) -> Result<usize> {
+    pub(crate) fn expire_lab_leases_except(
+        &mut self,
+        lab: &LabName,
+        keep: &[NodeId],
+    ) -> Result<usize> {
         let held: Vec<i64> = self.tx.query_map(
             "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_owner = ?1",
             params![lab],
@@ -324,7 +332,7 @@ impl Write<'_> {
 
     /// Gives every lease a grace period of `lease` from now: run at start-up so that agents
     /// have time to reconnect after a coordinator outage before their jobs are taken away.
-    pub fn extend_all_leases(&mut self, until: DateTime<Utc>) -> Result<usize> {
+    pub(crate) fn extend_all_leases(&mut self, until: DateTime<Utc>) -> Result<usize> {
         self.tx.execute(
             "UPDATE jobs SET lease_expires = ?1 WHERE status = 'leased' AND lease_expires < ?1",
             params![micros(until)],

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::{AttemptNo, LabName, NodeId};
 
 /// The attempt whose log a reader wants: the reported one, else the newest with a log.
-pub fn log_attempt(conn: &Connection, job: NodeId) -> Result<Option<i32>> {
+pub(crate) fn log_attempt(conn: &Connection, job: NodeId) -> Result<Option<i32>> {
     let reported: Option<i32> = conn.query_opt(
         "SELECT attempt FROM job_reports WHERE job = ?1 ORDER BY attempt DESC LIMIT 1",
         params![job.0],
@@ -25,7 +25,7 @@ pub fn log_attempt(conn: &Connection, job: NodeId) -> Result<Option<i32>> {
 
 /// Reads up to `max` bytes of chunks of a job attempt's log starting at chunk offset `from`.
 /// Returns (offset, data) pairs in order.
-pub fn read_log(
+pub(crate) fn read_log(
     conn: &Connection,
     job: NodeId,
     attempt: i32,
@@ -51,7 +51,7 @@ pub fn read_log(
 impl Write<'_> {
     /// Appends bytes to an attempt's log; bytes already stored are skipped. Returns the
     /// stored length.
-    pub fn append_log(
+    pub(crate) fn append_log(
         &mut self,
         lab: &LabName,
         job: NodeId,

@@ -10,12 +10,11 @@ mod report;
 mod spec;
 mod stats;
 
-pub use lease::LeaseTerms;
-pub use logs::{log_attempt, read_log};
-pub use owned::QUEUE_KEYS;
-pub use report::ResultReport;
-pub use spec::{valid_param_key, validate_spec};
-pub use stats::{JobStats, job_stats, signature};
+pub(crate) use lease::LeaseTerms;
+pub(crate) use logs::{log_attempt, read_log};
+pub(crate) use report::ResultReport;
+pub(crate) use spec::{valid_param_key, validate_spec};
+pub(crate) use stats::{JobStats, job_stats, signature};
 
 use super::db::{Connection, Row, params};
 use super::nodes::{NewNode, NodeUpdate, get_node};
@@ -33,7 +32,7 @@ use spec::spec_data;
 
 /// Where a job is in the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobStatus {
+pub(crate) enum JobStatus {
     /// Waiting for an agent.
     Queued,
     /// Leased to an agent.
@@ -61,7 +60,7 @@ impl JobStatus {
     }
 
     /// The protobuf enum.
-    pub fn to_proto(self) -> v1::JobStatus {
+    pub(crate) fn to_proto(self) -> v1::JobStatus {
         match self {
             Self::Queued => v1::JobStatus::Queued,
             Self::Leased => v1::JobStatus::Leased,
@@ -72,103 +71,101 @@ impl JobStatus {
 
 /// A job to queue.
 #[derive(Debug, Clone, Default)]
-pub struct NewJob {
+pub(crate) struct NewJob {
     /// What to run.
-    pub spec: v1::JobSpec,
+    pub(crate) spec: v1::JobSpec,
     /// Parent node.
-    pub parent: Option<NodeId>,
+    pub(crate) parent: Option<NodeId>,
     /// Who asked for it.
-    pub submitter: String,
+    pub(crate) submitter: String,
     /// The token name that created it.
-    pub owner: String,
+    pub(crate) owner: String,
     /// The node kind: `job` unless the scheduler creates a `kbuild` or `process` job.
-    pub kind: Option<NodeKind>,
+    pub(crate) kind: Option<NodeKind>,
     /// Placement attributes (tree, branch, job, platform, ...); `job`, `kind` and
     /// `device_type` are filled in from the spec, tree and branch from the parent's
     /// `kernel_revision`, when missing.
-    pub attrs: Attrs,
+    pub(crate) attrs: Attrs,
     /// The run group, for runs that must differ.
-    pub group: Option<RunGroup>,
+    pub(crate) group: Option<RunGroup>,
     /// Extra node data.
-    pub data: Map<String, Value>,
+    pub(crate) data: Map<String, Value>,
 }
 
 /// The runs of one job that must each use another device type (or device).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunGroup {
+pub(crate) struct RunGroup {
     /// Identifies the group (the scheduler uses `EVENT/JOB/PLATFORM`).
-    pub id: String,
+    pub(crate) id: String,
     /// What must differ.
-    pub variant: Variant,
+    pub(crate) variant: Variant,
     /// What happens when nothing different is left.
-    pub mode: VariantMode,
+    pub(crate) mode: VariantMode,
 }
 
 /// When a job that ended `incomplete` goes back to the queue.
 #[derive(Debug, Clone, Default)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// At most this many retries (the node's `retry_counter`).
-    pub max: i32,
+    pub(crate) max: i32,
     /// The error codes that mean the infrastructure failed, not the kernel.
-    pub error_codes: Vec<String>,
+    pub(crate) error_codes: Vec<String>,
 }
 
 /// A queue entry.
 #[derive(Debug, Clone)]
-pub struct JobRow {
+pub(crate) struct JobRow {
     /// The job node's id.
-    pub id: NodeId,
+    pub(crate) id: NodeId,
     /// The job's spec.
-    pub spec: v1::JobSpec,
+    pub(crate) spec: v1::JobSpec,
     /// Its criteria, decoded.
-    pub criteria: Criteria,
+    pub(crate) criteria: Criteria,
     /// Priority (higher first).
-    pub priority: i32,
+    pub(crate) priority: i32,
     /// Queue state.
-    pub status: JobStatus,
+    pub(crate) status: JobStatus,
     /// The lab holding the lease.
-    pub lease_owner: Option<String>,
-    /// The agent session holding the lease.
-    pub lease_session: Option<String>,
+    pub(crate) lease_owner: Option<String>,
     /// When the lease runs out.
-    pub lease_expires: Option<DateTime<Utc>>,
+    pub(crate) lease_expires: Option<DateTime<Utc>>,
     /// The lease generation: grows by one with every lease of the job.
-    pub attempt: AttemptNo,
+    pub(crate) attempt: AttemptNo,
     /// The device the job runs on.
-    pub device: Option<String>,
+    pub(crate) device: Option<String>,
     /// When it was (last) queued.
-    pub queued_at: DateTime<Utc>,
+    pub(crate) queued_at: DateTime<Utc>,
     /// Placement attributes.
-    pub attrs: Attrs,
+    pub(crate) attrs: Attrs,
     /// The run group, if any.
-    pub group: Option<RunGroup>,
+    pub(crate) group: Option<RunGroup>,
     /// The device type of the device it was leased to.
-    pub device_type: Option<String>,
+    pub(crate) device_type: Option<String>,
 }
 
 /// A lease just granted.
 #[derive(Debug, Clone)]
-pub struct Claim {
+pub(crate) struct Claim {
     /// The queue entry, now leased.
-    pub job: JobRow,
+    pub(crate) job: JobRow,
     /// The job node.
-    pub node: Node,
+    pub(crate) node: Node,
 }
 
 /// What [`Write::sweep_expired_leases`] did.
 #[derive(Debug, Default)]
-pub struct LeaseSweep {
+pub(crate) struct LeaseSweep {
     /// Jobs back in the queue.
-    pub requeued: Vec<JobRow>,
+    pub(crate) requeued: Vec<JobRow>,
     /// Jobs that ran out of retries and ended incomplete.
-    pub failed: Vec<NodeId>,
+    pub(crate) failed: Vec<NodeId>,
     /// Rows that could not be processed and were repaired instead (see [`Write::guarded`]).
-    pub repaired: Vec<NodeId>,
+    pub(crate) repaired: Vec<NodeId>,
 }
 
 /// The outcome of a result report.
 #[derive(Debug)]
-pub enum ReportOutcome {
+pub(crate) enum ReportOutcome {
     /// Applied now; the job node after the change.
     Applied(Box<Node>),
     /// The attempt failed for an infrastructure reason; the job is back in the queue.
@@ -198,7 +195,6 @@ fn job_from_row(r: &Row<'_>) -> Result<JobRow> {
             priority: r.get(3)?,
             status: JobStatus::parse(&status)?,
             lease_owner: r.get(5)?,
-            lease_session: r.get(6)?,
             lease_expires: r.get::<_, Option<i64>>(7)?.map(from_micros),
             attempt: r.get(8)?,
             device: r.get(9)?,
@@ -222,7 +218,7 @@ fn job_from_row(r: &Row<'_>) -> Result<JobRow> {
 }
 
 /// Reads one queue entry, or `None`.
-pub fn find_job(conn: &Connection, id: NodeId) -> Result<Option<JobRow>> {
+pub(crate) fn find_job(conn: &Connection, id: NodeId) -> Result<Option<JobRow>> {
     conn.query_opt(
         &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE node_id = ?1"),
         params![id.0],
@@ -235,14 +231,14 @@ fn get_job(conn: &Connection, id: NodeId) -> Result<JobRow> {
 }
 
 /// How long a `kbuild` job that passed stays `available` for its tests to be scheduled.
-pub const KBUILD_HOLDOFF: chrono::Duration = chrono::Duration::minutes(10);
+pub(crate) const KBUILD_HOLDOFF: chrono::Duration = chrono::Duration::minutes(10);
 
 /// The attribute list that holds `lab/device` of the attempts that failed for an
 /// infrastructure reason; the dispatcher prefers other devices for the next attempt.
-pub const RETRY_DEVICES: &str = "retry_devices";
+pub(crate) const RETRY_DEVICES: &str = "retry_devices";
 
 /// The jobs of a run group that hold or held a device: (job, device type, device).
-pub fn group_usage(conn: &Connection, group: &str) -> Result<Vec<(NodeId, String, String)>> {
+pub(crate) fn group_usage(conn: &Connection, group: &str) -> Result<Vec<(NodeId, String, String)>> {
     conn.query_map(
         "SELECT node_id, device_type, device FROM jobs WHERE run_group = ?1 \
          AND device_type IS NOT NULL AND device IS NOT NULL",
@@ -258,7 +254,7 @@ pub fn group_usage(conn: &Connection, group: &str) -> Result<Vec<(NodeId, String
 }
 
 /// Lists queue entries in a state (all when `None`), newest first.
-pub fn list_jobs(
+pub(crate) fn list_jobs(
     conn: &Connection,
     status: Option<JobStatus>,
     limit: usize,
@@ -274,7 +270,7 @@ pub fn list_jobs(
 }
 
 /// Every queued job in dispatch order: priority, then submission order.
-pub fn queued_jobs(conn: &Connection) -> Result<Vec<JobRow>> {
+pub(crate) fn queued_jobs(conn: &Connection) -> Result<Vec<JobRow>> {
     conn.query_map(
         &format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY priority DESC, node_id"
@@ -285,7 +281,7 @@ pub fn queued_jobs(conn: &Connection) -> Result<Vec<JobRow>> {
 }
 
 /// Number of jobs leased to each lab.
-pub fn leases_by_lab(conn: &Connection) -> Result<std::collections::HashMap<String, u32>> {
+pub(crate) fn leases_by_lab(conn: &Connection) -> Result<std::collections::HashMap<String, u32>> {
     let rows = conn.query_map(
         "SELECT lease_owner, COUNT(*) FROM jobs WHERE status = 'leased' GROUP BY lease_owner",
         params![],
@@ -296,7 +292,7 @@ pub fn leases_by_lab(conn: &Connection) -> Result<std::collections::HashMap<Stri
 
 impl Write<'_> {
     /// Queues a job: creates its node (running) and its queue entry.
-    pub fn submit_job(&mut self, j: NewJob) -> Result<(Node, JobRow)> {
+    pub(crate) fn submit_job(&mut self, j: NewJob) -> Result<(Node, JobRow)> {
         validate_spec(&j.spec)?;
         let criteria = convert::criteria_from_proto(&j.spec.criteria.clone().unwrap_or_default());
         let kind = j.kind.unwrap_or(NodeKind::Job);
@@ -382,7 +378,7 @@ impl Write<'_> {
     }
 
     /// Ends a queued job that can never run: `done`, `incomplete`, with the error.
-    pub fn fail_queued_job(&mut self, job: NodeId, code: &str, msg: &str) -> Result<Node> {
+    pub(crate) fn fail_queued_job(&mut self, job: NodeId, code: &str, msg: &str) -> Result<Node> {
         let n = self.tx.execute(
             "UPDATE jobs SET status = 'finished', finished_at = ?2 WHERE node_id = ?1 \
              AND status = 'queued'",
@@ -411,7 +407,7 @@ impl Write<'_> {
     /// A job whose node had ended outside the queue (a bad row from before job nodes were
     /// kept to the queue's own changes) only has its entry closed; its node is returned as
     /// it is.
-    pub fn cancel_job(&mut self, job: NodeId, reason: &str) -> Result<Node> {
+    pub(crate) fn cancel_job(&mut self, job: NodeId, reason: &str) -> Result<Node> {
         let row = get_job(self.tx, job)?;
         if row.status == JobStatus::Finished {
             return Err(Error::BadTransition {

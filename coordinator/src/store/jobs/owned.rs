@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::{Node, NodeId};
 
 /// Data keys the job queue keeps on a job node; a client cannot set them.
-pub const QUEUE_KEYS: &[&str] = &[
+pub(crate) const QUEUE_KEYS: &[&str] = &[
     "attempt",
     "attempts",
     "commands",
@@ -42,7 +42,7 @@ impl Write<'_> {
     /// Changes a node as a client asked, through the node state machine. A node with a queue
     /// entry refuses a change of its state or result, or of a key the queue keeps, with
     /// [`Error::Refused`] naming the rule.
-    pub fn update_node_for_client(&mut self, id: NodeId, u: NodeUpdate) -> Result<Node> {
+    pub(crate) fn update_node_for_client(&mut self, id: NodeId, u: NodeUpdate) -> Result<Node> {
         if find_job(self.tx, id)?.is_some() {
             let rule = |what: String| {
                 Error::Refused(format!(

@@ -13,13 +13,13 @@ use labwire_common::NodeResult;
 use serde_json::Map;
 
 /// The error code of a job ended because its queue entry could not be processed.
-pub const QUEUE_ERROR: &str = "queue_error";
+pub(crate) const QUEUE_ERROR: &str = "queue_error";
 
 impl Write<'_> {
     /// Runs `f` on the queue entry of `job` inside a savepoint. When it fails, what it did is
     /// undone, the failure is logged, and the entry is repaired ([`Write::repair_job`]):
     /// `None` then. Fails only when the repair itself fails.
-    pub fn guarded<T>(
+    pub(crate) fn guarded<T>(
         &mut self,
         job: NodeId,
         f: impl FnOnce(&mut Write<'_>) -> Result<T>,
@@ -37,7 +37,7 @@ impl Write<'_> {
     /// Takes a job that could not be processed out of the queue for good: its entry is
     /// closed and, unless its node has ended already, the node ends `done`/`incomplete` with
     /// `error_code=queue_error` and the cause.
-    pub fn repair_job(&mut self, job: NodeId, cause: &Error) -> Result<()> {
+    pub(crate) fn repair_job(&mut self, job: NodeId, cause: &Error) -> Result<()> {
         self.finish_job_row(job)?;
         let ended = self.savepoint(|w| {
             let node = get_node(w.tx, job)?;
@@ -69,7 +69,7 @@ impl Write<'_> {
 
     /// Closes every queue entry (queued or leased) whose node has ended already. Returns the
     /// jobs closed. Run when the coordinator's services start.
-    pub fn repair_queue(&mut self) -> Result<Vec<NodeId>> {
+    pub(crate) fn repair_queue(&mut self) -> Result<Vec<NodeId>> {
         let ids: Vec<i64> = self.tx.query_map(
             "SELECT j.node_id FROM jobs j JOIN nodes n ON n.id = j.node_id \
              WHERE j.status != 'finished' AND n.state = 'done' ORDER BY j.node_id",

@@ -53,23 +53,23 @@ fn insert_tests(w: &mut Write<'_>, parent: &Node, tests: &[TestNode]) -> Result<
 
 /// An attempt's final result, as the agent holding its lease reports it.
 #[derive(Debug, Clone)]
-pub struct ResultReport {
+pub(crate) struct ResultReport {
     /// The lab reporting.
-    pub lab: LabName,
+    pub(crate) lab: LabName,
     /// The job.
-    pub job: NodeId,
+    pub(crate) job: NodeId,
     /// The attempt the result is of.
-    pub attempt: AttemptNo,
+    pub(crate) attempt: AttemptNo,
     /// The job's result.
-    pub result: NodeResult,
+    pub(crate) result: NodeResult,
     /// Why it is `incomplete` (an error code), or empty.
-    pub error_code: String,
+    pub(crate) error_code: String,
     /// The error's message, or empty.
-    pub error_msg: String,
+    pub(crate) error_msg: String,
     /// The test results, as a tree.
-    pub tests: Vec<TestNode>,
+    pub(crate) tests: Vec<TestNode>,
     /// More node data (the coordinator's own keys already taken out).
-    pub extra: Map<String, Value>,
+    pub(crate) extra: Map<String, Value>,
 }
 
 impl Write<'_> {
@@ -80,7 +80,7 @@ impl Write<'_> {
     /// to `retry.max` times: its tests are not kept (only the final attempt counts), its
     /// summary is added to the node's `data.attempts`, and the next attempt prefers another
     /// device.
-    pub fn report_result(
+    pub(crate) fn report_result(
         &mut self,
         report: ResultReport,
         retry: &RetryPolicy,

@@ -39,12 +39,12 @@ pub(super) fn spec_data(spec: &v1::JobSpec, criteria: &Criteria) -> Map<String, 
 
 /// Whether `k` may name a job parameter: letters, digits and underscores, not empty (it
 /// becomes part of an environment variable name on the agent).
-pub fn valid_param_key(k: &str) -> bool {
+pub(crate) fn valid_param_key(k: &str) -> bool {
     !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Checks a job spec before it is queued; errors name the field.
-pub fn validate_spec(spec: &v1::JobSpec) -> Result<()> {
+pub(crate) fn validate_spec(spec: &v1::JobSpec) -> Result<()> {
     if spec.name.trim().is_empty() {
         return Err(Error::Invalid("spec.name must not be empty".into()));
     }

@@ -8,7 +8,7 @@ use crate::error::Result;
 
 /// A job's statistics signature: its name and device type (`name@device_type`, or the name
 /// alone when it does not ask for one).
-pub fn signature(row: &JobRow) -> String {
+pub(crate) fn signature(row: &JobRow) -> String {
     match row
         .device_type
         .as_deref()
@@ -21,17 +21,17 @@ pub fn signature(row: &JobRow) -> String {
 
 /// Statistics of one signature in one lab.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JobStats {
+pub(crate) struct JobStats {
     /// Finished attempts counted.
-    pub runs: i64,
+    pub(crate) runs: i64,
     /// Moving average of the queue wait, ms.
-    pub wait_ms: f64,
+    pub(crate) wait_ms: f64,
     /// Moving average of the run time, ms.
-    pub run_ms: f64,
+    pub(crate) run_ms: f64,
 }
 
 /// Every statistics row: (signature, lab) → stats.
-pub fn job_stats(
+pub(crate) fn job_stats(
     conn: &Connection,
 ) -> Result<std::collections::HashMap<(String, String), JobStats>> {
     let rows = conn.query_map(
