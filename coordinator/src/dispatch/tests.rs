@@ -269,3 +269,39 @@ async fn runs_avoid_earlier_device_types_strict_fails_permissive_reuses() {
         "permissive mode reuses the device type"
     );
 }
+
+/// Every change made through the JobQueue reaches the dispatcher: a submitted job is offered,
+/// a cancelled one is not, and a revoked lab's job goes to another lab at once.
+#[tokio::test]
+async fn changes_through_the_job_queue_reach_the_dispatcher() {
+    let (_d, store, d) = setup("").await;
+    store
+        .write(|w| {
+            w.register_lab_cert("lab-a", "fp-a", None)?;
+            w.register_lab_cert("lab-b", "fp-b", None)
+        })
+        .await
+        .unwrap();
+    let d = Arc::new(d);
+    let q = JobQueue::new(store.clone(), d.clone());
+    let (gone, _) = q.submit(job("gone", None)).await.unwrap();
+    assert_eq!(d.queue_len().await, 1);
+    q.cancel(gone.id, "not wanted".into()).await.unwrap();
+    assert_eq!(d.queue_len().await, 0, "a cancelled job is not offered");
+
+    let (moved, _) = q.submit(job("moved", None)).await.unwrap();
+    let a = [device("a1", "x")];
+    let b = [device("b1", "x")];
+    d.update_lab(&lab("lab-a"), Some(a.to_vec()), 1, false)
+        .await;
+    d.update_lab(&lab("lab-b"), Some(b.to_vec()), 1, false)
+        .await;
+    assert_eq!(poll(&d, "lab-a", &a).await.unwrap().claim.job.id, moved.id);
+    let (certs, requeued) = q.revoke(lab("lab-a")).await.unwrap();
+    assert_eq!((certs, requeued.len()), (1, 1));
+    assert_eq!(
+        poll(&d, "lab-b", &b).await.unwrap().claim.job.id,
+        moved.id,
+        "the revoked lab's job is offered again at once"
+    );
+}

@@ -87,30 +87,28 @@ pub(super) async fn refresh_stats(shared: Arc<Shared>) {
 /// `labwire-coordinator ca revoke` from another process): for each newly revoked lab, the
 /// dispatcher forgets it, its waiting agents stop waiting, its sessions end, and the jobs it
 /// held are offered again at once.
-pub(super) async fn watch_revocations(shared: Arc<Shared>) {
+///
+/// `before` are the labs revoked when the dispatcher loaded the queue.
+pub(super) async fn watch_revocations(shared: Arc<Shared>, before: Vec<String>) {
     let mut changed = shared.store.labs_changed();
-    let mut known: Option<BTreeSet<String>> = None;
+    let mut known: BTreeSet<String> = before.into_iter().collect();
     loop {
         match shared.store.read(crate::store::labs::revoked_labs).await {
             Ok(now) => {
                 let now: BTreeSet<String> = now.into_iter().collect();
-                // The first read only learns what was revoked before this coordinator
-                // started; the queue it loaded is already in line with it.
-                if let Some(before) = &known {
-                    for lab in now.difference(before) {
-                        let lab = LabName::new(lab.clone());
-                        shared.end_sessions(&lab);
-                        match shared.queue.lab_revoked(&lab).await {
-                            Ok(queued) => {
-                                tracing::warn!(lab = %lab, queued, "lab revoked: its agents are refused, its jobs offered again")
-                            }
-                            Err(e) => {
-                                tracing::error!(lab = %lab, error = %e, "lab revoked, but its jobs could not be requeued")
-                            }
+                for lab in now.difference(&known) {
+                    let lab = LabName::new(lab.clone());
+                    shared.end_sessions(&lab);
+                    match shared.queue.lab_revoked(&lab).await {
+                        Ok(queued) => {
+                            tracing::warn!(lab = %lab, queued, "lab revoked: its agents are refused, its jobs offered again")
+                        }
+                        Err(e) => {
+                            tracing::error!(lab = %lab, error = %e, "lab revoked, but its jobs could not be requeued")
                         }
                     }
                 }
-                known = Some(now);
+                known = now;
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the revoked labs"),
         }

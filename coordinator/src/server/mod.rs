@@ -109,6 +109,9 @@ pub async fn serve_with_http(
             Ok(())
         })
         .await?;
+    // Revocations after this point reach the dispatcher through the store's notifications;
+    // what was revoked before, the queue it loads is already in line with.
+    let revoked = store.read(crate::store::labs::revoked_labs).await?;
     // Other replicas' job changes after this point reach the dispatcher through the event
     // log (PostgreSQL); what happened before, it loads from the store now.
     let follow_from = *store.last_seq().borrow();
@@ -136,7 +139,7 @@ pub async fn serve_with_http(
     crate::pipeline::check(&shared)?;
     let mut upkeep = tokio::task::JoinSet::new();
     upkeep.spawn(follow::refresh_stats(shared.clone()));
-    upkeep.spawn(follow::watch_revocations(shared.clone()));
+    upkeep.spawn(follow::watch_revocations(shared.clone(), revoked));
     if store.backend() == Backend::Postgres {
         upkeep.spawn(follow::follow_jobs(shared.clone(), follow_from));
         upkeep.spawn(follow::refresh_remote_labs(shared.clone()));

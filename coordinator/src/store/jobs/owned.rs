@@ -71,3 +71,76 @@ impl Write<'_> {
         self.update_node(id, u)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NodeKind, NodeState};
+    use crate::store::jobs::NewJob;
+    use crate::store::{NewNode, temp_store};
+    use labwire_common::NodeResult;
+    use labwire_proto::v1;
+    use serde_json::json;
+
+    fn data(v: serde_json::Value) -> NodeUpdate {
+        NodeUpdate {
+            data: v.as_object().cloned().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn clients_cannot_move_a_job_but_may_annotate_it() {
+        let (_d, store) = temp_store();
+        let id = store
+            .write_blocking(|w| {
+                w.submit_job(NewJob {
+                    spec: v1::JobSpec {
+                        name: "j".into(),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+            })
+            .unwrap()
+            .0
+            .id;
+        let refused = |u: NodeUpdate| {
+            store
+                .write_blocking(move |w| w.update_node_for_client(id, u))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused(NodeUpdate {
+            state: Some(NodeState::Done),
+            result: Some(NodeResult::Pass),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("state and result") && e.contains("CancelJob"),
+            "{e}"
+        );
+        let e = refused(data(json!({"error_code": "forged"})));
+        assert!(e.contains("data.error_code"), "{e}");
+        let mut u = NodeUpdate::default();
+        u.artifacts.insert("log".into(), "http://elsewhere".into());
+        assert!(refused(u).contains("artifacts.log"));
+        let n = store
+            .write_blocking(move |w| w.update_node_for_client(id, data(json!({"triage": "x"}))))
+            .unwrap();
+        assert_eq!(n.state, NodeState::Running);
+        assert_eq!(n.data["triage"], "x");
+        // Nodes without a queue entry follow the state machine alone.
+        let checkout = store
+            .write_blocking(|w| w.create_node(NewNode::new(NodeKind::Checkout, "c")))
+            .unwrap()
+            .id;
+        let done = NodeUpdate {
+            state: Some(NodeState::Done),
+            ..Default::default()
+        };
+        store
+            .write_blocking(move |w| w.update_node_for_client(checkout, done))
+            .unwrap();
+    }
+}

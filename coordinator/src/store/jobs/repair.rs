@@ -84,3 +84,93 @@ impl Write<'_> {
         Ok(ids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::jobs::{JobStatus, NewJob, find_job};
+    use crate::store::temp_store;
+    use labwire_proto::v1;
+
+    fn job(name: &str) -> NewJob {
+        NewJob {
+            spec: v1::JobSpec {
+                name: name.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A node ended outside the queue (what an older version let a client do).
+    fn damage(w: &mut Write<'_>, id: NodeId) -> Result<()> {
+        w.update_node(
+            id,
+            NodeUpdate {
+                state: Some(NodeState::Done),
+                result: Some(NodeResult::Pass),
+                ..Default::default()
+            },
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn a_bad_row_is_repaired_instead_of_failing_the_sweep() {
+        let (_d, store) = temp_store();
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        let (bad, good) = store
+            .write_blocking(move |w| {
+                let bad = w.submit_job(job("bad"))?.0.id;
+                let good = w.submit_job(job("good"))?.0.id;
+                w.claim_for_test(bad, "lab-a", past)?;
+                w.claim_for_test(good, "lab-a", past)?;
+                damage(w, bad)?;
+                Ok((bad, good))
+            })
+            .unwrap();
+        let sweep = store.write_blocking(|w| w.sweep_expired_leases(3)).unwrap();
+        assert_eq!(sweep.repaired, vec![bad]);
+        assert_eq!(
+            sweep.requeued.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![good],
+            "the other row is swept as usual"
+        );
+        let (row, node) = store
+            .read_blocking(move |c| Ok((find_job(c, bad)?.unwrap(), get_node(c, bad)?)))
+            .unwrap();
+        assert_eq!(row.status, JobStatus::Finished);
+        assert_eq!(
+            node.result,
+            Some(NodeResult::Pass),
+            "the node is left as it was"
+        );
+        // The next sweep has nothing left to trip on.
+        store.write_blocking(|w| w.sweep_expired_leases(3)).unwrap();
+    }
+
+    #[test]
+    fn the_start_up_pass_closes_entries_whose_node_ended() {
+        let (_d, store) = temp_store();
+        let (queued, fine) = store
+            .write_blocking(|w| {
+                let queued = w.submit_job(job("queued"))?.0.id;
+                let fine = w.submit_job(job("fine"))?.0.id;
+                damage(w, queued)?;
+                Ok((queued, fine))
+            })
+            .unwrap();
+        let closed = store.write_blocking(|w| w.repair_queue()).unwrap();
+        assert_eq!(closed, vec![queued]);
+        let status = store
+            .read_blocking(move |c| Ok(find_job(c, fine)?.unwrap().status))
+            .unwrap();
+        assert_eq!(status, JobStatus::Queued);
+        assert!(
+            store
+                .write_blocking(|w| w.repair_queue())
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
