@@ -28,7 +28,7 @@ pub struct LabName(String);
 
 impl LabName {
     /// A lab name as stored or as read from a certificate (checked when the certificate was
-    /// issued, see [`crate::pki::validate_lab_name`]).
+    /// issued, see `pki::validate_lab_name`).
     pub fn new(name: impl Into<String>) -> LabName {
         LabName(name.into())
     }

@@ -1,7 +1,7 @@
 //! Runs the coordinator: opens the store, starts dispatch and the background tasks, and
 //! serves the gRPC API over TLS until the shutdown token is cancelled. The services that run
-//! once across replicas are in [`leader`]; what keeps this replica's dispatcher in line with
-//! the store (other replicas, other processes, statistics) in [`follow`].
+//! once across replicas are in `leader`; what keeps this replica's dispatcher in line with
+//! the store (other replicas, other processes, statistics) in `follow`.
 
 mod follow;
 mod leader;

@@ -292,7 +292,7 @@ impl Store {
     /// commit.
     ///
     /// The queue changes the transaction made are dropped: code that runs next to a
-    /// dispatcher changes the queue through [`crate::dispatch::JobQueue`] instead, which
+    /// dispatcher changes the queue through `dispatch::JobQueue` instead, which
     /// passes them on.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
@@ -366,7 +366,7 @@ impl Store {
     }
 
     /// On SQLite, starts watching the file for other processes' commits (see
-    /// [`watch`](self::watch)), so that [`Store::last_seq`] and [`Store::labs_changed`] move
+    /// `store::watch`), so that [`Store::last_seq`] and [`Store::labs_changed`] move
     /// for them too; on PostgreSQL the notifications do that already. The daemon calls it;
     /// once is enough.
     pub fn watch_other_processes(&self) {
