@@ -25,7 +25,7 @@ const SKIPPED_TOP: &[&str] = &["api", "storage", "trees", "build_configs", "devi
 /// A whole pipeline configuration (several files may be merged into one).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PipelineConfig {
+pub struct PipelineConfig {
     /// What can be run, by name.
     #[serde(default)]
     pub(crate) jobs: BTreeMap<String, JobConfig>,
@@ -245,7 +245,7 @@ pub(crate) struct RuntimeSelector {
 
 /// A config file with what was skipped in it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Loaded {
+pub struct Loaded {
     /// The configuration.
     pub(crate) config: PipelineConfig,
     /// Things a user may want to know: skipped sections, keys labwire does not use.
@@ -294,7 +294,7 @@ impl PipelineConfig {
 
     /// Parses one file's text (not cross-checked: see [`PipelineConfig::validate`]).
     /// Errors name the line and the key.
-    pub(crate) fn parse(text: &str) -> anyhow::Result<Loaded> {
+    pub fn parse(text: &str) -> anyhow::Result<Loaded> {
         let mut value: yaml_serde::Value = yaml_serde::from_str(text)?;
         value
             .apply_merge()

@@ -34,7 +34,7 @@ use std::path::Path;
 /// The placement rules.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Placement {
+pub struct Placement {
     /// Rules every lab gets.
     #[serde(default)]
     pub(crate) defaults: LabRules,
@@ -114,7 +114,7 @@ impl Placement {
     }
 
     /// Parses placement text.
-    pub(crate) fn parse(text: &str) -> anyhow::Result<Placement> {
+    pub fn parse(text: &str) -> anyhow::Result<Placement> {
         let mut value: yaml_serde::Value = yaml_serde::from_str(text)?;
         value.apply_merge()?;
         if value.is_null() {
