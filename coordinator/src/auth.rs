@@ -3,6 +3,7 @@
 //! token whose scopes must allow the call.
 
 use crate::error::Error;
+use crate::model::LabName;
 use crate::pki::fingerprint;
 use crate::store::Store;
 use crate::store::labs::{Scope, TokenInfo, lab_for_fingerprint, verify_token};
@@ -10,19 +11,19 @@ use tonic::{Request, Status};
 
 /// Authenticates callers against the store.
 #[derive(Clone)]
-pub struct Auth {
+pub(crate) struct Auth {
     store: Store,
 }
 
 impl Auth {
     /// An authenticator reading `store`.
-    pub fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Auth { store }
     }
 
     /// The lab named by the request's client certificate. Refused when there is no
     /// certificate, when it is not registered, or when it (or its lab) is revoked.
-    pub async fn lab<T>(&self, req: &Request<T>) -> Result<String, Status> {
+    pub(crate) async fn lab<T>(&self, req: &Request<T>) -> Result<LabName, Status> {
         let certs = req.peer_certs().ok_or_else(|| {
             Status::unauthenticated(
                 "agents must present a client certificate issued by this coordinator's CA",
@@ -39,7 +40,11 @@ impl Auth {
     }
 
     /// The token of a client request, checked to allow `scope`.
-    pub async fn token<T>(&self, req: &Request<T>, scope: Scope) -> Result<TokenInfo, Status> {
+    pub(crate) async fn token<T>(
+        &self,
+        req: &Request<T>,
+        scope: Scope,
+    ) -> Result<TokenInfo, Status> {
         let header = match req.metadata().get(labwire_proto::AUTHORIZATION) {
             None => None,
             Some(h) => Some(
@@ -52,7 +57,11 @@ impl Auth {
 
     /// Checks the value of an `authorization` header (`Bearer <token>`) for `scope`; the
     /// gRPC services and the HTTP side share it.
-    pub async fn bearer(&self, header: Option<&str>, scope: Scope) -> Result<TokenInfo, Error> {
+    pub(crate) async fn bearer(
+        &self,
+        header: Option<&str>,
+        scope: Scope,
+    ) -> Result<TokenInfo, Error> {
         let header = header.ok_or_else(|| {
             Error::Unauthenticated("missing `authorization: Bearer <token>`".into())
         })?;

@@ -69,16 +69,16 @@ pub struct CoordinatorConfig {
     pub placement: Option<PathBuf>,
     /// The HTTP/JSON side.
     #[serde(default)]
-    pub http: crate::services::config::HttpConfig,
+    pub http: crate::pipeline::config::HttpConfig,
     /// The timeout service.
     #[serde(default)]
-    pub timeouts: crate::services::config::TimeoutConfig,
+    pub timeouts: crate::pipeline::config::TimeoutConfig,
     /// The trigger.
     #[serde(default)]
-    pub trigger: crate::services::config::TriggerConfig,
+    pub trigger: crate::pipeline::config::TriggerConfig,
     /// Reports.
     #[serde(default)]
-    pub reports: crate::services::config::ReportConfig,
+    pub reports: crate::pipeline::config::ReportConfig,
 }
 
 /// Retries of jobs that ended `incomplete` because the infrastructure failed. Test
@@ -107,7 +107,7 @@ impl Default for RetryConfig {
 
 impl RetryConfig {
     /// The store's view of it.
-    pub fn policy(&self) -> crate::store::RetryPolicy {
+    pub(crate) fn policy(&self) -> crate::store::RetryPolicy {
         crate::store::RetryPolicy {
             max: self.max as i32,
             error_codes: self.error_codes.clone(),
@@ -295,7 +295,7 @@ impl CoordinatorConfig {
         if !(self.public_url.starts_with("https://")) {
             bail!("public_url `{}` must start with https://", self.public_url);
         }
-        crate::services::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
+        crate::pipeline::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
         Ok(())
     }
 

@@ -33,6 +33,9 @@ pub enum Error {
     /// The caller's lease on a job is gone (expired, reassigned, cancelled, finished).
     #[error("{0}")]
     LeaseLost(String),
+    /// A change that a rule of the coordinator refuses; the message names the rule.
+    #[error("{0}")]
+    Refused(String),
     /// The caller is not allowed to do this.
     #[error("{0}")]
     PermissionDenied(String),
@@ -120,9 +123,10 @@ impl From<Error> for Status {
         let msg = e.to_string();
         match e {
             Error::NodeNotFound(_) | Error::NotFound(_) => Status::not_found(msg),
-            Error::BadTransition { .. } | Error::ParentClosed { .. } | Error::LeaseLost(_) => {
-                Status::failed_precondition(msg)
-            }
+            Error::BadTransition { .. }
+            | Error::ParentClosed { .. }
+            | Error::LeaseLost(_)
+            | Error::Refused(_) => Status::failed_precondition(msg),
             Error::Invalid(_) => Status::invalid_argument(msg),
             Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::Unauthenticated(_) => Status::unauthenticated(msg),

@@ -21,6 +21,99 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// A lab's name: the common name of its certificates, and the key of its queue leases.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LabName(String);
+
+impl LabName {
+    /// A lab name as stored or as read from a certificate (checked when the certificate was
+    /// issued, see `pki::validate_lab_name`).
+    pub fn new(name: impl Into<String>) -> LabName {
+        LabName(name.into())
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LabName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for LabName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<LabName> for String {
+    fn from(l: LabName) -> String {
+        l.0
+    }
+}
+
+/// Which lease of a job: 1 for the first, one more for each lease after. An agent names it
+/// in every call on the job, so that a late call about an older lease is refused.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct AttemptNo(pub i32);
+
+impl fmt::Display for AttemptNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl From<AttemptNo> for Value {
+    fn from(a: AttemptNo) -> Value {
+        a.0.into()
+    }
+}
+
+/// The id of an agent session: one per connected agent process, handed out at Register.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// A session id as an agent sent it back.
+    pub fn new(id: impl Into<String>) -> SessionId {
+        SessionId(id.into())
+    }
+
+    /// A fresh random session id.
+    pub fn random() -> SessionId {
+        use rand::RngCore;
+        let mut id = [0u8; 12];
+        rand::rng().fill_bytes(&mut id);
+        SessionId(hex::encode(id))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for SessionId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The kind of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

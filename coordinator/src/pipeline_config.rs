@@ -28,51 +28,51 @@ const SKIPPED_TOP: &[&str] = &["api", "storage", "trees", "build_configs", "devi
 pub struct PipelineConfig {
     /// What can be run, by name.
     #[serde(default)]
-    pub jobs: BTreeMap<String, JobConfig>,
+    pub(crate) jobs: BTreeMap<String, JobConfig>,
     /// Where: platforms (device types with their properties), by name.
     #[serde(default)]
-    pub platforms: BTreeMap<String, PlatformConfig>,
+    pub(crate) platforms: BTreeMap<String, PlatformConfig>,
     /// Kinds of lab, by name.
     #[serde(default)]
-    pub runtimes: BTreeMap<String, RuntimeConfig>,
+    pub(crate) runtimes: BTreeMap<String, RuntimeConfig>,
     /// When: which event runs which job on which platforms.
     #[serde(default)]
-    pub scheduler: Vec<SchedulerEntry>,
+    pub(crate) scheduler: Vec<SchedulerEntry>,
 }
 
 /// One job.
 #[derive(Debug, Clone, Deserialize)]
-pub struct JobConfig {
+pub(crate) struct JobConfig {
     /// `job` (a test job run by a lab; the default), `test`, `kbuild` or `process`.
     #[serde(default = "default_kind")]
-    pub kind: String,
+    pub(crate) kind: String,
     /// The template (handed to the agent as the parameter `template`).
     #[serde(default)]
-    pub template: Option<String>,
+    pub(crate) template: Option<String>,
     /// Parameters (strings, numbers, booleans or lists; lists become comma-separated).
     #[serde(default)]
-    pub params: Map<String, Value>,
+    pub(crate) params: Map<String, Value>,
     /// Rules on the kernel and the tree.
     #[serde(default)]
-    pub rules: Rules,
+    pub(crate) rules: Rules,
     /// Priority (higher first).
     #[serde(default)]
-    pub priority: Option<i32>,
+    pub(crate) priority: Option<i32>,
     /// Commands to run on the device's shell (labwire).
     #[serde(default)]
-    pub commands: Vec<String>,
+    pub(crate) commands: Vec<String>,
     /// The log parser (labwire): auto, ktap, lava, kmsg, pattern or none.
     #[serde(default)]
-    pub parser: Option<String>,
+    pub(crate) parser: Option<String>,
     /// Time limit of a run (labwire), e.g. `30m`.
     #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<std::time::Duration>,
+    pub(crate) timeout: Option<std::time::Duration>,
     /// Repeat the job (labwire).
     #[serde(default)]
-    pub runs: Option<Runs>,
+    pub(crate) runs: Option<Runs>,
     /// Keys labwire does not use.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, Value>,
+    pub(crate) extra: BTreeMap<String, Value>,
 }
 
 fn default_kind() -> String {
@@ -81,69 +81,91 @@ fn default_kind() -> String {
 
 /// One platform: a device type and its properties.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct PlatformConfig {
+pub(crate) struct PlatformConfig {
     /// The device type (LAVA's and labwire's name for it). Default: the platform's name.
     #[serde(default)]
-    pub base_name: Option<String>,
+    pub(crate) base_name: Option<String>,
     /// Architecture.
     #[serde(default)]
-    pub arch: Option<String>,
+    pub(crate) arch: Option<String>,
     /// Machine family.
     #[serde(default)]
-    pub mach: Option<String>,
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "KernelCI's key, type-checked on load; the agent's device-type library has the value"
+        )
+    )]
+    pub(crate) mach: Option<String>,
     /// Boot method.
     #[serde(default)]
-    pub boot_method: Option<String>,
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "KernelCI's key, type-checked on load; the agent's device-type library has the value"
+        )
+    )]
+    pub(crate) boot_method: Option<String>,
     /// Device tree blob path in the build's artifacts.
     #[serde(default)]
-    pub dtb: Option<String>,
+    pub(crate) dtb: Option<String>,
     /// Device-tree compatible strings.
     #[serde(default)]
-    pub compatible: Vec<String>,
+    #[expect(
+        dead_code,
+        reason = "KernelCI's key, type-checked on load; the agent's device-type library has the value"
+    )]
+    pub(crate) compatible: Vec<String>,
     /// Parameters added to the job's.
     #[serde(default)]
-    pub params: Map<String, Value>,
+    pub(crate) params: Map<String, Value>,
     /// Rules on the kernel and the tree.
     #[serde(default)]
-    pub rules: Rules,
+    pub(crate) rules: Rules,
     /// Keys labwire does not use.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, Value>,
+    pub(crate) extra: BTreeMap<String, Value>,
 }
 
 /// A kind of lab.
 #[derive(Debug, Clone, Deserialize)]
-pub struct RuntimeConfig {
+pub(crate) struct RuntimeConfig {
     /// `lava`, `labgrid`, `serial` or `shell` (KernelCI's `kubernetes`/`docker` runtimes
     /// load, but no labwire agent offers them).
-    pub lab_type: String,
+    pub(crate) lab_type: String,
     /// Rules on the kernel and the tree.
     #[serde(default)]
-    pub rules: Rules,
+    pub(crate) rules: Rules,
     /// Keys labwire does not use (`url`, `notify`, `priority_min`, ...).
     #[serde(flatten)]
-    pub extra: BTreeMap<String, Value>,
+    #[expect(
+        dead_code,
+        reason = "collects KernelCI's runtime keys so that its files load as they are"
+    )]
+    pub(crate) extra: BTreeMap<String, Value>,
 }
 
 /// `runs:`: the job is created `number` times; with a variant, later runs avoid what
 /// earlier runs used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Runs {
+pub(crate) struct Runs {
     /// How many runs. At least 1.
-    pub number: u32,
+    pub(crate) number: u32,
     /// What must differ between runs: `device_type` or `device`; none: plain repeats.
     #[serde(default)]
-    pub variant: Option<Variant>,
+    pub(crate) variant: Option<Variant>,
     /// What happens when no different one is left. Default `strict`.
     #[serde(default)]
-    pub mode: VariantMode,
+    pub(crate) mode: VariantMode,
 }
 
 /// What differs between the runs of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Variant {
+pub(crate) enum Variant {
     /// Each run on another device type.
     DeviceType,
     /// Each run on another device.
@@ -153,7 +175,7 @@ pub enum Variant {
 /// When no different device type (device) is left for a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum VariantMode {
+pub(crate) enum VariantMode {
     /// The run fails with `error_code=no_variant`.
     #[default]
     Strict,
@@ -164,45 +186,45 @@ pub enum VariantMode {
 /// One `scheduler:` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SchedulerEntry {
+pub(crate) struct SchedulerEntry {
     /// The job to create (a key of `jobs:`).
-    pub job: String,
+    pub(crate) job: String,
     /// The event that creates it.
-    pub event: EventMatch,
+    pub(crate) event: EventMatch,
     /// Where it may run.
     #[serde(default)]
-    pub runtime: RuntimeSelector,
+    pub(crate) runtime: RuntimeSelector,
     /// The platforms to run it on (keys of `platforms:`); none: one job with no platform.
     #[serde(default)]
-    pub platforms: Vec<String>,
+    pub(crate) platforms: Vec<String>,
     /// Rules of this entry.
     #[serde(default)]
-    pub rules: Rules,
+    pub(crate) rules: Rules,
     /// Repeat the job (overrides the job's `runs`).
     #[serde(default)]
-    pub runs: Option<Runs>,
+    pub(crate) runs: Option<Runs>,
 }
 
 /// Which event an entry reacts to. Fields left out match anything; the entry fires on the
 /// change that makes the given fields match (edge-triggered).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EventMatch {
+pub(crate) struct EventMatch {
     /// The event channel; only `node` exists in labwire.
     #[serde(default = "default_channel")]
-    pub channel: String,
+    pub(crate) channel: String,
     /// Node kind (`checkout`, `kbuild`, `job`, ...).
     #[serde(default)]
-    pub kind: Option<String>,
+    pub(crate) kind: Option<String>,
     /// Node name.
     #[serde(default)]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Node state after the change.
     #[serde(default)]
-    pub state: Option<String>,
+    pub(crate) state: Option<String>,
     /// Node result after the change.
     #[serde(default)]
-    pub result: Option<String>,
+    pub(crate) result: Option<String>,
 }
 
 fn default_channel() -> String {
@@ -212,28 +234,28 @@ fn default_channel() -> String {
 /// `runtime:` of an entry: by type, by name, or both.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RuntimeSelector {
+pub(crate) struct RuntimeSelector {
     /// A `lab_type`.
     #[serde(default, rename = "type")]
-    pub kind: Option<String>,
+    pub(crate) kind: Option<String>,
     /// A key of `runtimes:`.
     #[serde(default)]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
 /// A config file with what was skipped in it.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
     /// The configuration.
-    pub config: PipelineConfig,
+    pub(crate) config: PipelineConfig,
     /// Things a user may want to know: skipped sections, keys labwire does not use.
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl PipelineConfig {
     /// Loads and merges several files (later files add entries; a name defined twice is an
     /// error naming both files).
-    pub fn load_files(paths: &[impl AsRef<Path>]) -> anyhow::Result<Loaded> {
+    pub(crate) fn load_files(paths: &[impl AsRef<Path>]) -> anyhow::Result<Loaded> {
         let mut out = Loaded::default();
         let mut origin: BTreeMap<String, String> = BTreeMap::new();
         for p in paths {
@@ -306,7 +328,7 @@ impl PipelineConfig {
     }
 
     /// Cross-checks names and values; errors name the key.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         for (name, j) in &self.jobs {
             if !matches!(j.kind.as_str(), "job" | "test" | "kbuild" | "process") {
                 bail!(
@@ -384,7 +406,7 @@ impl PipelineConfig {
     }
 
     /// The driver (lab type) an entry's jobs need, if it names one.
-    pub fn runtime_type(&self, e: &SchedulerEntry) -> Option<String> {
+    pub(crate) fn runtime_type(&self, e: &SchedulerEntry) -> Option<String> {
         e.runtime.kind.clone().or_else(|| {
             e.runtime
                 .name
@@ -404,7 +426,7 @@ fn check_runs(at: &str, r: &Runs) -> anyhow::Result<()> {
 
 /// A parameter value as the string a job parameter is: scalars as written, lists joined
 /// with commas. Maps are refused.
-pub fn param_value(v: &Value) -> anyhow::Result<String> {
+pub(crate) fn param_value(v: &Value) -> anyhow::Result<String> {
     Ok(match v {
         Value::String(s) => s.clone(),
         Value::Bool(b) => b.to_string(),
@@ -420,7 +442,7 @@ pub fn param_value(v: &Value) -> anyhow::Result<String> {
 }
 
 /// An error with its key path and, when it can be found, the line of that key.
-pub fn located<E: std::fmt::Display>(
+pub(crate) fn located<E: std::fmt::Display>(
     text: &str,
     e: &serde_path_to_error::Error<E>,
 ) -> anyhow::Error {
@@ -433,7 +455,7 @@ pub fn located<E: std::fmt::Display>(
 
 /// The line (1-based) of a key path such as `jobs.baseline.rules` or `scheduler[2].event` in
 /// block-style YAML: each segment is looked for below the previous one, deeper indented.
-pub fn find_line(text: &str, path: &str) -> Option<usize> {
+pub(crate) fn find_line(text: &str, path: &str) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
     let mut start = 0usize;
     let mut min_indent: isize = -1;

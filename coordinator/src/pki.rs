@@ -14,20 +14,20 @@ use std::path::{Path, PathBuf};
 
 /// The CA's files in a directory.
 #[derive(Debug, Clone)]
-pub struct CaFiles {
+pub(crate) struct CaFiles {
     /// The CA certificate (PEM).
-    pub ca_cert: PathBuf,
+    pub(crate) ca_cert: PathBuf,
     /// The CA key (PEM, mode 0600).
-    pub ca_key: PathBuf,
+    pub(crate) ca_key: PathBuf,
     /// The server certificate (PEM).
-    pub server_cert: PathBuf,
+    pub(crate) server_cert: PathBuf,
     /// The server key (PEM, mode 0600).
-    pub server_key: PathBuf,
+    pub(crate) server_key: PathBuf,
 }
 
 impl CaFiles {
     /// The standard file names under `dir`.
-    pub fn in_dir(dir: &Path) -> Self {
+    pub(crate) fn in_dir(dir: &Path) -> Self {
         CaFiles {
             ca_cert: dir.join("ca.pem"),
             ca_key: dir.join("ca.key"),
@@ -51,14 +51,14 @@ pub struct Issued {
 }
 
 /// SHA-256 of a DER certificate as lowercase hex.
-pub fn fingerprint(der: &[u8]) -> String {
+pub(crate) fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
 /// Checks a lab name: 1 to 63 characters of lowercase letters, digits, `-`, `_` and `.`,
 /// starting with a letter or digit. The name becomes a certificate common name and a file
 /// name, so nothing else is allowed.
-pub fn validate_lab_name(name: &str) -> anyhow::Result<()> {
+pub(crate) fn validate_lab_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -108,7 +108,7 @@ fn validity(params: &mut CertificateParams, days: i64) -> DateTime<Utc> {
 
 /// Creates the CA and a server certificate for `dns` names and `ips` in `dir`. Refuses to
 /// overwrite an existing CA.
-pub fn init_ca(dir: &Path, dns: &[String], ips: &[IpAddr]) -> anyhow::Result<CaFiles> {
+pub(crate) fn init_ca(dir: &Path, dns: &[String], ips: &[IpAddr]) -> anyhow::Result<CaFiles> {
     let files = CaFiles::in_dir(dir);
     if files.ca_key.exists() {
         bail!(
@@ -116,7 +116,7 @@ pub fn init_ca(dir: &Path, dns: &[String], ips: &[IpAddr]) -> anyhow::Result<CaF
             dir.display()
         );
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::files::private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
@@ -200,14 +200,15 @@ pub fn issue_agent_cert(dir: &Path, lab: &str) -> anyhow::Result<Issued> {
 
 /// Writes an issued lab certificate bundle into `out`: `agent.pem`, `agent.key`, `ca.pem`
 /// and an `agent.yaml` skeleton pointing at them under `/etc/labwire/`.
-pub fn write_agent_bundle(
+pub(crate) fn write_agent_bundle(
     out: &Path,
     ca_dir: &Path,
     lab: &str,
     issued: &Issued,
     coordinator_url: &str,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // The folder holds the lab's private key.
+    crate::files::private_dir(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_public(&out.join("agent.pem"), &issued.cert_pem)?;
     write_private(&out.join("agent.key"), &issued.key_pem)?;
     let ca = std::fs::read_to_string(ca_dir.join("ca.pem"))?;

@@ -37,55 +37,55 @@ use std::path::Path;
 pub struct Placement {
     /// Rules every lab gets.
     #[serde(default)]
-    pub defaults: LabRules,
+    pub(crate) defaults: LabRules,
     /// Rules of named labs (added to the defaults).
     #[serde(default)]
-    pub labs: BTreeMap<String, LabRules>,
+    pub(crate) labs: BTreeMap<String, LabRules>,
     /// Preferences: bonuses in seconds.
     #[serde(default)]
-    pub preferences: Vec<Preference>,
+    pub(crate) preferences: Vec<Preference>,
     /// Pins.
     #[serde(default)]
-    pub pins: Vec<Pin>,
+    pub(crate) pins: Vec<Pin>,
 }
 
 /// The rules of one lab.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LabRules {
+pub(crate) struct LabRules {
     /// At most this many jobs leased to the lab at once.
     #[serde(default)]
-    pub max_in_flight: Option<u32>,
+    pub(crate) max_in_flight: Option<u32>,
     /// Allow/deny lists on job attributes.
     #[serde(default)]
-    pub rules: Rules,
+    pub(crate) rules: Rules,
 }
 
 /// A preference: for the jobs its rules match, bonuses by lab.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Preference {
+pub(crate) struct Preference {
     /// Which jobs.
     #[serde(default)]
-    pub rules: Rules,
+    pub(crate) rules: Rules,
     /// Bonus of each lab, in seconds of expected wait it may have over the others.
-    pub labs: BTreeMap<String, u32>,
+    pub(crate) labs: BTreeMap<String, u32>,
 }
 
 /// A pin: the jobs its rules match run in `lab` only.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Pin {
+pub(crate) struct Pin {
     /// Which jobs.
     #[serde(default)]
-    pub rules: Rules,
+    pub(crate) rules: Rules,
     /// The lab.
-    pub lab: String,
+    pub(crate) lab: String,
 }
 
 /// Why a lab may not take a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Denial {
+pub(crate) enum Denial {
     /// Another lab is pinned.
     Pinned(String),
     /// A rule of the lab (or of the defaults) refused.
@@ -108,7 +108,7 @@ impl std::fmt::Display for Denial {
 
 impl Placement {
     /// Loads and checks a placement file; errors name the line and the key.
-    pub fn load(path: &Path) -> anyhow::Result<Placement> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Placement> {
         let text = crate::config::read_config_text(path)?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
@@ -140,7 +140,7 @@ impl Placement {
     }
 
     /// Whether `lab` may take a job with these attributes.
-    pub fn allows(&self, lab: &str, job: &Attrs) -> Result<(), Denial> {
+    pub(crate) fn allows(&self, lab: &str, job: &Attrs) -> Result<(), Denial> {
         if let Some(pin) = self.pins.iter().find(|p| p.rules.check(job).is_ok())
             && pin.lab != lab
         {
@@ -165,7 +165,7 @@ impl Placement {
     }
 
     /// The most jobs the lab may hold at once, if limited.
-    pub fn max_in_flight(&self, lab: &str) -> Option<u32> {
+    pub(crate) fn max_in_flight(&self, lab: &str) -> Option<u32> {
         self.labs
             .get(lab)
             .and_then(|l| l.max_in_flight)
@@ -173,7 +173,7 @@ impl Placement {
     }
 
     /// The preference bonus of `lab` for a job, in seconds (the largest that applies).
-    pub fn bonus(&self, lab: &str, job: &Attrs) -> u32 {
+    pub(crate) fn bonus(&self, lab: &str, job: &Attrs) -> u32 {
         self.preferences
             .iter()
             .filter(|p| p.rules.check(job).is_ok())
@@ -183,7 +183,8 @@ impl Placement {
     }
 
     /// Whether any rule would ever limit anything (the dispatcher skips the work if not).
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.defaults.rules.is_empty()
             && self.defaults.max_in_flight.is_none()
             && self.labs.is_empty()

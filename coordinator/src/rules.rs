@@ -29,16 +29,16 @@ use std::fmt;
 /// A kernel version as KernelCI writes it (`kernel_revision.version`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Version {
+pub(crate) struct Version {
     /// Major version.
     #[serde(default)]
-    pub version: u32,
+    pub(crate) version: u32,
     /// Minor version (patch level).
     #[serde(default)]
-    pub patchlevel: u32,
+    pub(crate) patchlevel: u32,
     /// Stable sub-level.
     #[serde(default)]
-    pub sublevel: u32,
+    pub(crate) sublevel: u32,
 }
 
 impl fmt::Display for Version {
@@ -49,33 +49,33 @@ impl fmt::Display for Version {
 
 /// A set of rules, keyed by attribute.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Rules {
+pub(crate) struct Rules {
     /// Oldest kernel version allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_version: Option<Version>,
+    pub(crate) min_version: Option<Version>,
     /// Newest kernel version allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_version: Option<Version>,
+    pub(crate) max_version: Option<Version>,
     /// Allow/deny lists by attribute name (`tree`, `branch`, `arch`, `defconfig`,
     /// `fragments`, `job`, `platform`, `kind`, `lab`, ...).
     #[serde(flatten)]
-    pub lists: BTreeMap<String, Vec<String>>,
+    pub(crate) lists: BTreeMap<String, Vec<String>>,
 }
 
 /// What rules are evaluated against: scalar attributes, list attributes and the version.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Attrs {
+pub(crate) struct Attrs {
     /// Scalar attributes (`tree`, `branch`, `arch`, `defconfig`, `job`, `platform`, ...).
-    pub scalars: BTreeMap<String, String>,
+    pub(crate) scalars: BTreeMap<String, String>,
     /// List attributes (`fragments`).
-    pub lists: BTreeMap<String, Vec<String>>,
+    pub(crate) lists: BTreeMap<String, Vec<String>>,
     /// The kernel version, when known.
-    pub version: Option<Version>,
+    pub(crate) version: Option<Version>,
 }
 
 impl Attrs {
     /// Sets a scalar attribute.
-    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+    pub(crate) fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
         self.scalars.insert(key.to_string(), value.into());
         self
     }
@@ -83,7 +83,7 @@ impl Attrs {
     /// Reads the attributes of a node's `data` the way KernelCI keeps them:
     /// `kernel_revision.{tree,branch,version}`, and `arch`, `defconfig`, `config_full`,
     /// `compiler`, `fragments` at the top of `data`.
-    pub fn from_node_data(data: &serde_json::Map<String, serde_json::Value>) -> Attrs {
+    pub(crate) fn from_node_data(data: &serde_json::Map<String, serde_json::Value>) -> Attrs {
         let mut a = Attrs::default();
         if let Some(kr) = data.get("kernel_revision").and_then(|v| v.as_object()) {
             for k in ["tree", "branch", "url", "commit"] {
@@ -114,11 +114,11 @@ impl Attrs {
 
 /// Why a rule refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// The attribute.
-    pub key: String,
+    pub(crate) key: String,
     /// A sentence saying why.
-    pub why: String,
+    pub(crate) why: String,
 }
 
 impl fmt::Display for Refusal {
@@ -144,12 +144,13 @@ fn entry_matches(key: &str, entry: &str, value: &str, attrs: &Attrs) -> bool {
 
 impl Rules {
     /// Whether there are no rules at all.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.min_version.is_none() && self.max_version.is_none() && self.lists.is_empty()
     }
 
     /// Checks every rule; the first refusal is returned.
-    pub fn check(&self, attrs: &Attrs) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, attrs: &Attrs) -> Result<(), Refusal> {
         if let Some(min) = self.min_version {
             match attrs.version {
                 Some(v) if v >= min => {}

@@ -4,8 +4,8 @@
 use super::ApiError;
 use super::nodes::parse;
 use super::routes::authorize;
-use crate::api::SharedRef;
 use crate::model::NodeKind;
+use crate::shared::SharedRef;
 use crate::store::labs::Scope;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;

@@ -3,9 +3,9 @@
 use super::ApiError;
 use super::nodes::node_id;
 use super::routes::authorize;
-use crate::api::SharedRef;
 use crate::error::Error;
 use crate::model::NodeId;
+use crate::shared::SharedRef;
 use crate::store::labs::Scope;
 use axum::body::Body;
 use axum::extract::{Path, State};

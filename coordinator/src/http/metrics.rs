@@ -1,81 +1,23 @@
 //! `GET /metrics`: the coordinator's figures in the Prometheus text format (version 0.0.4),
 //! read from the store at each scrape, so they survive restarts and agree with what the API
 //! shows. Written out here rather than through a metrics crate: every figure is a snapshot
-//! of the store (counts, a histogram made by one SQL query), which the crates' in-process
-//! instruments do not model.
+//! of the store (counts, a histogram made by one query, [`crate::store::metrics`]), which
+//! the crates' in-process instruments do not model.
 
 use super::ApiError;
 use super::routes::authorize;
-use crate::api::SharedRef;
-use crate::error::Result;
-use crate::store::db::{Connection, params};
+use crate::shared::SharedRef;
 use crate::store::labs::Scope;
+use crate::store::metrics::{Snapshot, snapshot};
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use std::fmt::Write;
 
 /// Upper bounds (seconds) of the dispatch latency histogram's buckets.
-pub const LATENCY_BUCKETS: &[f64] = &[
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
 ];
-
-/// What one scrape reads from the store.
-#[derive(Debug, Default)]
-struct Snapshot {
-    jobs: Vec<(String, i64)>,
-    nodes: Vec<(String, String, i64)>,
-    latency_buckets: Vec<i64>,
-    latency_count: i64,
-    latency_sum_us: i64,
-    last_seq: i64,
-}
-
-fn snapshot(c: &Connection) -> Result<Snapshot> {
-    let mut s = Snapshot {
-        jobs: c
-            .query_map(
-                "SELECT status, COUNT(*) FROM jobs GROUP BY status",
-                params![],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?
-            .into_iter()
-            .collect(),
-        nodes: c
-            .query_map(
-                "SELECT kind, state, COUNT(*) FROM nodes GROUP BY kind, state",
-                params![],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?
-            .into_iter()
-            .collect(),
-        ..Default::default()
-    };
-    // Dispatch latency: from (last) queueing to the lease, for every job leased at least once.
-    // Sums are cast: PostgreSQL sums BIGINTs as NUMERIC.
-    let mut sql = String::from("SELECT COUNT(*), CAST(COALESCE(SUM(d), 0) AS BIGINT)");
-    for b in LATENCY_BUCKETS {
-        let _ = write!(
-            sql,
-            ", CAST(COALESCE(SUM(CASE WHEN d <= {} THEN 1 ELSE 0 END), 0) AS BIGINT)",
-            (b * 1e6) as i64
-        );
-    }
-    sql.push_str(
-        " FROM (SELECT CASE WHEN leased_at > queued_at THEN leased_at - queued_at ELSE 0 END \
-         AS d FROM jobs WHERE leased_at IS NOT NULL) AS leased",
-    );
-    c.query_row(&sql, params![], |r| {
-        s.latency_count = r.get(0)?;
-        s.latency_sum_us = r.get(1)?;
-        for i in 0..LATENCY_BUCKETS.len() {
-            s.latency_buckets.push(r.get(2 + i)?);
-        }
-        Ok(())
-    })?;
-    s.last_seq = crate::store::events::last_seq(c)?;
-    Ok(s)
-}
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -149,7 +91,7 @@ pub(super) async fn metrics(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&shared, &headers, Scope::Read).await?;
-    let snap = shared.store.read(snapshot).await?;
+    let snap = shared.store.read(|c| snapshot(c, LATENCY_BUCKETS)).await?;
     let body = render(&snap, shared.connected_labs().len());
     Ok((
         [(

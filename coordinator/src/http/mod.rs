@@ -10,10 +10,10 @@ mod nodes;
 mod routes;
 mod ui;
 
-pub use routes::router;
+pub(crate) use routes::router;
 
-use crate::api::SharedRef;
 use crate::error::Error;
+use crate::shared::SharedRef;
 use anyhow::Context;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 /// An error of an HTTP call: the domain error, as a status and `{"detail": "..."}` (the
 /// FastAPI shape KernelCI's API uses).
 #[derive(Debug)]
-pub struct ApiError(pub Error);
+pub(crate) struct ApiError(pub Error);
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
@@ -38,7 +38,7 @@ impl From<Error> for ApiError {
 
 impl ApiError {
     /// A 400 naming what was wrong.
-    pub fn invalid(msg: impl Into<String>) -> Self {
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         ApiError(Error::Invalid(msg.into()))
     }
 }
@@ -55,6 +55,7 @@ impl IntoResponse for ApiError {
             Error::BadTransition { .. }
             | Error::ParentClosed { .. }
             | Error::LeaseLost(_)
+            | Error::Refused(_)
             | Error::AlreadyExists(_) => StatusCode::CONFLICT,
             // The database connection dropped, or two replicas' transactions collided: the
             // request may be sent again.
@@ -77,7 +78,7 @@ impl IntoResponse for ApiError {
 
 /// The TLS settings of the HTTP side: the coordinator's server certificate and key, no client
 /// certificates (clients use bearer tokens), HTTP/2 and HTTP/1.1.
-pub fn tls_config(
+pub(crate) fn tls_config(
     cfg: &crate::config::CoordinatorConfig,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let cert_path = cfg.cert_path();
@@ -107,7 +108,7 @@ pub fn tls_config(
 
 /// Serves the HTTP side on `listener` (TLS when `tls` is given) until `shutdown` is cancelled;
 /// open connections then finish their current requests, and event streams end.
-pub async fn serve(
+pub(crate) async fn serve(
     shared: SharedRef,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,

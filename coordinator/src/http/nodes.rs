@@ -3,9 +3,9 @@
 
 use super::ApiError;
 use super::routes::authorize;
-use crate::api::SharedRef;
 use crate::error::Error;
 use crate::model::{NodeId, NodeKind, NodeState};
+use crate::shared::SharedRef;
 use crate::store::NodeFilter;
 use crate::store::labs::Scope;
 use axum::extract::{Path, Query, State};
@@ -15,7 +15,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use labwire_common::NodeResult;
 
 /// The query parameters `GET /nodes` understands.
-pub const NODE_FILTERS: &[&str] = &[
+pub(crate) const NODE_FILTERS: &[&str] = &[
     "kind",
     "state",
     "result",
@@ -75,7 +75,7 @@ fn time(key: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
 
 /// Turns `GET /nodes` parameters into a store filter; an unknown parameter or a bad value is
 /// refused with its name.
-pub fn node_filter(params: &[(String, String)]) -> Result<NodeFilter, ApiError> {
+pub(crate) fn node_filter(params: &[(String, String)]) -> Result<NodeFilter, ApiError> {
     let micro = chrono::Duration::microseconds(1);
     let mut f = NodeFilter {
         limit: 100,
@@ -171,7 +171,7 @@ pub(super) async fn node(
 /// The body of `POST /node` (KernelCI field names; `kind` and `name` are required).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeBody {
+pub(crate) struct NodeBody {
     kind: NodeKind,
     name: String,
     #[serde(default)]
@@ -197,7 +197,7 @@ pub struct NodeBody {
 /// The body of `PUT /node/{id}`: the fields to change.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeChange {
+pub(crate) struct NodeChange {
     #[serde(default)]
     state: Option<NodeState>,
     #[serde(default)]
@@ -242,7 +242,8 @@ pub(super) async fn create_node(
 }
 
 /// `PUT /node/{id}` (scope `submit`): changes state, result, data or artifacts through the
-/// node state machine, as gRPC `UpdateNode` does.
+/// node state machine, as gRPC `UpdateNode` does. A job's state and result change only
+/// through the job queue: refused with 409 (see `store::jobs::owned`).
 pub(super) async fn update_node(
     State(shared): State<SharedRef>,
     headers: HeaderMap,
@@ -260,7 +261,10 @@ pub(super) async fn update_node(
         retry_counter: None,
         holdoff: None,
     };
-    let node = shared.store.write(move |w| w.update_node(id, u)).await?;
+    let node = shared
+        .store
+        .write(move |w| w.update_node_for_client(id, u))
+        .await?;
     Ok(axum::Json(node).into_response())
 }
 

@@ -4,9 +4,8 @@
 
 use super::ApiError;
 use super::{events, logs, nodes};
-use crate::api::SharedRef;
 use crate::error::Error;
-use crate::store::db::params;
+use crate::shared::SharedRef;
 use crate::store::labs::{Scope, TokenInfo};
 use axum::Router;
 use axum::extract::State;
@@ -15,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 /// The HTTP routes over the coordinator's shared state.
-pub fn router(shared: SharedRef) -> Router {
+pub(crate) fn router(shared: SharedRef) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(super::metrics::metrics))
@@ -49,11 +48,7 @@ pub(super) async fn authorize(
 
 /// `GET /healthz`: 200 `ok` when the store answers, 503 otherwise. No token needed.
 async fn healthz(State(shared): State<SharedRef>) -> Response {
-    match shared
-        .store
-        .read(|c| c.query_row("SELECT 1", params![], |r| r.get::<_, i64>(0)))
-        .await
-    {
+    match shared.store.read(|c| c.ping()).await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

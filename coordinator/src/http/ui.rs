@@ -32,7 +32,7 @@ const TREE_LIMIT: usize = 2000;
 const LOG_LIMIT: usize = 2 << 20;
 
 /// The dashboard's routes.
-pub fn router(shared: SharedRef) -> Router {
+pub(crate) fn router(shared: SharedRef) -> Router {
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/checkouts") }))
         .route("/ui/", get(|| async { Redirect::to("/ui/checkouts") }))
@@ -50,7 +50,7 @@ pub fn router(shared: SharedRef) -> Router {
 }
 
 /// HTML-escapes text for element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -55,78 +55,81 @@ const TABLES: &[(&str, &str)] = &[
 /// Copies every row of `source` into `target`, which must hold no nodes, labs or tokens.
 /// Calls `progress(table, rows, finished)` every 100,000 rows and after each table. Returns the number of rows copied. Blocks:
 /// call it from a plain thread or tokio's blocking pool, not from async code.
-pub fn copy_all(
+pub(crate) fn copy_all(
     source: &Store,
     target: &Store,
     mut progress: impl FnMut(&str, u64, bool),
 ) -> Result<u64> {
     let last_seq = source.inner.with_conn(false, events::last_seq)?;
-    target.inner.write_blocking(|w| {
-        let tx = w.conn();
-        for table in ["nodes", "labs", "tokens", "events"] {
-            let n: i64 =
-                tx.query_row(&format!("SELECT COUNT(*) FROM {table}"), params![], |r| {
-                    r.get(0)
-                })?;
-            if n > 0 {
-                return Err(Error::Invalid(format!(
-                    "the target store is not empty ({n} rows in {table}); copy only into a \
+    target
+        .inner
+        .write_blocking(|w| {
+            let tx = w.conn();
+            for table in ["nodes", "labs", "tokens", "events"] {
+                let n: i64 =
+                    tx.query_row(&format!("SELECT COUNT(*) FROM {table}"), params![], |r| {
+                        r.get(0)
+                    })?;
+                if n > 0 {
+                    return Err(Error::Invalid(format!(
+                        "the target store is not empty ({n} rows in {table}); copy only into a \
                      freshly migrated database"
-                )));
+                    )));
+                }
             }
-        }
-        let mut total = 0u64;
-        for (table, cols) in TABLES {
-            let width = cols.split(',').count();
-            let placeholders = (1..=width)
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let insert = format!("INSERT INTO {table} ({cols}) VALUES ({placeholders})");
-            let select = format!("SELECT {cols} FROM {table}");
-            let mut n = 0u64;
-            source.inner.with_conn(false, |src| {
-                src.query_each(&select, params![], |row| {
-                    let values = (0..width)
-                        .map(|i| row.get::<_, Value>(i))
-                        .collect::<Result<Vec<_>>>()?;
-                    tx.execute(&insert, &values)?;
-                    n += 1;
-                    if n % 100_000 == 0 {
-                        progress(table, n, false);
-                    }
-                    Ok(true)
-                })
-            })?;
-            progress(table, n, true);
-            total += n;
-        }
-        if tx.backend() == Backend::Postgres {
-            // Identity columns and the event sequence go on after the copied values.
-            for (table, col) in [("nodes", "id"), ("tokens", "id")] {
-                tx.query_row(
-                    &format!(
-                        "SELECT setval(pg_get_serial_sequence('{table}', '{col}'), \
+            let mut total = 0u64;
+            for (table, cols) in TABLES {
+                let width = cols.split(',').count();
+                let placeholders = (1..=width)
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let insert = format!("INSERT INTO {table} ({cols}) VALUES ({placeholders})");
+                let select = format!("SELECT {cols} FROM {table}");
+                let mut n = 0u64;
+                source.inner.with_conn(false, |src| {
+                    src.query_each(&select, params![], |row| {
+                        let values = (0..width)
+                            .map(|i| row.get::<_, Value>(i))
+                            .collect::<Result<Vec<_>>>()?;
+                        tx.execute(&insert, &values)?;
+                        n += 1;
+                        if n % 100_000 == 0 {
+                            progress(table, n, false);
+                        }
+                        Ok(true)
+                    })
+                })?;
+                progress(table, n, true);
+                total += n;
+            }
+            if tx.backend() == Backend::Postgres {
+                // Identity columns and the event sequence go on after the copied values.
+                for (table, col) in [("nodes", "id"), ("tokens", "id")] {
+                    tx.query_row(
+                        &format!(
+                            "SELECT setval(pg_get_serial_sequence('{table}', '{col}'), \
                          COALESCE(MAX({col}), 0) + 1, false) FROM {table}"
-                    ),
-                    params![],
-                    |_| Ok(()),
+                        ),
+                        params![],
+                        |_| Ok(()),
+                    )?;
+                }
+                tx.execute("UPDATE event_seq SET last = ?1", params![last_seq])?;
+            } else if last_seq > 0 {
+                tx.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) SELECT 'events', ?1 \
+                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'events')",
+                    params![last_seq],
+                )?;
+                tx.execute(
+                    "UPDATE sqlite_sequence SET seq = MAX(seq, ?1) WHERE name = 'events'",
+                    params![last_seq],
                 )?;
             }
-            tx.execute("UPDATE event_seq SET last = ?1", params![last_seq])?;
-        } else if last_seq > 0 {
-            tx.execute(
-                "INSERT INTO sqlite_sequence (name, seq) SELECT 'events', ?1 \
-                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'events')",
-                params![last_seq],
-            )?;
-            tx.execute(
-                "UPDATE sqlite_sequence SET seq = MAX(seq, ?1) WHERE name = 'events'",
-                params![last_seq],
-            )?;
-        }
-        Ok(total)
-    })
+            Ok(total)
+        })
+        .map(|(n, _)| n)
 }
 
 #[cfg(test)]
@@ -162,8 +165,14 @@ mod tests {
         source
             .write_blocking(move |w| {
                 w.register_lab_cert("lab-a", "ff00", None)?;
-                w.claim_job(job.id, "lab-a", "s", "dev", "dt", until)?;
-                w.append_log("lab-a", job.id, 1, 0, b"hello")
+                w.claim_for_test(job.id, "lab-a", until)?;
+                w.append_log(
+                    &crate::model::LabName::new("lab-a"),
+                    job.id,
+                    crate::model::AttemptNo(1),
+                    0,
+                    b"hello",
+                )
             })
             .unwrap();
         let last = *source.last_seq().borrow();

@@ -107,6 +107,26 @@ impl ToValue for Value {
         self.clone()
     }
 }
+impl ToValue for crate::model::LabName {
+    fn to_value(&self) -> Value {
+        Value::Text(self.as_str().to_string())
+    }
+}
+impl ToValue for crate::model::SessionId {
+    fn to_value(&self) -> Value {
+        Value::Text(self.as_str().to_string())
+    }
+}
+impl ToValue for crate::model::AttemptNo {
+    fn to_value(&self) -> Value {
+        Value::Int(self.0.into())
+    }
+}
+impl FromValue for crate::model::AttemptNo {
+    fn from_value(v: Value) -> std::result::Result<Self, String> {
+        i32::from_value(v).map(crate::model::AttemptNo)
+    }
+}
 impl<T: ToValue + ?Sized> ToValue for &T {
     fn to_value(&self) -> Value {
         (**self).to_value()
@@ -439,6 +459,12 @@ impl Connection {
             Connection::Sqlite(_) => Backend::Sqlite,
             Connection::Pg(_) => Backend::Postgres,
         }
+    }
+
+    /// Checks that the database answers (the health check).
+    pub fn ping(&self) -> Result<()> {
+        self.query_row("SELECT 1", params![], |r| r.get::<_, i64>(0))
+            .map(|_| ())
     }
 
     /// Runs one statement; returns how many rows it changed.

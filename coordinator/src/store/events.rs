@@ -13,7 +13,7 @@
 //! and wakes its subscribers.
 
 use super::db::{Backend, Connection, params};
-use super::{PendingEvent, WeakStore, Write, corrupt, from_micros, micros};
+use super::{PendingEvent, Write, corrupt, from_micros, micros};
 use crate::error::{Error, Result};
 use crate::model::{Node, NodeKind, NodeState};
 use chrono::{DateTime, Utc};
@@ -22,24 +22,24 @@ use std::time::Duration;
 
 /// One stored event.
 #[derive(Debug, Clone)]
-pub struct StoredEvent {
+pub(crate) struct StoredEvent {
     /// Sequence number.
-    pub seq: i64,
+    pub(crate) seq: i64,
     /// When the change happened.
-    pub time: DateTime<Utc>,
+    pub(crate) time: DateTime<Utc>,
     /// `create` or `update`.
-    pub op: String,
+    pub(crate) op: String,
     /// State before an update.
-    pub previous_state: Option<NodeState>,
+    pub(crate) previous_state: Option<NodeState>,
     /// Result before an update.
-    pub previous_result: Option<NodeResult>,
+    pub(crate) previous_result: Option<NodeResult>,
     /// The node after the change.
-    pub node: Node,
+    pub(crate) node: Node,
 }
 
 impl StoredEvent {
     /// The CloudEvents `type` of this event.
-    pub fn event_type(&self) -> &'static str {
+    pub(crate) fn event_type(&self) -> &'static str {
         if self.op == "create" {
             "org.labwire.node.created"
         } else {
@@ -49,7 +49,7 @@ impl StoredEvent {
 
     /// The event as a CloudEvents 1.0 JSON record; `data` is the node plus `op`,
     /// `previous_state` and `previous_result`.
-    pub fn to_cloudevent(&self, source: &str) -> serde_json::Value {
+    pub(crate) fn to_cloudevent(&self, source: &str) -> serde_json::Value {
         let mut data = serde_json::to_value(&self.node).unwrap_or_default();
         if let Some(obj) = data.as_object_mut() {
             obj.insert("op".into(), self.op.clone().into());
@@ -168,62 +168,8 @@ pub(crate) fn flush(conn: &Connection, events: Vec<PendingEvent>) -> Result<Opti
 /// under PostgreSQL's 65,535 parameters per statement).
 const EVENT_BATCH: usize = 500;
 
-/// The PostgreSQL channel that carries the newest sequence number of each commit.
-const CHANNEL: &str = "labwire_events";
-
-/// Listens on PostgreSQL for other replicas' commits and moves the store's `last_seq` watch,
-/// on a thread of its own, until the store is dropped. After a lost connection it connects
-/// again and reads the newest sequence number, so nothing is missed: subscribers read the
-/// durable log, the notification only wakes them.
-pub(crate) fn listen(config: postgres::Config, tls: super::PgTls, store: WeakStore) {
-    let spawned = std::thread::Builder::new()
-        .name("labwire-pg-listen".into())
-        .spawn(move || {
-            let mut warned = false;
-            while store.upgrade().is_some() {
-                if let Err(e) = listen_once(&config, &tls, &store) {
-                    if !warned {
-                        tracing::warn!(error = %e, "lost the PostgreSQL notification connection; reconnecting");
-                        warned = true;
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                } else {
-                    return;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the PostgreSQL listener thread");
-    }
-}
-
-/// One connection's worth of listening; `Ok` when the store is gone.
-fn listen_once(config: &postgres::Config, tls: &super::PgTls, store: &WeakStore) -> Result<()> {
-    let mut client = tls.connect(config)?;
-    client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-    let last: i64 = client.query_one("SELECT last FROM event_seq", &[])?.get(0);
-    match store.upgrade() {
-        Some(s) => s.announce(last),
-        None => return Ok(()),
-    }
-    loop {
-        let mut notes = client.notifications();
-        let mut it = notes.timeout_iter(Duration::from_secs(1));
-        use postgres::fallible_iterator::FallibleIterator;
-        let next = it.next()?;
-        let Some(store) = store.upgrade() else {
-            return Ok(());
-        };
-        if let Some(n) = next
-            && let Ok(seq) = n.payload().parse::<i64>()
-        {
-            store.announce(seq);
-        }
-    }
-}
-
 /// The highest sequence number removed by pruning (0 if none).
-pub fn pruned_through(conn: &Connection) -> Result<i64> {
+pub(crate) fn pruned_through(conn: &Connection) -> Result<i64> {
     let v: Option<String> = conn.query_opt(
         "SELECT value FROM meta WHERE key = 'events_pruned_through'",
         params![],
@@ -236,7 +182,7 @@ pub fn pruned_through(conn: &Connection) -> Result<i64> {
 
 /// Up to `limit` events with a sequence number greater than `after`, in order, optionally
 /// only those of nodes of `kind`. Refuses a cursor older than what pruning kept.
-pub fn events_after(
+pub(crate) fn events_after(
     conn: &Connection,
     after: i64,
     limit: usize,
@@ -284,7 +230,7 @@ pub fn events_after(
 }
 
 /// How many events [`follow`] reads per store call.
-pub const FOLLOW_BATCH: usize = 1000;
+pub(crate) const FOLLOW_BATCH: usize = 1000;
 
 /// Follows the event log after `after`: the stored events in order, then each newer one as
 /// its transaction commits, until the receiver is dropped or `shutdown` is cancelled (or,
@@ -292,7 +238,7 @@ pub const FOLLOW_BATCH: usize = 1000;
 /// wakes on the store's announcement of a newer sequence number, so a slow reader misses
 /// nothing. The gRPC `Subscribe` and the HTTP event stream both use it. A store error is sent
 /// and ends the stream.
-pub fn follow(
+pub(crate) fn follow(
     store: super::Store,
     after: i64,
     kind: Option<NodeKind>,
@@ -341,10 +287,92 @@ pub fn follow(
     rx
 }
 
+/// How long a service that follows the log from its cursor waits before it reads again
+/// after a failed read.
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// Follows the log for a service that keeps a stored cursor (the scheduler, the report
+/// mailer): the events after the cursor in order, then each newer one as it commits, until
+/// `shutdown` (or the receiver is dropped). The first time, the cursor starts at the end of
+/// the log. The service handles each event and moves the cursor itself
+/// ([`Write::move_cursor`]), in the transaction that records what it did. The stream only
+/// carries events: a cursor older than what pruning kept skips to the oldest kept event
+/// (logged as an error, since events were missed), and a failed read is tried again after a
+/// pause, resuming after the last event sent.
+pub(crate) fn follow_cursor(
+    store: super::Store,
+    cursor: super::cursor::EventCursor,
+    kind: Option<NodeKind>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::sync::mpsc::Receiver<StoredEvent> {
+    let (tx, rx) = tokio::sync::mpsc::channel(FOLLOW_BATCH);
+    let name = cursor.name();
+    tokio::spawn(async move {
+        let pause = || async {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_PAUSE) => true,
+                _ = shutdown.cancelled() => false,
+            }
+        };
+        let mut pos = loop {
+            match store.write(move |w| w.start_cursor(cursor)).await {
+                Ok(p) => break p,
+                Err(e) => {
+                    tracing::error!(cursor = name, error = %e, "cannot read an event cursor; retrying");
+                    if !pause().await {
+                        return;
+                    }
+                }
+            }
+        };
+        loop {
+            let mut events = follow(store.clone(), pos, kind, false, shutdown.clone());
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    Ok(e) => {
+                        pos = e.seq;
+                        if tx.send(e).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(Error::OutOfRange(m)) => {
+                        match store.read(pruned_through).await {
+                            Ok(p) => {
+                                tracing::error!(
+                                    cursor = name,
+                                    from = pos,
+                                    to = p,
+                                    "{m}; skipping to the oldest kept event"
+                                );
+                                pos = p;
+                            }
+                            Err(e) => {
+                                tracing::error!(cursor = name, error = %e, "cannot read the event log");
+                            }
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(cursor = name, error = %e, "cannot read the event log; retrying");
+                        if !pause().await {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            if shutdown.is_cancelled() || tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 impl Write<'_> {
     /// Deletes events older than `before` and records the highest pruned sequence number.
     /// Returns how many were deleted.
-    pub fn prune_events(&mut self, before: DateTime<Utc>) -> Result<usize> {
+    pub(crate) fn prune_events(&mut self, before: DateTime<Utc>) -> Result<usize> {
         let max: Option<i64> = self.tx.query_row(
             "SELECT MAX(seq) FROM events WHERE time < ?1",
             params![micros(before)],

@@ -1,9 +1,10 @@
 //! Labs, their client certificates (by SHA-256 fingerprint) and client tokens (stored as
 //! SHA-256 hashes, never in clear).
 
-use super::db::{Connection, params};
+use super::db::{Backend, Connection, params};
 use super::{Write, corrupt, from_micros, micros};
 use crate::error::{Error, Result};
+use crate::model::LabName;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -12,24 +13,24 @@ use std::str::FromStr;
 
 /// A lab as stored.
 #[derive(Debug, Clone)]
-pub struct LabRow {
+pub(crate) struct LabRow {
     /// Name (certificate common name).
-    pub name: String,
+    pub(crate) name: String,
     /// Fingerprints of its certificates, with whether each is revoked.
-    pub certs: Vec<(String, bool)>,
+    pub(crate) certs: Vec<(String, bool)>,
     /// When an agent of the lab last called.
-    pub last_seen: Option<DateTime<Utc>>,
+    pub(crate) last_seen: Option<DateTime<Utc>>,
     /// Its last advertised devices, as JSON.
-    pub devices: serde_json::Value,
+    pub(crate) devices: serde_json::Value,
     /// Free slots it last advertised.
-    pub free_slots: u32,
+    pub(crate) free_slots: u32,
     /// When it was revoked.
-    pub revoked_at: Option<DateTime<Utc>>,
+    pub(crate) revoked_at: Option<DateTime<Utc>>,
 }
 
 /// What a client token allows. `admin` includes `submit`, which includes `read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// Read nodes, events and logs.
     Read,
     /// Create and change nodes, submit jobs.
@@ -64,32 +65,32 @@ impl FromStr for Scope {
 
 /// A valid token's name and scopes.
 #[derive(Debug, Clone)]
-pub struct TokenInfo {
+pub(crate) struct TokenInfo {
     /// The token's name.
-    pub name: String,
+    pub(crate) name: String,
     /// Its scopes.
-    pub scopes: Vec<Scope>,
+    pub(crate) scopes: Vec<Scope>,
     /// When it was created.
-    pub created: DateTime<Utc>,
+    pub(crate) created: DateTime<Utc>,
     /// When it was revoked, if it was.
-    pub revoked_at: Option<DateTime<Utc>>,
+    pub(crate) revoked_at: Option<DateTime<Utc>>,
 }
 
 impl TokenInfo {
     /// Whether the token allows `scope` (admin allows everything, submit allows read).
-    pub fn allows(&self, scope: Scope) -> bool {
+    pub(crate) fn allows(&self, scope: Scope) -> bool {
         self.scopes.iter().any(|s| *s >= scope)
     }
 }
 
 /// The stored hash of a token.
-pub fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Finds the lab of a certificate fingerprint. Unknown certificates are refused as
 /// unauthenticated, revoked ones as permission denied.
-pub fn lab_for_fingerprint(conn: &Connection, fingerprint: &str) -> Result<String> {
+pub(crate) fn lab_for_fingerprint(conn: &Connection, fingerprint: &str) -> Result<LabName> {
     let row: Option<(String, Option<i64>, Option<i64>)> = conn.query_opt(
         "SELECT c.lab, c.revoked_at, l.revoked_at FROM lab_certs c JOIN labs l ON l.name = c.lab \
          WHERE c.fingerprint = ?1",
@@ -109,12 +110,12 @@ pub fn lab_for_fingerprint(conn: &Connection, fingerprint: &str) -> Result<Strin
                 "the certificate of lab `{lab}` was revoked"
             )))
         }
-        Some((lab, _, _)) => Ok(lab),
+        Some((lab, _, _)) => Ok(LabName::new(lab)),
     }
 }
 
 /// Every lab, by name.
-pub fn list_labs(conn: &Connection) -> Result<Vec<LabRow>> {
+pub(crate) fn list_labs(conn: &Connection) -> Result<Vec<LabRow>> {
     let rows = conn.query_map(
         "SELECT name, last_seen, devices, free_slots, revoked_at FROM labs ORDER BY name",
         params![],
@@ -147,23 +148,32 @@ pub fn list_labs(conn: &Connection) -> Result<Vec<LabRow>> {
     Ok(labs)
 }
 
+/// The names of the revoked labs.
+pub(crate) fn revoked_labs(conn: &Connection) -> Result<Vec<String>> {
+    conn.query_map(
+        "SELECT name FROM labs WHERE revoked_at IS NOT NULL ORDER BY name",
+        params![],
+        |r| r.get(0),
+    )
+}
+
 /// What a lab's agent last advertised (heartbeats update it), for the placement of other
 /// replicas.
 #[derive(Debug, Clone)]
-pub struct LabAdvert {
+pub(crate) struct LabAdvert {
     /// The lab.
-    pub name: String,
+    pub(crate) name: String,
     /// When its agent last called.
-    pub last_seen: DateTime<Utc>,
+    pub(crate) last_seen: DateTime<Utc>,
     /// Its advertised devices, as JSON.
-    pub devices: serde_json::Value,
+    pub(crate) devices: serde_json::Value,
     /// Its free slots.
-    pub free_slots: u32,
+    pub(crate) free_slots: u32,
 }
 
 /// Every lab that is not revoked and whose agent has called, with what it advertised: one
 /// query (unlike [`list_labs`], no certificates), cheap enough to run every few seconds.
-pub fn adverts(conn: &Connection) -> Result<Vec<LabAdvert>> {
+pub(crate) fn adverts(conn: &Connection) -> Result<Vec<LabAdvert>> {
     let rows = conn.query_map(
         "SELECT name, last_seen, devices, free_slots FROM labs \
          WHERE revoked_at IS NULL AND last_seen IS NOT NULL",
@@ -190,7 +200,7 @@ pub fn adverts(conn: &Connection) -> Result<Vec<LabAdvert>> {
 }
 
 /// Checks a token; errors say whether it is unknown or revoked.
-pub fn verify_token(conn: &Connection, token: &str) -> Result<TokenInfo> {
+pub(crate) fn verify_token(conn: &Connection, token: &str) -> Result<TokenInfo> {
     let row: Option<(String, String, i64, Option<i64>)> = conn.query_opt(
         "SELECT name, scopes, created, revoked_at FROM tokens WHERE hash = ?1",
         params![token_hash(token)],
@@ -220,7 +230,7 @@ fn parse_scopes(s: &str) -> Result<Vec<Scope>> {
 }
 
 /// Every token (without secrets).
-pub fn list_tokens(conn: &Connection) -> Result<Vec<TokenInfo>> {
+pub(crate) fn list_tokens(conn: &Connection) -> Result<Vec<TokenInfo>> {
     let rows = conn.query_map(
         "SELECT name, scopes, created, revoked_at FROM tokens ORDER BY id",
         params![],
@@ -268,9 +278,9 @@ impl Write<'_> {
     }
 
     /// Records an agent's call: last seen, and its advertisement when given.
-    pub fn touch_lab(
+    pub(crate) fn touch_lab(
         &mut self,
-        lab: &str,
+        lab: &LabName,
         devices: Option<&serde_json::Value>,
         free_slots: Option<u32>,
     ) -> Result<()> {
@@ -284,8 +294,9 @@ impl Write<'_> {
     }
 
     /// Revokes every certificate of a lab and the lab itself. Returns how many certificates
-    /// were revoked.
-    pub fn revoke_lab(&mut self, lab: &str) -> Result<usize> {
+    /// were revoked. Every coordinator on the store learns of it when the transaction commits
+    /// ([`super::Store::labs_changed`]).
+    pub(crate) fn revoke_lab(&mut self, lab: &str) -> Result<usize> {
         let now = micros(self.now);
         let n = self.tx.execute(
             "UPDATE labs SET revoked_at = ?2 WHERE name = ?1",
@@ -294,15 +305,24 @@ impl Write<'_> {
         if n == 0 {
             return Err(Error::NotFound(format!("no lab named `{lab}`")));
         }
-        self.tx.execute(
+        let certs = self.tx.execute(
             "UPDATE lab_certs SET revoked_at = ?2 WHERE lab = ?1 AND revoked_at IS NULL",
             params![lab, now],
-        )
+        )?;
+        // Every coordinator running on this store hears of it (see `store::watch`).
+        self.labs_changed = true;
+        if self.tx.backend() == Backend::Postgres {
+            self.tx.execute(
+                "SELECT pg_notify(?1, ?2)",
+                params![super::watch::LABS_CHANNEL, lab],
+            )?;
+        }
+        Ok(certs)
     }
 
     /// Creates a token with `scopes`; returns the secret, which is shown once and stored
     /// only as a hash.
-    pub fn create_token(&mut self, name: &str, scopes: &[Scope]) -> Result<String> {
+    pub(crate) fn create_token(&mut self, name: &str, scopes: &[Scope]) -> Result<String> {
         if name.trim().is_empty() {
             return Err(Error::Invalid("token name must not be empty".into()));
         }
@@ -331,7 +351,7 @@ impl Write<'_> {
     }
 
     /// Revokes a token by name.
-    pub fn revoke_token(&mut self, name: &str) -> Result<()> {
+    pub(crate) fn revoke_token(&mut self, name: &str) -> Result<()> {
         let n = self.tx.execute(
             "UPDATE tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
             params![name, micros(self.now)],
@@ -383,7 +403,7 @@ mod tests {
             store
                 .read_blocking(|c| lab_for_fingerprint(c, "aa11"))
                 .unwrap(),
-            "lab-a"
+            LabName::new("lab-a")
         );
         assert!(matches!(
             store.read_blocking(|c| lab_for_fingerprint(c, "bb22")),

@@ -12,7 +12,7 @@ use chrono::Duration;
 impl Write<'_> {
     /// Takes or renews `role` for `holder` until now + `ttl`, unless another holder's claim
     /// is still current. Returns whether `holder` holds the role now.
-    pub fn try_lead(&mut self, role: &str, holder: &str, ttl: Duration) -> Result<bool> {
+    pub(crate) fn try_lead(&mut self, role: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let now = super::micros(self.now);
         let until = super::micros(self.now + ttl);
         self.tx.execute(
@@ -31,7 +31,7 @@ impl Write<'_> {
 
     /// Clears `role` whoever holds it (a single SQLite coordinator after a crash: nobody
     /// else can hold it).
-    pub fn resign_any(&mut self, role: &str) -> Result<()> {
+    pub(crate) fn resign_any(&mut self, role: &str) -> Result<()> {
         self.tx
             .execute("DELETE FROM leadership WHERE name = ?1", params![role])?;
         Ok(())
@@ -39,7 +39,7 @@ impl Write<'_> {
 
     /// Gives `role` up if `holder` holds it (a replica that stops cleanly), so another
     /// replica takes over at once instead of after the time-out.
-    pub fn resign(&mut self, role: &str, holder: &str) -> Result<bool> {
+    pub(crate) fn resign(&mut self, role: &str, holder: &str) -> Result<bool> {
         Ok(self.tx.execute(
             "DELETE FROM leadership WHERE name = ?1 AND holder = ?2",
             params![role, holder],

@@ -52,7 +52,7 @@ fn ensure_table(conn: &Connection) -> Result<()> {
 }
 
 /// Applies every migration not yet recorded; returns the names applied now.
-pub fn apply(conn: &Connection) -> Result<Vec<String>> {
+pub(crate) fn apply(conn: &Connection) -> Result<Vec<String>> {
     let pg = conn.backend() == Backend::Postgres;
     if pg {
         conn.query_row(
@@ -114,7 +114,7 @@ fn apply_locked(conn: &Connection) -> Result<Vec<String>> {
 
 /// Checks that the schema is exactly what this coordinator expects; the error says what to
 /// do.
-pub fn check(conn: &Connection) -> Result<()> {
+pub(crate) fn check(conn: &Connection) -> Result<()> {
     ensure_table(conn)?;
     let have = applied(conn)?;
     let known = known();
@@ -139,7 +139,7 @@ pub fn check(conn: &Connection) -> Result<()> {
 }
 
 /// Names of the applied migrations, in order.
-pub fn applied(conn: &Connection) -> Result<Vec<String>> {
+pub(crate) fn applied(conn: &Connection) -> Result<Vec<String>> {
     conn.query_map(
         "SELECT name FROM schema_migrations ORDER BY name",
         params![],
@@ -148,7 +148,7 @@ pub fn applied(conn: &Connection) -> Result<Vec<String>> {
 }
 
 /// Names of every migration this coordinator knows, in order.
-pub fn known() -> Vec<&'static str> {
+pub(crate) fn known() -> Vec<&'static str> {
     MIGRATIONS.iter().map(|(n, _, _)| *n).collect()
 }
 

@@ -13,178 +13,42 @@
 //! row locks (a job is claimed with `FOR UPDATE SKIP LOCKED`, a node is read `FOR UPDATE`
 //! before it changes).
 
-pub mod copy;
+pub(crate) mod copy;
+pub(crate) mod cursor;
 pub mod db;
 pub mod events;
-pub mod jobs;
-pub mod labs;
-pub mod leader;
-pub mod migrations;
-pub mod nodes;
+pub(crate) mod jobs;
+pub(crate) mod labs;
+pub(crate) mod leader;
+mod location;
+pub(crate) mod metrics;
+pub(crate) mod migrations;
+pub(crate) mod nodes;
+mod pg;
+pub(crate) mod reports;
+pub(crate) mod scheduled;
+pub(crate) mod timeouts;
+pub(crate) mod trigger;
+mod watch;
 
 pub use db::{Backend, Connection};
-pub use events::StoredEvent;
-pub use jobs::{
+pub(crate) use events::StoredEvent;
+pub(crate) use jobs::{
     Claim, JobRow, JobStatus, LeaseSweep, NewJob, ReportOutcome, RetryPolicy, RunGroup,
 };
-pub use labs::{LabRow, Scope, TokenInfo};
-pub use nodes::{NewNode, NodeFilter, NodeUpdate};
+pub use location::{Location, redact};
+pub(crate) use nodes::NodeFilter;
+pub use nodes::{NewNode, NodeUpdate};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::model::NodeId;
 use chrono::{DateTime, TimeZone, Utc};
-use db::PgConn;
-use std::cell::RefCell;
+use location::pg_config;
+use pg::{PgTls, Pool, broken, open_pg, pg_tls};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::watch;
-
-/// Where the store lives: the coordinator config's `store:` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// `sqlite://PATH`: one file, one coordinator process.
-    Sqlite(PathBuf),
-    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (or `postgresql://`): a PostgreSQL
-    /// database that several coordinator replicas may share. With
-    /// `?sslrootcert=/path/ca.pem` the connection uses TLS and the server's certificate must
-    /// be signed by that CA and name the host (as libpq's `sslmode=verify-full`).
-    Postgres(String),
-}
-
-impl Location {
-    /// Parses `sqlite://PATH`, `postgres://...` or `postgresql://...`; the error says what
-    /// is expected.
-    pub fn parse(s: &str) -> std::result::Result<Location, String> {
-        if let Some(path) = s.strip_prefix("sqlite://") {
-            if path.is_empty() {
-                return Err(format!(
-                    "store `{s}`: expected sqlite://PATH with a file path"
-                ));
-            }
-            return Ok(Location::Sqlite(PathBuf::from(path)));
-        }
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            pg_config(s)?;
-            return Ok(Location::Postgres(s.to_string()));
-        }
-        Err(format!(
-            "store `{}` is not supported: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE",
-            redact(s)
-        ))
-    }
-}
-
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
-            Location::Postgres(url) => f.write_str(&redact(url)),
-        }
-    }
-}
-
-/// How the coordinator reaches PostgreSQL: plain, or TLS verified against a CA.
-#[derive(Clone)]
-pub(crate) enum PgTls {
-    /// No TLS (`sslmode` must not be `require`).
-    Plain,
-    /// TLS, the server verified against the CA of `sslrootcert`.
-    Verified(tokio_postgres_rustls::MakeRustlsConnect),
-}
-
-impl PgTls {
-    pub(crate) fn connect(&self, config: &postgres::Config) -> Result<postgres::Client> {
-        Ok(match self {
-            PgTls::Plain => config.connect(postgres::NoTls)?,
-            PgTls::Verified(tls) => config.connect(tls.clone())?,
-        })
-    }
-}
-
-/// Parses a PostgreSQL store URL: the client settings, and the CA file of its
-/// `sslrootcert` parameter (which the `postgres` client does not know, so it is taken out).
-fn pg_config(url: &str) -> std::result::Result<(postgres::Config, Option<PathBuf>), String> {
-    let bad = |e: &dyn std::fmt::Display| format!("store `{}`: {e}", redact(url));
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut ca = None;
-    let mut rest = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("sslrootcert", v)) if !v.is_empty() => ca = Some(PathBuf::from(v)),
-            Some(("sslrootcert", _)) => return Err(bad(&"sslrootcert needs a file path")),
-            _ => rest.push(pair),
-        }
-    }
-    let plain = if rest.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    let mut config: postgres::Config = plain
-        .parse()
-        .map_err(|e| bad(&format!("not a PostgreSQL URL: {e}")))?;
-    use postgres::config::SslMode;
-    match (&ca, config.get_ssl_mode()) {
-        (Some(_), SslMode::Disable) => {
-            return Err(bad(&"sslrootcert with sslmode=disable: choose one"));
-        }
-        // A CA given means TLS, never a silent fallback to plain text.
-        (Some(_), _) => {
-            config.ssl_mode(SslMode::Require);
-        }
-        (None, SslMode::Require) => {
-            return Err(bad(&"sslmode=require needs sslrootcert=PATH (the CA that \
-                             signed the server's certificate)"));
-        }
-        // Without a CA the connection is plain (also with the default sslmode=prefer).
-        (None, _) => {}
-    }
-    Ok((config, ca))
-}
-
-/// The TLS set-up for a CA file (none: plain).
-fn pg_tls(ca: Option<&Path>) -> Result<PgTls> {
-    let Some(ca) = ca else {
-        return Ok(PgTls::Plain);
-    };
-    let bad = |e: &dyn std::fmt::Display| {
-        Error::Invalid(format!("store sslrootcert {}: {e}", ca.display()))
-    };
-    let pem = std::fs::read(ca).map_err(|e| bad(&e))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-    }
-    if roots.is_empty() {
-        return Err(bad(&"no certificate in the file"));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| Error::Internal(format!("TLS set-up: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(PgTls::Verified(
-        tokio_postgres_rustls::MakeRustlsConnect::new(config),
-    ))
-}
-
-/// A store URL with its password replaced by `***`, for logs and errors.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some(x) => x,
-        None => return url.to_string(),
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
-}
 
 /// What [`Store::connect`] does with the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,17 +86,12 @@ enum Kind {
 struct Inner {
     kind: Kind,
     location: Location,
-    last_seq: watch::Sender<i64>,
+    last_seq: tokio::sync::watch::Sender<i64>,
+    /// Moves when a lab may have been revoked (here or by another process).
+    labs: tokio::sync::watch::Sender<u64>,
+    /// Whether the SQLite watcher runs.
+    watching: std::sync::atomic::AtomicBool,
     clock: Clock,
-}
-
-/// How many PostgreSQL connections one coordinator keeps at most.
-const PG_POOL: usize = 16;
-
-/// A small blocking pool of PostgreSQL connections (callers are on tokio's blocking pool).
-struct Pool {
-    idle: Mutex<(Vec<Connection>, usize)>,
-    freed: Condvar,
 }
 
 /// An event written by a transaction, inserted when it commits.
@@ -251,6 +110,20 @@ pub struct Write<'c> {
     tx: &'c Connection,
     now: DateTime<Utc>,
     events: Vec<PendingEvent>,
+    queue: Vec<QueueChange>,
+    /// Whether the transaction revoked a lab.
+    labs_changed: bool,
+}
+
+/// A change of the job queue that a transaction made, for the dispatcher to follow once the
+/// transaction commits ([`Store::write_queue`], [`crate::dispatch::JobQueue`]).
+#[derive(Debug, Clone)]
+pub(crate) enum QueueChange {
+    /// The job is (back) in the queue, waiting for an agent.
+    Queued(Box<JobRow>),
+    /// The job left the queue for good: finished, cancelled, failed, timed out, or its entry
+    /// closed by a repair.
+    Ended(NodeId),
 }
 
 impl Write<'_> {
@@ -259,9 +132,37 @@ impl Write<'_> {
         self.now
     }
 
-    /// The transaction, for reads and writes inside it.
-    pub fn conn(&self) -> &Connection {
+    /// The transaction, for the store's own reads and writes inside it.
+    pub(in crate::store) fn conn(&self) -> &Connection {
         self.tx
+    }
+
+    /// Notes a queue change of this transaction for the dispatcher.
+    pub(in crate::store) fn queue_changed(&mut self, change: QueueChange) {
+        self.queue.push(change);
+    }
+
+    /// Runs `f` inside a savepoint of this transaction: when it fails, what it wrote (and
+    /// the events and queue changes it noted) is undone and the transaction goes on, so that
+    /// one bad row does not fail a whole sweep. The error is returned.
+    pub fn savepoint<T>(&mut self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<T> {
+        let events = self.events.len();
+        let queue = self.queue.len();
+        self.tx.execute_batch("SAVEPOINT labwire_step")?;
+        match f(self) {
+            Ok(v) => {
+                self.tx.execute_batch("RELEASE SAVEPOINT labwire_step")?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.tx.execute_batch(
+                    "ROLLBACK TO SAVEPOINT labwire_step; RELEASE SAVEPOINT labwire_step",
+                )?;
+                self.events.truncate(events);
+                self.queue.truncate(queue);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -278,11 +179,6 @@ fn open_sqlite(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(Connection::Sqlite(conn))
-}
-
-fn open_pg(config: &postgres::Config, tls: &PgTls) -> Result<Connection> {
-    let client = tls.connect(config)?;
-    Ok(Connection::Pg(Box::new(RefCell::new(PgConn::new(client)))))
 }
 
 impl Store {
@@ -314,10 +210,15 @@ impl Store {
                 if let Some(dir) = path.parent()
                     && !dir.as_os_str().is_empty()
                 {
-                    std::fs::create_dir_all(dir).map_err(|e| {
+                    crate::files::private_dir(dir).map_err(|e| {
                         Error::Internal(format!("cannot create {}: {e}", dir.display()))
                     })?;
                 }
+                // The database holds token hashes, job logs and results: 0600, and SQLite
+                // gives its -wal and -shm files the same mode.
+                crate::files::private_file(path).map_err(|e| {
+                    Error::Internal(format!("cannot create {}: {e}", path.display()))
+                })?;
                 let writer = open_sqlite(path)?;
                 Kind::Sqlite {
                     path: path.clone(),
@@ -341,11 +242,14 @@ impl Store {
                 }
             }
         };
-        let (last_seq, _) = watch::channel(0);
+        let (last_seq, _) = tokio::sync::watch::channel(0);
+        let (labs, _) = tokio::sync::watch::channel(0);
         let inner = Arc::new(Inner {
             kind,
             location: location.clone(),
             last_seq,
+            labs,
+            watching: Default::default(),
             clock,
         });
         inner.with_conn(true, |c| match schema {
@@ -361,7 +265,7 @@ impl Store {
         if let Kind::Pg { config, tls, .. } = &inner.kind
             && schema != Schema::AsIs
         {
-            events::listen(
+            watch::listen(
                 config.clone(),
                 tls.clone(),
                 WeakStore(Arc::downgrade(&inner)),
@@ -386,7 +290,21 @@ impl Store {
     /// Runs `f` in one write transaction on the blocking pool. The transaction commits when
     /// `f` returns `Ok`, and rolls back otherwise. Subscribers learn of new events after the
     /// commit.
+    ///
+    /// The queue changes the transaction made are dropped: code that runs next to a
+    /// dispatcher changes the queue through `dispatch::JobQueue` instead, which
+    /// passes them on.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Write<'_>) -> Result<T> + Send + 'static,
+    {
+        Ok(self.write_queue(f).await?.0)
+    }
+
+    /// Like [`Store::write`], and returns the queue changes the transaction made, in order,
+    /// for the dispatcher to follow.
+    pub(crate) async fn write_queue<T, F>(&self, f: F) -> Result<(T, Vec<QueueChange>)>
     where
         T: Send + 'static,
         F: FnOnce(&mut Write<'_>) -> Result<T> + Send + 'static,
@@ -402,7 +320,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Write<'_>) -> Result<T> + Send,
     ) -> Result<T> {
-        self.off_runtime(|| self.inner.write_blocking(f))
+        Ok(self.off_runtime(|| self.inner.write_blocking(f))?.0)
     }
 
     fn off_runtime<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
@@ -436,8 +354,28 @@ impl Store {
 
     /// The sequence number of the newest committed event, watched. On PostgreSQL it also
     /// moves when another coordinator replica commits (LISTEN/NOTIFY).
-    pub fn last_seq(&self) -> watch::Receiver<i64> {
+    pub fn last_seq(&self) -> tokio::sync::watch::Receiver<i64> {
         self.inner.last_seq.subscribe()
+    }
+
+    /// Moves when a lab may have been revoked: by this process, by another replica
+    /// (PostgreSQL NOTIFY) or, once [`Store::watch_other_processes`] runs, by another process
+    /// on the same SQLite file. The watcher reads the labs to learn which.
+    pub fn labs_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.labs.subscribe()
+    }
+
+    /// On SQLite, starts watching the file for other processes' commits (see
+    /// `store::watch`), so that [`Store::last_seq`] and [`Store::labs_changed`] move
+    /// for them too; on PostgreSQL the notifications do that already. The daemon calls it;
+    /// once is enough.
+    pub fn watch_other_processes(&self) {
+        use std::sync::atomic::Ordering;
+        if let Kind::Sqlite { path, .. } = &self.inner.kind
+            && !self.inner.watching.swap(true, Ordering::SeqCst)
+        {
+            watch::poll_sqlite(path.clone(), WeakStore(Arc::downgrade(&self.inner)));
+        }
     }
 }
 
@@ -457,6 +395,11 @@ impl Store {
     pub(crate) fn announce(&self, seq: i64) {
         self.inner.announce(seq);
     }
+
+    /// Announces that a lab may have been revoked.
+    pub(crate) fn announce_labs(&self) {
+        self.inner.labs.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// Runs `f` here, or, for PostgreSQL (`pg`) when called from inside a tokio runtime, on a
@@ -471,14 +414,6 @@ fn off_runtime<T: Send>(pg: bool, f: impl FnOnce() -> T + Send) -> T {
         })
     } else {
         f()
-    }
-}
-
-/// Whether an error means the connection itself is gone (drop it rather than pool it).
-fn broken(conn: &Connection) -> bool {
-    match conn {
-        Connection::Sqlite(_) => false,
-        Connection::Pg(c) => c.borrow_mut().client().is_closed(),
     }
 }
 
@@ -535,8 +470,11 @@ impl Inner {
         }
     }
 
-    fn write_blocking<T>(&self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<T> {
-        let (out, last) = self.with_conn(true, |conn| {
+    fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Write<'_>) -> Result<T>,
+    ) -> Result<(T, Vec<QueueChange>)> {
+        let (out, last, changes, labs) = self.with_conn(true, |conn| {
             conn.execute_batch(match conn.backend() {
                 // Take the write lock now rather than at the first write, so that a
                 // transaction never fails half-way for want of it.
@@ -547,11 +485,13 @@ impl Inner {
                 tx: conn,
                 now: self.clock.now(),
                 events: Vec::new(),
+                queue: Vec::new(),
+                labs_changed: false,
             };
             let res = f(&mut w).and_then(|out| {
                 let last = events::flush(conn, std::mem::take(&mut w.events))?;
                 conn.execute_batch("COMMIT")?;
-                Ok((out, last))
+                Ok((out, last, std::mem::take(&mut w.queue), w.labs_changed))
             });
             if res.is_err() && !broken(conn) {
                 // A failed COMMIT has already ended the transaction; ROLLBACK then only
@@ -563,74 +503,20 @@ impl Inner {
         if let Some(seq) = last {
             self.announce(seq);
         }
-        Ok(out)
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // Closing a `postgres` client blocks on its own runtime, which cannot happen on a
-        // thread that drives tokio tasks: close them on a thread of their own.
-        let conns = match self.idle.get_mut() {
-            Ok(g) => std::mem::take(&mut g.0),
-            Err(_) => return,
-        };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let _ = std::thread::Builder::new()
-                .name("labwire-pg-close".into())
-                .spawn(move || drop(conns));
+        if labs {
+            self.labs.send_modify(|n| *n = n.wrapping_add(1));
         }
-    }
-}
-
-impl Pool {
-    fn take(&self, config: &postgres::Config, tls: &PgTls) -> Result<Connection> {
-        let mut guard = self
-            .idle
-            .lock()
-            .map_err(|_| Error::Internal("connection pool lock poisoned".into()))?;
-        loop {
-            if let Some(c) = guard.0.pop() {
-                return Ok(c);
-            }
-            if guard.1 < PG_POOL {
-                guard.1 += 1;
-                drop(guard);
-                return open_pg(config, tls).inspect_err(|_| {
-                    if let Ok(mut g) = self.idle.lock() {
-                        g.1 -= 1;
-                    }
-                    self.freed.notify_one();
-                });
-            }
-            guard = self
-                .freed
-                .wait(guard)
-                .map_err(|_| Error::Internal("connection pool lock poisoned".into()))?;
-        }
-    }
-
-    fn give_back(&self, conn: Connection) {
-        let Ok(mut guard) = self.idle.lock() else {
-            return;
-        };
-        if broken(&conn) {
-            guard.1 -= 1;
-        } else {
-            guard.0.push(conn);
-        }
-        drop(guard);
-        self.freed.notify_one();
+        Ok((out, changes))
     }
 }
 
 /// Microseconds since the Unix epoch, the unit of every stored time.
-pub fn micros(t: DateTime<Utc>) -> i64 {
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
 /// A stored time back as a time.
-pub fn from_micros(us: i64) -> DateTime<Utc> {
+pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
     Utc.timestamp_micros(us).single().unwrap_or_default()
 }
 
@@ -681,31 +567,8 @@ pub(crate) fn temp_store() -> (TestStore, Store) {
 
 #[cfg(test)]
 mod pg_tests {
+    use super::pg::PG_POOL;
     use super::*;
-
-    #[test]
-    fn store_urls_are_checked() {
-        assert!(Location::parse("sqlite://").is_err());
-        assert!(matches!(
-            Location::parse("sqlite:///x/y.db"),
-            Ok(Location::Sqlite(_))
-        ));
-        let e = Location::parse("mysql://a@b/c").unwrap_err();
-        assert!(e.contains("sqlite://PATH or postgres://"), "{e}");
-        let e = Location::parse("postgres://u:secret@h/db?sslmode=require").unwrap_err();
-        assert!(
-            e.contains("needs sslrootcert") && !e.contains("secret"),
-            "{e}"
-        );
-        let e =
-            Location::parse("postgres://u@h/db?sslrootcert=/ca.pem&sslmode=disable").unwrap_err();
-        assert!(e.contains("choose one"), "{e}");
-        let (cfg, ca) =
-            pg_config("postgres://u@h:5/db?sslrootcert=/ca.pem&connect_timeout=3").unwrap();
-        assert_eq!(ca, Some(PathBuf::from("/ca.pem")));
-        assert_eq!(cfg.get_ssl_mode(), postgres::config::SslMode::Require);
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-    }
 
     fn two_replicas() -> (labwire_testpg::TestDb, Store, Store) {
         let db = labwire_testpg::database();
@@ -912,11 +775,9 @@ mod pg_tests {
                     s.spawn(move || {
                         let mut mine = Vec::new();
                         for id in ids {
-                            match store.write_blocking(move |w| {
-                                w.claim_job(id, lab, "s", "dev", "dt", until)
-                            }) {
-                                Ok(c) => mine.push(c.job.id),
-                                Err(Error::LeaseLost(_)) => {}
+                            match store.write_blocking(move |w| w.claim_for_test(id, lab, until)) {
+                                Ok(Some(c)) => mine.push(c.job.id),
+                                Ok(None) => {}
                                 Err(e) => panic!("claim of {id} by {lab}: {e}"),
                             }
                         }

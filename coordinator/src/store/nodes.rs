@@ -78,35 +78,35 @@ pub struct NodeUpdate {
 
 /// Filters of a node query.
 #[derive(Debug, Clone, Default)]
-pub struct NodeFilter {
+pub(crate) struct NodeFilter {
     /// Kind.
-    pub kind: Option<NodeKind>,
+    pub(crate) kind: Option<NodeKind>,
     /// State.
-    pub state: Option<NodeState>,
+    pub(crate) state: Option<NodeState>,
     /// Result.
-    pub result: Option<NodeResult>,
+    pub(crate) result: Option<NodeResult>,
     /// Exact name.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Parent.
-    pub parent: Option<NodeId>,
+    pub(crate) parent: Option<NodeId>,
     /// Path prefix.
-    pub path_prefix: Vec<String>,
+    pub(crate) path_prefix: Vec<String>,
     /// Group.
-    pub group: Option<String>,
+    pub(crate) group: Option<String>,
     /// Tree id.
-    pub treeid: Option<String>,
+    pub(crate) treeid: Option<String>,
     /// Created at or after.
-    pub created_after: Option<DateTime<Utc>>,
+    pub(crate) created_after: Option<DateTime<Utc>>,
     /// Created before.
-    pub created_before: Option<DateTime<Utc>>,
+    pub(crate) created_before: Option<DateTime<Utc>>,
     /// Updated at or after.
-    pub updated_after: Option<DateTime<Utc>>,
+    pub(crate) updated_after: Option<DateTime<Utc>>,
     /// Updated before.
-    pub updated_before: Option<DateTime<Utc>>,
+    pub(crate) updated_before: Option<DateTime<Utc>>,
     /// Only ids greater than this.
-    pub cursor: Option<NodeId>,
+    pub(crate) cursor: Option<NodeId>,
     /// At most this many (1..=1000).
-    pub limit: usize,
+    pub(crate) limit: usize,
 }
 
 const COLUMNS: &str = "id, kind, name, path, grp, parent, state, result, artifacts, data, \
@@ -148,7 +148,7 @@ fn node_from_row(r: &Row<'_>) -> Result<Node> {
 }
 
 /// Reads one node, or `None`.
-pub fn find_node(conn: &Connection, id: NodeId) -> Result<Option<Node>> {
+pub(crate) fn find_node(conn: &Connection, id: NodeId) -> Result<Option<Node>> {
     conn.query_opt(
         &format!("SELECT {COLUMNS} FROM nodes WHERE id = ?1"),
         params![id.0],
@@ -170,12 +170,12 @@ fn find_node_for_update(conn: &Connection, id: NodeId) -> Result<Option<Node>> {
 }
 
 /// Reads one node; [`Error::NodeNotFound`] if there is none.
-pub fn get_node(conn: &Connection, id: NodeId) -> Result<Node> {
+pub(crate) fn get_node(conn: &Connection, id: NodeId) -> Result<Node> {
     find_node(conn, id)?.ok_or(Error::NodeNotFound(id))
 }
 
 /// Lists nodes matching `f`, in increasing id order.
-pub fn query_nodes(conn: &Connection, f: &NodeFilter) -> Result<Vec<Node>> {
+pub(crate) fn query_nodes(conn: &Connection, f: &NodeFilter) -> Result<Vec<Node>> {
     let mut sql = format!("SELECT {COLUMNS} FROM nodes WHERE 1=1");
     let mut args: Vec<SqlValue> = Vec::new();
     let mut add = |clause: &str, v: SqlValue| {
@@ -236,7 +236,7 @@ pub fn query_nodes(conn: &Connection, f: &NodeFilter) -> Result<Vec<Node>> {
 }
 
 /// Direct children of a node, in id order.
-pub fn children(conn: &Connection, id: NodeId) -> Result<Vec<Node>> {
+pub(crate) fn children(conn: &Connection, id: NodeId) -> Result<Vec<Node>> {
     conn.query_map(
         &format!("SELECT {COLUMNS} FROM nodes WHERE parent = ?1 ORDER BY id"),
         params![id.0],
@@ -391,7 +391,7 @@ impl Write<'_> {
 
 /// How many job nodes of a tree (`treeid`) have each result; unfinished ones count under
 /// their state (`running`, ...). For the dashboard's checkout list.
-pub fn job_counts(
+pub(crate) fn job_counts(
     conn: &Connection,
     treeid: &str,
 ) -> Result<std::collections::BTreeMap<String, i64>> {

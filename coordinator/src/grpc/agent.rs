@@ -1,24 +1,25 @@
 //! AgentService: what lab agents call. Every call is authenticated by the client certificate;
 //! every job call is checked against the lease held by the calling lab.
 
-use super::{Session, SharedRef, node_id};
-use crate::model::NodeId;
+use super::node_id;
+use crate::model::{AttemptNo, LabName, NodeId, SessionId};
+use crate::shared::{Session, SharedRef};
 use crate::store::ReportOutcome;
+use crate::store::jobs::ResultReport;
 use labwire_common::NodeResult;
 use labwire_proto::convert;
 use labwire_proto::v1::{self, agent_service_server::AgentService};
-use rand::RngCore;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 /// The agent service.
-pub struct AgentApi {
+pub(crate) struct AgentApi {
     shared: SharedRef,
 }
 
 impl AgentApi {
     /// The service over shared state.
-    pub fn new(shared: SharedRef) -> Self {
+    pub(crate) fn new(shared: SharedRef) -> Self {
         AgentApi { shared }
     }
 
@@ -28,9 +29,9 @@ impl AgentApi {
                 .unwrap_or(chrono::Duration::seconds(60))
     }
 
-    async fn session_of(&self, lab: &str, session: &str) -> Result<Session, Status> {
+    async fn session_of(&self, lab: &LabName, session: &SessionId) -> Result<Session, Status> {
         let s = self.shared.session(session)?;
-        if s.lab != lab {
+        if &s.lab != lab {
             return Err(Status::permission_denied(format!(
                 "session `{session}` belongs to another lab"
             )));
@@ -39,9 +40,27 @@ impl AgentApi {
     }
 }
 
-fn job_ref(r: Option<&v1::JobRef>) -> Result<(NodeId, i32), Status> {
+fn job_ref(r: Option<&v1::JobRef>) -> Result<(NodeId, AttemptNo), Status> {
     let r = r.ok_or_else(|| Status::invalid_argument("job is required"))?;
-    Ok((node_id("job.job", r.job)?, r.attempt))
+    Ok((node_id("job.job", r.job)?, AttemptNo(r.attempt)))
+}
+
+/// The jobs an agent says it holds, as (job, attempt).
+fn held(refs: &[v1::JobRef]) -> Vec<(NodeId, AttemptNo)> {
+    refs.iter()
+        .filter(|j| j.job > 0)
+        .map(|j| (NodeId(j.job), AttemptNo(j.attempt)))
+        .collect()
+}
+
+/// Jobs as the agent names them.
+fn job_refs(jobs: Vec<(NodeId, AttemptNo)>) -> Vec<v1::JobRef> {
+    jobs.into_iter()
+        .map(|(j, a)| v1::JobRef {
+            job: j.0,
+            attempt: a.0,
+        })
+        .collect()
 }
 
 fn devices_json(devices: &[labwire_common::DeviceInfo]) -> serde_json::Value {
@@ -57,21 +76,16 @@ impl AgentService for AgentApi {
         let lab = self.shared.auth.lab(&req).await?;
         let r = req.into_inner();
         let devices: Vec<_> = r.devices.iter().map(convert::device_from_proto).collect();
-        let mut id = [0u8; 12];
-        rand::rng().fill_bytes(&mut id);
-        let session = hex::encode(id);
-        let held: Vec<(NodeId, i32)> = r
-            .held_jobs
-            .iter()
-            .filter(|j| j.job > 0)
-            .map(|j| (NodeId(j.job), j.attempt))
-            .collect();
+        let session = SessionId::random();
+        let held = held(&r.held_jobs);
         let until = self.lease_until();
         let max_retries = self.shared.config.leases.max_retries as i32;
         let (lab2, json, slots) = (lab.clone(), devices_json(&devices), r.free_slots);
-        let (lost, sweep) = self
+        // One transaction; the sweep in it never fails on one bad row (it is repaired), and
+        // the queue changes reach the dispatcher once it commits.
+        let lost = self
             .shared
-            .store
+            .queue
             .write(move |w| {
                 w.touch_lab(&lab2, Some(&json), Some(slots))?;
                 let lost = w.renew_leases(&lab2, &held, until)?;
@@ -79,20 +93,14 @@ impl AgentService for AgentApi {
                 // them) expire now: the job goes back to the queue as a retry.
                 let keep: Vec<NodeId> = held.iter().map(|h| h.0).collect();
                 w.expire_lab_leases_except(&lab2, &keep)?;
-                let sweep = w.sweep_expired_leases(max_retries)?;
-                Ok((lost, sweep))
+                w.sweep_expired_leases(max_retries)?;
+                Ok(lost)
             })
             .await?;
         self.shared
             .dispatcher
             .update_lab(&lab, Some(devices.clone()), r.free_slots, false)
             .await;
-        for job in &sweep.requeued {
-            self.shared.dispatcher.enqueue(job).await;
-        }
-        for id in &sweep.failed {
-            self.shared.dispatcher.forget(*id).await;
-        }
         tracing::info!(lab = %lab, session = %session, devices = devices.len(), "agent registered");
         self.shared
             .sessions
@@ -109,17 +117,11 @@ impl AgentService for AgentApi {
             );
         let cfg = &self.shared.config.leases;
         Ok(Response::new(v1::RegisterResponse {
-            lab,
-            session,
+            lab: lab.into(),
+            session: session.to_string(),
             heartbeat_interval_ms: cfg.heartbeat.as_millis() as u32,
             lease_ms: cfg.duration.as_millis() as u32,
-            lost_jobs: lost
-                .into_iter()
-                .map(|(j, a)| v1::JobRef {
-                    job: j.0,
-                    attempt: a,
-                })
-                .collect(),
+            lost_jobs: job_refs(lost),
         }))
     }
 
@@ -129,23 +131,19 @@ impl AgentService for AgentApi {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let lab = self.shared.auth.lab(&req).await?;
         let r = req.into_inner();
-        self.session_of(&lab, &r.session).await?;
+        let session = SessionId::new(r.session);
+        self.session_of(&lab, &session).await?;
         let devices: Option<Vec<_>> = (!r.devices.is_empty())
             .then(|| r.devices.iter().map(convert::device_from_proto).collect());
         if let Ok(mut map) = self.shared.sessions.write()
-            && let Some(s) = map.get_mut(&r.session)
+            && let Some(s) = map.get_mut(&session)
         {
             if let Some(d) = &devices {
                 s.devices = d.clone();
             }
             s.free_slots = r.free_slots;
         }
-        let running: Vec<(NodeId, i32)> = r
-            .running
-            .iter()
-            .filter(|j| j.job > 0)
-            .map(|j| (NodeId(j.job), j.attempt))
-            .collect();
+        let running = held(&r.running);
         self.shared
             .dispatcher
             .update_lab(&lab, devices.clone(), r.free_slots, r.draining)
@@ -162,13 +160,7 @@ impl AgentService for AgentApi {
             })
             .await?;
         Ok(Response::new(v1::HeartbeatResponse {
-            cancel: lost
-                .into_iter()
-                .map(|(j, a)| v1::JobRef {
-                    job: j.0,
-                    attempt: a,
-                })
-                .collect(),
+            cancel: job_refs(lost),
             lease_until: Some(convert::timestamp(until)),
         }))
     }
@@ -179,7 +171,8 @@ impl AgentService for AgentApi {
     ) -> Result<Response<v1::AcquireJobResponse>, Status> {
         let lab = self.shared.auth.lab(&req).await?;
         let r = req.into_inner();
-        let session = self.session_of(&lab, &r.session).await?;
+        let session_id = SessionId::new(r.session);
+        let session = self.session_of(&lab, &session_id).await?;
         let mut free = Vec::new();
         for name in &r.free_devices {
             match session.devices.iter().find(|d| &d.name == name) {
@@ -192,7 +185,10 @@ impl AgentService for AgentApi {
             }
         }
         let wait = Duration::from_millis(u64::from(r.wait_ms.min(60_000)));
-        let acquire = self.shared.dispatcher.acquire(&lab, &r.session, free, wait);
+        let acquire = self
+            .shared
+            .dispatcher
+            .acquire(&lab, &session_id, free, wait);
         let got = tokio::select! {
             got = acquire => got?,
             _ = self.shared.shutdown.cancelled() => None,
@@ -200,12 +196,12 @@ impl AgentService for AgentApi {
         let Some(a) = got else {
             return Ok(Response::new(v1::AcquireJobResponse { assignment: None }));
         };
-        tracing::info!(job = %a.claim.job.id, attempt = a.claim.job.attempt, lab = %lab, device = %a.device, "job leased");
+        tracing::info!(job = %a.claim.job.id, attempt = %a.claim.job.attempt, lab = %lab, device = %a.device, "job leased");
         Ok(Response::new(v1::AcquireJobResponse {
             assignment: Some(v1::Assignment {
                 job: Some(v1::JobRef {
                     job: a.claim.job.id.0,
-                    attempt: a.claim.job.attempt,
+                    attempt: a.claim.job.attempt.0,
                 }),
                 spec: Some(a.claim.job.spec.clone()),
                 device: a.device,
@@ -222,15 +218,10 @@ impl AgentService for AgentApi {
         let lab = self.shared.auth.lab(&req).await?;
         let r = req.into_inner();
         let (job, attempt) = job_ref(r.job.as_ref())?;
-        let reason = r.reason;
-        let lab2 = lab.clone();
-        let row = self
-            .shared
-            .store
-            .write(move |w| w.release_job(&lab2, job, attempt, &reason))
+        self.shared
+            .queue
+            .reject(lab, job, attempt, r.reason)
             .await?;
-        self.shared.dispatcher.refused(job, &lab).await;
-        self.shared.dispatcher.enqueue(&row).await;
         Ok(Response::new(v1::RejectJobResponse {}))
     }
 
@@ -244,17 +235,7 @@ impl AgentService for AgentApi {
         if r.device.is_empty() {
             return Err(Status::invalid_argument("device is required"));
         }
-        let device = r.device;
-        let device_type = self.shared.dispatcher.device_type(&lab, &device).await;
-        let (lab2, device2, dt2) = (lab.clone(), device.clone(), device_type.clone());
-        self.shared
-            .store
-            .write(move |w| w.start_job(&lab2, job, attempt, &device2, dt2.as_deref()))
-            .await?;
-        self.shared
-            .dispatcher
-            .started(job, &lab, &device, device_type.as_deref())
-            .await;
+        self.shared.queue.start(lab, job, attempt, r.device).await?;
         Ok(Response::new(v1::StartJobResponse {}))
     }
 
@@ -301,36 +282,27 @@ impl AgentService for AgentApi {
             extra.remove(k);
         }
         extra.insert("log_length".into(), r.log_length.into());
-        let lab2 = lab.clone();
         let retry = self.shared.config.retries.policy();
-        let outcome = self
-            .shared
-            .store
-            .write(move |w| {
-                w.report_result(
-                    &lab2,
-                    job,
-                    attempt,
-                    result,
-                    &r.error_code,
-                    &r.error_msg,
-                    &tests,
-                    extra,
-                    &retry,
-                )
-            })
-            .await?;
-        self.shared.dispatcher.finished(&lab, job).await;
+        let report = ResultReport {
+            lab: lab.clone(),
+            job,
+            attempt,
+            result,
+            error_code: r.error_code,
+            error_msg: r.error_msg,
+            tests,
+            extra,
+        };
+        let outcome = self.shared.queue.report(report, retry).await?;
         match outcome {
             ReportOutcome::Retried(row) => {
-                tracing::warn!(job = %job, attempt, lab = %lab, retry = row.attempt, "attempt failed for an infrastructure reason; the job goes back to the queue");
-                self.shared.dispatcher.enqueue(&row).await;
+                tracing::warn!(job = %job, %attempt, lab = %lab, retry = %row.attempt, "attempt failed for an infrastructure reason; the job goes back to the queue");
             }
             ReportOutcome::Applied(node) => {
-                tracing::info!(job = %job, attempt, lab = %lab, result = %node.result.unwrap_or(NodeResult::Incomplete), "job finished");
+                tracing::info!(job = %job, %attempt, lab = %lab, result = %node.result.unwrap_or(NodeResult::Incomplete), "job finished");
             }
             ReportOutcome::Duplicate => {
-                tracing::debug!(job = %job, attempt, "duplicate result report acknowledged");
+                tracing::debug!(job = %job, %attempt, "duplicate result report acknowledged");
             }
         }
         Ok(Response::new(v1::ReportResultResponse {}))

@@ -1,4 +1,5 @@
-//! The scheduler: reads the durable event log from its own stored cursor and creates the
+//! The scheduler: follows the durable event log from its own stored cursor
+//! ([`follow_cursor`]) and creates the
 //! jobs that the pipeline configuration's `scheduler:` entries ask for.
 //!
 //! - **Edge-triggered**: an entry fires on the change that makes its `event` fields match
@@ -8,40 +9,38 @@
 //!   same transaction that creates it and moves the cursor past the event, so an event seen
 //!   twice, or a restart in the middle, creates nothing twice and loses nothing.
 //! - On its first start the cursor is the current end of the log: a scheduler added to a
-//!   running coordinator does not replay history.
+//!   running coordinator does not replay history (see [`crate::store::cursor`]).
 
-use crate::api::SharedRef;
 use crate::model::{Node, NodeKind};
 use crate::pipeline_config::{
     JobConfig, PipelineConfig, PlatformConfig, SchedulerEntry, Variant, param_value,
 };
 use crate::rules::Attrs;
-use crate::store::db::params;
-use crate::store::events::{StoredEvent, events_after, last_seq};
+use crate::shared::SharedRef;
+use crate::store::cursor::EventCursor;
+use crate::store::events::{StoredEvent, follow_cursor};
+use crate::store::scheduled::{PlannedRun, Scheduled};
 use crate::store::{NewJob, RunGroup};
 use labwire_proto::v1;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
-const CURSOR_KEY: &str = "scheduler_cursor";
-const BATCH: usize = 256;
-
 /// One job the scheduler wants to create for an event.
 #[derive(Debug, Clone)]
-pub struct Planned {
+pub(crate) struct Planned {
     /// The `jobs:` key.
-    pub job: String,
+    pub(crate) job: String,
     /// The platform (empty for none).
-    pub platform: String,
+    pub(crate) platform: String,
     /// The run number, from 0.
-    pub run: u32,
+    pub(crate) run: u32,
     /// The job to submit.
-    pub new: NewJob,
+    pub(crate) new: NewJob,
 }
 
 /// Whether the entry fires for this event (edge-triggered).
-pub fn fires(entry: &SchedulerEntry, ev: &StoredEvent) -> bool {
+pub(crate) fn fires(entry: &SchedulerEntry, ev: &StoredEvent) -> bool {
     let m = &entry.event;
     let n = &ev.node;
     let field_ok = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
@@ -63,7 +62,7 @@ pub fn fires(entry: &SchedulerEntry, ev: &StoredEvent) -> bool {
 }
 
 /// The jobs that `cfg` creates for one event.
-pub fn plan(cfg: &PipelineConfig, ev: &StoredEvent) -> Vec<Planned> {
+pub(crate) fn plan(cfg: &PipelineConfig, ev: &StoredEvent) -> Vec<Planned> {
     let mut out = Vec::new();
     for entry in &cfg.scheduler {
         if !fires(entry, ev) {
@@ -263,107 +262,47 @@ fn make_job(
     }
 }
 
-/// Runs the scheduler until the coordinator stops.
-pub async fn run(shared: SharedRef, cfg: Arc<PipelineConfig>) {
+/// Runs the scheduler until the coordinator stops: follows the event log from its cursor and,
+/// for each event, creates the planned jobs and moves the cursor in one transaction. A
+/// transaction that fails is tried again after a pause (nothing of it was kept), so no event
+/// is skipped.
+pub(crate) async fn run(shared: SharedRef, cfg: Arc<PipelineConfig>) {
     let store = shared.store.clone();
-    let mut seq = store.last_seq();
-    let mut cursor = match store
-        .write(|w| {
-            let c: Option<String> = w.conn().query_opt(
-                "SELECT value FROM meta WHERE key = ?1",
-                params![CURSOR_KEY],
-                |r| r.get(0),
-            )?;
-            match c {
-                Some(c) => Ok(c.parse::<i64>().unwrap_or(0)),
-                None => {
-                    let end = last_seq(w.conn())?;
-                    w.conn().execute(
-                        "INSERT INTO meta (key, value) VALUES (?1, ?2)",
-                        params![CURSOR_KEY, end.to_string()],
-                    )?;
-                    Ok(end)
-                }
-            }
-        })
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "the scheduler cannot read its cursor; it is not running");
-            return;
-        }
-    };
-    tracing::info!(cursor, entries = cfg.scheduler.len(), "scheduler started");
-    loop {
-        let events = match store
-            .read(move |c| events_after(c, cursor, BATCH, None))
-            .await
-        {
-            Ok(e) => e,
-            Err(crate::error::Error::OutOfRange(m)) => {
-                tracing::error!("scheduler: {m}; skipping to the oldest kept event");
-                match store.read(crate::store::events::pruned_through).await {
-                    Ok(p) => cursor = p,
-                    Err(e) => tracing::error!(error = %e, "scheduler: cannot read the event log"),
-                }
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "scheduler: cannot read the event log; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
-                    _ = shared.shutdown.cancelled() => return,
-                }
-            }
-        };
-        if events.is_empty() {
-            tokio::select! {
-                r = seq.changed() => if r.is_err() { return },
-                _ = shared.shutdown.cancelled() => return,
-            }
-            continue;
-        }
-        for ev in events {
-            let planned = plan(&cfg, &ev);
-            let evseq = ev.seq;
-            let res = store
+    let mut events = follow_cursor(
+        store.clone(),
+        EventCursor::SCHEDULER,
+        None,
+        shared.shutdown.clone(),
+    );
+    tracing::info!(entries = cfg.scheduler.len(), "scheduler started");
+    while let Some(ev) = events.recv().await {
+        let planned = plan(&cfg, &ev);
+        let evseq = ev.seq;
+        loop {
+            let planned = planned.clone();
+            // Through the job queue: the jobs created are offered to the agents at once.
+            let res = shared
+                .queue
                 .write(move |w| {
                     let mut created = Vec::new();
                     for p in planned {
-                        let new_row = w.conn().execute(
-                            "INSERT INTO scheduled (event_seq, job, platform, run, node_id) \
-                             VALUES (?1, ?2, ?3, ?4, 0) ON CONFLICT DO NOTHING",
-                            params![evseq, p.job, p.platform, p.run],
-                        )?;
-                        if new_row == 0 {
-                            continue; // created before (the event was seen twice)
-                        }
-                        match w.submit_job(p.new) {
-                            Ok((node, row)) => {
-                                w.conn().execute(
-                                    "UPDATE scheduled SET node_id = ?5 WHERE event_seq = ?1 \
-                                     AND job = ?2 AND platform = ?3 AND run = ?4",
-                                    params![evseq, p.job, p.platform, p.run, node.id.0],
-                                )?;
-                                created.push(row);
-                            }
+                        let run = PlannedRun {
+                            event: evseq,
+                            job: &p.job,
+                            platform: &p.platform,
+                            run: p.run,
+                        };
+                        match w.schedule_run(run, p.new)? {
+                            Scheduled::Created(c) => created.push(c.1),
+                            Scheduled::Before => {}
                             // A parent that takes no children any more, or a spec the store
                             // refuses: nothing to create; say so and go on.
-                            Err(e) => {
+                            Scheduled::Refused(e) => {
                                 tracing::warn!(event = evseq, job = %p.job, platform = %p.platform, error = %e, "scheduler could not create a job");
-                                w.conn().execute(
-                                    "DELETE FROM scheduled WHERE event_seq = ?1 AND job = ?2 \
-                                     AND platform = ?3 AND run = ?4",
-                                    params![evseq, p.job, p.platform, p.run],
-                                )?;
                             }
                         }
                     }
-                    w.conn().execute(
-                        "UPDATE meta SET value = ?2 WHERE key = ?1",
-                        params![CURSOR_KEY, evseq.to_string()],
-                    )?;
+                    w.move_cursor(EventCursor::SCHEDULER, evseq)?;
                     Ok(created)
                 })
                 .await;
@@ -371,9 +310,8 @@ pub async fn run(shared: SharedRef, cfg: Arc<PipelineConfig>) {
                 Ok(created) => {
                     for row in &created {
                         tracing::info!(event = evseq, job = %row.id, name = %row.spec.name, "scheduler created a job");
-                        shared.dispatcher.enqueue(row).await;
                     }
-                    cursor = evseq;
+                    break;
                 }
                 Err(e) => {
                     tracing::error!(event = evseq, error = %e, "scheduler: cannot record jobs; retrying");
@@ -381,7 +319,6 @@ pub async fn run(shared: SharedRef, cfg: Arc<PipelineConfig>) {
                         _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                         _ = shared.shutdown.cancelled() => return,
                     }
-                    break;
                 }
             }
         }

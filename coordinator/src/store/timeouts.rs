@@ -10,32 +10,32 @@
 //!
 //! Every change goes through [`Write::update_node`], so each appends its event.
 
+use super::db::params;
+use super::nodes::{NodeUpdate, children, get_node};
+use super::{QueueChange, Write, micros};
 use crate::error::Result;
 use crate::model::{NodeId, NodeState};
-use crate::store::db::params;
-use crate::store::nodes::{children, get_node};
-use crate::store::{NodeUpdate, Write, micros};
 use labwire_common::NodeResult;
 use serde_json::Map;
 
 /// The most nodes each rule handles in one sweep, so a transaction stays short; the rest
 /// wait for the next sweep.
-pub const BATCH: usize = 500;
+pub(crate) const BATCH: usize = 500;
 
 /// What one sweep changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct TimeoutSweep {
+pub(crate) struct TimeoutSweep {
     /// Nodes that timed out (including the descendants that went with them).
-    pub timed_out: Vec<NodeId>,
+    pub(crate) timed_out: Vec<NodeId>,
     /// Available nodes past their holdoff that went `closing`.
-    pub closing: Vec<NodeId>,
+    pub(crate) closing: Vec<NodeId>,
     /// Nodes that went `done` by holdoff or because their last child finished.
-    pub closed: Vec<NodeId>,
+    pub(crate) closed: Vec<NodeId>,
 }
 
 impl TimeoutSweep {
     /// Whether nothing changed.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.timed_out.is_empty() && self.closing.is_empty() && self.closed.is_empty()
     }
 }
@@ -58,7 +58,7 @@ fn unfinished_children(w: &Write<'_>, id: NodeId) -> Result<usize> {
 
 impl Write<'_> {
     /// Applies the timeout, holdoff and closing rules at this transaction's time.
-    pub fn sweep_timeouts(&mut self) -> Result<TimeoutSweep> {
+    pub(crate) fn sweep_timeouts(&mut self) -> Result<TimeoutSweep> {
         let now = micros(self.now());
         let mut out = TimeoutSweep::default();
 
@@ -152,41 +152,18 @@ impl Write<'_> {
             }
             // A queued or leased job leaves the queue; the agent holding it learns at its
             // next heartbeat that the lease is gone.
-            self.conn().execute(
+            let left = self.conn().execute(
                 "UPDATE jobs SET status = 'finished', lease_expires = NULL, finished_at = ?2 \
                  WHERE node_id = ?1 AND status != 'finished'",
                 params![id.0, micros(self.now())],
             )?;
+            if left > 0 {
+                self.queue_changed(QueueChange::Ended(id));
+            }
             self.update_node(id, u)?;
             changed.push(id);
         }
         Ok(())
-    }
-}
-
-/// Sweeps every `interval` until `shutdown`.
-pub async fn run(
-    store: crate::store::Store,
-    interval: std::time::Duration,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        match store.write(|w| w.sweep_timeouts()).await {
-            Ok(s) if s.is_empty() => {}
-            Ok(s) => tracing::info!(
-                timed_out = s.timed_out.len(),
-                closing = s.closing.len(),
-                closed = s.closed.len(),
-                "timeout service"
-            ),
-            Err(e) => tracing::error!(error = %e, "timeout sweep failed"),
-        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! NodeService: create, change, read and query nodes; submit jobs; read job logs.
 
-use super::{SharedRef, node_id};
+use super::node_id;
 use crate::model::{NodeId, NodeKind, NodeState};
+use crate::shared::SharedRef;
 use crate::store::labs::Scope;
 use crate::store::{NewJob, NewNode, NodeFilter, NodeUpdate};
 use labwire_proto::convert;
@@ -11,13 +12,13 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// The node service.
-pub struct NodeApi {
+pub(crate) struct NodeApi {
     shared: SharedRef,
 }
 
 impl NodeApi {
     /// The service over shared state.
-    pub fn new(shared: SharedRef) -> Self {
+    pub(crate) fn new(shared: SharedRef) -> Self {
         NodeApi { shared }
     }
 }
@@ -107,7 +108,7 @@ impl NodeService for NodeApi {
         let node = self
             .shared
             .store
-            .write(move |w| w.update_node(id, u))
+            .write(move |w| w.update_node_for_client(id, u))
             .await?;
         Ok(Response::new(v1::UpdateNodeResponse {
             node: Some(node.to_proto()),
@@ -195,9 +196,8 @@ impl NodeService for NodeApi {
             owner: token.name,
             ..Default::default()
         };
-        let (node, row) = self.shared.store.write(move |w| w.submit_job(job)).await?;
+        let (node, _) = self.shared.queue.submit(job).await?;
         tracing::info!(job = %node.id, name = %node.name, "job submitted");
-        self.shared.dispatcher.enqueue(&row).await;
         Ok(Response::new(v1::SubmitJobResponse {
             node: Some(node.to_proto()),
         }))

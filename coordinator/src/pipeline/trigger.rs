@@ -1,18 +1,17 @@
 //! The trigger: polls the configured trees with `git ls-remote` (every `trigger.interval`
 //! plus up to `trigger.jitter`) and creates one `checkout` node per new commit at the head of
-//! a watched branch. The commit is recorded in the same transaction as its node, so a commit
-//! already seen creates nothing, also after a restart. The node carries KernelCI's
-//! `kernel_revision` (tree, url, branch, commit, and describe when a tag names the commit),
-//! a `timeout` and a `holdoff`, and is created `available`, ready for builds and jobs.
+//! a watched branch. The commit is recorded in the same transaction as its node
+//! ([`crate::store::trigger`]), so a commit already seen creates nothing, also after a
+//! restart. The node carries KernelCI's `kernel_revision` (tree, url, branch, commit, and
+//! describe when a tag names the commit), a `timeout` and a `holdoff`, and is created
+//! `available`, ready for builds and jobs.
 
 use super::config::{TreeConfig, TriggerConfig};
-use crate::error::Result;
-use crate::model::{Node, NodeKind, NodeState};
-use crate::store::db::params;
-use crate::store::{NewNode, Store, Write};
+use crate::model::Node;
+use crate::store::Store;
+use crate::store::trigger::SeenCommit;
 use anyhow::{Context, bail};
-use chrono::{DateTime, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
@@ -21,22 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 /// One commit at the head of a watched branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revision {
+pub(crate) struct Revision {
     /// The tree's name.
-    pub tree: String,
+    pub(crate) tree: String,
     /// The repository URL.
-    pub url: String,
+    pub(crate) url: String,
     /// The branch.
-    pub branch: String,
+    pub(crate) branch: String,
     /// The full commit hash.
-    pub commit: String,
+    pub(crate) commit: String,
     /// A tag naming exactly this commit, if any.
-    pub describe: Option<String>,
+    pub(crate) describe: Option<String>,
 }
 
 impl Revision {
     /// KernelCI's `kernel_revision` object.
-    pub fn kernel_revision(&self) -> Value {
+    pub(crate) fn kernel_revision(&self) -> Value {
         let mut v = json!({
             "tree": self.tree,
             "url": self.url,
@@ -48,20 +47,30 @@ impl Revision {
         }
         v
     }
+
+    /// The commit as the store records it.
+    pub(crate) fn seen(&self) -> SeenCommit<'_> {
+        SeenCommit {
+            tree: &self.tree,
+            branch: &self.branch,
+            commit: &self.commit,
+            kernel_revision: self.kernel_revision(),
+        }
+    }
 }
 
 /// What `git ls-remote --heads --tags` said: branch heads, and the tags of each commit.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RemoteRefs {
+pub(crate) struct RemoteRefs {
     /// Branch name -> commit.
-    pub heads: BTreeMap<String, String>,
+    pub(crate) heads: BTreeMap<String, String>,
     /// Commit -> the tags that name it, sorted.
-    pub tags: BTreeMap<String, Vec<String>>,
+    pub(crate) tags: BTreeMap<String, Vec<String>>,
 }
 
 /// Parses `git ls-remote` output (`<hash>\t<ref>` lines). Annotated tags name their commit on
 /// the peeled `refs/tags/T^{}` line.
-pub fn parse_ls_remote(out: &str) -> anyhow::Result<RemoteRefs> {
+pub(crate) fn parse_ls_remote(out: &str) -> anyhow::Result<RemoteRefs> {
     let mut refs = RemoteRefs::default();
     for (i, line) in out.lines().enumerate() {
         if line.is_empty() {
@@ -95,7 +104,11 @@ pub fn parse_ls_remote(out: &str) -> anyhow::Result<RemoteRefs> {
 
 /// Runs `git ls-remote --heads --tags URL` (an argument list, no shell; no prompt for
 /// credentials), at most `timeout` long.
-pub async fn ls_remote(git: &Path, url: &str, timeout: Duration) -> anyhow::Result<RemoteRefs> {
+pub(crate) async fn ls_remote(
+    git: &Path,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<RemoteRefs> {
     let mut cmd = tokio::process::Command::new(git);
     cmd.args(["ls-remote", "--heads", "--tags", url])
         .env("GIT_TERMINAL_PROMPT", "0")
@@ -122,55 +135,8 @@ pub async fn ls_remote(git: &Path, url: &str, timeout: Duration) -> anyhow::Resu
     parse_ls_remote(&String::from_utf8_lossy(&out.stdout))
 }
 
-impl Write<'_> {
-    /// Creates the checkout node of `rev` unless this tree, branch and commit were seen
-    /// before. Returns the new node, or `None`.
-    pub fn record_commit(
-        &mut self,
-        rev: &Revision,
-        timeout: Duration,
-        holdoff: Duration,
-    ) -> Result<Option<Node>> {
-        let seen: Option<i64> = self.conn().query_opt(
-            "SELECT node_id FROM trigger_commits \
-                 WHERE tree = ?1 AND branch = ?2 AND commit_hash = ?3",
-            params![rev.tree, rev.branch, rev.commit],
-            |r| r.get(0),
-        )?;
-        if seen.is_some() {
-            return Ok(None);
-        }
-        let now = self.now();
-        let after = |d: Duration| -> DateTime<Utc> {
-            now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365))
-        };
-        let mut data = Map::new();
-        data.insert("kernel_revision".into(), rev.kernel_revision());
-        let mut n = NewNode::new(NodeKind::Checkout, "checkout");
-        n.state = NodeState::Available;
-        n.data = data;
-        n.timeout = Some(after(timeout));
-        n.holdoff = Some(after(holdoff));
-        n.owner = "trigger".into();
-        n.submitter = "trigger".into();
-        let node = self.create_node(n)?;
-        self.conn().execute(
-            "INSERT INTO trigger_commits (tree, branch, commit_hash, node_id, seen) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                rev.tree,
-                rev.branch,
-                rev.commit,
-                node.id.0,
-                crate::store::micros(now)
-            ],
-        )?;
-        Ok(Some(node))
-    }
-}
-
 /// Polls one tree once: new head commits of its branches become checkout nodes.
-pub async fn poll_tree(
+pub(crate) async fn poll_tree(
     store: &Store,
     cfg: &TriggerConfig,
     tree: &TreeConfig,
@@ -192,7 +158,7 @@ pub async fn poll_tree(
         let (timeout, holdoff) = (cfg.checkout_timeout, cfg.holdoff);
         let rev2 = rev.clone();
         if let Some(node) = store
-            .write(move |w| w.record_commit(&rev2, timeout, holdoff))
+            .write(move |w| w.record_commit(&rev2.seen(), timeout, holdoff))
             .await?
         {
             tracing::info!(
@@ -207,7 +173,7 @@ pub async fn poll_tree(
 
 /// Polls every configured tree until `shutdown`, each on its own schedule: at start, then
 /// every `interval` plus a random part of `jitter`.
-pub async fn run(store: Store, cfg: TriggerConfig, shutdown: CancellationToken) {
+pub(crate) async fn run(store: Store, cfg: TriggerConfig, shutdown: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
     for tree in cfg.trees.clone() {
         let (store, cfg, shutdown) = (store.clone(), cfg.clone(), shutdown.clone());
@@ -234,6 +200,7 @@ pub async fn run(store: Store, cfg: TriggerConfig, shutdown: CancellationToken) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{NodeKind, NodeState};
     use crate::store::nodes::query_nodes;
     use crate::store::{NodeFilter, temp_store};
 
@@ -269,7 +236,7 @@ mod tests {
         let hour = Duration::from_secs(3600);
         let r = rev.clone();
         let first = store
-            .write_blocking(move |w| w.record_commit(&r, hour, hour))
+            .write_blocking(move |w| w.record_commit(&r.seen(), hour, hour))
             .unwrap()
             .unwrap();
         assert_eq!(first.state, NodeState::Available);
@@ -281,7 +248,7 @@ mod tests {
         let r = rev.clone();
         assert!(
             store
-                .write_blocking(move |w| w.record_commit(&r, hour, hour))
+                .write_blocking(move |w| w.record_commit(&r.seen(), hour, hour))
                 .unwrap()
                 .is_none()
         );
@@ -290,7 +257,7 @@ mod tests {
         other.branch = "for-next".into();
         assert!(
             store
-                .write_blocking(move |w| w.record_commit(&other, hour, hour))
+                .write_blocking(move |w| w.record_commit(&other.seen(), hour, hour))
                 .unwrap()
                 .is_some()
         );

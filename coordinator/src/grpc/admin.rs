@@ -1,57 +1,22 @@
 //! AdminService: labs, jobs, revocation and cancellation. Needs the `admin` scope.
 
-use super::{SharedRef, node_id};
+use super::node_id;
+use crate::model::LabName;
+use crate::shared::{LabOverview, SharedRef, lab_overview};
 use crate::store::JobStatus;
 use crate::store::labs::Scope;
 use labwire_proto::convert;
 use labwire_proto::v1::{self, admin_service_server::AdminService};
 use tonic::{Request, Response, Status};
 
-/// A lab as the admin views (`ListLabs`, the dashboard) show it: its stored row, the devices
-/// it last advertised, whether its agent is connected now and how many jobs it holds.
-#[derive(Debug, Clone)]
-pub struct LabOverview {
-    /// The stored lab.
-    pub row: crate::store::labs::LabRow,
-    /// Its devices as last advertised.
-    pub devices: Vec<labwire_common::DeviceInfo>,
-    /// Whether its agent has a live session.
-    pub connected: bool,
-    /// Jobs leased to it.
-    pub jobs_in_flight: u32,
-}
-
-/// Every lab with its devices, connection and jobs in flight.
-pub async fn lab_overview(shared: &super::Shared) -> Result<Vec<LabOverview>, crate::error::Error> {
-    let (labs, leases) = shared
-        .store
-        .read(|c| {
-            Ok((
-                crate::store::labs::list_labs(c)?,
-                crate::store::jobs::leases_by_lab(c)?,
-            ))
-        })
-        .await?;
-    let connected = shared.connected_labs();
-    Ok(labs
-        .into_iter()
-        .map(|row| LabOverview {
-            devices: serde_json::from_value(row.devices.clone()).unwrap_or_default(),
-            connected: connected.contains_key(&row.name),
-            jobs_in_flight: leases.get(&row.name).copied().unwrap_or(0),
-            row,
-        })
-        .collect())
-}
-
 /// The admin service.
-pub struct AdminApi {
+pub(crate) struct AdminApi {
     shared: SharedRef,
 }
 
 impl AdminApi {
     /// The service over shared state.
-    pub fn new(shared: SharedRef) -> Self {
+    pub(crate) fn new(shared: SharedRef) -> Self {
         AdminApi { shared }
     }
 }
@@ -143,7 +108,7 @@ impl AdminService for AdminApi {
                     status: j.status.to_proto() as i32,
                     lease_owner: j.lease_owner.unwrap_or_default(),
                     lease_until: j.lease_expires.map(convert::timestamp),
-                    attempt: j.attempt,
+                    attempt: j.attempt.0,
                     priority: j.priority,
                     device: j.device.unwrap_or_default(),
                     spec: Some(j.spec),
@@ -157,23 +122,9 @@ impl AdminService for AdminApi {
         req: Request<v1::RevokeLabRequest>,
     ) -> Result<Response<v1::RevokeLabResponse>, Status> {
         self.shared.auth.token(&req, Scope::Admin).await?;
-        let lab = req.into_inner().lab;
-        let l2 = lab.clone();
-        let (certs, requeued) = self
-            .shared
-            .store
-            .write(move |w| {
-                let jobs = w.requeue_lab_jobs(&l2)?;
-                let n = w.revoke_lab(&l2)?;
-                Ok((n, jobs))
-            })
-            .await?;
-        if let Ok(mut map) = self.shared.sessions.write() {
-            map.retain(|_, s| s.lab != lab);
-        }
-        for j in &requeued {
-            self.shared.dispatcher.enqueue(j).await;
-        }
+        let lab = LabName::new(req.into_inner().lab);
+        let (certs, requeued) = self.shared.queue.revoke(lab.clone()).await?;
+        self.shared.end_sessions(&lab);
         tracing::warn!(lab = %lab, certificates = certs, jobs = requeued.len(), "lab revoked");
         Ok(Response::new(v1::RevokeLabResponse {
             certificates: certs as u32,
@@ -188,13 +139,7 @@ impl AdminService for AdminApi {
         self.shared.auth.token(&req, Scope::Admin).await?;
         let r = req.into_inner();
         let id = node_id("job", r.job)?;
-        let reason = r.reason;
-        let node = self
-            .shared
-            .store
-            .write(move |w| w.cancel_job(id, &reason))
-            .await?;
-        self.shared.dispatcher.forget(id).await;
+        let node = self.shared.queue.cancel(id, r.reason).await?;
         Ok(Response::new(v1::CancelJobResponse {
             node: Some(node.to_proto()),
         }))

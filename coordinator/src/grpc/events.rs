@@ -3,8 +3,8 @@
 //! the store to announce a newer sequence number; it never relies on in-memory copies of
 //! events, so a slow subscriber cannot miss any.
 
-use super::SharedRef;
 use crate::model::NodeKind;
+use crate::shared::SharedRef;
 use crate::store::StoredEvent;
 use crate::store::labs::Scope;
 use labwire_proto::convert;
@@ -15,19 +15,19 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 /// The event service.
-pub struct EventApi {
+pub(crate) struct EventApi {
     shared: SharedRef,
 }
 
 impl EventApi {
     /// The service over shared state.
-    pub fn new(shared: SharedRef) -> Self {
+    pub(crate) fn new(shared: SharedRef) -> Self {
         EventApi { shared }
     }
 }
 
 /// A stored event as its protobuf message.
-pub fn event_to_proto(e: &StoredEvent, source: &str) -> v1::Event {
+pub(crate) fn event_to_proto(e: &StoredEvent, source: &str) -> v1::Event {
     v1::Event {
         seq: e.seq,
         r#type: e.event_type().to_string(),

@@ -1,19 +1,23 @@
-//! The pipeline services that run inside the coordinator next to dispatch: the trigger
-//! (new commits become `checkout` nodes), the timeout service (timeouts, holdoffs, closing)
-//! and the e-mailed checkout reports.
+//! The pipeline services that run inside the coordinator next to dispatch: the scheduler
+//! (events become jobs), the trigger (new commits become `checkout` nodes), the timeout
+//! service (timeouts, holdoffs, closing) and the e-mailed checkout reports.
 
-pub mod config;
-pub mod mail;
-pub mod timeout;
-pub mod trigger;
+pub(crate) mod config;
+pub(crate) mod mail;
+pub(crate) mod scheduler;
+pub(crate) mod timeout;
+pub(crate) mod trigger;
 
-use crate::api::SharedRef;
+use crate::shared::SharedRef;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 /// Starts the HTTP side on `http`, when given; it stops when the shared shutdown token is
 /// cancelled. Every replica serves it.
-pub fn start_http(shared: &SharedRef, http: Option<TcpListener>) -> anyhow::Result<JoinSet<()>> {
+pub(crate) fn start_http(
+    shared: &SharedRef,
+    http: Option<TcpListener>,
+) -> anyhow::Result<JoinSet<()>> {
     let cfg = &shared.config;
     let mut set = JoinSet::new();
     if let Some(listener) = http {
@@ -39,7 +43,7 @@ pub fn start_http(shared: &SharedRef, http: Option<TcpListener>) -> anyhow::Resu
 
 /// Checks, at start-up, that the services' settings can work (so that a bad mail set-up
 /// fails the start, not the first report).
-pub fn check(shared: &SharedRef) -> anyhow::Result<()> {
+pub(crate) fn check(shared: &SharedRef) -> anyhow::Result<()> {
     if let Some(email) = &shared.config.reports.email {
         mail::transport(email)?;
     }
@@ -49,14 +53,14 @@ pub fn check(shared: &SharedRef) -> anyhow::Result<()> {
 /// Starts the pipeline services the config turns on, on the replica that leads: the timeout
 /// service always, the trigger when trees are configured, the report mailer when
 /// `reports.email` is set. Each stops when `stop` is cancelled.
-pub fn start_leader(
+pub(crate) fn start_leader(
     shared: &SharedRef,
     stop: &tokio_util::sync::CancellationToken,
     set: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
     let cfg = &shared.config;
     set.spawn(timeout::run(
-        shared.store.clone(),
+        shared.queue.clone(),
         cfg.timeouts.interval,
         stop.clone(),
     ));

@@ -1,0 +1,25 @@
+//! The gRPC services: what agents call (AgentService, by client certificate) and what
+//! clients call (NodeService, EventService, AdminService, by bearer token).
+
+mod admin;
+mod agent;
+mod events;
+mod nodes;
+
+pub(crate) use admin::AdminApi;
+pub(crate) use agent::AgentApi;
+pub(crate) use events::EventApi;
+pub(crate) use nodes::NodeApi;
+
+use crate::model::NodeId;
+use tonic::Status;
+
+/// A node id from a request field; refuses 0 and negatives with the field's name.
+pub(crate) fn node_id(field: &str, v: i64) -> Result<NodeId, Status> {
+    if v <= 0 {
+        return Err(Status::invalid_argument(format!(
+            "{field} must be a node id (a positive number), got {v}"
+        )));
+    }
+    Ok(NodeId(v))
+}
