@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod error;
 pub mod http;
 pub mod model;
+pub mod net;
 pub mod pipeline_config;
 pub mod pki;
 pub mod placement;

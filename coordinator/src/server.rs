@@ -38,7 +38,7 @@ pub fn tls_config(cfg: &CoordinatorConfig) -> anyhow::Result<ServerTlsConfig> {
         .identity(Identity::from_pem(cert, key))
         .client_ca_root(Certificate::from_pem(ca))
         .client_auth_optional(true)
-        .timeout(Duration::from_secs(10)))
+        .timeout(cfg.connections.handshake_timeout))
 }
 
 /// Serves on `listener` until `shutdown` is cancelled, then drains: long polls and event
@@ -115,7 +115,9 @@ pub async fn serve_with_http(
     let mut services = crate::services::start_http(&shared, http)?;
 
     let addr = listener.local_addr()?;
+    let conns = crate::net::Tracker::new("gRPC", &cfg.connections);
     let router = Server::builder()
+        .layer(conns.layer())
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -147,10 +149,8 @@ pub async fn serve_with_http(
     let s2 = shutdown.clone();
     let res = router
         .serve_with_incoming_shutdown(
-            // The builder's `tcp_nodelay` only applies to listeners tonic opens itself; an
-            // incoming stream carries its own setting. Without it, Nagle's algorithm holds
-            // small responses back until the peer's delayed ACK: about 40 ms per call.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            // Connection limits (crate::net); it also sets TCP_NODELAY on every socket.
+            conns.incoming(listener),
             async move {
                 s2.cancelled().await;
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
