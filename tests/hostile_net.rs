@@ -217,3 +217,247 @@ async fn idle_connections_are_closed_on_both_ports() {
         );
     }
 }
+
+#[tokio::test]
+async fn cross_site_sign_in_and_out_are_refused() {
+    // Issue 17 item 8: the dashboard's sign-in and sign-out accepted posts from any site.
+    let rig = Rig::new("http: {listen: 127.0.0.1:0}\n");
+    let _keep = rig.keep_on_failure();
+    let _coord = rig.start_coordinator();
+    let base = rig.http_url();
+    let http = rig.http_client();
+    let read = rig.create_token("viewer", "read");
+    let host = base.trim_start_matches("https://").to_string();
+    let post = |path: &str, headers: &[(&str, &str)]| {
+        let mut r = http
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={read}"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send()
+    };
+    // A page on another site posting the form (what a browser sends then).
+    for headers in [
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://evil.example"),
+        ][..],
+        &[
+            ("sec-fetch-site", "same-site"),
+            ("origin", "https://sub.example"),
+        ][..],
+        &[("origin", "https://evil.example")][..],
+        &[("origin", "null")][..],
+    ] {
+        for path in ["/ui/login", "/ui/logout"] {
+            let r = post(path, headers).await.expect("post");
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path} {headers:?}");
+            assert!(
+                r.headers().get("set-cookie").is_none(),
+                "{path} {headers:?} set a cookie"
+            );
+            let body = r.text().await.expect("body");
+            assert!(body.contains("another site"), "{body}");
+        }
+    }
+    // The dashboard's own forms, and clients that are not browsers, still work.
+    let origin = format!("https://{host}");
+    for headers in [
+        &[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", origin.as_str()),
+        ][..],
+        &[("origin", origin.as_str())][..],
+        &[][..],
+    ] {
+        let r = post("/ui/login", headers).await.expect("post");
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{headers:?}");
+        let cookie = r.headers()["set-cookie"].to_str().expect("cookie");
+        assert!(cookie.starts_with("labwire_ui="), "{cookie}");
+        let r = post("/ui/logout", headers).await.expect("post");
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{headers:?}");
+    }
+}
+
+/// Peak memory of process `pid` since the last reset, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+/// Resident memory of process `pid` now, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[tokio::test]
+async fn a_big_log_is_streamed_with_bounded_memory() {
+    // Issue 17 item 8: `/ui/log/{job}` read the whole log into memory; five readers of a
+    // 61 MB log added 419 MiB to the coordinator.
+    const LOG_BYTES: u64 = 61_000_000;
+    let rig = Rig::new("http: {listen: 127.0.0.1:0}\n");
+    let _keep = rig.keep_on_failure();
+    let coord = rig.start_coordinator();
+    rig.issue_lab("lab-a");
+    let big = format!(
+        "yes 'a line of a big log: 0123456789 abcdefghijklmnopqrstuvwxyz' | head -c {LOG_BYTES}"
+    );
+    rig.agent_config("lab-a", &[("host-1", &["sh", "-c", &big], &["big"])], "");
+    let _agent = rig.start_agent("lab-a");
+    let mut c = rig.client().await;
+    let job = submit(&mut c, "big-log", &["big"], &[]).await;
+    let done = wait_node(&mut c, job, Duration::from_secs(300), is_done).await;
+    assert_eq!(
+        done.result,
+        labwire_proto::v1::NodeResult::Pass as i32,
+        "{done:?}"
+    );
+
+    let base = rig.http_url();
+    let read = rig.create_token("viewer", "read");
+    let pid = coord.child.id();
+    // Reset the peak (Linux: `5` to clear_refs), so that it measures the reads only.
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
+    let before = rss(pid);
+    let readers: Vec<_> = (0..5)
+        .map(|_| {
+            let http = rig.http_client();
+            let url = format!("{base}/ui/log/{job}");
+            let read = read.clone();
+            tokio::spawn(async move {
+                let mut r = http
+                    .get(url)
+                    .bearer_auth(read)
+                    .timeout(Duration::from_secs(300))
+                    .send()
+                    .await
+                    .expect("get");
+                assert_eq!(r.status(), StatusCode::OK);
+                let ct = r.headers()["content-type"]
+                    .to_str()
+                    .expect("type")
+                    .to_string();
+                assert!(ct.starts_with("text/plain"), "{ct}");
+                let mut n = 0u64;
+                while let Some(chunk) = r.chunk().await.expect("chunk") {
+                    n += chunk.len() as u64;
+                }
+                n
+            })
+        })
+        .collect();
+    for r in readers {
+        let n = r.await.expect("join");
+        assert!(
+            n >= LOG_BYTES,
+            "a reader got {n} bytes of a {LOG_BYTES}-byte log"
+        );
+    }
+    let grew = peak_rss(pid).saturating_sub(before);
+    println!(
+        "five readers of a {} MB log: coordinator peak RSS {} MiB above {} MiB",
+        LOG_BYTES / 1_000_000,
+        grew >> 20,
+        before >> 20
+    );
+    assert!(
+        grew < 64 << 20,
+        "five readers of a {LOG_BYTES}-byte log grew the coordinator by {} MiB",
+        grew >> 20
+    );
+}
+
+#[tokio::test]
+async fn off_site_artifacts_are_not_redirected() {
+    // Issue 17 item 8: `//host/x` artifact links were redirected off-site by the coordinator.
+    let rig = Rig::new("http: {listen: 127.0.0.1:0}\n");
+    let _keep = rig.keep_on_failure();
+    let _coord = rig.start_coordinator();
+    let base = rig.http_url();
+    let http = rig.http_client();
+    let token = rig.admin_token.trim().to_string();
+    let body = serde_json::json!({
+        "kind": "checkout", "name": "artifacts",
+        "artifacts": {
+            "protocol-relative": "//evil.example/x",
+            "backslash": "/\\evil.example/x",
+            "elsewhere": "https://storage.example/kernel/Image",
+            "script": "javascript:alert(1)",
+            "here": "/logs/1",
+        }
+    });
+    let r = http
+        .post(format!("{base}/node"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: serde_json::Value =
+        serde_json::from_str(&r.text().await.expect("body")).expect("json");
+    let id = created["id"].as_i64().expect("id");
+    for name in ["protocol-relative", "backslash", "elsewhere", "script"] {
+        let r = http
+            .get(format!("{base}/node/{id}/artifacts/{name}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get");
+        assert!(
+            r.headers().get("location").is_none(),
+            "{name}: redirected to {:?}",
+            r.headers().get("location")
+        );
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{name}");
+        let detail = r.text().await.expect("body");
+        assert!(detail.contains("not on this coordinator"), "{detail}");
+    }
+    // A path on the coordinator is still redirected.
+    let r = http
+        .get(format!("{base}/node/{id}/artifacts/here"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(r.headers()["location"], "/logs/1");
+
+    // The dashboard links only its own paths and shows an off-site URL in plain view.
+    let page = http
+        .get(format!("{base}/ui/node/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("page");
+    for bad in [
+        "href=\"//",
+        "href=\"&#x2f;&#x2f;",
+        "href=\"/\\",
+        "href=\"javascript",
+    ] {
+        assert!(!page.contains(bad), "{bad} in {page}");
+    }
+    assert!(page.contains("href=\"&#x2f;logs&#x2f;1\""), "{page}");
+    assert!(
+        page.contains("class=external href=\"https:&#x2f;&#x2f;storage.example&#x2f;kernel&#x2f;Image\" rel=\"noopener noreferrer nofollow\""),
+        "{page}"
+    );
+}
