@@ -461,3 +461,88 @@ async fn off_site_artifacts_are_not_redirected() {
         "{page}"
     );
 }
+
+#[tokio::test]
+async fn labwire_exits_quietly_when_its_reader_goes() {
+    // `labwire jobs | head -1` panicked: "failed printing to stdout: Broken pipe".
+    let rig = Rig::new("");
+    let _keep = rig.keep_on_failure();
+    let _coord = rig.start_coordinator();
+    let mut c = rig.client().await;
+    // Queued jobs (no lab), enough events to overflow a pipe's buffer (64 KiB).
+    let mut first = 0;
+    for i in 0..300 {
+        let id = submit(
+            &mut c,
+            &format!("queued-job-with-a-longish-name-{i}"),
+            &["nowhere"],
+            &[],
+        )
+        .await;
+        if i == 0 {
+            first = id;
+        }
+    }
+    let ca = rig.path("coordinator/pki/ca.pem");
+    let token = rig.admin_token.trim().to_string();
+    let labwire = |args: &[&str]| {
+        let mut cmd = Command::new(CLIENT);
+        cmd.arg("--server")
+            .arg(rig.url())
+            .arg("--ca")
+            .arg(&ca)
+            .arg("--token")
+            .arg(&token)
+            .args(args);
+        cmd
+    };
+    let id = first.to_string();
+    for args in [
+        &["jobs"][..],
+        &["jobs", "--status", "queued", "--limit", "1000"][..],
+        &["jobs", "explain", &id][..],
+        &["events"][..],
+        &["nodes"][..],
+        &["node", &id][..],
+        &["tree", &id][..],
+        &["labs"][..],
+    ] {
+        // The reader is gone before the command writes anything.
+        let mut child = labwire(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start labwire");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "labwire {args:?} with its output closed: {} {stderr}",
+            out.status
+        );
+    }
+    // The pipeline itself, with pipefail: the reader leaves after one line.
+    let pipeline = labwire(&["events"]);
+    let argv: Vec<String> = std::iter::once(pipeline.get_program())
+        .chain(pipeline.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -o pipefail; {} | head -1", argv.join(" ")))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run pipeline");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("panicked"),
+        "labwire events | head -1: {} {stderr}",
+        out.status
+    );
+    let first_line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        first_line.lines().count() == 1 && first_line.contains("\"seq\":1"),
+        "{first_line}"
+    );
+}
