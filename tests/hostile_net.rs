@@ -216,6 +216,56 @@ async fn idle_connections_are_closed_on_both_ports() {
             "the {port} port closed an idle connection after {after:?}, with idle_timeout 2s"
         );
     }
+
+    // A quiet event stream is a request under way, not an idle connection: after twice the
+    // idle timeout without an event, both streams still deliver the next one.
+    let mut c = rig.client().await;
+    let mut grpc_events = c
+        .events
+        .subscribe(labwire_proto::v1::SubscribeRequest {
+            after_seq: 0,
+            kind: 0,
+            catch_up_only: false,
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let base = rig.http_url();
+    let token = rig.admin_token.trim().to_string();
+    let web = rig.http_client();
+    let mut sse = web
+        .get(format!("{base}/events/stream"))
+        .bearer_auth(&token)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("event stream");
+    assert_eq!(sse.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let r = web
+        .post(format!("{base}/node"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(r#"{"kind": "checkout", "name": "after-a-quiet-while"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let ev = tokio::time::timeout(Duration::from_secs(10), grpc_events.message())
+        .await
+        .expect("a gRPC event within 10 s")
+        .expect("the gRPC event stream is still open")
+        .expect("an event");
+    assert_eq!(ev.node.expect("node").name, "after-a-quiet-while");
+    let mut text = String::new();
+    while !text.contains("after-a-quiet-while") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), sse.chunk())
+            .await
+            .expect("an HTTP event within 10 s")
+            .expect("the HTTP event stream is still open")
+            .expect("more of the stream");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
 }
 
 #[tokio::test]
