@@ -16,7 +16,7 @@
 //!   connection is busy is the new one refused (closed at once). So a crowd of idle sockets
 //!   can delay a good client by one round trip at most, and never takes a long poll away
 //!   from an agent.
-//! - The cap is lowered at start when the process may not open enough files for two full
+//! - The cap is lowered at start when the process may not open enough files for its full
 //!   ports plus what the coordinator needs itself ([`RESERVED_FDS`]); the soft limit on open
 //!   files is first raised to the hard one.
 //!
@@ -48,8 +48,9 @@ pub const RESERVED_FDS: u64 = 64;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionLimits {
-    /// At most this many connections at once on each port (gRPC, HTTP). Default 1024; lowered
-    /// at start when the open-files limit does not allow two full ports.
+    /// At most this many connections at once on each port (gRPC, HTTP). Default 16384
+    /// (room for the 10,000 idle agents labwire-bench measures, and clients); lowered at start
+    /// when the open-files limit does not allow that many on every open port.
     #[serde(default = "default_max")]
     pub max_per_port: usize,
     /// How long a client has to finish its TLS handshake. Default `10s`.
@@ -61,7 +62,7 @@ pub struct ConnectionLimits {
 }
 
 fn default_max() -> usize {
-    1024
+    16384
 }
 fn default_handshake() -> Duration {
     Duration::from_secs(10)
@@ -100,12 +101,12 @@ impl ConnectionLimits {
         Ok(())
     }
 
-    /// The cap applied to each port: `max_per_port`, or less when the process may open
-    /// only `nofile` files (two full ports plus [`RESERVED_FDS`]); never under 4.
-    pub fn effective_max(&self, nofile: Option<u64>) -> usize {
+    /// The cap applied to each of `ports` ports: `max_per_port`, or less when the process may
+    /// open only `nofile` files (full ports plus [`RESERVED_FDS`]); never under 4.
+    pub fn effective_max(&self, nofile: Option<u64>, ports: u64) -> usize {
         match nofile {
             Some(n) => {
-                let budget = (n.saturating_sub(RESERVED_FDS) / 2).max(4);
+                let budget = (n.saturating_sub(RESERVED_FDS) / ports.max(1)).max(4);
                 self.max_per_port
                     .min(usize::try_from(budget).unwrap_or(usize::MAX))
             }
@@ -183,10 +184,10 @@ pub struct Tracker {
 
 impl Tracker {
     /// A tracker for `port` (a name for logs: `gRPC`, `HTTP`) with `limits`, the cap lowered
-    /// to what the open-files limit allows.
-    pub fn new(port: &'static str, limits: &ConnectionLimits) -> Arc<Tracker> {
+    /// to what the open-files limit allows for `ports` ports (1 without the HTTP side, 2 with).
+    pub fn new(port: &'static str, limits: &ConnectionLimits, ports: u64) -> Arc<Tracker> {
         let nofile = open_files_limit();
-        let max = limits.effective_max(nofile);
+        let max = limits.effective_max(nofile, ports);
         if max < limits.max_per_port {
             tracing::warn!(
                 port,
@@ -604,10 +605,13 @@ mod tests {
     #[test]
     fn the_cap_fits_the_open_files_limit() {
         let l = ConnectionLimits::default();
-        assert_eq!(l.effective_max(None), 1024);
-        assert_eq!(l.effective_max(Some(1 << 20)), 1024);
-        assert_eq!(l.effective_max(Some(128)), 32);
-        assert_eq!(l.effective_max(Some(10)), 4);
+        assert_eq!(l.effective_max(None, 2), 16384);
+        assert_eq!(l.effective_max(Some(1 << 20), 2), 16384);
+        assert_eq!(l.effective_max(Some(20_000), 1), 16384);
+        assert_eq!(l.effective_max(Some(20_000), 2), 9968);
+        assert_eq!(l.effective_max(Some(128), 2), 32);
+        assert_eq!(l.effective_max(Some(128), 1), 64);
+        assert_eq!(l.effective_max(Some(10), 2), 4);
     }
 
     #[test]

@@ -112,10 +112,11 @@ pub async fn serve_with_http(
             tokio::spawn(refresh_remote_labs(shared.clone())),
         )
     });
+    let ports = if http.is_some() { 2 } else { 1 };
     let mut services = crate::services::start_http(&shared, http)?;
 
     let addr = listener.local_addr()?;
-    let conns = crate::net::Tracker::new("gRPC", &cfg.connections);
+    let conns = crate::net::Tracker::new("gRPC", &cfg.connections, ports);
     let router = Server::builder()
         .layer(conns.layer())
         .tls_config(tls)?

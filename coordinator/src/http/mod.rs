@@ -114,7 +114,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let handshake = shared.config.connections.handshake_timeout;
-    let conns = crate::net::Tracker::new("HTTP", &shared.config.connections);
+    // Two ports share the open-files limit: this one and gRPC.
+    let conns = crate::net::Tracker::new("HTTP", &shared.config.connections, 2);
     let app = router(shared.clone()).merge(ui::router(shared));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
