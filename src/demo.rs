@@ -4,6 +4,7 @@
 //! the log is, then shuts both down. It exits 0 only if the job really ran and passed.
 
 use crate::commands::{fetch_tree, render_tree, wait_done};
+use crate::output::say;
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,13 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 /// Options of `labwire demo`.
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Keep the demo's folder (CA, database, agent state, logs) instead of deleting it.
     #[arg(long)]
-    pub keep: bool,
+    keep: bool,
     /// Use this folder instead of a temporary one (implies --keep).
     #[arg(long)]
-    pub dir: Option<PathBuf>,
+    dir: Option<PathBuf>,
 }
 
 /// The script the demo's shell device runs: a greeting (a job parameter, passed as a
@@ -70,7 +71,7 @@ fn board_device(root: &Path) -> Option<(String, PathBuf)> {
         .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
         .unwrap_or(false);
     if !qemu {
-        println!(
+        say!(
             "==> qemu-system-x86_64 is not installed, so the demo runs without a board.\n    \
              To see a real Linux kernel boot on a serial console, install it and run again:\n    \
              sudo apt-get install -y --no-install-recommends qemu-system-x86 busybox-static cpio"
@@ -78,7 +79,7 @@ fn board_device(root: &Path) -> Option<(String, PathBuf)> {
         return None;
     }
     if !scripts.join("build.sh").is_file() {
-        println!(
+        say!(
             "==> the board scripts ({}) are not there; the demo runs without a board",
             scripts.display()
         );
@@ -90,7 +91,7 @@ fn board_device(root: &Path) -> Option<(String, PathBuf)> {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
                 .join(".cache/labwire/board")
         });
-    println!(
+    say!(
         "==> preparing the QEMU board (Debian kernel + busybox initramfs) in {}",
         board.display()
     );
@@ -101,7 +102,7 @@ fn board_device(root: &Path) -> Option<(String, PathBuf)> {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        println!("==> building the board failed (see above); the demo runs without a board");
+        say!("==> building the board failed (see above); the demo runs without a board");
         return None;
     }
     let run = root.join("board-run");
@@ -126,7 +127,7 @@ fn board_device(root: &Path) -> Option<(String, PathBuf)> {
 }
 
 /// Runs the demo.
-pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let keep = args.keep || args.dir.is_some();
     let (root, _guard) = match &args.dir {
         Some(d) => {
@@ -144,7 +145,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let result = demo(&root).await;
     if keep {
-        println!("demo folder kept: {}", root.display());
+        say!("demo folder kept: {}", root.display());
     }
     match result {
         Ok(true) => Ok(ExitCode::SUCCESS),
@@ -154,7 +155,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn demo(root: &Path) -> anyhow::Result<bool> {
-    let step = |s: &str| println!("==> {s}");
+    let step = |s: &str| {
+        say!("==> {s}");
+    };
     let cdir = root.join("coordinator");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -278,7 +281,7 @@ async fn submit_and_follow(
         .into_inner()
         .node
         .context("no node returned")?;
-    println!("==> submitted job {} `{}`", node.id, node.name);
+    say!("==> submitted job {} `{}`", node.id, node.name);
 
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -316,7 +319,7 @@ async fn submit_and_follow(
         Err(_) => bail!("the job did not finish within 300 s"),
     };
     let (root, kids) = fetch_tree(&mut c, done.id).await?;
-    println!("\nnode tree:\n{}", render_tree(&root, &kids));
+    say!("\nnode tree:\n{}", render_tree(&root, &kids));
     let mut log = Vec::new();
     let mut s = c
         .nodes
@@ -329,7 +332,7 @@ async fn submit_and_follow(
     while let Some(chunk) = s.message().await? {
         log.extend_from_slice(&chunk.data);
     }
-    println!(
+    say!(
         "job log ({} bytes, stored by the coordinator; `labwire log {}` prints it):",
         log.len(),
         done.id
@@ -339,7 +342,7 @@ async fn submit_and_follow(
     for (i, line) in lines.iter().enumerate() {
         if lines.len() > 30 && (6..lines.len() - 22).contains(&i) {
             if i == 6 {
-                println!("  | ... {} more lines ...", lines.len() - 28);
+                say!("  | ... {} more lines ...", lines.len() - 28);
             }
             continue;
         }
@@ -348,13 +351,13 @@ async fn submit_and_follow(
             .chars()
             .filter(|c| !c.is_control() || *c == '\t')
             .collect();
-        println!("  | {clean}");
+        say!("  | {clean}");
     }
     let attempt = labwire_proto::convert::struct_to_map(&done.data.clone().unwrap_or_default())
         .get("attempt")
         .and_then(|v| v.as_i64())
         .unwrap_or(1);
-    println!(
+    say!(
         "agent's copy: {}",
         agent_state
             .join("jobs")
@@ -363,7 +366,7 @@ async fn submit_and_follow(
             .display()
     );
     let passed = done.result == v1::NodeResult::Pass as i32;
-    println!(
+    say!(
         "\nresult: {}",
         if passed {
             "PASS — the pipeline ran end to end"

@@ -1,12 +1,19 @@
 //! The `labwire` package: the command-line client for people and scripts (`labwire`), the
 //! local demo, and the thin `main`s of the coordinator and agent daemons. Shared start-up
 //! code (TLS crypto provider, logging) lives here so that every binary starts the same way.
+//!
+//! What other crates use (the binaries, the end-to-end tests, labwire-bench) is public:
+//! [`client`], [`commands::Cli`] and [`commands::run`], the tree helpers of [`commands`], and
+//! the start-up functions below. Everything else is `pub(crate)`.
+
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod commands;
-pub mod demo;
-pub mod kcidb;
-pub mod report;
+mod demo;
+mod kcidb;
+mod output;
+mod report;
 
 use std::io::IsTerminal;
 

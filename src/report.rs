@@ -10,7 +10,7 @@ use labwire_proto::v1;
 
 /// A node and every node of its tree below it, as coordinator model nodes. A root node's
 /// tree is read with one paged query by tree id; any other node's by walking children.
-pub async fn fetch_subtree(c: &mut Clients, id: i64) -> anyhow::Result<(Node, Vec<Node>)> {
+pub(crate) async fn fetch_subtree(c: &mut Clients, id: i64) -> anyhow::Result<(Node, Vec<Node>)> {
     let root = c
         .nodes
         .get_node(v1::GetNodeRequest { id })
@@ -51,7 +51,7 @@ pub async fn fetch_subtree(c: &mut Clients, id: i64) -> anyhow::Result<(Node, Ve
 }
 
 /// The report of checkout `id` in `format`.
-pub async fn report(c: &mut Clients, id: i64, format: Format) -> anyhow::Result<String> {
+pub(crate) async fn report(c: &mut Clients, id: i64, format: Format) -> anyhow::Result<String> {
     let (root, nodes) = fetch_subtree(c, id).await?;
     if root.kind != NodeKind::Checkout {
         bail!("node {id} is a {}, not a checkout", root.kind);

@@ -79,6 +79,9 @@ pub struct CoordinatorConfig {
     /// Reports.
     #[serde(default)]
     pub reports: crate::pipeline::config::ReportConfig,
+    /// Limits on the connections of each port (gRPC and HTTP).
+    #[serde(default)]
+    pub connections: crate::net::ConnectionLimits,
 }
 
 /// Retries of jobs that ended `incomplete` because the infrastructure failed. Test
@@ -249,6 +252,7 @@ impl Default for CoordinatorConfig {
             timeouts: Default::default(),
             trigger: Default::default(),
             reports: Default::default(),
+            connections: Default::default(),
         }
     }
 }
@@ -296,6 +300,7 @@ impl CoordinatorConfig {
             bail!("public_url `{}` must start with https://", self.public_url);
         }
         crate::pipeline::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
+        self.connections.validate()?;
         Ok(())
     }
 

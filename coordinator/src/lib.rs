@@ -16,6 +16,7 @@ pub(crate) mod files;
 pub(crate) mod grpc;
 pub(crate) mod http;
 pub mod model;
+pub mod net;
 pub(crate) mod pipeline;
 pub mod pipeline_config;
 pub mod pki;
@@ -26,9 +27,3 @@ pub mod server;
 pub(crate) mod setup;
 pub(crate) mod shared;
 pub mod store;
-
-/// The old name of [`shared`], kept so that `http/ui.rs` (rewritten on another branch) still
-/// finds what it imports; remove once it imports `crate::shared`.
-pub(crate) mod api {
-    pub(crate) use crate::shared::{LabOverview, SharedRef, lab_overview};
-}

@@ -46,7 +46,11 @@ pub(super) async fn log_attempt(
 }
 
 /// `GET /logs/{job}[/{attempt}]`: a job's log, byte for byte, streamed from the store.
-async fn send_log(shared: SharedRef, job: NodeId, attempt: i32) -> Result<Response, ApiError> {
+pub(super) async fn send_log(
+    shared: SharedRef,
+    job: NodeId,
+    attempt: i32,
+) -> Result<Response, ApiError> {
     let store = shared.store.clone();
     let first = store
         .read(move |c| crate::store::jobs::read_log(c, job, attempt, 0, 1 << 20))

@@ -114,22 +114,18 @@ pub(crate) async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) {
+    let handshake = shared.config.connections.handshake_timeout;
+    // Two ports share the open-files limit: this one and gRPC.
+    let conns = crate::net::Tracker::new("HTTP", &shared.config.connections, 2);
     let app = router(shared.clone()).merge(ui::router(shared));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
+        // Connection limits (crate::net): a cap, idle connections closed.
         let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            c = conns.accept(&listener) => c,
             _ = shutdown.cancelled() => return,
         };
-        let _ = tcp.set_nodelay(true);
-        let app = app.clone();
+        let app = tcp.track(app.clone());
         let acceptor = acceptor.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -137,20 +133,17 @@ pub(crate) async fn serve(
             let builder = auto::Builder::new(TokioExecutor::new());
             match acceptor {
                 Some(acceptor) => {
-                    let tls =
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "HTTP TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "HTTP TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "HTTP TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "HTTP TLS handshake timed out");
+                            return;
+                        }
+                    };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
                     drive(conn, shutdown).await;
                 }

@@ -268,8 +268,8 @@ pub(super) async fn update_node(
     Ok(axum::Json(node).into_response())
 }
 
-/// `GET /node/{id}/artifacts/{name}`: a redirect to the artifact. Artifacts stay where the
-/// lab put them; logs the coordinator keeps are served under `/logs/`.
+/// `GET /node/{id}/artifacts/{name}`: a redirect to the artifact when it is on this
+/// coordinator (logs under `/logs/`); 404 naming the URL of one stored elsewhere.
 pub(super) async fn artifact(
     State(shared): State<SharedRef>,
     headers: HeaderMap,
@@ -291,11 +291,14 @@ pub(super) async fn artifact(
                 .join(", ")
         )))
     })?;
-    if url.starts_with('/') || url.starts_with("https://") || url.starts_with("http://") {
+    // Only paths on this coordinator are redirected: an off-site URL (`https://...`,
+    // `//host/x`) is named, not vouched for (see http::ui::links).
+    if super::ui::local_path(url) {
         Ok(Redirect::temporary(url).into_response())
     } else {
         Err(ApiError(Error::NotFound(format!(
-            "artifact `{name}` of node {id} is `{url}`, which this coordinator cannot serve"
+            "artifact `{name}` of node {id} is `{url}`, which is not on this coordinator: \
+             fetch it from there"
         ))))
     }
 }

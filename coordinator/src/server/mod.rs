@@ -45,7 +45,7 @@ pub(crate) fn tls_config(cfg: &CoordinatorConfig) -> anyhow::Result<ServerTlsCon
         .identity(Identity::from_pem(cert, key))
         .client_ca_root(Certificate::from_pem(ca))
         .client_auth_optional(true)
-        .timeout(Duration::from_secs(10)))
+        .timeout(cfg.connections.handshake_timeout))
 }
 
 /// Serves on `listener` until `shutdown` is cancelled, then drains: long polls and event
@@ -145,10 +145,13 @@ pub async fn serve_with_http(
         upkeep.spawn(follow::refresh_remote_labs(shared.clone()));
     }
     let leader = tokio::spawn(leader::lead(shared.clone(), pipeline.map(Arc::new)));
+    let ports = if http.is_some() { 2 } else { 1 };
     let mut services = crate::pipeline::start_http(&shared, http)?;
 
     let addr = listener.local_addr()?;
+    let conns = crate::net::Tracker::new("gRPC", &cfg.connections, ports);
     let router = Server::builder()
+        .layer(conns.layer())
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -180,10 +183,8 @@ pub async fn serve_with_http(
     let s2 = shutdown.clone();
     let res = router
         .serve_with_incoming_shutdown(
-            // The builder's `tcp_nodelay` only applies to listeners tonic opens itself; an
-            // incoming stream carries its own setting. Without it, Nagle's algorithm holds
-            // small responses back until the peer's delayed ACK: about 40 ms per call.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            // Connection limits (crate::net); it also sets TCP_NODELAY on every socket.
+            conns.incoming(listener),
             async move {
                 s2.cancelled().await;
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

@@ -1,0 +1,190 @@
+//! The `labwire` command line: submit jobs, read nodes, trees, logs and events, look at labs
+//! and jobs, cancel and revoke, report and export, and run the local demo. One function per
+//! subcommand, in a module per family: [`submit`], [`read`] (nodes, trees, logs, events),
+//! [`admin`] (labs, jobs, cancel, revoke), [`export`] (report, KCIDB).
+
+mod admin;
+mod export;
+mod read;
+mod submit;
+
+pub use read::{fetch_tree, render_tree, result_name};
+pub(crate) use submit::wait_done;
+
+use crate::client::{Clients, connect, read_ca};
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// labwire: the command-line client of a labwire coordinator.
+#[derive(Debug, Parser)]
+#[command(
+    name = "labwire",
+    version,
+    about = "labwire: the command-line client of a labwire coordinator, and a local demo"
+)]
+pub struct Cli {
+    /// Connection settings.
+    #[command(flatten)]
+    conn: Conn,
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the coordinator is and how to authenticate.
+#[derive(Debug, Args)]
+struct Conn {
+    /// The coordinator's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "LABWIRE_SERVER",
+        default_value = "https://localhost:7443"
+    )]
+    server: String,
+    /// The coordinator's CA certificate.
+    #[arg(
+        long,
+        global = true,
+        env = "LABWIRE_CA",
+        default_value = "/etc/labwire/ca.pem"
+    )]
+    ca: PathBuf,
+    /// The bearer token (or use --token-file).
+    #[arg(long, global = true, env = "LABWIRE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, global = true, env = "LABWIRE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl Conn {
+    /// Connects with these settings.
+    async fn connect(&self) -> anyhow::Result<Clients> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the token file {}", f.display()))?,
+            (None, None) => bail!("no token: pass --token, --token-file, or set LABWIRE_TOKEN"),
+        };
+        connect(&self.server, &read_ca(&self.ca)?, &token).await
+    }
+}
+
+/// Client commands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a coordinator and an agent on this machine, run a job, show the results.
+    Demo(crate::demo::DemoArgs),
+    /// Queue a job.
+    Submit(submit::SubmitArgs),
+    /// Print one node as JSON.
+    Node {
+        /// The node id.
+        id: i64,
+    },
+    /// List nodes matching filters.
+    Nodes(read::NodesArgs),
+    /// Print a node and its descendants as a tree.
+    Tree {
+        /// The root node id.
+        id: i64,
+    },
+    /// Write a job's log to standard output.
+    Log {
+        /// The job id.
+        job: i64,
+        /// The attempt (default: the one that produced the result).
+        #[arg(long)]
+        attempt: Option<i32>,
+    },
+    /// Print events as JSON lines, from a sequence number; with --follow, keep printing.
+    Events {
+        /// Print events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Keep waiting for new events.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// List labs (admin).
+    Labs,
+    /// List jobs with their queue state (admin); `jobs explain JOB` tells why a job is (not)
+    /// placed in each lab.
+    #[command(args_conflicts_with_subcommands = true)]
+    Jobs {
+        /// `explain JOB`.
+        #[command(subcommand)]
+        action: Option<admin::JobsAction>,
+        /// queued, leased or finished.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Cancel a job (admin).
+    Cancel {
+        /// The job id.
+        job: i64,
+        /// Why.
+        #[arg(long, default_value = "cancelled from the command line")]
+        reason: String,
+    },
+    /// Revoke a lab's certificates (admin).
+    Revoke {
+        /// The lab.
+        lab: String,
+    },
+    /// Print a checkout's summary: tree, branch, describe, commit; each job's result, tests
+    /// and failures; then the failing tests.
+    Report {
+        /// The checkout node id.
+        checkout: i64,
+        /// text or markdown.
+        #[arg(long, default_value = "text")]
+        format: labwire_coordinator::report::Format,
+    },
+    /// Export results in another system's format.
+    #[command(subcommand)]
+    Export(export::ExportCommand),
+}
+
+/// Runs a parsed command line. A command whose standard output is closed by its reader
+/// (`labwire jobs | head -1`) stops there and exits 0.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match dispatch(cli).await {
+        Err(e) if crate::output::closed(&e) => Ok(ExitCode::SUCCESS),
+        r => r,
+    }
+}
+
+/// Calls the subcommand's function.
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Demo(args) = cli.command {
+        return crate::demo::run(args).await;
+    }
+    let c = &mut cli.conn.connect().await?;
+    match cli.command {
+        Command::Demo(_) => unreachable!("handled above"),
+        Command::Submit(a) => return submit::submit(c, a).await,
+        Command::Node { id } => read::node(c, id).await?,
+        Command::Nodes(a) => read::nodes(c, a).await?,
+        Command::Tree { id } => read::tree(c, id).await?,
+        Command::Log { job, attempt } => read::log(c, job, attempt).await?,
+        Command::Events { after, follow } => read::events(c, after, follow).await?,
+        Command::Labs => admin::labs(c).await?,
+        Command::Jobs {
+            action: Some(admin::JobsAction::Explain { job }),
+            ..
+        } => admin::explain(c, job).await?,
+        Command::Jobs { status, limit, .. } => admin::jobs(c, status.as_deref(), limit).await?,
+        Command::Cancel { job, reason } => admin::cancel(c, job, reason).await?,
+        Command::Revoke { lab } => admin::revoke(c, lab).await?,
+        Command::Report { checkout, format } => export::report(c, checkout, format).await?,
+        Command::Export(e) => export::export(c, e).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
