@@ -79,6 +79,9 @@ pub struct CoordinatorConfig {
     /// Reports.
     #[serde(default)]
     pub reports: crate::services::config::ReportConfig,
+    /// Limits on stored result trees.
+    #[serde(default)]
+    pub results: crate::results::ResultsConfig,
 }
 
 /// Retries of jobs that ended `incomplete` because the infrastructure failed. Test
@@ -249,6 +252,7 @@ impl Default for CoordinatorConfig {
             timeouts: Default::default(),
             trigger: Default::default(),
             reports: Default::default(),
+            results: Default::default(),
         }
     }
 }
@@ -296,6 +300,7 @@ impl CoordinatorConfig {
             bail!("public_url `{}` must start with https://", self.public_url);
         }
         crate::services::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
+        self.results.validate()?;
         Ok(())
     }
 

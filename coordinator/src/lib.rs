@@ -14,6 +14,7 @@ pub mod pipeline_config;
 pub mod pki;
 pub mod placement;
 pub mod report;
+pub mod results;
 pub mod rules;
 pub mod scheduler;
 pub mod server;
