@@ -20,3 +20,4 @@ pub mod scheduler;
 pub mod server;
 pub mod services;
 pub mod store;
+pub mod submit_limits;
