@@ -1,5 +1,5 @@
 //! Puts a result tree in the shape that every labwire component accepts: names that follow
-//! the [`names`](crate::names) rule, unique among siblings, and no test deeper than
+//! the [`crate::names`] rule, unique among siblings, and no test deeper than
 //! [`MAX_DEPTH`] levels. The log parsers apply it to what they report and the coordinator
 //! to what it stores, so a tree that one of them made is never changed by the other.
 //!
