@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("labwire_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Prost's codec, but a message that does not decode is INVALID_ARGUMENT.
+        .codec_path("crate::codec::LabwireCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

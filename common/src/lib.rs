@@ -1,7 +1,13 @@
 //! Types shared by every labwire crate: test results, the result tree that agents send back,
-//! the criteria a job carries and the device description they are matched against.
+//! the one rule for test names and the shape of a result tree that the parsers and the
+//! coordinator both apply, the criteria a job carries and the device description they are
+//! matched against.
+
+#![warn(missing_docs)]
 
 pub mod criteria;
+pub mod names;
+pub mod normalise;
 pub mod result;
 
 pub use criteria::{Criteria, DeviceInfo, Health, Mismatch};

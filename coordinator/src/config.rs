@@ -82,6 +82,9 @@ pub struct CoordinatorConfig {
     /// Limits on the connections of each port (gRPC and HTTP).
     #[serde(default)]
     pub connections: crate::net::ConnectionLimits,
+    /// Limits on stored result trees.
+    #[serde(default)]
+    pub results: crate::results::ResultsConfig,
 }
 
 /// Retries of jobs that ended `incomplete` because the infrastructure failed. Test
@@ -253,6 +256,7 @@ impl Default for CoordinatorConfig {
             trigger: Default::default(),
             reports: Default::default(),
             connections: Default::default(),
+            results: Default::default(),
         }
     }
 }
@@ -301,6 +305,7 @@ impl CoordinatorConfig {
         }
         crate::pipeline::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
         self.connections.validate()?;
+        self.results.validate()?;
         Ok(())
     }
 

@@ -247,9 +247,9 @@ pub(crate) struct RuntimeSelector {
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
     /// The configuration.
-    pub(crate) config: PipelineConfig,
+    pub config: PipelineConfig,
     /// Things a user may want to know: skipped sections, keys labwire does not use.
-    pub(crate) warnings: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 impl PipelineConfig {
@@ -328,7 +328,7 @@ impl PipelineConfig {
     }
 
     /// Cross-checks names and values; errors name the key.
-    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         for (name, j) in &self.jobs {
             if !matches!(j.kind.as_str(), "job" | "test" | "kbuild" | "process") {
                 bail!(

@@ -30,8 +30,11 @@ use memchr::memmem;
 use std::sync::Arc;
 use syntax::{Kind, Level, ResultLine, classify, structural};
 
-/// Deepest nesting followed; deeper version lines are reported and ignored.
-const MAX_DEPTH: usize = 32;
+/// Deepest nesting followed; deeper version lines are reported and ignored. The report's
+/// tree is then flattened to [`labwire_common::normalise::MAX_DEPTH`] levels (see
+/// `LogParser::finish`), so tests down to this depth keep their place and their path. Each
+/// open level keeps at most 16 KiB of log, so this also bounds the parser's memory.
+const MAX_DEPTH: usize = 256;
 
 const END_REASON: &str =
     "no result line: the log ended while this test ran (kernel crash, timeout or cut log)";
@@ -431,13 +434,9 @@ impl Ktap {
         }
         if out.progress {
             // No tree: the name goes straight into the record handed out, no `String`.
-            let name = if !r.name.is_empty() {
-                Name::lossy(r.name)
-            } else if let Some(h) = hint {
-                Name::from(h)
-            } else {
-                Name::number(r.num.unwrap_or(*done))
-            };
+            let name = Name::given(r.name)
+                .or_else(|| hint.and_then(|h| Name::given(h.as_bytes())))
+                .unwrap_or_else(|| Name::number(r.num.unwrap_or(*done)));
             let node = CompletedNode {
                 name,
                 result,
@@ -475,15 +474,10 @@ impl Ktap {
         p.done += 1;
         check_number(p.done, r.num, no, out);
         // A `Name`: no allocation when the tree is not kept and the name is short.
-        let name = if !r.name.is_empty() {
-            Name::lossy(r.name)
-        } else if let Some(n) = b.name.take() {
-            Name::from(n)
-        } else if let Some(h) = p.hint.take() {
-            Name::from(h)
-        } else {
-            Name::number(r.num.unwrap_or(p.done))
-        };
+        let name = Name::given(r.name)
+            .or_else(|| b.name.take().and_then(|n| Name::given(n.as_bytes())))
+            .or_else(|| p.hint.take().and_then(|h| Name::given(h.as_bytes())))
+            .unwrap_or_else(|| Name::number(r.num.unwrap_or(p.done)));
         p.hint = None;
         let own = r.result();
         let mut result = match b.children.tally.result() {
@@ -708,10 +702,11 @@ impl Ktap {
         }
         self.ensure_path(idx - 1);
         let b = &self.stack[idx];
-        let shown = match &b.name {
-            Some(name) => Name::from(name.as_str()),
-            None => Name::number(b.number),
-        };
+        let shown = b
+            .name
+            .as_deref()
+            .and_then(|name| Name::given(name.as_bytes()))
+            .unwrap_or_else(|| Name::number(b.number));
         let parent = self.stack[idx - 1].path.as_ref().unwrap_or(&self.root_path);
         let path = child_path(parent, shown);
         self.stack[idx].path = Some(path);
@@ -760,12 +755,13 @@ fn check_number(expected: u64, got: Option<u64>, no: u64, out: &mut Out) {
     }
 }
 
+/// A leaf's name: the one on its result line, else its KTAP v2 `#:ktap_test:` name, else
+/// its number; each cleaned by the common rule, an empty one skipped.
 #[inline]
 fn test_name(name: &[u8], hint: Option<String>, num: Option<u64>, position: u64) -> String {
-    if !name.is_empty() {
-        return lossy(name);
-    }
-    hint.unwrap_or_else(|| num.unwrap_or(position).to_string())
+    Name::given(name)
+        .or_else(|| hint.and_then(|h| Name::given(h.as_bytes())))
+        .map_or_else(|| num.unwrap_or(position).to_string(), String::from)
 }
 
 /// The test a KUnit diagnostic names (`# test_name: message`), the first one in `diag`:

@@ -48,23 +48,35 @@
 //! The report's `result` is `fail` if any test (leaf or group) failed; else `incomplete`
 //! if a test is incomplete, the run was cut short (a top-level plan not met, a bail-out,
 //! a LAVA run without `ENDRUN`) or no result was found at all; else `skip` if every test
-//! was skipped; else `pass`. `counts` counts leaf tests.
+//! was skipped; else `pass`. `counts` counts leaf tests as the log nested them.
+//!
+//! # Names and nesting
+//! Test names follow the one rule of [`labwire_common::names`], which the coordinator
+//! applies too: Unicode whitespace and control characters trimmed at the ends and squeezed
+//! to one space inside, invisible characters dropped, an empty name replaced by the test's
+//! number, a name over 256 bytes shortened, siblings made unique (`name#2`). KTAP nesting is
+//! followed 256 levels deep; the report's tree is then flattened to the common limit of 32
+//! levels by [`labwire_common::normalise`] (tests below level 32 move up, their path kept in
+//! their name), with an issue saying so first in `errors`. So the coordinator stores the
+//! report's tree exactly as it is.
+
+#![warn(missing_docs)]
 
 pub mod cli;
 mod kmsg;
 mod ktap;
 mod lava;
-pub mod line;
+mod line;
 mod pattern;
 mod prefilter;
-pub mod report;
+mod report;
 pub mod testgen;
 
 pub use kmsg::SUITE as KERNELMSG_SUITE;
 pub use pattern::PatternSpec;
 pub use report::{Completed, CompletedNode, Counts, Details, Name, ParseIssue, ParseReport};
 
-use labwire_common::NodeResult;
+use labwire_common::{NodeResult, normalise};
 use line::{Line, LineSplitter};
 use prefilter::Prefilter;
 use report::{Children, Out, Tally};
@@ -299,12 +311,31 @@ impl LogParser {
             }
         };
         let completed = std::mem::take(&mut out.queue);
-        let issues = std::mem::take(&mut out.issues);
+        let mut errors = std::mem::take(&mut out.issues).into_vec();
+        // The tree in the shape the coordinator stores: the parsers made the names valid
+        // and unique already; what remains is nesting deeper than the common limit.
+        let mut tests = all.nodes;
+        let shaped = normalise::normalise(&mut tests, normalise::MAX_DEPTH);
+        if shaped.changes.flattened > 0 {
+            // First, so that a reader of the first few issues (the agent keeps 20) sees it.
+            errors.insert(
+                0,
+                ParseIssue {
+                    line: 0,
+                    message: format!(
+                        "{} tests nested deeper than {} levels were moved up to level {}, their path kept in their name",
+                        shaped.changes.flattened,
+                        normalise::MAX_DEPTH,
+                        normalise::MAX_DEPTH
+                    ),
+                },
+            );
+        }
         let report = ParseReport {
             result,
             counts: out.counts,
-            tests: all.nodes,
-            errors: issues.into_vec(),
+            tests,
+            errors,
         };
         (report, completed)
     }
@@ -363,7 +394,7 @@ mod tests {
     #[test]
     fn nesting_and_issues_are_bounded() {
         let mut log = String::from("KTAP version 1\n");
-        for depth in 1..200 {
+        for depth in 1..300 {
             log.push_str(&" ".repeat(depth * 2));
             log.push_str("KTAP version 1\n");
         }
@@ -371,12 +402,20 @@ mod tests {
             log.push_str("1..2\n1..3\n");
         }
         let r = parse_bytes(ParserOptions::default(), log.as_bytes()).expect("parser");
-        assert!(r.errors.len() <= report::MAX_ISSUES + 1);
+        assert!(r.errors.len() <= report::MAX_ISSUES + 2);
         assert!(
             r.errors
                 .iter()
-                .any(|e| e.message.contains("deeper than 32"))
+                .any(|e| e.message.contains("deeper than 256 levels: line ignored"))
         );
+        assert!(
+            r.errors[0]
+                .message
+                .contains("deeper than 32 levels were moved up"),
+            "{:?}",
+            r.errors[0]
+        );
+        assert!(normalise::depth(&r.tests) <= normalise::MAX_DEPTH);
         assert!(
             r.errors
                 .last()

@@ -9,26 +9,26 @@ use memchr::{memchr, memchr2};
 use std::cell::Cell;
 
 /// The longest line kept, in bytes; the rest of a longer line is dropped.
-pub const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 /// One line of the log, without its terminator.
 #[derive(Debug, Clone, Copy)]
-pub struct Line<'a> {
+pub(crate) struct Line<'a> {
     /// 1-based line number.
-    pub no: u64,
+    pub(crate) no: u64,
     /// The line's bytes (at most [`MAX_LINE`]).
-    pub bytes: &'a [u8],
+    pub(crate) bytes: &'a [u8],
     /// The line was longer than [`MAX_LINE`] and was cut.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
     /// Where the line starts in the chunk given to [`LineSplitter::feed`], when it lies
     /// wholly inside that chunk (`None` for a line assembled from several chunks).
-    pub offset: Option<usize>,
+    pub(crate) offset: Option<usize>,
 }
 
 /// Splits a byte stream fed in arbitrary chunks into lines. Memory is bounded by the
 /// longest line kept; complete lines inside a chunk are handed out without copying.
 #[derive(Debug)]
-pub struct LineSplitter {
+pub(crate) struct LineSplitter {
     partial: Vec<u8>,
     partial_truncated: bool,
     in_line: bool,
@@ -45,7 +45,7 @@ impl Default for LineSplitter {
 
 impl LineSplitter {
     /// A splitter that keeps at most `max_line` bytes of each line (at least 1).
-    pub fn new(max_line: usize) -> Self {
+    pub(crate) fn new(max_line: usize) -> Self {
         LineSplitter {
             partial: Vec::new(),
             partial_truncated: false,
@@ -57,12 +57,12 @@ impl LineSplitter {
     }
 
     /// Number of lines handed out so far.
-    pub fn lines(&self) -> u64 {
+    pub(crate) fn lines(&self) -> u64 {
         self.line_no
     }
 
     /// Feeds a chunk; calls `f` for every line it completes.
-    pub fn feed(&mut self, chunk: &[u8], mut f: impl FnMut(Line<'_>)) {
+    pub(crate) fn feed(&mut self, chunk: &[u8], mut f: impl FnMut(Line<'_>)) {
         let mut data = chunk;
         if self.pending_cr {
             self.pending_cr = false;
@@ -110,7 +110,7 @@ impl LineSplitter {
     }
 
     /// Ends the stream: hands out the last line if it had no terminator.
-    pub fn finish(&mut self, mut f: impl FnMut(Line<'_>)) {
+    pub(crate) fn finish(&mut self, mut f: impl FnMut(Line<'_>)) {
         if self.in_line {
             self.line_no += 1;
             f(Line {
@@ -253,7 +253,7 @@ fn level_len(s: &[u8]) -> Option<usize> {
 /// (`<6>`), timestamps (`[   12.345678]`) and caller ids (`[    T1]`), in any order, and
 /// the one space that follows them.
 #[inline]
-pub fn strip_printk(line: &[u8]) -> &[u8] {
+pub(crate) fn strip_printk(line: &[u8]) -> &[u8] {
     let mut rest = line;
     let mut stripped = false;
     while let Some(n) = bracket_len(rest).or_else(|| level_len(rest)) {
@@ -286,14 +286,14 @@ enum Tok {
 /// Trailing blanks are not part of the lead-in, so they count as indentation of the rest
 /// of the line, the same for every line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LeadIn {
+pub(crate) struct LeadIn {
     toks: Vec<Tok>,
 }
 
 impl LeadIn {
     /// Learns a lead-in from the text before an anchor. Text made only of blanks and `#`
     /// (indentation, kselftest nesting) gives an empty lead-in.
-    pub fn learn(text: &[u8]) -> LeadIn {
+    pub(crate) fn learn(text: &[u8]) -> LeadIn {
         let end = text
             .iter()
             .rposition(|b| !b.is_ascii_whitespace())
@@ -328,13 +328,14 @@ impl LeadIn {
     }
 
     /// True when the lead-in is empty (every line matches as it is).
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.toks.is_empty()
     }
 
     /// The rest of `line` after the lead-in, or `None` when the line does not start with it.
     #[inline]
-    pub fn strip<'a>(&self, line: &'a [u8]) -> Option<&'a [u8]> {
+    pub(crate) fn strip<'a>(&self, line: &'a [u8]) -> Option<&'a [u8]> {
         let mut rest = line;
         for tok in &self.toks {
             let n = match tok {
@@ -361,7 +362,7 @@ impl LeadIn {
 /// Splits leading blanks off `s`: returns the indentation in columns (a space counts 1, a
 /// tab 8) and the rest.
 #[inline]
-pub fn indent(s: &[u8]) -> (u32, &[u8]) {
+pub(crate) fn indent(s: &[u8]) -> (u32, &[u8]) {
     let spaces = s.iter().take_while(|&&b| b == b' ').count();
     if s.get(spaces) != Some(&b'\t') {
         return (u32::try_from(spaces).unwrap_or(u32::MAX), &s[spaces..]);
@@ -379,7 +380,7 @@ pub fn indent(s: &[u8]) -> (u32, &[u8]) {
 
 /// The text of `bytes`, with invalid UTF-8 replaced by U+FFFD.
 #[inline]
-pub fn lossy(bytes: &[u8]) -> String {
+pub(crate) fn lossy(bytes: &[u8]) -> String {
     if bytes.is_ascii() {
         // SAFETY: ASCII is valid UTF-8. (`is_ascii` reads words at a time; `from_utf8`
         // is much slower on the short strings this is called on, test names.)
@@ -393,7 +394,7 @@ pub fn lossy(bytes: &[u8]) -> String {
 
 /// `s` without leading and trailing ASCII blanks.
 #[inline]
-pub fn trim(s: &[u8]) -> &[u8] {
+pub(crate) fn trim(s: &[u8]) -> &[u8] {
     s.trim_ascii()
 }
 

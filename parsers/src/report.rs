@@ -1,17 +1,18 @@
 //! The parse report (the JSON document the `parse` command prints), the results handed out
 //! while parsing, and the bounded buffers and counters the parsers share.
 
+use labwire_common::names::{self, UniqueNames};
 use labwire_common::{NodeResult, TestNode};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// At most this many issues are kept in a report; the rest are counted in a last entry.
-pub const MAX_ISSUES: usize = 200;
+pub(crate) const MAX_ISSUES: usize = 200;
 /// At most this many bytes of log are kept in one test's `log_excerpt`.
-pub const MAX_EXCERPT_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_EXCERPT_BYTES: usize = 16 * 1024;
 /// At most this many lines of log are kept in one test's `log_excerpt`.
-pub const MAX_EXCERPT_LINES: u32 = 100;
+pub(crate) const MAX_EXCERPT_LINES: u32 = 100;
 
 /// Number of leaf tests with each result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,17 +248,36 @@ impl Name {
         }))
     }
 
-    /// The text of `bytes`, with invalid UTF-8 replaced by U+FFFD.
+    /// The test name in `bytes`: invalid UTF-8 replaced by U+FFFD, then cleaned and
+    /// shortened by the common rule ([`names::clean`], [`names::shorten`]). Empty when
+    /// nothing is left (the caller then uses the test's number).
     #[inline]
     pub(crate) fn lossy(bytes: &[u8]) -> Name {
         if bytes.len() <= INLINE && bytes.is_ascii() {
             // SAFETY: ASCII is valid UTF-8.
             let s = unsafe { std::str::from_utf8_unchecked(bytes) };
-            if let Some(n) = Name::inline(s) {
+            if names::is_clean(s)
+                && let Some(n) = Name::inline(s)
+            {
                 return n;
             }
         }
-        Name::from(crate::line::lossy(bytes))
+        let text = crate::line::lossy(bytes);
+        let cleaned = match names::clean(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(c) => c,
+        };
+        match names::shorten(&cleaned, names::MAX_NAME_BYTES) {
+            Cow::Borrowed(_) => Name::from(cleaned),
+            Cow::Owned(short) => Name::from(short),
+        }
+    }
+
+    /// [`Name::lossy`], or `None` when nothing is left of the name.
+    #[inline]
+    pub(crate) fn given(bytes: &[u8]) -> Option<Name> {
+        let n = Name::lossy(bytes);
+        (!n.is_empty()).then_some(n)
     }
 
     /// The decimal text of `n`.
@@ -540,36 +560,30 @@ impl Excerpt {
 }
 
 /// The members of a group as they complete: their aggregate always, the nodes themselves
-/// only when the tree is kept. Names are made unique among siblings (`name#2`, `name#3`)
-/// when the tree is kept.
+/// only when the tree is kept. Names follow the common rule ([`names::test_name`]: blanks
+/// trimmed and squeezed, an empty name becomes the test's number, long names shortened)
+/// and, when the tree is kept, are made unique among siblings (`name#2`, `name#3`) by
+/// [`UniqueNames`], as the coordinator would.
 #[derive(Debug, Default)]
 pub(crate) struct Children {
     pub(crate) nodes: Vec<TestNode>,
-    seen: HashMap<String, u32>,
+    names: UniqueNames,
     pub(crate) tally: Tally,
     pub(crate) count: u64,
 }
 
 impl Children {
+    /// The name the next member gets (it is member number `count + 1`).
     #[inline]
     pub(crate) fn unique_name(&mut self, keep_tree: bool, name: String) -> String {
+        let name = match names::test_name(&name, self.count + 1) {
+            Cow::Borrowed(_) => name,
+            Cow::Owned(fixed) => fixed,
+        };
         if !keep_tree {
             return name;
         }
-        let Some(&last) = self.seen.get(&name) else {
-            self.seen.insert(name.clone(), 1);
-            return name;
-        };
-        let mut n = last;
-        loop {
-            n += 1;
-            let candidate = format!("{name}#{n}");
-            if !self.seen.contains_key(&candidate) {
-                self.seen.insert(name, n);
-                self.seen.insert(candidate.clone(), 1);
-                return candidate;
-            }
-        }
+        self.names.unique(name)
     }
 
     pub(crate) fn push(&mut self, keep_tree: bool, node: TestNode) {

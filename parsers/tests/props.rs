@@ -268,3 +268,172 @@ fn keep_tree_off_gives_the_same_counts_and_result() {
         }
     }
 }
+
+/// A generated KTAP test: a leaf with its result, or a subtest with members.
+#[derive(Debug, Clone)]
+enum Gen {
+    Leaf(String, NodeResult),
+    Group(String, Vec<Gen>),
+}
+
+impl Gen {
+    /// Tests counted as leaves by the parser: leaves and subtests without members.
+    fn leaves(&self) -> u64 {
+        match self {
+            Gen::Leaf(..) => 1,
+            Gen::Group(_, kids) if kids.is_empty() => 1,
+            Gen::Group(_, kids) => kids.iter().map(Gen::leaves).sum(),
+        }
+    }
+}
+
+/// Names as hostile as a board can print on one line: any Unicode (blanks, NBSP, control
+/// and invisible characters included), empty, very long.
+fn any_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-z_]{1,12}",
+        2 => "\\PC{0,16}",
+        2 => any::<String>(),
+        1 => Just(String::new()),
+        1 => "[a-z]{1,6}".prop_map(|s| format!("{s}\u{a0}")),
+        1 => "[a-z]{1,6}".prop_map(|s| format!("\u{200b}{s}\t\u{3000}{s} ")),
+        1 => "[a-z]{300,600}",
+    ]
+    // One line each: the parser splits at \n and \r.
+    .prop_map(|s| s.replace(['\n', '\r'], " "))
+}
+
+fn any_result() -> impl Strategy<Value = NodeResult> {
+    proptest::sample::select(NodeResult::ALL.to_vec())
+}
+
+/// Trees of tests a few levels deep, and now and then a chain far deeper than the
+/// coordinator keeps (32 levels).
+fn any_tests() -> impl Strategy<Value = Vec<Gen>> {
+    let leaf = (any_name(), any_result()).prop_map(|(n, r)| Gen::Leaf(n, r));
+    let tree = leaf.prop_recursive(6, 120, 6, |inner| {
+        (any_name(), proptest::collection::vec(inner, 0..6)).prop_map(|(n, k)| Gen::Group(n, k))
+    });
+    let chain = (20usize..90, any_name(), any_result()).prop_map(|(depth, name, r)| {
+        let mut t = Gen::Leaf(name, r);
+        for i in 0..depth {
+            t = Gen::Group(format!("level{i}"), vec![t]);
+        }
+        t
+    });
+    proptest::collection::vec(prop_oneof![6 => tree, 1 => chain], 1..6)
+}
+
+/// KTAP as KUnit prints it: a version line, a plan, `# Subtest:` headers, members indented
+/// by four spaces more than their subtest's result line.
+fn render(tests: &[Gen], indent: &str, out: &mut String) {
+    out.push_str(&format!("{indent}1..{}\n", tests.len()));
+    for (i, t) in tests.iter().enumerate() {
+        let (name, result) = match t {
+            Gen::Leaf(name, r) => (name, *r),
+            Gen::Group(name, kids) => {
+                let inner = format!("{indent}    ");
+                out.push_str(&format!(
+                    "{inner}KTAP version 1\n{inner}# Subtest: {name}\n"
+                ));
+                render(kids, &inner, out);
+                (name, NodeResult::Pass)
+            }
+        };
+        let line = match result {
+            NodeResult::Pass | NodeResult::Incomplete => format!("ok {} {name}", i + 1),
+            NodeResult::Fail => format!("not ok {} {name}", i + 1),
+            NodeResult::Skip => format!("ok {} {name} # SKIP", i + 1),
+        };
+        out.push_str(&format!("{indent}{line}\n"));
+    }
+}
+
+fn ktap(tests: &[Gen]) -> Vec<u8> {
+    let mut s = String::from("KTAP version 1\n");
+    render(tests, "", &mut s);
+    s.into_bytes()
+}
+
+/// What the coordinator requires of a report's tree, and what the parser promises: valid,
+/// sibling-unique names, at most 32 levels, a shape the common rule leaves as it is, and
+/// counts that match the tree's leaves unless tests were moved up.
+fn assert_stored_as_is(report: &ParseReport) -> Result<(), TestCaseError> {
+    use labwire_common::{names, normalise};
+    let mut stack: Vec<&[labwire_common::TestNode]> = vec![&report.tests];
+    while let Some(level) = stack.pop() {
+        let mut seen = std::collections::HashSet::new();
+        for t in level {
+            prop_assert!(names::check(&t.name).is_ok(), "invalid name {:?}", t.name);
+            prop_assert!(seen.insert(t.name.as_str()), "duplicate name {:?}", t.name);
+            stack.push(&t.tests);
+        }
+    }
+    prop_assert!(normalise::depth(&report.tests) <= normalise::MAX_DEPTH);
+    let mut again = report.tests.clone();
+    let changes = normalise::normalise(&mut again, normalise::MAX_DEPTH).changes;
+    prop_assert!(
+        changes.is_empty(),
+        "the common rule changed the report: {:?}",
+        changes
+    );
+    let flattened = report
+        .errors
+        .iter()
+        .any(|e| e.message.contains("were moved up"));
+    let tree = normalise::TreeCounts::of(&report.tests);
+    if flattened {
+        prop_assert!(tree.leaves() >= report.counts.total());
+    } else {
+        let by_result = (tree.pass, tree.fail, tree.skip, tree.incomplete);
+        let c = report.counts;
+        prop_assert_eq!(by_result, (c.pass, c.fail, c.skip, c.incomplete));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Generated KTAP with hostile names and any nesting: every test is counted, and the
+    /// report's tree is one the coordinator stores as it is.
+    #[test]
+    fn generated_ktap_is_counted_and_shaped_for_the_store(
+        tests in any_tests(),
+        sizes in chunk_sizes(),
+    ) {
+        let log = ktap(&tests);
+        let whole = one_shot(Format::Ktap, &log);
+        let expected: u64 = tests.iter().map(Gen::leaves).sum();
+        prop_assert_eq!(whole.counts.total(), expected, "{}", String::from_utf8_lossy(&log));
+        assert_stored_as_is(&whole)?;
+        let (chunked, _) = feed_chunked(Format::Auto, &log, &sizes);
+        assert_stored_as_is(&chunked)?;
+    }
+
+    /// The same logs damaged (cut anywhere, a line dropped, a byte changed): never a
+    /// panic, and the report still has the shape the store takes.
+    #[test]
+    fn damaged_ktap_still_gives_a_storable_report(
+        tests in any_tests(),
+        cut in any::<proptest::sample::Index>(),
+        drop_line in any::<proptest::sample::Index>(),
+        flip in any::<proptest::sample::Index>(),
+        byte in any::<u8>(),
+        format in format(),
+    ) {
+        let log = ktap(&tests);
+        let mut lines: Vec<&[u8]> = log.split_inclusive(|&b| b == b'\n').collect();
+        if !lines.is_empty() {
+            lines.remove(drop_line.index(lines.len()));
+        }
+        let mut damaged = lines.concat();
+        if !damaged.is_empty() {
+            let i = flip.index(damaged.len());
+            damaged[i] = byte;
+        }
+        damaged.truncate(cut.index(damaged.len() + 1));
+        let report = one_shot(format, &damaged);
+        assert_stored_as_is(&report)?;
+    }
+}

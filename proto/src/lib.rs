@@ -8,6 +8,7 @@ pub mod v1 {
     tonic::include_proto!("labwire.v1");
 }
 
+pub mod codec;
 pub mod convert;
 
 /// The encoded `FileDescriptorSet` of the API, for gRPC server reflection.

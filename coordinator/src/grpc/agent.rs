@@ -265,22 +265,27 @@ impl AgentService for AgentApi {
         let result = convert::result_from_proto(r.result).ok_or_else(|| {
             Status::invalid_argument("result is required (pass, fail, skip or incomplete)")
         })?;
+        // Never refused for its content: normalised off the store's writer (see results.rs).
         let tests: Vec<_> = r.tests.iter().map(convert::test_from_proto).collect();
-        let total: usize = tests.iter().map(|t| t.count_nodes()).sum();
-        if total > 100_000 {
-            return Err(Status::invalid_argument(format!(
-                "the result tree has {total} tests; at most 100000 are accepted"
-            )));
-        }
+        let limits = self.shared.config.results.clone();
+        let intake =
+            tokio::task::spawn_blocking(move || crate::results::normalise_report(tests, &limits))
+                .await
+                .map_err(|e| Status::internal(format!("normalising the result failed: {e}")))?;
         let mut extra = r
             .data
             .as_ref()
             .map(convert::struct_to_map)
             .unwrap_or_default();
         // Keys that the coordinator owns cannot be set by a report.
-        for k in ["error_code", "error_msg", "attempt", "lab", "criteria"] {
+        for k in ["error_code", "error_msg", "attempt", "lab", "criteria"]
+            .into_iter()
+            .chain(crate::results::OWNED_KEYS)
+        {
             extra.remove(k);
         }
+        extra.extend(intake.data);
+        let tests = intake.tests;
         extra.insert("log_length".into(), r.log_length.into());
         let retry = self.shared.config.retries.policy();
         let report = ResultReport {

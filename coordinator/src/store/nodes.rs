@@ -251,9 +251,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 impl Write<'_> {
     /// Creates a node and appends its `create` event.
     pub fn create_node(&mut self, n: NewNode) -> Result<Node> {
-        if n.name.trim().is_empty() {
-            return Err(Error::Invalid("node name must not be empty".into()));
-        }
+        crate::submit_limits::check_node(&n.name, n.group.as_deref(), &n.submitter)?;
         let (path, treeid) = match n.parent {
             Some(pid) => {
                 let parent = find_node(self.tx, pid)?

@@ -48,6 +48,7 @@ pub(crate) fn validate_spec(spec: &v1::JobSpec) -> Result<()> {
     if spec.name.trim().is_empty() {
         return Err(Error::Invalid("spec.name must not be empty".into()));
     }
+    crate::submit_limits::check_spec(spec)?;
     for (k, a) in &spec.artifacts {
         let scheme_ok = ["http://", "https://", "file://"]
             .iter()
