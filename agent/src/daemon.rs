@@ -10,7 +10,7 @@ use crate::driver::{JobContext, Outcome};
 use crate::joblog::JobLog;
 use crate::outbox::{Item, Outbox};
 use crate::sources;
-use labwire_common::NodeResult;
+use labwire_common::{ErrorCode, NodeResult};
 use labwire_proto::{convert, v1};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -267,7 +267,7 @@ async fn recover_journal(
                 attempt: e.attempt,
             }),
             result: v1::NodeResult::Incomplete as i32,
-            error_code: "agent_restart".into(),
+            error_code: ErrorCode::AgentRestart.to_string(),
             error_msg: format!("the agent restarted while the job ran on `{}`", e.device),
             ..Default::default()
         };
@@ -733,7 +733,7 @@ async fn run_job(
             push(Item::Result(v1::ReportResultRequest {
                 job: Some(v1::JobRef { job, attempt }),
                 result: v1::NodeResult::Incomplete as i32,
-                error_code: "invalid_job".into(),
+                error_code: ErrorCode::InvalidJob.to_string(),
                 error_msg: e,
                 ..Default::default()
             }));
@@ -745,7 +745,7 @@ async fn run_job(
     {
         Err(e) => (
             Outcome::infra(
-                "infrastructure",
+                ErrorCode::Infrastructure,
                 format!("cannot create the job folder {}: {e}", dir.display()),
             ),
             0,
@@ -786,11 +786,11 @@ async fn run_job(
         "duration_ms".into(),
         (started.elapsed().as_millis() as u64).into(),
     );
-    tracing::info!(result = %o.result, error_code = ?o.error_code, "job finished");
+    tracing::info!(result = %o.result, error_code = %o.error_code.as_ref().map_or("", |c| c.as_str()), "job finished");
     push(Item::Result(v1::ReportResultRequest {
         job: Some(v1::JobRef { job, attempt }),
         result: convert::result_to_proto(Some(o.result)) as i32,
-        error_code: o.error_code.unwrap_or_default(),
+        error_code: o.error_code.map(|c| c.to_string()).unwrap_or_default(),
         error_msg: o.error_msg.unwrap_or_default(),
         tests: o.tests.iter().map(convert::test_to_proto).collect(),
         data: Some(convert::map_to_struct(&data)),
@@ -854,7 +854,7 @@ fn merge_report(outcome: &mut Outcome, report: labwire_parsers::ParseReport) {
         NodeResult::Fail => outcome.result = NodeResult::Fail,
         NodeResult::Incomplete if outcome.result != NodeResult::Fail => {
             outcome.result = NodeResult::Incomplete;
-            outcome.error_code = Some("test_incomplete".into());
+            outcome.error_code = Some(ErrorCode::TestIncomplete);
             outcome.error_msg =
                 Some("some tests did not complete (see the tests marked incomplete)".into());
         }

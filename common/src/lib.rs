@@ -1,8 +1,11 @@
 //! Types shared by every labwire crate: test results, the result tree that agents send back,
-//! the criteria a job carries and the device description they are matched against.
+//! the criteria a job carries and the device description they are matched against, and the
+//! error codes of incomplete jobs.
 
 pub mod criteria;
+pub mod error_code;
 pub mod result;
 
 pub use criteria::{Criteria, DeviceInfo, Health, Mismatch};
+pub use error_code::ErrorCode;
 pub use result::{NodeResult, TestNode};

@@ -736,7 +736,9 @@ impl Dispatcher {
             st.queue.retain(|_, q| q.id != id);
             let res = self
                 .store
-                .write(move |w| w.fail_queued_job(id, "no_variant", &msg))
+                .write(move |w| {
+                    w.fail_queued_job(id, labwire_common::ErrorCode::NoVariant.as_str(), &msg)
+                })
                 .await;
             if let Err(e) = res {
                 tracing::warn!(job = %id, error = %e, "could not fail a run with no variant left");

@@ -9,7 +9,7 @@ use crate::config::{BootConfig, BootPreset, LoginConfig};
 use crate::joblog::JobLog;
 use crate::placeholders::{Values, expand_board_command, expand_boot_text, shell_quote};
 use crate::serial::{ExpectError, Session};
-use labwire_common::{NodeResult, TestNode};
+use labwire_common::{ErrorCode, NodeResult, TestNode};
 use rand::RngCore;
 use regex::bytes::Regex;
 use serde_json::{Map, Value};
@@ -22,7 +22,7 @@ use tokio::io::AsyncReadExt;
 #[derive(Debug)]
 pub struct Failure {
     /// The job's `error_code` (`power_failed`, `boot_timeout`, ...).
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// What happened, for people.
     pub msg: String,
     /// The setup test (`kernel-boot`, `login`) that failed with it, if any.
@@ -30,7 +30,7 @@ pub struct Failure {
 }
 
 /// A failure with a code, a message and the setup test it fails.
-pub fn fail(code: &'static str, msg: impl Into<String>, test: Option<&'static str>) -> Failure {
+pub fn fail(code: ErrorCode, msg: impl Into<String>, test: Option<&'static str>) -> Failure {
     Failure {
         code,
         msg: msg.into(),
@@ -39,14 +39,19 @@ pub fn fail(code: &'static str, msg: impl Into<String>, test: Option<&'static st
 }
 
 fn re(pattern: &str, what: &str) -> Result<Regex, Failure> {
-    Regex::new(pattern)
-        .map_err(|e| fail("invalid_config", format!("{what} `{pattern}`: {e}"), None))
+    Regex::new(pattern).map_err(|e| {
+        fail(
+            ErrorCode::InvalidConfig,
+            format!("{what} `{pattern}`: {e}"),
+            None,
+        )
+    })
 }
 
 fn expect_failure(
     e: ExpectError,
     what: &str,
-    timeout_code: &'static str,
+    timeout_code: ErrorCode,
     test: &'static str,
     limit: Duration,
 ) -> Failure {
@@ -60,17 +65,17 @@ fn expect_failure(
             Some(test),
         ),
         ExpectError::Closed(why) => fail(
-            "console_lost",
+            ErrorCode::ConsoleLost,
             format!("the console closed while waiting for {what}: {why}"),
             Some(test),
         ),
         ExpectError::Cancelled => fail(
-            "cancelled",
+            ErrorCode::Cancelled,
             format!("the job was cancelled while waiting for {what}"),
             Some(test),
         ),
         ExpectError::Panic(text) => fail(
-            "kernel_panic",
+            ErrorCode::KernelPanic,
             format!("the kernel panicked: {}", first_line(&text)),
             Some(test),
         ),
@@ -262,7 +267,9 @@ impl<'c> Script<'c> {
     ) -> Result<Self, Failure> {
         let boot_texts = |cmds: &[String]| -> Result<Vec<String>, Failure> {
             cmds.iter()
-                .map(|c| expand_boot_text(c, values).map_err(|e| fail("invalid_job", e, None)))
+                .map(|c| {
+                    expand_boot_text(c, values).map_err(|e| fail(ErrorCode::InvalidJob, e, None))
+                })
                 .collect()
         };
         let uboot_cmds = boot_texts(&boot.u_boot.commands)?;
@@ -276,13 +283,15 @@ impl<'c> Script<'c> {
                     .as_deref()
                     .map(|t| expand_boot_text(t, values))
                     .transpose()
-                    .map_err(|e| fail("invalid_job", e, None))?;
+                    .map_err(|e| fail(ErrorCode::InvalidJob, e, None))?;
                 Ok((re(&s.expect, "boot step")?, send, s.timeout))
             })
             .collect::<Result<_, Failure>>()?;
         let commands = commands
             .iter()
-            .map(|c| expand_board_command(c, params).map_err(|e| fail("invalid_job", e, None)))
+            .map(|c| {
+                expand_board_command(c, params).map_err(|e| fail(ErrorCode::InvalidJob, e, None))
+            })
             .collect::<Result<_, _>>()?;
         // An empty PS2 first: each command is typed as two lines (`{ cmd` and `}; marker`),
         // and the shell's continuation prompt (`> `) would otherwise stand before the first
@@ -335,9 +344,11 @@ impl<'c> Script<'c> {
     async fn boot(&self, s: &mut Session<'_>) -> Result<(), Failure> {
         let boot = self.boot;
         let boot_deadline = Instant::now() + boot.timeout;
-        let boot_fail =
-            |e, what: &str| expect_failure(e, what, "boot_timeout", "kernel-boot", boot.timeout);
-        let lost = |e: std::io::Error| fail("console_lost", e.to_string(), Some("kernel-boot"));
+        let boot_fail = |e, what: &str| {
+            expect_failure(e, what, ErrorCode::BootTimeout, "kernel-boot", boot.timeout)
+        };
+        let lost =
+            |e: std::io::Error| fail(ErrorCode::ConsoleLost, e.to_string(), Some("kernel-boot"));
         match boot.preset {
             BootPreset::Kernel => {}
             BootPreset::UBoot => {
@@ -404,8 +415,8 @@ impl<'c> Script<'c> {
         let l = self.login;
         let login_deadline = Instant::now() + l.timeout;
         let login_fail =
-            |e, what: &str| expect_failure(e, what, "login_failed", "login", l.timeout);
-        let lost = |e: std::io::Error| fail("console_lost", e.to_string(), Some("login"));
+            |e, what: &str| expect_failure(e, what, ErrorCode::LoginFailed, "login", l.timeout);
+        let lost = |e: std::io::Error| fail(ErrorCode::ConsoleLost, e.to_string(), Some("login"));
         let shell = re(&l.shell_prompt, "login.shell_prompt")?;
         let login_prompt = re(&l.login_prompt, "login.login_prompt")?;
         let password_prompt = re(&l.password_prompt, "login.password_prompt")?;
@@ -441,14 +452,14 @@ impl<'c> Script<'c> {
                         .map_err(|e| login_fail(e, "the shell prompt"))?;
                     if i != 0 {
                         return Err(fail(
-                            "login_failed",
+                            ErrorCode::LoginFailed,
                             format!("the board refused the login of `{user}` (wrong password?)"),
                             Some("login"),
                         ));
                     }
                 } else if i == 2 {
                     return Err(fail(
-                        "login_failed",
+                        ErrorCode::LoginFailed,
                         format!("the board refused the login of `{user}`"),
                         Some("login"),
                     ));
@@ -485,7 +496,7 @@ impl<'c> Script<'c> {
             let line = format!("{{ {cmd}\n}}; printf 'LW%s-%s:%d:END\\n' {a} {b} \"$?\"\n");
             s.send(line.as_bytes())
                 .await
-                .map_err(|e| fail("console_lost", e.to_string(), None))?;
+                .map_err(|e| fail(ErrorCode::ConsoleLost, e.to_string(), None))?;
             let got = s.expect(&[&marker], left(job_deadline)).await;
             let status = match got {
                 Ok((_, text)) => text
@@ -504,7 +515,7 @@ impl<'c> Script<'c> {
                         cmds.push(t);
                     }
                     return Err(fail(
-                        "test_timeout",
+                        ErrorCode::TestTimeout,
                         format!(
                             "`{cmd}` did not finish within the job's time limit ({})",
                             humantime::format_duration(self.timeout)
@@ -516,7 +527,7 @@ impl<'c> Script<'c> {
                     return Err(expect_failure(
                         e,
                         "the command's exit status",
-                        "test_timeout",
+                        ErrorCode::TestTimeout,
                         "login",
                         self.timeout,
                     ));
@@ -536,7 +547,7 @@ impl<'c> Script<'c> {
                 cmds.push(t);
             } else if status != 0 {
                 return Err(fail(
-                    "infrastructure",
+                    ErrorCode::Infrastructure,
                     format!("setting up the board's shell failed: `{cmd}` exited with {status}"),
                     None,
                 ));
@@ -566,7 +577,7 @@ pub async fn fetch_artifacts(
         }
         Err(e) => {
             ctx.log.note(&format!("download failed: {e}"));
-            Err(Outcome::infra("download_failed", e.to_string()))
+            Err(Outcome::infra(ErrorCode::DownloadFailed, e.to_string()))
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::labgrid::{LabgridClient, LabgridError};
 use crate::placeholders::{Values, expand_argv};
 use crate::serial::Session;
 use futures::future::BoxFuture;
+use labwire_common::ErrorCode;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,7 +78,7 @@ impl LabgridDriver {
             }
             if err.is_unknown_place() {
                 return Err(fail(
-                    "place_unavailable",
+                    ErrorCode::PlaceUnavailable,
                     format!(
                         "the Labgrid place {place} does not exist: {}",
                         err.message()
@@ -104,7 +105,7 @@ impl LabgridDriver {
                     let _ = self.client.release(place).await;
                 }
                 return Err(fail(
-                    "place_unavailable",
+                    ErrorCode::PlaceUnavailable,
                     format!(
                         "could not acquire the Labgrid place {place} within {}: {}",
                         humantime::format_duration(limit),
@@ -116,7 +117,7 @@ impl LabgridDriver {
             tokio::select! {
                 _ = tokio::time::sleep(ACQUIRE_RETRY.min(deadline - now)) => {}
                 _ = ctx.cancel.cancelled() => {
-                    return Err(fail("cancelled", format!("the job was cancelled while waiting for the Labgrid place {place}"), None));
+                    return Err(fail(ErrorCode::Cancelled, format!("the job was cancelled while waiting for the Labgrid place {place}"), None));
                 }
             }
         }
@@ -152,8 +153,9 @@ impl LabgridDriver {
             dir: &ctx.dir,
             artifacts,
         };
-        let expand =
-            |argv: &[String]| expand_argv(argv, &values).map_err(|e| fail("invalid_job", e, None));
+        let expand = |argv: &[String]| {
+            expand_argv(argv, &values).map_err(|e| fail(ErrorCode::InvalidJob, e, None))
+        };
         let deploy = cfg.deploy_command.as_deref().map(expand).transpose()?;
         let (console, console_argv) = match &cfg.console {
             Some(c @ ConsoleConfig::Command { argv }) => (c.clone(), Some(expand(argv)?)),
@@ -161,7 +163,7 @@ impl LabgridDriver {
             None => {
                 let address = self.client.serial_port(&place).await.map_err(|e| {
                     fail(
-                        "console_lost",
+                        ErrorCode::ConsoleLost,
                         format!("cannot find the console of the Labgrid place {place}: {e}"),
                         None,
                     )
@@ -178,12 +180,12 @@ impl LabgridDriver {
                 &mut ctx.log,
             )
             .await
-            .map_err(|e| fail("deploy_failed", e, None))?;
+            .map_err(|e| fail(ErrorCode::DeployFailed, e, None))?;
         }
         // The console first, so that nothing the board prints at power-on is missed.
         let console = crate::serial::open(&console, console_argv, Duration::from_secs(10))
             .await
-            .map_err(|e| fail("console_lost", e.to_string(), None))?;
+            .map_err(|e| fail(ErrorCode::ConsoleLost, e.to_string(), None))?;
         let action = if cfg.power_cycle { "cycle" } else { "on" };
         ctx.log.note(&format!(
             "power {action}: labgrid-client -p {place} power {action}"
@@ -192,7 +194,7 @@ impl LabgridDriver {
         self.client
             .power(&place, action)
             .await
-            .map_err(|e| fail("power_failed", power_msg(&place, action, &e), None))?;
+            .map_err(|e| fail(ErrorCode::PowerFailed, power_msg(&place, action, &e), None))?;
         out.mark("powered_on_ms", started);
         let cancel = ctx.cancel.clone();
         let mut s = Session::new(console, &mut ctx.log, cancel);
@@ -391,7 +393,7 @@ esac
         let f = fake().await;
         let (o, _) = f.run("b1").await;
         assert_eq!(o.result, NodeResult::Incomplete);
-        assert_eq!(o.error_code.as_deref(), Some("power_failed"), "{o:?}");
+        assert_eq!(o.error_code, Some(ErrorCode::PowerFailed), "{o:?}");
         assert!(o.error_msg.unwrap().contains("500 Server Error"));
         assert_eq!(
             f.calls(),
@@ -409,14 +411,14 @@ esac
     async fn an_unknown_place_fails_at_once_and_a_hanging_client_does_not_hang_the_job() {
         let f = fake().await;
         let (o, took) = f.run("nope").await;
-        assert_eq!(o.error_code.as_deref(), Some("place_unavailable"), "{o:?}");
+        assert_eq!(o.error_code, Some(ErrorCode::PlaceUnavailable), "{o:?}");
         assert!(o.error_msg.unwrap().contains("does not exist"));
         assert!(took < Duration::from_secs(2), "{took:?}");
         assert_eq!(f.calls(), ["-p nope acquire"]);
 
         // Each call is stopped after command_timeout (1s); the wait ends at acquire_timeout.
         let (o, took) = f.run("hang").await;
-        assert_eq!(o.error_code.as_deref(), Some("place_unavailable"), "{o:?}");
+        assert_eq!(o.error_code, Some(ErrorCode::PlaceUnavailable), "{o:?}");
         assert!(o.error_msg.unwrap().contains("did not finish within 1s"));
         assert!(took < Duration::from_secs(5), "{took:?}");
         let calls = f.calls();

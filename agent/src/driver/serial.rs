@@ -11,6 +11,7 @@ use crate::config::{DeviceConfig, SerialConfig};
 use crate::placeholders::{Values, expand_argv};
 use crate::serial::Session;
 use futures::future::BoxFuture;
+use labwire_common::ErrorCode;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -107,8 +108,9 @@ impl SerialDriver {
         let started = Instant::now();
         let cfg = &self.cfg;
         let values = self.values(ctx, artifacts);
-        let expand =
-            |argv: &[String]| expand_argv(argv, &values).map_err(|e| fail("invalid_job", e, None));
+        let expand = |argv: &[String]| {
+            expand_argv(argv, &values).map_err(|e| fail(ErrorCode::InvalidJob, e, None))
+        };
         let console_argv = match &cfg.console {
             crate::config::ConsoleConfig::Command { argv } => Some(expand(argv)?),
             _ => None,
@@ -139,7 +141,7 @@ impl SerialDriver {
                 &mut ctx.log,
             )
             .await
-            .map_err(|e| fail("deploy_failed", e, None))?;
+            .map_err(|e| fail(ErrorCode::DeployFailed, e, None))?;
         }
         // Open the console before power-on when it exists, so that nothing is missed; a pty
         // that appears at power-on (QEMU) is opened right after.
@@ -148,7 +150,7 @@ impl SerialDriver {
             c => Some(
                 crate::serial::open(c, console_argv.clone(), Duration::from_secs(5))
                     .await
-                    .map_err(|e| fail("console_lost", e.to_string(), None))?,
+                    .map_err(|e| fail(ErrorCode::ConsoleLost, e.to_string(), None))?,
             ),
         };
         if let Some(p) = &pre {
@@ -160,7 +162,7 @@ impl SerialDriver {
                 &mut ctx.log,
             )
             .await
-            .map_err(|e| fail("power_failed", e, None))?;
+            .map_err(|e| fail(ErrorCode::PowerFailed, e, None))?;
         }
         run_command(
             power_what,
@@ -170,13 +172,13 @@ impl SerialDriver {
             &mut ctx.log,
         )
         .await
-        .map_err(|e| fail("power_failed", e, None))?;
+        .map_err(|e| fail(ErrorCode::PowerFailed, e, None))?;
         out.mark("powered_on_ms", started);
         let console = match early {
             Some(c) => c,
             None => crate::serial::open(&cfg.console, console_argv, Duration::from_secs(10))
                 .await
-                .map_err(|e| fail("console_lost", e.to_string(), None))?,
+                .map_err(|e| fail(ErrorCode::ConsoleLost, e.to_string(), None))?,
         };
         let cancel = ctx.cancel.clone();
         let mut s = Session::new(console, &mut ctx.log, cancel);

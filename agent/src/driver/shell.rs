@@ -7,7 +7,7 @@ use super::{Driver, JobContext, Outcome};
 use crate::config::{DeviceConfig, ShellConfig};
 use crate::placeholders::{Values, expand_argv};
 use futures::future::BoxFuture;
-use labwire_common::{NodeResult, TestNode};
+use labwire_common::{ErrorCode, NodeResult, TestNode};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
@@ -50,7 +50,7 @@ impl Driver for ShellDriver {
             };
             let argv = match expand_argv(&self.shell.command, &values) {
                 Ok(a) => a,
-                Err(e) => return Outcome::infra("invalid_job", e),
+                Err(e) => return Outcome::infra(ErrorCode::InvalidJob, e),
             };
             let mut cmd = Command::new(&argv[0]);
             cmd.args(&argv[1..])
@@ -73,14 +73,14 @@ impl Driver for ShellDriver {
                 Ok(c) => c,
                 Err(e) => {
                     return Outcome::infra(
-                        "infrastructure",
+                        ErrorCode::Infrastructure,
                         format!("cannot start `{}`: {e}", argv[0]),
                     );
                 }
             };
             let pid = child.id();
             let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
-                return Outcome::infra("infrastructure", "no pipes to the command");
+                return Outcome::infra(ErrorCode::Infrastructure, "no pipes to the command");
             };
             let deadline = tokio::time::sleep(ctx.timeout);
             tokio::pin!(deadline);
@@ -113,12 +113,12 @@ impl Driver for ShellDriver {
                     _ = flush.tick() => ctx.log.flush(),
                     _ = &mut deadline, if stopped.is_none() => {
                         ctx.log.note(&format!("time limit of {} reached: stopping the command", humantime::format_duration(ctx.timeout)));
-                        stopped = Some(Outcome::infra("test_timeout", format!("the command ran longer than {}", humantime::format_duration(ctx.timeout))));
+                        stopped = Some(Outcome::infra(ErrorCode::TestTimeout, format!("the command ran longer than {}", humantime::format_duration(ctx.timeout))));
                         kill_group(pid, nix::sys::signal::Signal::SIGKILL);
                     }
                     _ = ctx.cancel.cancelled(), if stopped.is_none() => {
                         ctx.log.note("job cancelled: stopping the command");
-                        stopped = Some(Outcome::infra("cancelled", "the job was cancelled while running"));
+                        stopped = Some(Outcome::infra(ErrorCode::Cancelled, "the job was cancelled while running"));
                         kill_group(pid, nix::sys::signal::Signal::SIGKILL);
                     }
                 }
@@ -128,13 +128,13 @@ impl Driver for ShellDriver {
                 return o;
             }
             let Some(status) = status else {
-                return Outcome::infra("infrastructure", "the command's status was lost");
+                return Outcome::infra(ErrorCode::Infrastructure, "the command's status was lost");
             };
             let status = match status {
                 Ok(s) => s,
                 Err(e) => {
                     return Outcome::infra(
-                        "infrastructure",
+                        ErrorCode::Infrastructure,
                         format!("cannot wait for the command: {e}"),
                     );
                 }

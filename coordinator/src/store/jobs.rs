@@ -10,7 +10,7 @@ use crate::model::{Node, NodeId, NodeKind, NodeState};
 use crate::pipeline_config::{Variant, VariantMode};
 use crate::rules::Attrs;
 use chrono::{DateTime, Utc};
-use labwire_common::{Criteria, NodeResult, TestNode};
+use labwire_common::{Criteria, ErrorCode, NodeResult, TestNode};
 use labwire_proto::{convert, v1};
 use prost::Message;
 use serde_json::{Map, Value, json};
@@ -732,7 +732,7 @@ impl Write<'_> {
             } else {
                 self.finish_job_row(id)?;
                 let mut data = Map::new();
-                data.insert("error_code".into(), "lease_expired".into());
+                data.insert("error_code".into(), ErrorCode::LeaseExpired.as_str().into());
                 data.insert(
                     "error_msg".into(),
                     format!(
@@ -1032,7 +1032,7 @@ impl Write<'_> {
         }
         self.finish_job_row(job)?;
         let mut data = Map::new();
-        data.insert("error_code".into(), "cancelled".into());
+        data.insert("error_code".into(), ErrorCode::Cancelled.as_str().into());
         data.insert(
             "error_msg".into(),
             if reason.is_empty() {
