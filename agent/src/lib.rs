@@ -14,6 +14,7 @@ pub mod labgrid;
 pub mod lava;
 pub mod outbox;
 pub mod placeholders;
+pub mod secrets;
 pub mod serial;
 pub mod sources;
 

@@ -4,15 +4,43 @@
 //! exit code 0 is `pass`, any other `fail`; a timeout or a cancel kills the whole process group.
 
 use super::{Driver, JobContext, Outcome};
-use crate::config::{DeviceConfig, ShellConfig};
+use crate::config::DeviceConfig;
 use crate::placeholders::{Values, expand_argv};
 use futures::future::BoxFuture;
 use labwire_common::{ErrorCode, NodeResult, TestNode};
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+
+/// The shell driver: runs `command` on the lab host; its output is the job's log, its exit
+/// code the job's result.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellConfig {
+    /// The program and its arguments; no shell is involved unless you name one. An argument
+    /// that is exactly `{params.NAME}`, `{device.NAME}`, `{job.id}` or `{job.dir}` is
+    /// replaced by that value, whole. Job parameters are also in the environment as
+    /// `LABWIRE_PARAM_<NAME>`.
+    pub command: Vec<String>,
+    /// Working directory. Default: the job's own folder.
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How many jobs may run at once on this device. Default 1.
+    #[serde(default = "one")]
+    pub max_jobs: usize,
+}
+
+fn one() -> usize {
+    1
+}
 
 /// The shell driver of one device.
 pub struct ShellDriver {

@@ -4,7 +4,9 @@
 //! run by [`crate::driver::labgrid`].
 
 pub mod client;
+pub mod config;
 pub mod source;
 
 pub use client::{LabgridClient, LabgridError, Place};
+pub use config::{LabgridConfig, LabgridPlaceConfig};
 pub use source::LabgridSource;

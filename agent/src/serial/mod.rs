@@ -2,6 +2,7 @@
 //! console that hands every byte to the job's log in order, and an expect/send session on top
 //! (used by the serial driver, and by any driver that reaches a board's console).
 
+pub mod config;
 pub mod console;
 pub mod session;
 pub mod telnet;
