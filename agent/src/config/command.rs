@@ -3,12 +3,9 @@
 
 use crate::config::DeviceConfig;
 use anyhow::bail;
-use std::path::Path;
 
 /// The placeholders an argument may be, apart from `{params.NAME}` and `{device.NAME}`.
 pub const JOB_PLACEHOLDERS: &[&str] = &["{job.id}", "{job.dir}", "{job.attempt}"];
-
-const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ash", "ksh", "busybox"];
 
 /// Whether `arg` is a placeholder, and which.
 pub fn placeholder(arg: &str) -> Option<(&str, &str)> {
@@ -18,8 +15,9 @@ pub fn placeholder(arg: &str) -> Option<(&str, &str)> {
 }
 
 /// Checks a command line: not empty, placeholders only as whole arguments and known, and no
-/// placeholder as the script of a shell's `-c` (that would put a job parameter into a shell
-/// unquoted).
+/// job value where the program would run it as code ([`super::injection`]: the script of a
+/// shell's `-c`, an interpreter's program text, through wrappers such as `env` or `sudo`).
+/// `key` names the command (and its device); errors name the argument.
 pub fn validate_command(key: &str, argv: &[String], device: &DeviceConfig) -> anyhow::Result<()> {
     if argv.is_empty() || argv[0].is_empty() {
         bail!("{key}: must name a program");
@@ -51,17 +49,12 @@ pub fn validate_command(key: &str, argv: &[String], device: &DeviceConfig) -> an
             );
         }
     }
-    let prog = Path::new(&argv[0])
-        .file_name()
-        .and_then(|s| s.to_str())
-        .unwrap_or("");
-    if SHELLS.contains(&prog)
-        && let Some(c) = argv.iter().position(|a| a == "-c")
-        && let Some(script) = argv.get(c + 1)
-        && placeholder(script).is_some()
-    {
+    if let Err(f) = super::injection::check(argv) {
+        let arg = &argv[f.index];
         bail!(
-            "{key}: the script of `{prog} -c` must not be a placeholder; pass parameters as positional arguments (`sh -c 'cmd \"$1\"' sh {{params.x}}`) or read LABWIRE_PARAM_* variables"
+            "{key}[{}] `{arg}`: {}; a job value must never become code on the lab host: pass it as a positional argument (`sh -c 'cmd \"$1\"' sh {{params.x}}`) or read the LABWIRE_PARAM_* variables",
+            f.index,
+            f.why
         );
     }
     Ok(())

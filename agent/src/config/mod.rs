@@ -10,6 +10,7 @@
 //! placeholders are checked by [`command`].
 
 pub mod command;
+mod injection;
 #[cfg(test)]
 mod tests;
 

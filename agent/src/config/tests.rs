@@ -37,7 +37,7 @@ mod basics {
             ),
             (
                 "devices:\n  - {name: h, device_type: lab-host, driver: {type: shell, command: [sh, -c, '{params.a}']}}\n",
-                "must not be a placeholder",
+                "driver.command[2] `{params.a}`: `sh -c` runs this argument as its script",
             ),
             (
                 "devices:\n  - {name: h, device_type: lab-host, driver: {type: shell, command: [echo, '{device.port}']}}\n",

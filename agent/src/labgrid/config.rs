@@ -240,7 +240,7 @@ mod tests {
             ),
             (
                 "    places:\n      - {name: a, device_type: qemu-x86_64, deploy_command: [sh, -c, '{params.x}']}\n",
-                "must not be a placeholder",
+                "deploy_command[2] `{params.x}`: `sh -c` runs this argument as its script",
             ),
             (
                 "    user: 'a/b'\n    places:\n      - {name: a, device_type: qemu-x86_64}\n",
