@@ -34,10 +34,14 @@ impl JobLog {
         attempt: i32,
         parser: Option<LogParser>,
     ) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("console.log"))?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(crate::state::FILE_MODE)
+                .open(dir.join("console.log"))?
+        };
         Ok(JobLog {
             file,
             outbox,

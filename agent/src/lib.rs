@@ -17,6 +17,7 @@ pub mod placeholders;
 pub mod secrets;
 pub mod serial;
 pub mod sources;
+pub mod state;
 
 /// Installs the workspace's one rustls crypto provider (ring) if none is installed yet.
 /// The binaries do this at start-up; library entry points that open TLS connections call it

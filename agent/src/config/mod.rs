@@ -45,6 +45,9 @@ pub struct AgentConfig {
     /// Where the agent keeps its outbox, journal and job folders.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// The upkeep of the state folder (how long job folders are kept).
+    #[serde(default)]
+    pub state: crate::state::StateConfig,
     /// Extra device-type directories (the built-in library is always loaded first).
     #[serde(default)]
     pub device_type_dirs: Vec<PathBuf>,

@@ -59,11 +59,7 @@ pub(super) async fn recover_journal(
 
 /// The folder of a job attempt.
 pub(super) fn job_dir(agent: &Agent, job: i64, attempt: i32) -> std::path::PathBuf {
-    agent
-        .cfg
-        .state_dir
-        .join("jobs")
-        .join(format!("{job}-{attempt}"))
+    crate::state::job_dir(&agent.cfg.state_dir, job, attempt)
 }
 
 /// Runs a job on a device already counted busy for it (`resume`: a job an earlier run of
@@ -158,7 +154,8 @@ pub(super) async fn run_job(
             return;
         }
     };
-    let outcome = match std::fs::create_dir_all(&dir)
+    let outcome = match crate::state::private_dir(&dir)
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))
         .and_then(|_| JobLog::create(&dir, agent.outbox.clone(), job, attempt, parser))
     {
         Err(e) => (

@@ -8,6 +8,7 @@ mod pull;
 mod reload;
 mod sender;
 mod session;
+mod upkeep;
 
 use crate::client::Coordinator;
 use crate::config::AgentConfig;
@@ -52,6 +53,8 @@ struct State {
     max_jobs: usize,
     /// The limits, as last loaded.
     limits: crate::config::Limits,
+    /// `state.keep_jobs`, as last loaded.
+    keep_jobs: Duration,
     /// The device list changed: advertise it with the next heartbeat.
     advertise: bool,
     session: Option<String>,
@@ -161,6 +164,14 @@ pub async fn run(
     let lib = cfg.library()?;
     let configured = devices::build(&cfg, &lib)?;
     let sources = sources::build(&cfg)?;
+    crate::state::private_dir(&cfg.state_dir)?;
+    crate::state::private_dir(&crate::state::jobs_dir(&cfg.state_dir))?;
+    crate::state::warn_if_shared(&cfg.coordinator.key, "lab's private key");
+    for l in &cfg.lava {
+        if let Some(t) = &l.token_file {
+            crate::state::warn_if_shared(t, "LAVA token file");
+        }
+    }
     let outbox = Arc::new(Outbox::open(&cfg.state_dir)?);
     let coordinator = Coordinator::connect(&cfg.coordinator)?;
     let (changed, _) = watch::channel(0);
@@ -168,6 +179,7 @@ pub async fn run(
         configured,
         max_jobs_cfg: cfg.limits.max_jobs,
         limits: cfg.limits.clone(),
+        keep_jobs: cfg.state.keep_jobs,
         ..Default::default()
     };
     install_devices(&mut state);
@@ -183,6 +195,8 @@ pub async fn run(
         cfg,
     });
     let resumed = recover_journal(&agent, &sources).await?;
+    upkeep::prune_now(&agent);
+    tokio::spawn(upkeep::prune_periodically(agent.clone()));
     tracing::info!(lab = %agent.cfg.lab, devices = n_devices, max_jobs, sources = sources.len(), "agent starting");
     for source in sources {
         tokio::spawn(follow_source(agent.clone(), source));

@@ -1,5 +1,5 @@
 //! The device list: the devices of the config file and those the sources found, merged
-//! into the offered list; SIGHUP reloads the file's devices and limits.
+//! into the offered list; SIGHUP reloads the file's devices, limits and `state.keep_jobs`.
 
 use super::{Agent, State};
 use crate::config::AgentConfig;
@@ -96,6 +96,7 @@ pub(super) fn reload(agent: &Agent, path: &std::path::Path) -> anyhow::Result<us
         let mut st = agent.lock();
         st.max_jobs_cfg = cfg.limits.max_jobs;
         st.limits = cfg.limits.clone();
+        st.keep_jobs = cfg.state.keep_jobs;
         st.configured = devices;
         install_devices(&mut st);
     }

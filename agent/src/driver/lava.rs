@@ -43,7 +43,11 @@ impl LavaJobRef {
     /// Writes `lava.json` (to a temporary file first, so it is never half written).
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec(self).unwrap_or_default())?;
+        {
+            use std::io::Write;
+            let mut f = crate::state::private_create().open(&tmp)?;
+            f.write_all(&serde_json::to_vec(self).unwrap_or_default())?;
+        }
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(tmp, dir.join(STATE_FILE))
     }
@@ -127,7 +131,10 @@ impl LavaDriver {
             Ok(d) => d,
             Err(e) => return Outcome::infra(ErrorCode::InvalidJob, e),
         };
-        if let Err(e) = std::fs::write(ctx.dir.join("lava-job.yaml"), &definition) {
+        let kept = crate::state::private_create()
+            .open(ctx.dir.join("lava-job.yaml"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, definition.as_bytes()));
+        if let Err(e) = kept {
             tracing::warn!(error = %e, "cannot keep the LAVA job definition in the job folder");
         }
         // Recorded before submitting: an agent that stops before LAVA's answer arrives finds
