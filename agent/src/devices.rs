@@ -52,9 +52,14 @@ pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>
                     s.max_jobs.max(1),
                 ),
                 // A board runs one job at a time: the job holds it exclusively.
-                DriverConfig::Serial(s) => {
-                    (Arc::new(SerialDriver::new(d.clone(), (**s).clone())), 1)
-                }
+                DriverConfig::Serial(s) => (
+                    Arc::new(SerialDriver::new(
+                        d.clone(),
+                        (**s).clone(),
+                        cfg.artifacts.file_dirs.clone(),
+                    )),
+                    1,
+                ),
                 DriverConfig::Labgrid(_) => anyhow::bail!(
                     "device `{}`: labgrid places come from the `labgrid:` section",
                     d.name

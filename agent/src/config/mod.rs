@@ -48,6 +48,9 @@ pub struct AgentConfig {
     /// The upkeep of the state folder (how long job folders are kept).
     #[serde(default)]
     pub state: crate::state::StateConfig,
+    /// Where `file://` artifacts may come from.
+    #[serde(default)]
+    pub artifacts: crate::fetch::ArtifactsConfig,
     /// Extra device-type directories (the built-in library is always loaded first).
     #[serde(default)]
     pub device_type_dirs: Vec<PathBuf>,
@@ -276,6 +279,7 @@ impl AgentConfig {
         {
             bail!("limits.poll_wait: expected between 1s and 60s");
         }
+        self.artifacts.validate()?;
         let lib = self.library()?;
         let mut seen = std::collections::HashSet::new();
         for (i, d) in self.devices.iter().enumerate() {

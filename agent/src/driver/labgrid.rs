@@ -29,21 +29,25 @@ pub struct LabgridDriver {
     cfg: Arc<LabgridPlaceConfig>,
     client: Arc<LabgridClient>,
     acquire_timeout: Duration,
+    /// The folders `file://` artifacts may come from (`artifacts.file_dirs`).
+    file_dirs: Arc<[PathBuf]>,
 }
 
 impl LabgridDriver {
-    /// A driver for the place `device.name`.
+    /// A driver for the place `device.name`; `file://` artifacts only from `file_dirs`.
     pub fn new(
         device: DeviceConfig,
         cfg: Arc<LabgridPlaceConfig>,
         client: Arc<LabgridClient>,
         acquire_timeout: Duration,
+        file_dirs: Arc<[PathBuf]>,
     ) -> Self {
         LabgridDriver {
             device,
             cfg,
             client,
             acquire_timeout,
+            file_dirs,
         }
     }
 
@@ -252,11 +256,16 @@ impl Driver for LabgridDriver {
         Box::pin(async move {
             let started = Instant::now();
             // Artifacts first: the place is not held while files download.
-            let artifacts =
-                match super::board::fetch_artifacts(ctx, self.cfg.max_download_bytes).await {
-                    Ok(a) => a,
-                    Err(o) => return o,
-                };
+            let artifacts = match super::board::fetch_artifacts(
+                ctx,
+                self.cfg.max_download_bytes,
+                &self.file_dirs,
+            )
+            .await
+            {
+                Ok(a) => a,
+                Err(o) => return o,
+            };
             let mut steps = Steps::default();
             // Everything about the job is checked before the place is touched.
             let values = Values {
@@ -364,6 +373,7 @@ esac
                 Arc::new(place_cfg),
                 self.client.clone(),
                 Duration::from_secs(2),
+                Arc::from(Vec::new()),
             );
             let state = self.dir.path().join(format!("state-{place}"));
             let jobdir = state.join("job");

@@ -83,12 +83,19 @@ pub(crate) fn validate(key: &str, s: &SerialConfig, d: &DeviceConfig) -> anyhow:
 pub struct SerialDriver {
     device: DeviceConfig,
     cfg: SerialConfig,
+    /// The folders `file://` artifacts may come from (`artifacts.file_dirs`).
+    file_dirs: Vec<PathBuf>,
 }
 
 impl SerialDriver {
-    /// A driver for `device` with its serial settings.
-    pub fn new(device: DeviceConfig, cfg: SerialConfig) -> Self {
-        SerialDriver { device, cfg }
+    /// A driver for `device` with its serial settings; `file://` artifacts only from
+    /// `file_dirs`.
+    pub fn new(device: DeviceConfig, cfg: SerialConfig, file_dirs: Vec<PathBuf>) -> Self {
+        SerialDriver {
+            device,
+            cfg,
+            file_dirs,
+        }
     }
 
     fn values<'v>(
@@ -262,11 +269,16 @@ impl Driver for SerialDriver {
     fn run<'a>(&'a self, ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             // Artifacts first: nothing is powered on for a job whose files cannot be had.
-            let artifacts =
-                match super::board::fetch_artifacts(ctx, self.cfg.max_download_bytes).await {
-                    Ok(a) => a,
-                    Err(o) => return o,
-                };
+            let artifacts = match super::board::fetch_artifacts(
+                ctx,
+                self.cfg.max_download_bytes,
+                &self.file_dirs,
+            )
+            .await
+            {
+                Ok(a) => a,
+                Err(o) => return o,
+            };
             let mut steps = Steps::default();
             let res = self.boot_and_test(ctx, &artifacts, &mut steps).await;
             // Always: the board goes off, whatever happened above.

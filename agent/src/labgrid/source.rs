@@ -25,6 +25,8 @@ pub struct LabgridSource {
     lib: Library,
     /// Names of the devices of the config file: a place of the same name is not offered.
     taken: HashSet<String>,
+    /// The folders `file://` artifacts may come from (`artifacts.file_dirs`).
+    file_dirs: Arc<[std::path::PathBuf]>,
 }
 
 /// After this many failed reads in a row, the places are withdrawn until the coordinator
@@ -39,6 +41,7 @@ impl LabgridSource {
             cfg: cfg.clone(),
             lib,
             taken: agent.devices.iter().map(|d| d.name.clone()).collect(),
+            file_dirs: agent.artifacts.file_dirs.clone().into(),
         }
     }
 
@@ -92,6 +95,7 @@ impl LabgridSource {
             Arc::new(entry.clone()),
             self.client.clone(),
             self.cfg.acquire_timeout,
+            self.file_dirs.clone(),
         );
         Some(Arc::new(Device {
             config: Some(config),

@@ -146,13 +146,22 @@ pub(crate) fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-/// Downloads the job's artifacts into its folder (nothing is powered on for a job whose
-/// files cannot be had); a failure is the job's `download_failed` outcome.
+/// Fetches the job's artifacts into its folder (nothing is powered on for a job whose files
+/// cannot be had), within the job's time limit and cancellation, `file://` URLs only from
+/// `file_dirs`; a failure is the job's outcome (`invalid_job` for what the job got wrong,
+/// `download_failed` for a transfer, `cancelled`).
 pub async fn fetch_artifacts(
     ctx: &mut super::JobContext,
     limit: u64,
+    file_dirs: &[std::path::PathBuf],
 ) -> Result<BTreeMap<String, std::path::PathBuf>, Outcome> {
-    match crate::fetch::fetch_all(&ctx.spec.artifacts, &ctx.dir, limit, ctx.timeout).await {
+    let opts = crate::fetch::FetchOptions {
+        limit,
+        timeout: ctx.timeout,
+        cancel: ctx.cancel.clone(),
+        file_dirs: file_dirs.to_vec(),
+    };
+    match crate::fetch::fetch_all(&ctx.spec.artifacts, &ctx.dir, &opts).await {
         Ok(a) => {
             for (k, p) in &a {
                 ctx.log.note(&format!("artifact {k}: {}", p.display()));
@@ -160,8 +169,8 @@ pub async fn fetch_artifacts(
             Ok(a)
         }
         Err(e) => {
-            ctx.log.note(&format!("download failed: {e}"));
-            Err(Outcome::infra(ErrorCode::DownloadFailed, e.to_string()))
+            ctx.log.note(&format!("artifacts: {e}"));
+            Err(Outcome::infra(e.code(), e.to_string()))
         }
     }
 }
