@@ -23,6 +23,8 @@ pub struct Device {
     /// How many devices stand behind this entry: 1 for a board, the number of usable
     /// devices for a pooled back end (a LAVA device type).
     pub count: usize,
+    /// Secrets masked in the logs of its jobs (a login password, a LAVA token).
+    pub secrets: Vec<crate::secrets::Secret>,
 }
 
 /// Builds the devices of a config.
@@ -67,6 +69,7 @@ pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>
             };
             Ok(Arc::new(Device {
                 config: Some(d.clone()),
+                secrets: d.secrets(),
                 info,
                 driver,
                 max_jobs,

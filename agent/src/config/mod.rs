@@ -194,8 +194,69 @@ pub struct DeviceConfig {
     /// Free-form settings for command placeholders (`{device.NAME}`).
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// The settings whose values are secrets (a PDU password): masked in job logs.
+    #[serde(default)]
+    pub secret_settings: Vec<String>,
     /// The driver and its settings.
     pub driver: DriverConfig,
+}
+
+impl DeviceConfig {
+    /// The device's secrets: the values of its secret settings and its login password.
+    pub fn secrets(&self) -> Vec<Secret> {
+        let mut out: Vec<Secret> = self
+            .secret_settings
+            .iter()
+            .filter_map(|k| self.settings.get(k))
+            .map(|v| Secret(v.clone()))
+            .collect();
+        let login = match &self.driver {
+            DriverConfig::Serial(s) => Some(&s.login),
+            DriverConfig::Labgrid(p) => Some(&p.login),
+            DriverConfig::Shell(_) => None,
+        };
+        out.extend(login.and_then(|l| l.password.clone()));
+        out.retain(|s| !s.0.is_empty());
+        out
+    }
+
+    /// Checks `secret_settings`: each names a setting. `key` names the device.
+    pub(crate) fn validate_secrets(&self, key: &str) -> anyhow::Result<()> {
+        for (i, k) in self.secret_settings.iter().enumerate() {
+            if !self.settings.contains_key(k) {
+                bail!("{key}.secret_settings[{i}]: `{k}` is not one of the device's settings");
+            }
+        }
+        Ok(())
+    }
+
+    /// Warnings about the device's secrets: those too short to be masked everywhere.
+    pub fn secret_warnings(&self, key: &str) -> Vec<String> {
+        let short = |what: String, v: &str| {
+            (v.len() < crate::secrets::MIN_MASKED_LEN).then(|| {
+                format!(
+                    "{key}.{what} is shorter than {} characters: it is masked in job logs only where the agent types or passes it (a password's echo, a command's argument), not wherever the board prints it",
+                    crate::secrets::MIN_MASKED_LEN
+                )
+            })
+        };
+        let mut out: Vec<String> = self
+            .secret_settings
+            .iter()
+            .filter_map(|k| short(format!("settings.{k}"), self.settings.get(k)?))
+            .collect();
+        let login = match &self.driver {
+            DriverConfig::Serial(s) => Some(("driver.login.password", &s.login)),
+            DriverConfig::Labgrid(p) => Some(("login.password", &p.login)),
+            DriverConfig::Shell(_) => None,
+        };
+        if let Some((what, l)) = login
+            && let Some(p) = &l.password
+        {
+            out.extend(short(what.to_string(), &p.0));
+        }
+        out
+    }
 }
 
 /// The driver of a device, tagged by `type`.
@@ -260,6 +321,22 @@ impl AgentConfig {
         Ok(cfg)
     }
 
+    /// What a lab admin should know about the config that does not make it wrong (secrets
+    /// too short to be masked everywhere); `check-config` prints these, the agent logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            out.extend(d.secret_warnings(&format!("devices[{i}] ({})", d.name)));
+        }
+        for (i, lg) in self.labgrid.iter().enumerate() {
+            for (k, p) in lg.places.iter().enumerate() {
+                let d = p.device(p.name.as_deref().unwrap_or("place"));
+                out.extend(d.secret_warnings(&format!("labgrid[{i}].places[{k}]")));
+            }
+        }
+        out
+    }
+
     /// The device-type library this config uses.
     pub fn library(&self) -> anyhow::Result<Library> {
         Library::load(&self.device_type_dirs)
@@ -297,6 +374,7 @@ impl AgentConfig {
                     lib.names().join(", ")
                 );
             }
+            d.validate_secrets(&key)?;
             match &d.driver {
                 DriverConfig::Shell(s) => {
                     validate_command(&format!("{key}.driver.command"), &s.command, d)?

@@ -157,6 +157,7 @@ pub(super) async fn run_job(
     let outcome = match crate::state::private_dir(&dir)
         .map_err(|e| std::io::Error::other(format!("{e:#}")))
         .and_then(|_| JobLog::create(&dir, agent.outbox.clone(), job, attempt, parser))
+        .map(|log| log.with_secrets(&device.secrets))
     {
         Err(e) => (
             Outcome::infra(
@@ -189,7 +190,7 @@ pub(super) async fn run_job(
             if let Some(report) = ctx.log.finish_parse() {
                 merge_report(&mut outcome, report);
             }
-            ctx.log.flush();
+            ctx.log.finish();
             (outcome, ctx.log.len())
         }
     };

@@ -172,6 +172,9 @@ pub async fn run(
             crate::state::warn_if_shared(t, "LAVA token file");
         }
     }
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
     let outbox = Arc::new(Outbox::open(&cfg.state_dir)?);
     let coordinator = Coordinator::connect(&cfg.coordinator)?;
     let (changed, _) = watch::channel(0);

@@ -96,7 +96,10 @@ impl Driver for ShellDriver {
                 cmd.env(format!("LABWIRE_PARAM_{}", k.to_ascii_uppercase()), v);
             }
             cmd.envs(&self.shell.env);
-            ctx.log.note(&format!("running {argv:?} on the lab host"));
+            ctx.log.note(&format!(
+                "running {:?} on the lab host",
+                ctx.log.redact_args(&argv)
+            ));
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => {

@@ -70,6 +70,9 @@ pub struct LabgridPlaceConfig {
     /// Settings for placeholders (`{device.NAME}`).
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// The settings whose values are secrets: masked in job logs.
+    #[serde(default)]
+    pub secret_settings: Vec<String>,
     /// Where the console is. Default: the place's serial port as Labgrid's exporter
     /// publishes it (`NetworkSerialPort`, a telnet/RFC 2217 port).
     #[serde(default)]
@@ -114,6 +117,7 @@ impl LabgridPlaceConfig {
             device_type: self.device_type.clone(),
             tags: self.tags.clone(),
             settings: self.settings.clone(),
+            secret_settings: self.secret_settings.clone(),
             driver: DriverConfig::Labgrid(Box::new(self.clone())),
         }
     }
@@ -165,6 +169,7 @@ impl LabgridConfig {
                 );
             }
             let d = p.device(p.name.as_deref().unwrap_or("place"));
+            d.validate_secrets(&pkey)?;
             if let Some(c) = &p.console {
                 validate_console(&format!("{pkey}.console"), c, &d)?;
             }

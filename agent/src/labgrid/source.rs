@@ -98,6 +98,7 @@ impl LabgridSource {
             self.file_dirs.clone(),
         );
         Some(Arc::new(Device {
+            secrets: config.secrets(),
             config: Some(config),
             info,
             driver: Arc::new(driver),

@@ -89,7 +89,7 @@ pub async fn run_command(
     timeout: Duration,
     log: &mut JobLog,
 ) -> Result<(), String> {
-    log.note(&format!("{what}: {argv:?}"));
+    log.note(&format!("{what}: {:?}", log.redact_args(argv)));
     let out = run_program(argv, env, timeout)
         .await
         .map_err(|e| format!("{what}: {e}"))?;

@@ -218,11 +218,15 @@ impl<'c> Script<'c> {
                     .map_err(|e| login_fail(e, "the password prompt or a shell prompt"))?;
                 if i == 0 {
                     let pw = l.password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+                    // A board may echo the password (busybox `login` prints its prompt
+                    // before it turns echo off): mask it in the log, however short.
+                    s.log().arm_once(&pw);
                     s.send(format!("{pw}\n").as_bytes()).await.map_err(lost)?;
-                    let (i, _) = s
+                    let got = s
                         .expect(&[&shell, &incorrect, &login_prompt], left(login_deadline))
-                        .await
-                        .map_err(|e| login_fail(e, "the shell prompt"))?;
+                        .await;
+                    s.log().disarm();
+                    let (i, _) = got.map_err(|e| login_fail(e, "the shell prompt"))?;
                     if i != 0 {
                         return Err(fail(
                             ErrorCode::LoginFailed,
