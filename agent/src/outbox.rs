@@ -176,6 +176,17 @@ impl Outbox {
         Ok(())
     }
 
+    /// Replaces a waiting item by another of the same job attempt, in its place in the
+    /// order (a refused result by the report that says it was refused).
+    pub fn replace(&self, id: i64, item: &Item) -> anyhow::Result<()> {
+        let n = self.conn().execute(
+            "UPDATE outbox SET kind = ?2, payload = ?3 WHERE id = ?1",
+            params![id, item.kind(), item.encode()],
+        )?;
+        anyhow::ensure!(n == 1, "outbox item {id} is gone");
+        Ok(())
+    }
+
     /// Forgets everything about a job attempt (the coordinator refused it for good).
     pub fn drop_attempt(&self, job: i64, attempt: i32) -> anyhow::Result<usize> {
         let mut conn = self.conn();
