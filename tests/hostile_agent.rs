@@ -88,6 +88,28 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// An HTTP server on loopback that answers every request with `body`.
+async fn http_server(body: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body).await;
+            });
+        }
+    });
+    addr
+}
+
 /// Submits a job with a hostile artifact role. The coordinator may refuse the role at
 /// submit (naming it); if it lets it through, the agent must refuse it: the job ends
 /// `invalid_job` naming the role, and nothing is written outside the job's folder.
@@ -96,16 +118,15 @@ async fn hostile_role(role: &str) {
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
     rig.issue_lab("lab-a");
-    let allowed = rig.path("artifacts");
-    std::fs::create_dir_all(&allowed).unwrap();
-    std::fs::write(allowed.join("vmlinuz"), b"the submitter's bytes").unwrap();
-    let extra = format!("artifacts: {{file_dirs: ['{}']}}\n", allowed.display());
-    agent_yaml(&rig, "lab-a", &extra, &paper_board("board", "paper"));
+    let addr = http_server(b"the submitter's bytes").await;
+    agent_yaml(&rig, "lab-a", "", &paper_board("board", "paper"));
     let _agent = rig.start_agent("lab-a");
     let mut c = rig.client().await;
     let before = files_under(rig.dir.path());
-    let url = format!("file://{}", allowed.join("vmlinuz").display());
-    let spec = serial_job("role", "paper", &[(role, url)], 60);
+    let url = format!("http://{addr}/vmlinuz");
+    let mut spec = serial_job("role", "paper", &[(role, url)], 60);
+    // No checksum: what arrives is what the role would have written.
+    spec.artifacts.values_mut().for_each(|a| a.sha256.clear());
     let submitted = c
         .nodes
         .submit_job(v1::SubmitJobRequest {
@@ -462,7 +483,7 @@ fn board_dir() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_echoed_password_is_masked_in_the_stored_log() {
+async fn secrets_and_the_password_prompt_are_masked_in_a_real_boards_log() {
     let board = board_dir();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let rig = Rig::new("leases: {duration: 30s, heartbeat: 2s}\n");
@@ -471,7 +492,9 @@ async fn the_echoed_password_is_masked_in_the_stored_log() {
     rig.issue_lab("lab-a");
     let run = rig.path("run-board");
     std::fs::create_dir_all(&run).unwrap();
-    // The board's password is `labwire` (7 characters: masked where the agent types it);
+    // The board's password is `labwire` (7 characters: masked where the agent types it, so
+    // in its echo when busybox `login` echoes it; in our runs under QEMU it did not, the
+    // echo being a race; the unit tests of the masker and the job log show the echo case);
     // the PDU secret is long enough to be masked wherever it appears.
     let device = format!(
         r#"  - name: qemu
