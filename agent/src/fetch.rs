@@ -67,7 +67,7 @@ pub(crate) struct FetchOptions {
 
 /// Why an artifact could not be fetched.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     /// The role is not a plain name.
     #[error(
         "artifact role `{role}`: expected a plain name (not empty, not `.` or `..`, no `/`, NUL or control characters)"
@@ -134,7 +134,7 @@ pub enum FetchError {
 impl FetchError {
     /// The job's error code: the job's own fault is `invalid_job` (not retried), a cancel is
     /// `cancelled`, the rest `download_failed`.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             FetchError::BadRole { .. } | FetchError::BadUrl { .. } | FetchError::Refused { .. } => {
                 ErrorCode::InvalidJob

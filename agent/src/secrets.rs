@@ -18,15 +18,15 @@ impl std::fmt::Debug for Secret {
 /// (a board's `root` password) would also mask ordinary words of the log, so it is masked
 /// only where the agent knows it is: the echo of a password it typed, an argument it
 /// expanded from a secret setting. GitLab masks variables by the same rule.
-pub const MIN_MASKED_LEN: usize = 8;
+pub(crate) const MIN_MASKED_LEN: usize = 8;
 
 /// What a masked secret becomes in the log.
-pub const MASK: &[u8] = b"[MASKED]";
+pub(crate) const MASK: &[u8] = b"[MASKED]";
 
 /// Masks secrets in a stream of log bytes, also across chunk boundaries: bytes that may be
 /// the start of a secret are held back until the next chunk tells.
 #[derive(Debug, Default)]
-pub struct Masker {
+pub(crate) struct Masker {
     /// Secrets masked everywhere (at least [`MIN_MASKED_LEN`] bytes).
     always: Vec<Vec<u8>>,
     /// Secrets masked at their next occurrence only (the echo of a typed password).
@@ -37,7 +37,7 @@ pub struct Masker {
 
 impl Masker {
     /// A masker of `secrets` (those shorter than [`MIN_MASKED_LEN`] are left out).
-    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Self {
+    pub(crate) fn new<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Self {
         let mut always: Vec<Vec<u8>> = secrets
             .into_iter()
             .filter(|s| s.0.len() >= MIN_MASKED_LEN)
@@ -53,24 +53,24 @@ impl Masker {
     }
 
     /// Whether nothing is masked.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.always.is_empty() && self.once.is_empty()
     }
 
     /// Masks the next occurrence of `secret`, whatever its length (until [`Masker::disarm`]).
-    pub fn arm_once(&mut self, secret: &str) {
+    pub(crate) fn arm_once(&mut self, secret: &str) {
         if !secret.is_empty() {
             self.once.push(secret.as_bytes().to_vec());
         }
     }
 
     /// Forgets the secrets armed with [`Masker::arm_once`] that did not occur.
-    pub fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.once.clear();
     }
 
     /// Takes the next bytes of the stream; returns what can be written now (masked).
-    pub fn push(&mut self, data: &[u8]) -> Vec<u8> {
+    pub(crate) fn push(&mut self, data: &[u8]) -> Vec<u8> {
         if self.is_empty() && self.held.is_empty() {
             return data.to_vec();
         }
@@ -81,7 +81,7 @@ impl Masker {
 
     /// Gives back the bytes held back, masked (the stream ends, or something else is written
     /// in between, so the secret they may start cannot follow them).
-    pub fn release(&mut self) -> Vec<u8> {
+    pub(crate) fn release(&mut self) -> Vec<u8> {
         let held = std::mem::take(&mut self.held);
         self.scan(&held, true)
     }
@@ -130,7 +130,7 @@ impl Masker {
     }
 
     /// Masks a whole text at once (a line labwire writes itself).
-    pub fn mask_text(&self, text: &str) -> String {
+    pub(crate) fn mask_text(&self, text: &str) -> String {
         let mut t = text.to_string();
         for s in &self.always {
             if let Ok(s) = std::str::from_utf8(s) {

@@ -5,10 +5,10 @@ use crate::config::DeviceConfig;
 use anyhow::bail;
 
 /// The placeholders an argument may be, apart from `{params.NAME}` and `{device.NAME}`.
-pub const JOB_PLACEHOLDERS: &[&str] = &["{job.id}", "{job.dir}", "{job.attempt}"];
+pub(crate) const JOB_PLACEHOLDERS: &[&str] = &["{job.id}", "{job.dir}", "{job.attempt}"];
 
 /// Whether `arg` is a placeholder, and which.
-pub fn placeholder(arg: &str) -> Option<(&str, &str)> {
+pub(crate) fn placeholder(arg: &str) -> Option<(&str, &str)> {
     let inner = arg.strip_prefix('{')?.strip_suffix('}')?;
     let (ns, name) = inner.split_once('.')?;
     Some((ns, name))
@@ -18,7 +18,11 @@ pub fn placeholder(arg: &str) -> Option<(&str, &str)> {
 /// job value where the program would run it as code ([`super::injection`]: the script of a
 /// shell's `-c`, an interpreter's program text, through wrappers such as `env` or `sudo`).
 /// `key` names the command (and its device); errors name the argument.
-pub fn validate_command(key: &str, argv: &[String], device: &DeviceConfig) -> anyhow::Result<()> {
+pub(crate) fn validate_command(
+    key: &str,
+    argv: &[String],
+    device: &DeviceConfig,
+) -> anyhow::Result<()> {
     if argv.is_empty() || argv[0].is_empty() {
         bail!("{key}: must name a program");
     }

@@ -9,7 +9,7 @@
 //! `labgrid/config.rs`, the `lava:` entries in `lava/config.rs`. Commands and their
 //! placeholders are checked by [`command`].
 
-pub mod command;
+pub(crate) mod command;
 mod injection;
 #[cfg(test)]
 mod tests;
@@ -19,10 +19,12 @@ pub use crate::driver::board::config::{
 };
 pub use crate::driver::serial::SerialConfig;
 pub use crate::driver::shell::ShellConfig;
+pub use crate::fetch::ArtifactsConfig;
 pub use crate::labgrid::config::{LabgridConfig, LabgridPlaceConfig};
 pub use crate::secrets::Secret;
 pub use crate::serial::config::ConsoleConfig;
-pub use command::{JOB_PLACEHOLDERS, placeholder, validate_command};
+pub use crate::state::StateConfig;
+pub(crate) use command::{JOB_PLACEHOLDERS, placeholder, validate_command};
 
 use crate::device_types::Library;
 use anyhow::{Context, bail};
@@ -47,10 +49,10 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// The upkeep of the state folder (how long job folders are kept).
     #[serde(default)]
-    pub state: crate::state::StateConfig,
+    pub state: StateConfig,
     /// Where `file://` artifacts may come from.
     #[serde(default)]
-    pub artifacts: crate::fetch::ArtifactsConfig,
+    pub artifacts: ArtifactsConfig,
     /// Extra device-type directories (the built-in library is always loaded first).
     #[serde(default)]
     pub device_type_dirs: Vec<PathBuf>,

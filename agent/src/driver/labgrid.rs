@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 const ACQUIRE_RETRY: Duration = Duration::from_secs(1);
 
 /// The driver of one Labgrid place.
-pub struct LabgridDriver {
+pub(crate) struct LabgridDriver {
     device: DeviceConfig,
     cfg: Arc<LabgridPlaceConfig>,
     client: Arc<LabgridClient>,
@@ -35,7 +35,7 @@ pub struct LabgridDriver {
 
 impl LabgridDriver {
     /// A driver for the place `device.name`; `file://` artifacts only from `file_dirs`.
-    pub fn new(
+    pub(crate) fn new(
         device: DeviceConfig,
         cfg: Arc<LabgridPlaceConfig>,
         client: Arc<LabgridClient>,

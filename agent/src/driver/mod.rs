@@ -4,11 +4,11 @@
 //! `board`: boot, login, commands on a console), `lava` hands the job to the lab's LAVA
 //! server.
 
-pub mod board;
-pub mod labgrid;
+pub(crate) mod board;
+pub(crate) mod labgrid;
 pub mod lava;
-pub mod serial;
-pub mod shell;
+pub(crate) mod serial;
+pub(crate) mod shell;
 
 use crate::joblog::JobLog;
 use futures::future::BoxFuture;

@@ -80,7 +80,7 @@ pub(crate) fn validate(key: &str, s: &SerialConfig, d: &DeviceConfig) -> anyhow:
 }
 
 /// The serial driver of one board.
-pub struct SerialDriver {
+pub(crate) struct SerialDriver {
     device: DeviceConfig,
     cfg: SerialConfig,
     /// The folders `file://` artifacts may come from (`artifacts.file_dirs`).
@@ -90,7 +90,7 @@ pub struct SerialDriver {
 impl SerialDriver {
     /// A driver for `device` with its serial settings; `file://` artifacts only from
     /// `file_dirs`.
-    pub fn new(device: DeviceConfig, cfg: SerialConfig, file_dirs: Vec<PathBuf>) -> Self {
+    pub(crate) fn new(device: DeviceConfig, cfg: SerialConfig, file_dirs: Vec<PathBuf>) -> Self {
         SerialDriver {
             device,
             cfg,
@@ -137,7 +137,7 @@ impl SerialDriver {
     }
 
     /// Powers the board off outside a job (after an agent restart found it journalled).
-    pub async fn power_off_now(&self) -> Result<(), String> {
+    pub(crate) async fn power_off_now(&self) -> Result<(), String> {
         let empty = BTreeMap::new();
         let params = Default::default();
         let dir = std::env::temp_dir();

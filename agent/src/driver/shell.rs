@@ -43,14 +43,14 @@ fn one() -> usize {
 }
 
 /// The shell driver of one device.
-pub struct ShellDriver {
+pub(crate) struct ShellDriver {
     device: DeviceConfig,
     shell: ShellConfig,
 }
 
 impl ShellDriver {
     /// A driver for `device` with its shell settings.
-    pub fn new(device: DeviceConfig, shell: ShellConfig) -> Self {
+    pub(crate) fn new(device: DeviceConfig, shell: ShellConfig) -> Self {
         ShellDriver { device, shell }
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// One Labgrid coordinator's places.
-pub struct LabgridSource {
+pub(crate) struct LabgridSource {
     cfg: LabgridConfig,
     client: Arc<LabgridClient>,
     lib: Library,
@@ -35,7 +35,7 @@ const FAILURES_BEFORE_WITHDRAW: u32 = 3;
 
 impl LabgridSource {
     /// The source of one `labgrid:` entry.
-    pub fn new(cfg: &LabgridConfig, agent: &AgentConfig, lib: Library) -> Self {
+    pub(crate) fn new(cfg: &LabgridConfig, agent: &AgentConfig, lib: Library) -> Self {
         LabgridSource {
             client: Arc::new(LabgridClient::new(cfg, &agent.lab)),
             cfg: cfg.clone(),

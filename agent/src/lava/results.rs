@@ -9,7 +9,7 @@ use labwire_common::{ErrorCode, NodeResult, TestNode};
 use std::collections::BTreeMap;
 
 /// The labwire error code of a LAVA error type.
-pub fn error_code(error_type: &str) -> ErrorCode {
+pub(crate) fn error_code(error_type: &str) -> ErrorCode {
     match error_type {
         "Infrastructure" => ErrorCode::Infrastructure,
         "Configuration" => ErrorCode::LavaConfiguration,
@@ -43,7 +43,7 @@ fn leaf(c: &TestCase) -> TestNode {
 }
 
 /// A test suite's name without LAVA's order prefix (`1_kselftest` is `kselftest`).
-pub fn suite_name(name: &str) -> &str {
+pub(crate) fn suite_name(name: &str) -> &str {
     match name.split_once('_') {
         Some((n, rest)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => rest,
         _ => name,
@@ -73,7 +73,7 @@ fn metadata(c: &TestCase) -> BTreeMap<String, String> {
 }
 
 /// The outcome of a finished LAVA job.
-pub fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> Outcome {
+pub(crate) fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> Outcome {
     let names: BTreeMap<i64, &str> = suites.iter().map(|s| (s.id, s.name.as_str())).collect();
     let mut setup = Vec::new();
     let mut groups: Vec<(String, Vec<TestNode>)> = Vec::new();

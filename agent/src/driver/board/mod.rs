@@ -4,12 +4,12 @@
 //! configured lab-host commands (power, deploy) with time limits, and the job outcome built
 //! from the steps. The drivers differ only in how they power the board and reach its console.
 
-pub mod config;
+pub(crate) mod config;
 mod program;
 mod script;
 
-pub use program::{CommandOutput, run_command, run_program, run_program_without};
-pub use script::Script;
+pub(crate) use program::{run_command, run_program_without};
+pub(crate) use script::Script;
 
 use super::Outcome;
 use crate::joblog::JobLog;
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// A step that failed: the error code, the message, and the setup test that failed with it.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The job's `error_code` (`power_failed`, `boot_timeout`, ...).
     pub code: ErrorCode,
     /// What happened, for people.
@@ -32,7 +32,7 @@ pub struct Failure {
 }
 
 /// A failure with a code, a message and the setup test it fails.
-pub fn fail(code: ErrorCode, msg: impl Into<String>, test: Option<&'static str>) -> Failure {
+pub(crate) fn fail(code: ErrorCode, msg: impl Into<String>, test: Option<&'static str>) -> Failure {
     Failure {
         code,
         msg: msg.into(),
@@ -91,7 +91,7 @@ fn first_line(s: &str) -> &str {
 /// What the setup steps and commands of a job produced so far: the `setup` tests
 /// (`kernel-boot`, `login`), one test per command, and timings for the job's data.
 #[derive(Default)]
-pub struct Steps {
+pub(crate) struct Steps {
     /// `kernel-boot`, `login`.
     pub setup: Vec<TestNode>,
     /// `command-N`.
@@ -102,14 +102,14 @@ pub struct Steps {
 
 impl Steps {
     /// Records a timing since `started`.
-    pub fn mark(&mut self, key: &str, started: Instant) {
+    pub(crate) fn mark(&mut self, key: &str, started: Instant) {
         self.data
             .insert(key.into(), (started.elapsed().as_millis() as u64).into());
     }
 
     /// The job's outcome: `pass`/`fail` from the commands when every step worked, else the
     /// failure's code with the setup test that failed.
-    pub fn outcome(mut self, res: Result<(), Failure>, log: &mut JobLog) -> Outcome {
+    pub(crate) fn outcome(mut self, res: Result<(), Failure>, log: &mut JobLog) -> Outcome {
         let mut outcome = match res {
             Ok(()) => {
                 let r = NodeResult::aggregate(self.commands.iter().map(|t| t.result));
@@ -150,7 +150,7 @@ pub(crate) fn left(deadline: Instant) -> Duration {
 /// cannot be had), within the job's time limit and cancellation, `file://` URLs only from
 /// `file_dirs`; a failure is the job's outcome (`invalid_job` for what the job got wrong,
 /// `download_failed` for a transfer, `cancelled`).
-pub async fn fetch_artifacts(
+pub(crate) async fn fetch_artifacts(
     ctx: &mut super::JobContext,
     limit: u64,
     file_dirs: &[std::path::PathBuf],

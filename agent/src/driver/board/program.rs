@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 /// The output of a finished lab-host command.
-pub struct CommandOutput {
+pub(crate) struct CommandOutput {
     /// Standard output.
     pub stdout: Vec<u8>,
     /// Standard error.
@@ -19,7 +19,7 @@ pub struct CommandOutput {
 
 /// Runs a program (no shell) with a time limit and collects its output; the program is
 /// killed when the limit passes. Errors say which program and why.
-pub async fn run_program(
+pub(crate) async fn run_program(
     argv: &[String],
     env: &BTreeMap<String, String>,
     timeout: Duration,
@@ -28,7 +28,7 @@ pub async fn run_program(
 }
 
 /// [`run_program`] with the variables `remove` taken out of the inherited environment.
-pub async fn run_program_without(
+pub(crate) async fn run_program_without(
     argv: &[String],
     env: &BTreeMap<String, String>,
     remove: &[&str],
@@ -82,7 +82,7 @@ pub async fn run_program_without(
 }
 
 /// Runs a configured command (no shell) with a time limit; its output goes to the job log.
-pub async fn run_command(
+pub(crate) async fn run_command(
     what: &str,
     argv: &[String],
     env: &BTreeMap<String, String>,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// Everything the engine does on the console, prepared (placeholders expanded, expressions
 /// compiled) before the board is powered, so that a bad job or config fails without touching
 /// the board.
-pub struct Script<'c> {
+pub(crate) struct Script<'c> {
     boot: &'c BootConfig,
     login: &'c LoginConfig,
     uboot_cmds: Vec<String>,
@@ -30,7 +30,7 @@ pub struct Script<'c> {
 
 impl<'c> Script<'c> {
     /// Prepares the boot, login and commands of one job.
-    pub fn prepare(
+    pub(crate) fn prepare(
         boot: &'c BootConfig,
         login: &'c LoginConfig,
         values: &Values<'_>,
@@ -97,7 +97,7 @@ impl<'c> Script<'c> {
     /// Runs on a powered board's console: bootloader steps, the kernel's start, the login,
     /// then the commands. `started` is when the job began (the job's time limit counts from
     /// there).
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         s: &mut Session<'_>,
         started: Instant,
