@@ -7,6 +7,39 @@ mod basics {
     const BASE: &str = "lab: lab-a\ncoordinator: {url: 'https://127.0.0.1:7443', ca: ca.pem, cert: a.pem, key: a.key}\n";
 
     #[test]
+    fn secrets_are_checked_and_short_ones_warned_about() {
+        let board = |settings: &str, secret: &str, password: &str| {
+            AgentConfig::parse(&format!(
+                "{BASE}devices:\n  - name: b\n    device_type: qemu-x86_64\n    settings: {settings}\n    secret_settings: {secret}\n    driver:\n      type: serial\n      console: {{tcp: {{address: 'h:1'}}}}\n      power_on_command: ['true']\n      power_off_command: ['true']\n      login: {{username: root, password: '{password}'}}\n"
+            ))
+        };
+        let cfg = board("{pdu: long-enough-secret, port: '3'}", "[pdu]", "root").unwrap();
+        let secrets: Vec<String> = cfg.devices[0].secrets().into_iter().map(|s| s.0).collect();
+        assert_eq!(secrets, ["long-enough-secret", "root"]);
+        let w = cfg.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("devices[0] (b).driver.login.password is shorter than 8 characters"),
+            "{w:?}"
+        );
+        let e = board("{pdu: x}", "[nope]", "long-enough-pw").unwrap_err();
+        assert!(
+            format!("{e:#}").contains(
+                "devices[0] (b).secret_settings[0]: `nope` is not one of the device's settings"
+            ),
+            "{e:#}"
+        );
+        let e = AgentConfig::parse(&format!("{BASE}artifacts: {{file_dirs: [relative/dir]}}\n"))
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("artifacts.file_dirs[0] `relative/dir`"),
+            "{e:#}"
+        );
+        let e = AgentConfig::parse(&format!("{BASE}state: {{keep_jobs: soon}}\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("state.keep_jobs"), "{e:#}");
+    }
+
+    #[test]
     fn good_config() {
         let cfg = AgentConfig::parse(&format!(
             "{BASE}devices:\n  - name: host\n    device_type: lab-host\n    driver: {{type: shell, command: [sh, -c, 'echo \"$1\"', sh, '{{params.msg}}']}}\n"
