@@ -135,8 +135,9 @@ impl JobLog {
         }
     }
 
-    /// Appends a line written by labwire itself (not by the device), marked as such and
-    /// not parsed.
+    /// Appends a line written by labwire itself (not by the device), marked as such, masked
+    /// and not parsed. Device bytes the masker held back are written first: the note comes
+    /// between them and whatever the device prints next.
     pub fn note(&mut self, line: &str) {
         let held = self.masker.release();
         self.append(&held);

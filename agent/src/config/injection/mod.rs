@@ -302,7 +302,8 @@ fn shell(name: &str, argv: &[String], i: usize) -> Result<(), Finding> {
         }
         if let Some(long) = a.strip_prefix("--").filter(|l| !l.is_empty()) {
             let (opt, attached) = long_option(long);
-            // fish's `--command` takes its script as its value.
+            // Options whose value is shell code or a file of it: fish's `--command` and
+            // `--init-command`, bash's `--rcfile` and `--init-file`.
             match opt {
                 "command" | "init-command" | "rcfile" | "init-file" => {
                     if attached.is_none() {
