@@ -193,8 +193,13 @@ async fn demo(root: &Path) -> anyhow::Result<bool> {
     std::fs::write(&script, DEMO_SCRIPT)?;
     let mut yaml = agent_yaml("demo-lab", &url, &bundle, &agent_state, &script);
     let board = board_device(root);
-    if let Some((dev, _)) = &board {
+    if let Some((dev, dir)) = &board {
         yaml.push_str(dev);
+        // The board job's kernel and ramdisk are file:// URLs into the board's folder.
+        yaml.push_str(&format!(
+            "artifacts: {{file_dirs: ['{}']}}\n",
+            dir.display()
+        ));
     }
     std::fs::write(root.join("agent.yaml"), &yaml)?;
     let acfg = AgentConfig::parse(&yaml).context("the demo's agent config")?;

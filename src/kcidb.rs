@@ -5,7 +5,7 @@
 //! node are exported; the others are counted and named on standard error.
 
 use chrono::{DateTime, Utc};
-use labwire_common::NodeResult;
+use labwire_common::{ErrorCode, NodeResult};
 use labwire_coordinator::model::{Node, NodeId, NodeKind, NodeState};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -13,19 +13,21 @@ use std::collections::HashMap;
 /// The KCIDB schema version written.
 pub const VERSION: (u32, u32) = (5, 3);
 
-/// Error codes of infrastructure failures where the test never ran: KCIDB `MISS`. Other
-/// incomplete results are `ERROR` (the test started and did not complete).
-pub const MISS_CODES: &[&str] = &[
-    "cancelled",
-    "node_timeout",
-    "lease_expired",
-    "agent_restart",
-    "download_failed",
-    "deploy_failed",
-    "power_failed",
-    "console_lost",
-    "submit_error",
-    "invalid_job_params",
+/// Error codes of failures where the test never ran: KCIDB `MISS`. Other incomplete results
+/// are `ERROR` (the test started and did not complete). Codes are compared as
+/// [`ErrorCode`]s, so the old spelling `canceled` is MISS too.
+pub const MISS_CODES: &[ErrorCode] = &[
+    ErrorCode::Cancelled,
+    ErrorCode::NodeTimeout,
+    ErrorCode::LeaseExpired,
+    ErrorCode::AgentRestart,
+    ErrorCode::DownloadFailed,
+    ErrorCode::DeployFailed,
+    ErrorCode::PowerFailed,
+    ErrorCode::ConsoleLost,
+    ErrorCode::PlaceUnavailable,
+    ErrorCode::SubmitError,
+    ErrorCode::InvalidJobParams,
 ];
 
 /// Export settings.
@@ -68,7 +70,7 @@ pub fn status(n: &Node) -> Option<&'static str> {
         Some(NodeResult::Fail) => "FAIL",
         Some(NodeResult::Skip) => "SKIP",
         Some(NodeResult::Incomplete) => match n.error_code() {
-            Some(c) if MISS_CODES.contains(&c) => "MISS",
+            Some(c) if MISS_CODES.contains(&ErrorCode::parse(c)) => "MISS",
             _ => "ERROR",
         },
         None => "DONE",
@@ -366,6 +368,14 @@ mod tests {
         n.data.insert("error_code".into(), "kernel_panic".into());
         assert_eq!(status(&n), Some("ERROR"));
         n.data.insert("error_code".into(), "cancelled".into());
+        assert_eq!(status(&n), Some("MISS"));
+        // What agents before the ErrorCode type wrote for a job cancelled on LAVA.
+        n.data.insert("error_code".into(), "canceled".into());
+        assert_eq!(status(&n), Some("MISS"));
+        n.data.insert(
+            "error_code".into(),
+            ErrorCode::PlaceUnavailable.as_str().into(),
+        );
         assert_eq!(status(&n), Some("MISS"));
         n.state = NodeState::Running;
         assert_eq!(status(&n), None);

@@ -686,6 +686,14 @@ async fn a_real_kernel_boots_on_a_labgrid_place() {
         deploy = deploy.display()
     );
     lg.agent_config_with(&rig, "lab-qemu", "2s", "30s", &place);
+    // The job's kernel and ramdisk are file:// URLs into the board's folder.
+    let cfg = rig.path("labs/lab-qemu/agent.yaml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "artifacts: {{file_dirs: [\"{}\"]}}\n",
+        board.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
     let _agent = rig.start_agent("lab-qemu");
     let mut c = rig.client().await;
     wait_advertised(&mut c, "lab-qemu", &["board-1"]).await;

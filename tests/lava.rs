@@ -280,7 +280,11 @@ async fn lava_server_inventory_submission_results_cancel_and_restart() {
         artifacts: Default::default(),
     };
     let o = device.driver.run(&mut ctx).await;
-    assert_eq!(o.error_code.as_deref(), Some("invalid_job"), "{o:?}");
+    assert_eq!(
+        o.error_code,
+        Some(labwire_common::ErrorCode::InvalidJob),
+        "{o:?}"
+    );
     let msg = o.error_msg.unwrap_or_default();
     assert!(
         msg.contains("LAVA refused the job definition")

@@ -52,11 +52,13 @@ fn serial_device(rig: &Rig, name: &str, tag: &str, board: &Path, password: &str)
     )
 }
 
-fn serial_agent(rig: &Rig, lab: &str, devices: &str) -> PathBuf {
+/// An agent config with `devices`; the jobs' `file://` artifacts come from `board`.
+fn serial_agent(rig: &Rig, lab: &str, devices: &str, board: &Path) -> PathBuf {
     let bundle = rig.path(&format!("labs/{lab}"));
     let yaml = format!(
-        "lab: {lab}\ncoordinator:\n  url: {}\n  ca: {b}/ca.pem\n  cert: {b}/agent.pem\n  key: {b}/agent.key\nstate_dir: {b}/state\nlimits: {{drain_timeout: 20s}}\ndevices:\n{devices}",
+        "lab: {lab}\ncoordinator:\n  url: {}\n  ca: {b}/ca.pem\n  cert: {b}/agent.pem\n  key: {b}/agent.key\nstate_dir: {b}/state\nlimits: {{drain_timeout: 20s}}\nartifacts: {{file_dirs: [\"{}\"]}}\ndevices:\n{devices}",
         rig.url(),
+        board.display(),
         b = bundle.display()
     );
     let p = bundle.join("agent.yaml");
@@ -126,7 +128,7 @@ async fn a_real_kernel_boots_logs_in_and_reports_ktap_then_failures_end_cleanly(
         serial_device(&rig, "qemu-1", "qemu", &board, "labwire"),
         serial_device(&rig, "qemu-badpw", "badpw", &board, "not-the-password"),
     );
-    serial_agent(&rig, "board-lab", &devices);
+    serial_agent(&rig, "board-lab", &devices, &board);
     let _agent = rig.start_agent("board-lab");
     let mut c = rig.client().await;
 

@@ -58,6 +58,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for d in &cfg.devices {
                 println!("  {} ({}, {})", d.name, d.device_type, d.driver.kind());
             }
+            for w in cfg.warnings() {
+                println!("warning: {w}");
+            }
             Ok(())
         }
     }

@@ -14,10 +14,10 @@ use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// The agent's gRPC client.
-pub type Client = AgentServiceClient<Channel>;
+pub(crate) type Client = AgentServiceClient<Channel>;
 
 /// The coordinator's replicas and the one the agent talks to now.
-pub struct Coordinator {
+pub(crate) struct Coordinator {
     /// Each address with its client, in the configured order.
     replicas: Vec<(String, Client)>,
     /// The index of the current replica.
@@ -27,7 +27,7 @@ pub struct Coordinator {
 impl Coordinator {
     /// Builds a client per configured address from the config's TLS files. Nothing is
     /// dialled until the first call; the first address is the current one.
-    pub fn connect(link: &CoordinatorLink) -> anyhow::Result<Self> {
+    pub(crate) fn connect(link: &CoordinatorLink) -> anyhow::Result<Self> {
         let read = |p: &std::path::Path, what: &str| {
             std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
         };
@@ -64,14 +64,14 @@ impl Coordinator {
     }
 
     /// The address of the current replica.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.replicas[self.current.load(Ordering::SeqCst) % self.replicas.len()].0
     }
 
     /// Makes one call on the current replica. When it fails for want of a connection
     /// ([`is_connection_failure`]), the next replica becomes the current one for the next
     /// call; the error is returned either way, for the caller to back off and retry as usual.
-    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, tonic::Status>
+    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, tonic::Status>
     where
         F: FnOnce(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -114,14 +114,14 @@ impl Coordinator {
 /// (refused, TLS, timeout), the connection broke, or the coordinator says it is unavailable
 /// (shutting down). A status made on this side, not sent by the server, carries its cause
 /// as its source; a server's answer has none.
-pub fn is_connection_failure(s: &tonic::Status) -> bool {
+pub(crate) fn is_connection_failure(s: &tonic::Status) -> bool {
     use std::error::Error;
     s.code() == tonic::Code::Unavailable || s.source().is_some()
 }
 
 /// Whether a failed call may succeed later (transport trouble, a coordinator restart), as
 /// opposed to a refusal that will not change (the lease is gone, the request is invalid).
-pub fn is_transient(s: &tonic::Status) -> bool {
+pub(crate) fn is_transient(s: &tonic::Status) -> bool {
     use tonic::Code::*;
     matches!(
         s.code(),
@@ -137,7 +137,7 @@ pub fn is_transient(s: &tonic::Status) -> bool {
 }
 
 /// Back-off with full jitter: a random wait up to `base * 2^attempt`, capped at `max`.
-pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+pub(crate) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     use rand::Rng;
     let cap = base.saturating_mul(1u32 << attempt.min(16)).min(max);
     let ms = rand::rng().random_range(cap.as_millis() as u64 / 2..=cap.as_millis() as u64);

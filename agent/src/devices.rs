@@ -23,6 +23,8 @@ pub struct Device {
     /// How many devices stand behind this entry: 1 for a board, the number of usable
     /// devices for a pooled back end (a LAVA device type).
     pub count: usize,
+    /// Secrets masked in the logs of its jobs (a login password, a LAVA token).
+    pub secrets: Vec<crate::secrets::Secret>,
 }
 
 /// Builds the devices of a config.
@@ -52,9 +54,14 @@ pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>
                     s.max_jobs.max(1),
                 ),
                 // A board runs one job at a time: the job holds it exclusively.
-                DriverConfig::Serial(s) => {
-                    (Arc::new(SerialDriver::new(d.clone(), (**s).clone())), 1)
-                }
+                DriverConfig::Serial(s) => (
+                    Arc::new(SerialDriver::new(
+                        d.clone(),
+                        (**s).clone(),
+                        cfg.artifacts.file_dirs.clone(),
+                    )),
+                    1,
+                ),
                 DriverConfig::Labgrid(_) => anyhow::bail!(
                     "device `{}`: labgrid places come from the `labgrid:` section",
                     d.name
@@ -62,6 +69,7 @@ pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>
             };
             Ok(Arc::new(Device {
                 config: Some(d.clone()),
+                secrets: d.secrets(),
                 info,
                 driver,
                 max_jobs,

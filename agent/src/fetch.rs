@@ -1,25 +1,95 @@
-//! Downloads a job's artifacts (kernel, ramdisk, dtb, modules, rootfs) into the job folder:
-//! http, https and file URLs, a size limit, and the SHA-256 checked when the job gives one.
-//! A file is written under a temporary name and renamed only once complete and checked, so a
-//! failed download never leaves a half file behind.
+//! Fetches a job's artifacts (kernel, ramdisk, dtb, modules, rootfs) into the job folder:
+//! http, https and file URLs, a size limit, the SHA-256 checked when the job gives one, the
+//! job's time limit and its cancellation.
+//!
+//! What a submitter sends is hostile:
+//! - a **role** (the artifact's name in the job) is a plain name: not empty, not `.` or `..`,
+//!   no `/`, NUL or control characters; the file is written under a cleaned name inside the
+//!   job folder and nowhere else;
+//! - a **`file://` URL** is read only from the folders the lab admin lists in
+//!   `artifacts.file_dirs` (none by default): the path must lie under one of them, before
+//!   and after symlinks are resolved, and be a regular file (a FIFO, a device or a folder is
+//!   refused at once, without waiting on it);
+//! - nothing of a refused or mismatching file reaches an error message or a log: not its
+//!   content, not its hash (a checksum error names only the hash the job expected).
+//!
+//! A file is written under a temporary name (private, 0600) and renamed only once complete
+//! and checked, so a failed download never leaves a half file behind.
 
 use futures::StreamExt;
+use labwire_common::ErrorCode;
 use labwire_proto::v1;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// The `artifacts:` section of agent.yaml.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// Folders (absolute) whose files jobs may name with `file://` URLs. Empty (the
+    /// default): `file://` artifacts are refused.
+    #[serde(default)]
+    pub file_dirs: Vec<PathBuf>,
+}
+
+impl ArtifactsConfig {
+    /// Checks the folders: absolute, no `..`; errors name the key.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        for (i, d) in self.file_dirs.iter().enumerate() {
+            if !d.is_absolute() || d.components().any(|c| c == Component::ParentDir) {
+                anyhow::bail!(
+                    "artifacts.file_dirs[{i}] `{}`: expected an absolute folder without `..`",
+                    d.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a job's artifacts are fetched.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchOptions {
+    /// The largest file accepted, in bytes.
+    pub limit: u64,
+    /// How long fetching one artifact may take.
+    pub timeout: Duration,
+    /// Cancelled when the job must stop.
+    pub cancel: CancellationToken,
+    /// The folders `file://` URLs may read from.
+    pub file_dirs: Vec<PathBuf>,
+}
 
 /// Why an artifact could not be fetched.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
+    /// The role is not a plain name.
+    #[error(
+        "artifact role `{role}`: expected a plain name (not empty, not `.` or `..`, no `/`, NUL or control characters)"
+    )]
+    BadRole {
+        /// The role, with control characters escaped.
+        role: String,
+    },
     /// The URL is malformed or of an unsupported scheme.
     #[error("artifact `{name}`: {msg}")]
     BadUrl {
         /// The artifact's role.
         name: String,
         /// What is wrong.
+        msg: String,
+    },
+    /// The lab does not let jobs read this file.
+    #[error("artifact `{name}`: {msg}")]
+    Refused {
+        /// The artifact's role.
+        name: String,
+        /// Why.
         msg: String,
     },
     /// Reading or transferring failed.
@@ -42,47 +112,84 @@ pub enum FetchError {
         /// The limit.
         limit: u64,
     },
-    /// The content does not have the expected hash.
-    #[error("artifact `{name}` from {url}: SHA-256 is {got}, the job expects {want}")]
+    /// The content does not have the expected hash (what it has is not said: a file the job
+    /// should not see must leave no trace).
+    #[error("artifact `{name}` from {url}: its SHA-256 is not the {want} the job expects")]
     Checksum {
         /// The artifact's role.
         name: String,
         /// Where from.
         url: String,
-        /// The hash of what arrived.
-        got: String,
         /// The expected hash.
         want: String,
     },
+    /// The job was cancelled while fetching.
+    #[error("artifact `{name}`: the job was cancelled while fetching it")]
+    Cancelled {
+        /// The artifact's role.
+        name: String,
+    },
 }
 
-/// Fetches every artifact into `dir`; returns the local path of each, by role.
-pub async fn fetch_all(
-    artifacts: &std::collections::HashMap<String, v1::Artifact>,
+impl FetchError {
+    /// The job's error code: the job's own fault is `invalid_job` (not retried), a cancel is
+    /// `cancelled`, the rest `download_failed`.
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            FetchError::BadRole { .. } | FetchError::BadUrl { .. } | FetchError::Refused { .. } => {
+                ErrorCode::InvalidJob
+            }
+            FetchError::Cancelled { .. } => ErrorCode::Cancelled,
+            _ => ErrorCode::DownloadFailed,
+        }
+    }
+}
+
+/// Checks that a role is a plain name.
+pub(crate) fn check_role(role: &str) -> Result<(), FetchError> {
+    let bad = role.is_empty()
+        || role == "."
+        || role == ".."
+        || role.chars().any(|c| c == '/' || c.is_control());
+    if bad {
+        return Err(FetchError::BadRole {
+            role: role.escape_debug().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Fetches every artifact into `dir`; returns the local path of each, by role. Every role
+/// is checked before anything is fetched.
+pub(crate) async fn fetch_all(
+    artifacts: &HashMap<String, v1::Artifact>,
     dir: &Path,
-    limit: u64,
-    timeout: Duration,
+    opts: &FetchOptions,
 ) -> Result<BTreeMap<String, PathBuf>, FetchError> {
-    let mut out = BTreeMap::new();
     let mut names: Vec<&String> = artifacts.keys().collect();
     names.sort();
+    let mut files = HashMap::new();
+    for name in &names {
+        check_role(name)?;
+        let file = file_name(name, &artifacts[*name].url);
+        if let Some(other) = files.insert(file, *name) {
+            return Err(FetchError::BadRole {
+                role: format!("{}` and `{}", other.escape_debug(), name.escape_debug()),
+            });
+        }
+    }
+    let mut out = BTreeMap::new();
     for name in names {
-        let a = &artifacts[name];
-        let path = fetch(name, a, dir, limit, timeout).await?;
+        let path = fetch(name, &artifacts[name], dir, opts).await?;
         out.insert(name.clone(), path);
     }
     Ok(out)
 }
 
-fn file_name(name: &str, url: &url::Url) -> String {
-    let base = url
-        .path_segments()
-        .and_then(|mut s| s.next_back().map(str::to_string))
-        .filter(|s| !s.is_empty() && s != "." && s != "..")
-        .unwrap_or_else(|| name.to_string());
-    // Keep names safe on disk: the role as a prefix avoids clashes between artifacts.
-    let clean: String = base
-        .chars()
+/// Keeps the characters safe in a file name, at most `max` of them.
+fn clean(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._-".contains(c) {
                 c
@@ -90,106 +197,64 @@ fn file_name(name: &str, url: &url::Url) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("{name}-{clean}")
+        .collect()
 }
 
-/// Fetches one artifact.
-pub async fn fetch(
+/// The name of an artifact's file in the job folder: the cleaned role, then the cleaned last
+/// part of the URL's path (the role as a prefix avoids clashes between artifacts).
+fn file_name(name: &str, url: &str) -> String {
+    let base = url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.path_segments()
+                .and_then(|mut s| s.next_back().map(str::to_string))
+        })
+        .filter(|s| !s.is_empty() && s != "." && s != "..")
+        .unwrap_or_else(|| name.to_string());
+    format!("{}-{}", clean(name, 64), clean(&base, 128))
+}
+
+/// Fetches one artifact whose role was checked.
+async fn fetch(
     name: &str,
     a: &v1::Artifact,
     dir: &Path,
-    limit: u64,
-    timeout: Duration,
+    opts: &FetchOptions,
 ) -> Result<PathBuf, FetchError> {
     let url = url::Url::parse(&a.url).map_err(|e| FetchError::BadUrl {
         name: name.into(),
         msg: format!("`{}` is not a URL: {e}", a.url),
     })?;
-    let dest = dir.join(file_name(name, &url));
+    let dest = dir.join(file_name(name, &a.url));
+    if dest.parent() != Some(dir) {
+        return Err(FetchError::BadRole {
+            role: name.escape_debug().to_string(),
+        });
+    }
     let tmp = dest.with_extension("part");
     let transfer = |msg: String| FetchError::Transfer {
         name: name.into(),
         url: a.url.clone(),
         msg,
     };
-    let mut file = tokio::fs::File::create(&tmp)
-        .await
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let std_file = crate::state::private_create()
+        .create_new(true)
+        .open(&tmp)
         .map_err(|e| transfer(format!("cannot create {}: {e}", tmp.display())))?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let add = |chunk: &[u8], size: &mut u64, hasher: &mut Sha256| -> Result<(), FetchError> {
-        *size += chunk.len() as u64;
-        if *size > limit {
-            return Err(FetchError::TooBig {
-                name: name.into(),
-                url: a.url.clone(),
-                limit,
-            });
-        }
-        hasher.update(chunk);
-        Ok(())
-    };
-    let result: Result<(), FetchError> = async {
+    let mut file = tokio::fs::File::from_std(std_file);
+    let work = async {
+        let mut sink = Sink {
+            file: &mut file,
+            hasher: Sha256::new(),
+            size: 0,
+            limit: opts.limit,
+            name,
+            url: &a.url,
+        };
         match url.scheme() {
-            "file" => {
-                let src = url
-                    .to_file_path()
-                    .map_err(|_| transfer("not a local file path".into()))?;
-                let mut f = tokio::fs::File::open(&src)
-                    .await
-                    .map_err(|e| transfer(format!("cannot open {}: {e}", src.display())))?;
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    use tokio::io::AsyncReadExt;
-                    let n = f
-                        .read(&mut buf)
-                        .await
-                        .map_err(|e| transfer(e.to_string()))?;
-                    if n == 0 {
-                        break;
-                    }
-                    add(&buf[..n], &mut size, &mut hasher)?;
-                    file.write_all(&buf[..n])
-                        .await
-                        .map_err(|e| transfer(e.to_string()))?;
-                }
-            }
-            "http" | "https" => {
-                crate::ensure_crypto();
-                // No credentials are ever attached to artifact requests, so following
-                // redirects (reqwest's default policy) cannot leak any.
-                let client = reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(30))
-                    .timeout(timeout)
-                    .build()
-                    .map_err(|e| transfer(e.to_string()))?;
-                let resp = client
-                    .get(url.clone())
-                    .send()
-                    .await
-                    .map_err(|e| transfer(e.to_string()))?;
-                if !resp.status().is_success() {
-                    return Err(transfer(format!("HTTP status {}", resp.status())));
-                }
-                if let Some(len) = resp.content_length()
-                    && len > limit
-                {
-                    return Err(FetchError::TooBig {
-                        name: name.into(),
-                        url: a.url.clone(),
-                        limit,
-                    });
-                }
-                let mut body = resp.bytes_stream();
-                while let Some(chunk) = body.next().await {
-                    let chunk = chunk.map_err(|e| transfer(e.to_string()))?;
-                    add(&chunk, &mut size, &mut hasher)?;
-                    file.write_all(&chunk)
-                        .await
-                        .map_err(|e| transfer(e.to_string()))?;
-                }
-            }
+            "file" => read_file(name, &url, opts, &mut sink).await?,
+            "http" | "https" => download(&url, &mut sink).await?,
             other => {
                 return Err(FetchError::BadUrl {
                     name: name.into(),
@@ -197,19 +262,27 @@ pub async fn fetch(
                 });
             }
         }
-        file.flush().await.map_err(|e| transfer(e.to_string()))?;
-        let got = hex::encode(hasher.finalize());
+        sink.file
+            .flush()
+            .await
+            .map_err(|e| transfer(e.to_string()))?;
+        let got = hex::encode(sink.hasher.finalize());
         if !a.sha256.is_empty() && !got.eq_ignore_ascii_case(&a.sha256) {
             return Err(FetchError::Checksum {
                 name: name.into(),
                 url: a.url.clone(),
-                got,
                 want: a.sha256.clone(),
             });
         }
         Ok(())
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        r = tokio::time::timeout(opts.timeout, work) => r.unwrap_or_else(|_| Err(transfer(format!(
+            "did not finish within {}",
+            humantime::format_duration(opts.timeout)
+        )))),
+        _ = opts.cancel.cancelled() => Err(FetchError::Cancelled { name: name.into() }),
+    };
     drop(file);
     match result {
         Ok(()) => {
@@ -225,117 +298,184 @@ pub async fn fetch(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where fetched bytes go: the file, its hash, its size against the limit.
+struct Sink<'a> {
+    file: &'a mut tokio::fs::File,
+    hasher: Sha256,
+    size: u64,
+    limit: u64,
+    name: &'a str,
+    url: &'a str,
+}
 
-    fn art(url: String, sha: &str) -> v1::Artifact {
-        v1::Artifact {
-            url,
-            sha256: sha.into(),
+impl Sink<'_> {
+    async fn add(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            return Err(self.too_big());
+        }
+        self.hasher.update(chunk);
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(|e| self.error(e.to_string()))
+    }
+
+    fn too_big(&self) -> FetchError {
+        FetchError::TooBig {
+            name: self.name.into(),
+            url: self.url.into(),
+            limit: self.limit,
         }
     }
 
-    #[tokio::test]
-    async fn file_urls_checksums_and_limits() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("vmlinuz");
-        std::fs::write(&src, b"kernel bytes").unwrap();
-        let url = format!("file://{}", src.display());
-        let sha = hex::encode(Sha256::digest(b"kernel bytes"));
-        let out = dir.path().join("out");
-        std::fs::create_dir(&out).unwrap();
-        let p = fetch(
-            "kernel",
-            &art(url.clone(), &sha),
-            &out,
-            1 << 20,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"kernel bytes");
-        assert_eq!(p.file_name().unwrap(), "kernel-vmlinuz");
-
-        let e = fetch(
-            "kernel",
-            &art(url.clone(), &"0".repeat(64)),
-            &out,
-            1 << 20,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(e, FetchError::Checksum { .. }), "{e}");
-        let e = fetch(
-            "kernel",
-            &art(url.clone(), ""),
-            &out,
-            4,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(e, FetchError::TooBig { .. }), "{e}");
-        let e = fetch(
-            "kernel",
-            &art("ftp://x/y".into(), ""),
-            &out,
-            4,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap_err();
-        assert!(e.to_string().contains("scheme `ftp`"), "{e}");
-        // Nothing half-written is left behind.
-        let left: Vec<_> = std::fs::read_dir(&out)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, vec![std::ffi::OsString::from("kernel-vmlinuz")]);
-    }
-
-    #[tokio::test]
-    async fn http_downloads() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            for _ in 0..2 {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut buf = [0u8; 1024];
-                let n = s.read(&mut buf).await.unwrap();
-                let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let resp = if req.starts_with("GET /initrd") {
-                    "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello"
-                        .to_string()
-                } else {
-                    "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        .to_string()
-                };
-                s.write_all(resp.as_bytes()).await.unwrap();
-            }
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let p = fetch(
-            "ramdisk",
-            &art(format!("http://{addr}/initrd.gz"), ""),
-            dir.path(),
-            100,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        assert_eq!(std::fs::read(p).unwrap(), b"hello");
-        let e = fetch(
-            "dtb",
-            &art(format!("http://{addr}/missing.dtb"), ""),
-            dir.path(),
-            100,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap_err();
-        assert!(e.to_string().contains("404"), "{e}");
+    fn error(&self, msg: String) -> FetchError {
+        FetchError::Transfer {
+            name: self.name.into(),
+            url: self.url.into(),
+            msg,
+        }
     }
 }
+
+/// Reads a `file://` artifact from the folders the lab allows.
+async fn read_file(
+    name: &str,
+    url: &url::Url,
+    opts: &FetchOptions,
+    sink: &mut Sink<'_>,
+) -> Result<(), FetchError> {
+    let refused = |msg: String| FetchError::Refused {
+        name: name.into(),
+        msg,
+    };
+    if opts.file_dirs.is_empty() {
+        return Err(refused(format!(
+            "{url}: file:// artifacts are not allowed on this lab (artifacts.file_dirs in agent.yaml lists no folder)"
+        )));
+    }
+    let outside = || {
+        refused(format!(
+            "{url} is not in a folder this lab allows file:// artifacts from (artifacts.file_dirs in agent.yaml)"
+        ))
+    };
+    let path = url
+        .to_file_path()
+        .map_err(|_| refused(format!("{url} is not a local file path")))?;
+    // Before touching the file system: the path as written must lie under an allowed folder,
+    // so that nothing outside them is even looked at.
+    if path.components().any(|c| c == Component::ParentDir)
+        || !opts.file_dirs.iter().any(|d| path.starts_with(d))
+    {
+        return Err(outside());
+    }
+    let dirs = opts.file_dirs.clone();
+    let opened = tokio::task::spawn_blocking(move || open_allowed(&path, &dirs))
+        .await
+        .map_err(|e| sink.error(e.to_string()))?;
+    let f = match opened {
+        Ok(f) => f,
+        Err(Open::Outside) => return Err(outside()),
+        Err(Open::NotRegular(kind)) => {
+            return Err(refused(format!("{url} is {kind}, not a regular file")));
+        }
+        Err(Open::Io(e)) => return Err(sink.error(format!("cannot open it: {e}"))),
+    };
+    if f.metadata().map(|m| m.len()).unwrap_or(0) > sink.limit {
+        return Err(sink.too_big());
+    }
+    let mut f = tokio::fs::File::from_std(f);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .await
+            .map_err(|e| sink.error(e.to_string()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        sink.add(&buf[..n]).await?;
+    }
+}
+
+/// Why a `file://` artifact was not opened.
+enum Open {
+    Outside,
+    NotRegular(&'static str),
+    Io(std::io::Error),
+}
+
+/// Opens `path` for reading if it resolves (symlinks followed) to a regular file under one
+/// of `dirs`. The file is opened without following a last symlink and without blocking (a
+/// FIFO does not wait for a writer), and its type and real path are checked on the open
+/// file, so that nothing can be swapped in between.
+fn open_allowed(path: &Path, dirs: &[PathBuf]) -> Result<std::fs::File, Open> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let roots: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .collect();
+    let under = |p: &Path| roots.iter().any(|r| p.starts_with(r));
+    let real = std::fs::canonicalize(path).map_err(Open::Io)?;
+    if !under(&real) {
+        return Err(Open::Outside);
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&real)
+        .map_err(Open::Io)?;
+    let t = f.metadata().map_err(Open::Io)?.file_type();
+    if !t.is_file() {
+        return Err(Open::NotRegular(if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_dir() {
+            "a folder"
+        } else if t.is_block_device() || t.is_char_device() {
+            "a device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        }));
+    }
+    use std::os::fd::AsRawFd;
+    if let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        && !under(&opened)
+    {
+        return Err(Open::Outside);
+    }
+    Ok(f)
+}
+
+/// Downloads an `http`/`https` artifact.
+async fn download(url: &url::Url, sink: &mut Sink<'_>) -> Result<(), FetchError> {
+    crate::ensure_crypto();
+    // No credentials are ever attached to artifact requests, so following redirects
+    // (reqwest's default policy, http and https only) cannot leak any.
+    // The time limit is the caller's (`opts.timeout`, around the whole fetch).
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| sink.error(e.to_string()))?;
+    let resp = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| sink.error(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(sink.error(format!("HTTP status {}", resp.status())));
+    }
+    if resp.content_length().is_some_and(|len| len > sink.limit) {
+        return Err(sink.too_big());
+    }
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| sink.error(e.to_string()))?;
+        sink.add(&chunk).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

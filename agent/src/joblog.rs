@@ -1,7 +1,10 @@
 //! A job's log: every byte the device prints, kept whole in the job folder (`console.log`)
 //! and sent to the coordinator through the outbox in chunks that carry their byte offset.
+//! The device's configured secrets are masked before anything is kept or sent
+//! ([`crate::secrets::Masker`]); the parser reads the output as the device printed it.
 
 use crate::outbox::{Item, Outbox};
+use crate::secrets::{MASK, Masker, Secret};
 use labwire_parsers::{LogParser, ParseReport};
 use labwire_proto::v1;
 use std::io::Write;
@@ -23,6 +26,10 @@ pub struct JobLog {
     pending: Vec<u8>,
     /// The parser that reads the device's output as it arrives, if the job wants one.
     parser: Option<LogParser>,
+    /// Masks the device's secrets in what is kept and sent.
+    masker: Masker,
+    /// Every secret of the device, whatever its length (for [`JobLog::redact_args`]).
+    secrets: Vec<Secret>,
 }
 
 impl JobLog {
@@ -34,10 +41,14 @@ impl JobLog {
         attempt: i32,
         parser: Option<LogParser>,
     ) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("console.log"))?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(crate::state::FILE_MODE)
+                .open(dir.join("console.log"))?
+        };
         Ok(JobLog {
             file,
             outbox,
@@ -46,25 +57,73 @@ impl JobLog {
             sent: 0,
             pending: Vec::new(),
             parser,
+            masker: Masker::default(),
+            secrets: Vec::new(),
         })
     }
 
-    /// Appends what the device printed: it is kept, sent and parsed.
+    /// Masks these secrets in the log: everywhere for those of at least
+    /// [`crate::secrets::MIN_MASKED_LEN`] bytes, where the agent knows them for the others
+    /// ([`JobLog::arm_once`], [`JobLog::redact_args`]).
+    pub fn with_secrets(mut self, secrets: &[Secret]) -> Self {
+        self.masker = Masker::new(secrets);
+        self.secrets = secrets
+            .iter()
+            .filter(|s| !s.0.is_empty())
+            .cloned()
+            .collect();
+        self
+    }
+
+    /// Masks the next occurrence of `secret` (a password about to be typed, whose echo may
+    /// come back), whatever its length, until [`JobLog::disarm`].
+    pub fn arm_once(&mut self, secret: &str) {
+        self.masker.arm_once(secret);
+    }
+
+    /// Forgets what [`JobLog::arm_once`] armed and did not occur.
+    pub fn disarm(&mut self) {
+        self.masker.disarm();
+    }
+
+    /// An argument list for the log: an argument that is a secret, or holds one of the
+    /// masked length, is shown as `[MASKED]`.
+    pub fn redact_args(&self, argv: &[String]) -> Vec<String> {
+        argv.iter()
+            .map(|a| {
+                let secret = self.secrets.iter().any(|s| {
+                    *a == s.0 || (s.0.len() >= crate::secrets::MIN_MASKED_LEN && a.contains(&s.0))
+                });
+                if secret {
+                    String::from_utf8_lossy(MASK).into_owned()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// Appends what the device printed: it is kept (masked), sent (masked) and parsed.
     pub fn write(&mut self, data: &[u8]) {
         if let Some(p) = &mut self.parser {
             p.feed(data);
         }
-        self.append(data);
+        let masked = self.masker.push(data);
+        self.append(&masked);
     }
 
-    /// Appends bytes that are kept and sent, but not parsed (output that a back end has
-    /// already parsed itself, such as a LAVA job's log).
+    /// Appends bytes that are kept and sent (masked), but not parsed (output that a back end
+    /// has already parsed itself, such as a LAVA job's log).
     pub fn write_unparsed(&mut self, data: &[u8]) {
-        self.append(data);
+        let masked = self.masker.push(data);
+        self.append(&masked);
     }
 
-    /// Appends bytes that are kept and sent, but not parsed.
+    /// Appends bytes as they are to the file and the pending chunk.
     fn append(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
         if let Err(e) = self.file.write_all(data) {
             tracing::warn!(job = self.job, error = %e, "cannot write the job's console.log");
         }
@@ -76,9 +135,13 @@ impl JobLog {
         }
     }
 
-    /// Appends a line written by labwire itself (not by the device), marked as such and
-    /// not parsed.
+    /// Appends a line written by labwire itself (not by the device), marked as such, masked
+    /// and not parsed. Device bytes the masker held back are written first: the note comes
+    /// between them and whatever the device prints next.
     pub fn note(&mut self, line: &str) {
+        let held = self.masker.release();
+        self.append(&held);
+        let line = self.masker.mask_text(line);
         self.append(format!("[labwire] {line}\n").as_bytes());
     }
 
@@ -87,7 +150,16 @@ impl JobLog {
         self.parser.take().map(LogParser::finish)
     }
 
-    /// Hands whatever is pending to the outbox (call periodically so the log streams).
+    /// Ends the log: bytes held back by the masker are written, everything is handed to the
+    /// outbox. Call once the job's output is complete, before [`JobLog::len`].
+    pub fn finish(&mut self) {
+        let held = self.masker.release();
+        self.append(&held);
+        self.flush();
+    }
+
+    /// Hands whatever is pending to the outbox (call periodically so the log streams). Bytes
+    /// that may start a secret stay held back until the output tells.
     pub fn flush(&mut self) {
         if !self.pending.is_empty() {
             let chunk = std::mem::take(&mut self.pending);
@@ -111,7 +183,7 @@ impl JobLog {
         }
     }
 
-    /// Total bytes written so far.
+    /// Total bytes written so far (not counting bytes the masker holds back).
     pub fn len(&self) -> u64 {
         self.sent + self.pending.len() as u64
     }
@@ -119,5 +191,52 @@ impl JobLog {
     /// Whether nothing was written.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the outbox holds of a job's log, in order.
+    fn sent(outbox: &Outbox) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some((id, item)) = outbox.peek().unwrap() {
+            if let Item::Log(l) = &item {
+                assert_eq!(l.offset as usize, out.len());
+                out.extend_from_slice(&l.data);
+            }
+            outbox.ack(id, &item).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn secrets_are_masked_in_the_file_and_in_what_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(Outbox::open(dir.path()).unwrap());
+        let secrets = [Secret("lava-token-0123456789".into()), Secret("pw".into())];
+        let mut log = JobLog::create(dir.path(), outbox.clone(), 1, 1, None)
+            .unwrap()
+            .with_secrets(&secrets);
+        log.write(b"Authorization: Token lava-tok");
+        log.flush();
+        log.write(b"en-0123456789\n");
+        log.note("pdu on pw");
+        log.arm_once("pw");
+        log.write(b"Password: p");
+        log.write(b"w\r\nroot@board:~# echo pw\n");
+        log.disarm();
+        log.write_unparsed(b"tail lava-token-0123");
+        log.finish();
+        let want = "Authorization: Token [MASKED]\n[labwire] pdu on pw\nPassword: [MASKED]\r\nroot@board:~# echo pw\ntail lava-token-0123";
+        let file = std::fs::read_to_string(dir.path().join("console.log")).unwrap();
+        assert_eq!(file, want);
+        assert_eq!(String::from_utf8(sent(&outbox)).unwrap(), want);
+        assert_eq!(log.len() as usize, want.len());
+        assert_eq!(
+            log.redact_args(&["pdu".into(), "pw".into(), "x-lava-token-0123456789".into()]),
+            ["pdu", "[MASKED]", "[MASKED]"]
+        );
     }
 }

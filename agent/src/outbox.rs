@@ -76,8 +76,19 @@ pub struct Outbox {
 impl Outbox {
     /// Opens (creating) the outbox in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::state::private_dir(dir)?;
         let path = dir.join("outbox.db");
+        // The database and its journal files are the agent's alone (SQLite gives the -wal
+        // and -shm files the database's mode).
+        crate::state::private_create()
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let p = dir.join(format!("outbox.db{suffix}"));
+            crate::state::private_file(&p)
+                .with_context(|| format!("cannot make {} private (0600)", p.display()))?;
+        }
         let conn =
             Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -162,6 +173,17 @@ impl Outbox {
             )?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces a waiting item by another of the same job attempt, in its place in the
+    /// order (a refused result by the report that says it was refused).
+    pub fn replace(&self, id: i64, item: &Item) -> anyhow::Result<()> {
+        let n = self.conn().execute(
+            "UPDATE outbox SET kind = ?2, payload = ?3 WHERE id = ?1",
+            params![id, item.kind(), item.encode()],
+        )?;
+        anyhow::ensure!(n == 1, "outbox item {id} is gone");
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// The values placeholders stand for.
-pub struct Values<'a> {
+pub(crate) struct Values<'a> {
     /// The job's parameters.
     pub params: &'a HashMap<String, String>,
     /// The device.
@@ -55,7 +55,7 @@ impl Values<'_> {
 
 /// Expands an argument list: each placeholder argument becomes one argument (or none, for an
 /// optional one without a value).
-pub fn expand_argv(argv: &[String], v: &Values<'_>) -> Result<Vec<String>, String> {
+pub(crate) fn expand_argv(argv: &[String], v: &Values<'_>) -> Result<Vec<String>, String> {
     let mut out = Vec::with_capacity(argv.len());
     for arg in argv {
         match placeholder(arg) {
@@ -87,7 +87,7 @@ pub fn expand_argv(argv: &[String], v: &Values<'_>) -> Result<Vec<String>, Strin
 }
 
 /// Expands placeholders inside text typed at a bootloader (no job parameters).
-pub fn expand_boot_text(text: &str, v: &Values<'_>) -> Result<String, String> {
+pub(crate) fn expand_boot_text(text: &str, v: &Values<'_>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find('{') {
@@ -116,12 +116,15 @@ pub fn expand_boot_text(text: &str, v: &Values<'_>) -> Result<String, String> {
 }
 
 /// Quotes a value for a POSIX shell: one word, nothing expanded.
-pub fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Expands `{params.NAME}` in a command for a board's shell, quoting each value.
-pub fn expand_board_command(cmd: &str, params: &HashMap<String, String>) -> Result<String, String> {
+pub(crate) fn expand_board_command(
+    cmd: &str,
+    params: &HashMap<String, String>,
+) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = cmd;
     while let Some(start) = rest.find("{params.") {

@@ -16,7 +16,7 @@ use labwire_agent::lava::config::{LavaConfig, Secret};
 use labwire_agent::lava::inventory::LavaSource;
 use labwire_agent::outbox::Outbox;
 use labwire_agent::sources::DeviceSource;
-use labwire_common::NodeResult;
+use labwire_common::{ErrorCode, NodeResult};
 use labwire_proto::v1;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -613,7 +613,7 @@ async fn refused_incomplete_and_cancelled_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = ctx(dir.path(), "refuse-me", &[]);
     let o = d.driver.run(&mut c).await;
-    assert_eq!(o.error_code.as_deref(), Some("invalid_job"));
+    assert_eq!(o.error_code, Some(ErrorCode::InvalidJob));
     assert!(
         o.error_msg
             .as_deref()
@@ -626,7 +626,7 @@ async fn refused_incomplete_and_cancelled_jobs() {
     let mut c = ctx(dir.path(), "incomplete", &[]);
     let o = d.driver.run(&mut c).await;
     assert_eq!(o.result, NodeResult::Incomplete);
-    assert_eq!(o.error_code.as_deref(), Some("infrastructure"));
+    assert_eq!(o.error_code, Some(ErrorCode::Infrastructure));
     assert_eq!(o.error_msg.as_deref(), Some("power cycle failed"));
     // Cancelled while running: cancelled on LAVA too.
     let dir = tempfile::tempdir().unwrap();
@@ -642,7 +642,7 @@ async fn refused_incomplete_and_cancelled_jobs() {
     }
     cancel.cancel();
     let (o, _) = run.await.unwrap();
-    assert_eq!(o.error_code.as_deref(), Some("canceled"), "{o:?}");
+    assert_eq!(o.error_code, Some(ErrorCode::Cancelled), "{o:?}");
     assert_eq!(m.hits("cancel"), 1);
 }
 
@@ -739,7 +739,7 @@ async fn a_job_whose_submission_was_under_way_is_found_by_its_name() {
     .unwrap();
     let mut c = ctx(dir.path(), "never arrived", &[]);
     let o = d.driver.resume(&mut c).await;
-    assert_eq!(o.error_code.as_deref(), Some("agent_restart"), "{o:?}");
+    assert_eq!(o.error_code, Some(ErrorCode::AgentRestart), "{o:?}");
 }
 
 #[tokio::test]

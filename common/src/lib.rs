@@ -1,14 +1,16 @@
 //! Types shared by every labwire crate: test results, the result tree that agents send back,
 //! the one rule for test names and the shape of a result tree that the parsers and the
 //! coordinator both apply, the criteria a job carries and the device description they are
-//! matched against.
+//! matched against, and the error codes of incomplete jobs.
 
 #![warn(missing_docs)]
 
 pub mod criteria;
+pub mod error_code;
 pub mod names;
 pub mod normalise;
 pub mod result;
 
 pub use criteria::{Criteria, DeviceInfo, Health, Mismatch};
+pub use error_code::ErrorCode;
 pub use result::{NodeResult, TestNode};

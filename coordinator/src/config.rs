@@ -95,9 +95,10 @@ pub struct RetryConfig {
     /// At most this many retries of a job (its `retry_counter`). Default 2; 0 disables.
     #[serde(default = "default_max_retries")]
     pub max: u32,
-    /// The error codes that are retried. Default: infrastructure, agent_restart,
+    /// The error codes that are retried. Default: every infrastructure code
+    /// ([`labwire_common::ErrorCode::infrastructure`]: infrastructure, agent_restart,
     /// download_failed, deploy_failed, power_failed, console_lost, place_unavailable,
-    /// lava_infrastructure.
+    /// lease_expired, invalid_config, lava_configuration, lava_bug, submit_error).
     #[serde(default = "default_retry_codes")]
     pub error_codes: Vec<String>,
 }
@@ -122,18 +123,10 @@ impl RetryConfig {
 }
 
 fn default_retry_codes() -> Vec<String> {
-    [
-        "infrastructure",
-        "agent_restart",
-        "download_failed",
-        "deploy_failed",
-        "power_failed",
-        "console_lost",
-        "place_unavailable",
-        "lava_infrastructure",
-    ]
-    .map(String::from)
-    .to_vec()
+    labwire_common::ErrorCode::infrastructure()
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
 }
 
 /// TLS files of the coordinator; each defaults to a file under `{data_dir}/pki/`.

@@ -14,6 +14,7 @@ use crate::labgrid::{LabgridClient, LabgridError};
 use crate::placeholders::{Values, expand_argv};
 use crate::serial::Session;
 use futures::future::BoxFuture;
+use labwire_common::ErrorCode;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,26 +24,30 @@ use std::time::{Duration, Instant};
 const ACQUIRE_RETRY: Duration = Duration::from_secs(1);
 
 /// The driver of one Labgrid place.
-pub struct LabgridDriver {
+pub(crate) struct LabgridDriver {
     device: DeviceConfig,
     cfg: Arc<LabgridPlaceConfig>,
     client: Arc<LabgridClient>,
     acquire_timeout: Duration,
+    /// The folders `file://` artifacts may come from (`artifacts.file_dirs`).
+    file_dirs: Arc<[PathBuf]>,
 }
 
 impl LabgridDriver {
-    /// A driver for the place `device.name`.
-    pub fn new(
+    /// A driver for the place `device.name`; `file://` artifacts only from `file_dirs`.
+    pub(crate) fn new(
         device: DeviceConfig,
         cfg: Arc<LabgridPlaceConfig>,
         client: Arc<LabgridClient>,
         acquire_timeout: Duration,
+        file_dirs: Arc<[PathBuf]>,
     ) -> Self {
         LabgridDriver {
             device,
             cfg,
             client,
             acquire_timeout,
+            file_dirs,
         }
     }
 
@@ -77,7 +82,7 @@ impl LabgridDriver {
             }
             if err.is_unknown_place() {
                 return Err(fail(
-                    "place_unavailable",
+                    ErrorCode::PlaceUnavailable,
                     format!(
                         "the Labgrid place {place} does not exist: {}",
                         err.message()
@@ -104,7 +109,7 @@ impl LabgridDriver {
                     let _ = self.client.release(place).await;
                 }
                 return Err(fail(
-                    "place_unavailable",
+                    ErrorCode::PlaceUnavailable,
                     format!(
                         "could not acquire the Labgrid place {place} within {}: {}",
                         humantime::format_duration(limit),
@@ -116,7 +121,7 @@ impl LabgridDriver {
             tokio::select! {
                 _ = tokio::time::sleep(ACQUIRE_RETRY.min(deadline - now)) => {}
                 _ = ctx.cancel.cancelled() => {
-                    return Err(fail("cancelled", format!("the job was cancelled while waiting for the Labgrid place {place}"), None));
+                    return Err(fail(ErrorCode::Cancelled, format!("the job was cancelled while waiting for the Labgrid place {place}"), None));
                 }
             }
         }
@@ -152,8 +157,9 @@ impl LabgridDriver {
             dir: &ctx.dir,
             artifacts,
         };
-        let expand =
-            |argv: &[String]| expand_argv(argv, &values).map_err(|e| fail("invalid_job", e, None));
+        let expand = |argv: &[String]| {
+            expand_argv(argv, &values).map_err(|e| fail(ErrorCode::InvalidJob, e, None))
+        };
         let deploy = cfg.deploy_command.as_deref().map(expand).transpose()?;
         let (console, console_argv) = match &cfg.console {
             Some(c @ ConsoleConfig::Command { argv }) => (c.clone(), Some(expand(argv)?)),
@@ -161,7 +167,7 @@ impl LabgridDriver {
             None => {
                 let address = self.client.serial_port(&place).await.map_err(|e| {
                     fail(
-                        "console_lost",
+                        ErrorCode::ConsoleLost,
                         format!("cannot find the console of the Labgrid place {place}: {e}"),
                         None,
                     )
@@ -178,12 +184,12 @@ impl LabgridDriver {
                 &mut ctx.log,
             )
             .await
-            .map_err(|e| fail("deploy_failed", e, None))?;
+            .map_err(|e| fail(ErrorCode::DeployFailed, e, None))?;
         }
         // The console first, so that nothing the board prints at power-on is missed.
         let console = crate::serial::open(&console, console_argv, Duration::from_secs(10))
             .await
-            .map_err(|e| fail("console_lost", e.to_string(), None))?;
+            .map_err(|e| fail(ErrorCode::ConsoleLost, e.to_string(), None))?;
         let action = if cfg.power_cycle { "cycle" } else { "on" };
         ctx.log.note(&format!(
             "power {action}: labgrid-client -p {place} power {action}"
@@ -192,7 +198,7 @@ impl LabgridDriver {
         self.client
             .power(&place, action)
             .await
-            .map_err(|e| fail("power_failed", power_msg(&place, action, &e), None))?;
+            .map_err(|e| fail(ErrorCode::PowerFailed, power_msg(&place, action, &e), None))?;
         out.mark("powered_on_ms", started);
         let cancel = ctx.cancel.clone();
         let mut s = Session::new(console, &mut ctx.log, cancel);
@@ -250,11 +256,16 @@ impl Driver for LabgridDriver {
         Box::pin(async move {
             let started = Instant::now();
             // Artifacts first: the place is not held while files download.
-            let artifacts =
-                match super::board::fetch_artifacts(ctx, self.cfg.max_download_bytes).await {
-                    Ok(a) => a,
-                    Err(o) => return o,
-                };
+            let artifacts = match super::board::fetch_artifacts(
+                ctx,
+                self.cfg.max_download_bytes,
+                &self.file_dirs,
+            )
+            .await
+            {
+                Ok(a) => a,
+                Err(o) => return o,
+            };
             let mut steps = Steps::default();
             // Everything about the job is checked before the place is touched.
             let values = Values {
@@ -362,6 +373,7 @@ esac
                 Arc::new(place_cfg),
                 self.client.clone(),
                 Duration::from_secs(2),
+                Arc::from(Vec::new()),
             );
             let state = self.dir.path().join(format!("state-{place}"));
             let jobdir = state.join("job");
@@ -391,7 +403,7 @@ esac
         let f = fake().await;
         let (o, _) = f.run("b1").await;
         assert_eq!(o.result, NodeResult::Incomplete);
-        assert_eq!(o.error_code.as_deref(), Some("power_failed"), "{o:?}");
+        assert_eq!(o.error_code, Some(ErrorCode::PowerFailed), "{o:?}");
         assert!(o.error_msg.unwrap().contains("500 Server Error"));
         assert_eq!(
             f.calls(),
@@ -409,14 +421,14 @@ esac
     async fn an_unknown_place_fails_at_once_and_a_hanging_client_does_not_hang_the_job() {
         let f = fake().await;
         let (o, took) = f.run("nope").await;
-        assert_eq!(o.error_code.as_deref(), Some("place_unavailable"), "{o:?}");
+        assert_eq!(o.error_code, Some(ErrorCode::PlaceUnavailable), "{o:?}");
         assert!(o.error_msg.unwrap().contains("does not exist"));
         assert!(took < Duration::from_secs(2), "{took:?}");
         assert_eq!(f.calls(), ["-p nope acquire"]);
 
         // Each call is stopped after command_timeout (1s); the wait ends at acquire_timeout.
         let (o, took) = f.run("hang").await;
-        assert_eq!(o.error_code.as_deref(), Some("place_unavailable"), "{o:?}");
+        assert_eq!(o.error_code, Some(ErrorCode::PlaceUnavailable), "{o:?}");
         assert!(o.error_msg.unwrap().contains("did not finish within 1s"));
         assert!(took < Duration::from_secs(5), "{took:?}");
         let calls = f.calls();

@@ -11,6 +11,7 @@ use crate::lava::config::LavaConfig;
 use crate::lava::results;
 use crate::lava::templates::{ArtifactVar, JobInfo, JobVars, Templates, Timeouts};
 use futures::future::BoxFuture;
+use labwire_common::ErrorCode;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -42,7 +43,11 @@ impl LavaJobRef {
     /// Writes `lava.json` (to a temporary file first, so it is never half written).
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec(self).unwrap_or_default())?;
+        {
+            use std::io::Write;
+            let mut f = crate::state::private_create().open(&tmp)?;
+            f.write_all(&serde_json::to_vec(self).unwrap_or_default())?;
+        }
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(tmp, dir.join(STATE_FILE))
     }
@@ -124,9 +129,12 @@ impl LavaDriver {
     async fn submit_and_follow(&self, ctx: &mut JobContext) -> Outcome {
         let definition = match self.definition(ctx) {
             Ok(d) => d,
-            Err(e) => return Outcome::infra("invalid_job", e),
+            Err(e) => return Outcome::infra(ErrorCode::InvalidJob, e),
         };
-        if let Err(e) = std::fs::write(ctx.dir.join("lava-job.yaml"), &definition) {
+        let kept = crate::state::private_create()
+            .open(ctx.dir.join("lava-job.yaml"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, definition.as_bytes()));
+        if let Err(e) = kept {
             tracing::warn!(error = %e, "cannot keep the LAVA job definition in the job folder");
         }
         // Recorded before submitting: an agent that stops before LAVA's answer arrives finds
@@ -142,7 +150,7 @@ impl LavaDriver {
         let submitted = tokio::select! {
             r = self.client.submit(&definition) => r,
             _ = ctx.cancel.cancelled() => {
-                return Outcome::infra("canceled", "the job was cancelled before LAVA took it");
+                return Outcome::infra(ErrorCode::Cancelled, "the job was cancelled before LAVA took it");
             }
         };
         let id = match submitted {
@@ -151,11 +159,11 @@ impl LavaDriver {
                 ctx.log
                     .note(&format!("LAVA refused the job definition: {message}"));
                 return Outcome::infra(
-                    "invalid_job",
+                    ErrorCode::InvalidJob,
                     format!("LAVA refused the job definition: {message}"),
                 );
             }
-            Err(e) => return Outcome::infra("infrastructure", e.to_string()),
+            Err(e) => return Outcome::infra(ErrorCode::Infrastructure, e.to_string()),
         };
         r.lava_job = Some(id);
         if let Err(e) = r.save(&ctx.dir) {
@@ -192,7 +200,7 @@ impl LavaDriver {
                 }
                 Err(e) if e.is_not_found() => {
                     return Outcome::infra(
-                        "infrastructure",
+                        ErrorCode::Infrastructure,
                         format!("LAVA job {id} no longer exists on the server"),
                     );
                 }
@@ -231,7 +239,7 @@ impl LavaDriver {
                     .note(&format!("time limit reached: cancelling LAVA job {id}"));
                 let _ = self.client.cancel(id).await;
                 return Outcome::infra(
-                    "test_timeout",
+                    ErrorCode::TestTimeout,
                     format!(
                         "LAVA job {id} did not finish within the job's time limit plus the queue time limit"
                     ),
@@ -239,7 +247,7 @@ impl LavaDriver {
             }
             if cancelled && cancel_deadline.is_some_and(|d| Instant::now() > d) {
                 return Outcome::infra(
-                    "canceled",
+                    ErrorCode::Cancelled,
                     format!("the job was cancelled; LAVA job {id} did not confirm within 60s"),
                 );
             }
@@ -286,13 +294,13 @@ impl LavaDriver {
         ctx.log.flush();
         let status = match self.client.job(id).await {
             Ok(s) => s,
-            Err(e) => return Outcome::infra("infrastructure", e.to_string()),
+            Err(e) => return Outcome::infra(ErrorCode::Infrastructure, e.to_string()),
         };
         let (suites, tests) = match (self.client.suites(id).await, self.client.tests(id).await) {
             (Ok(s), Ok(t)) => (s, t),
             (Err(e), _) | (_, Err(e)) => {
                 return Outcome::infra(
-                    "infrastructure",
+                    ErrorCode::Infrastructure,
                     format!(
                         "LAVA job {id} finished {} but its results could not be read: {e}",
                         status.health
@@ -303,7 +311,7 @@ impl LavaDriver {
         let mut out = results::outcome(&status, &suites, &tests);
         if cancelled && out.error_code.is_none() {
             out = Outcome::infra(
-                "canceled",
+                ErrorCode::Cancelled,
                 format!(
                     "the job was cancelled; LAVA job {id} ended {}",
                     status.health
@@ -360,7 +368,7 @@ impl Driver for LavaDriver {
         Box::pin(async move {
             let Some(r) = LavaJobRef::load(&ctx.dir).filter(|r| r.instance == self.cfg.name) else {
                 return Outcome::infra(
-                    "agent_restart",
+                    ErrorCode::AgentRestart,
                     "the agent restarted before the job was submitted to LAVA",
                 );
             };
@@ -376,13 +384,13 @@ impl Driver for LavaDriver {
                     }
                     Ok(None) => {
                         return Outcome::infra(
-                            "agent_restart",
+                            ErrorCode::AgentRestart,
                             "the agent restarted while submitting the job; LAVA has no such job",
                         );
                     }
                     Err(e) => {
                         return Outcome::infra(
-                            "agent_restart",
+                            ErrorCode::AgentRestart,
                             format!(
                                 "the agent restarted while submitting the job, and LAVA could not be asked whether it took it: {e}"
                             ),

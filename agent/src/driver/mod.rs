@@ -4,15 +4,15 @@
 //! `board`: boot, login, commands on a console), `lava` hands the job to the lab's LAVA
 //! server.
 
-pub mod board;
-pub mod labgrid;
+pub(crate) mod board;
+pub(crate) mod labgrid;
 pub mod lava;
-pub mod serial;
-pub mod shell;
+pub(crate) mod serial;
+pub(crate) mod shell;
 
 use crate::joblog::JobLog;
 use futures::future::BoxFuture;
-use labwire_common::{NodeResult, TestNode};
+use labwire_common::{ErrorCode, NodeResult, TestNode};
 use labwire_proto::v1;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -44,8 +44,8 @@ pub struct JobContext {
 pub struct Outcome {
     /// The job's result.
     pub result: NodeResult,
-    /// KernelCI-style error code for infrastructure failures.
-    pub error_code: Option<String>,
+    /// Why the run ended `incomplete` (infrastructure failures and the like).
+    pub error_code: Option<ErrorCode>,
     /// Human-readable error.
     pub error_msg: Option<String>,
     /// Test results the driver itself produced (setup steps, exit status).
@@ -67,10 +67,10 @@ impl Outcome {
     }
 
     /// An infrastructure failure: `incomplete` with an error code and message.
-    pub fn infra(code: &str, msg: impl Into<String>) -> Self {
+    pub fn infra(code: ErrorCode, msg: impl Into<String>) -> Self {
         Outcome {
             result: NodeResult::Incomplete,
-            error_code: Some(code.to_string()),
+            error_code: Some(code),
             error_msg: Some(msg.into()),
             tests: Vec::new(),
             data: Map::new(),
@@ -98,6 +98,11 @@ pub trait Driver: Send + Sync {
     /// left it and a fresh log (written again from the start). Drivers whose jobs die with
     /// the agent keep the default, which reports the job interrupted.
     fn resume<'a>(&'a self, _ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome> {
-        Box::pin(async { Outcome::infra("agent_restart", "the agent restarted while the job ran") })
+        Box::pin(async {
+            Outcome::infra(
+                ErrorCode::AgentRestart,
+                "the agent restarted while the job ran",
+            )
+        })
     }
 }

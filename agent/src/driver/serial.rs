@@ -5,27 +5,97 @@
 //! Every byte the console prints is the job's log. The boot, login and commands are the
 //! board engine's ([`super::board`]); this driver adds the power commands and the console.
 
+use super::board::config::{
+    BootConfig, LoginConfig, default_command_timeout, default_max_download,
+};
 use super::board::{Failure, Script, Steps, fail, run_command};
 use super::{Driver, JobContext, Outcome};
-use crate::config::{DeviceConfig, SerialConfig};
+use crate::config::DeviceConfig;
 use crate::placeholders::{Values, expand_argv};
 use crate::serial::Session;
+use crate::serial::config::ConsoleConfig;
 use futures::future::BoxFuture;
+use labwire_common::ErrorCode;
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+/// The serial driver: the agent is the dispatcher. Power commands use the vocabulary of
+/// LAVA's device dictionaries; every command is an argument list (no shell) whose arguments
+/// may be placeholders, each replaced by one whole value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Where the console is.
+    pub console: ConsoleConfig,
+    /// Run before powering on (e.g. to switch a USB hub port). Optional.
+    #[serde(default)]
+    pub pre_power_command: Option<Vec<String>>,
+    /// Powers the board on.
+    pub power_on_command: Vec<String>,
+    /// Powers the board off. Always run at the end of a job, whatever happened.
+    pub power_off_command: Vec<String>,
+    /// Power-cycles the board. Optional; when set, a job starts with it instead of
+    /// `power_on_command`, so a board that was left on still boots afresh.
+    #[serde(default)]
+    pub hard_reset_command: Option<Vec<String>>,
+    /// Run after the artifacts are downloaded and before power-on (e.g. copy them to a TFTP
+    /// folder). Optional.
+    #[serde(default)]
+    pub deploy_command: Option<Vec<String>>,
+    /// Environment of the power and deploy commands.
+    #[serde(default)]
+    pub command_env: BTreeMap<String, String>,
+    /// How the board boots.
+    #[serde(default)]
+    pub boot: BootConfig,
+    /// How to log in and recognise the shell.
+    #[serde(default)]
+    pub login: LoginConfig,
+    /// Largest artifact the agent downloads for this board. Default 2 GiB.
+    #[serde(default = "default_max_download")]
+    pub max_download_bytes: u64,
+    /// How long a power or deploy command may take. Default `60s`.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+/// Checks a serial device's settings; errors name the key.
+pub(crate) fn validate(key: &str, s: &SerialConfig, d: &DeviceConfig) -> anyhow::Result<()> {
+    crate::serial::config::validate_console(&format!("{key}.console"), &s.console, d)?;
+    crate::config::validate_command(&format!("{key}.power_on_command"), &s.power_on_command, d)?;
+    crate::config::validate_command(&format!("{key}.power_off_command"), &s.power_off_command, d)?;
+    for (name, cmd) in [
+        ("pre_power_command", &s.pre_power_command),
+        ("hard_reset_command", &s.hard_reset_command),
+        ("deploy_command", &s.deploy_command),
+    ] {
+        if let Some(c) = cmd {
+            crate::config::validate_command(&format!("{key}.{name}"), c, d)?;
+        }
+    }
+    super::board::config::validate_boot_login(key, &s.boot, &s.login, d)
+}
+
 /// The serial driver of one board.
-pub struct SerialDriver {
+pub(crate) struct SerialDriver {
     device: DeviceConfig,
     cfg: SerialConfig,
+    /// The folders `file://` artifacts may come from (`artifacts.file_dirs`).
+    file_dirs: Vec<PathBuf>,
 }
 
 impl SerialDriver {
-    /// A driver for `device` with its serial settings.
-    pub fn new(device: DeviceConfig, cfg: SerialConfig) -> Self {
-        SerialDriver { device, cfg }
+    /// A driver for `device` with its serial settings; `file://` artifacts only from
+    /// `file_dirs`.
+    pub(crate) fn new(device: DeviceConfig, cfg: SerialConfig, file_dirs: Vec<PathBuf>) -> Self {
+        SerialDriver {
+            device,
+            cfg,
+            file_dirs,
+        }
     }
 
     fn values<'v>(
@@ -67,7 +137,7 @@ impl SerialDriver {
     }
 
     /// Powers the board off outside a job (after an agent restart found it journalled).
-    pub async fn power_off_now(&self) -> Result<(), String> {
+    pub(crate) async fn power_off_now(&self) -> Result<(), String> {
         let empty = BTreeMap::new();
         let params = Default::default();
         let dir = std::env::temp_dir();
@@ -107,10 +177,11 @@ impl SerialDriver {
         let started = Instant::now();
         let cfg = &self.cfg;
         let values = self.values(ctx, artifacts);
-        let expand =
-            |argv: &[String]| expand_argv(argv, &values).map_err(|e| fail("invalid_job", e, None));
+        let expand = |argv: &[String]| {
+            expand_argv(argv, &values).map_err(|e| fail(ErrorCode::InvalidJob, e, None))
+        };
         let console_argv = match &cfg.console {
-            crate::config::ConsoleConfig::Command { argv } => Some(expand(argv)?),
+            ConsoleConfig::Command { argv } => Some(expand(argv)?),
             _ => None,
         };
         let deploy = cfg.deploy_command.as_deref().map(expand).transpose()?;
@@ -139,16 +210,16 @@ impl SerialDriver {
                 &mut ctx.log,
             )
             .await
-            .map_err(|e| fail("deploy_failed", e, None))?;
+            .map_err(|e| fail(ErrorCode::DeployFailed, e, None))?;
         }
         // Open the console before power-on when it exists, so that nothing is missed; a pty
         // that appears at power-on (QEMU) is opened right after.
         let early = match &cfg.console {
-            crate::config::ConsoleConfig::Tty { path, .. } if !path.exists() => None,
+            ConsoleConfig::Tty { path, .. } if !path.exists() => None,
             c => Some(
                 crate::serial::open(c, console_argv.clone(), Duration::from_secs(5))
                     .await
-                    .map_err(|e| fail("console_lost", e.to_string(), None))?,
+                    .map_err(|e| fail(ErrorCode::ConsoleLost, e.to_string(), None))?,
             ),
         };
         if let Some(p) = &pre {
@@ -160,7 +231,7 @@ impl SerialDriver {
                 &mut ctx.log,
             )
             .await
-            .map_err(|e| fail("power_failed", e, None))?;
+            .map_err(|e| fail(ErrorCode::PowerFailed, e, None))?;
         }
         run_command(
             power_what,
@@ -170,13 +241,13 @@ impl SerialDriver {
             &mut ctx.log,
         )
         .await
-        .map_err(|e| fail("power_failed", e, None))?;
+        .map_err(|e| fail(ErrorCode::PowerFailed, e, None))?;
         out.mark("powered_on_ms", started);
         let console = match early {
             Some(c) => c,
             None => crate::serial::open(&cfg.console, console_argv, Duration::from_secs(10))
                 .await
-                .map_err(|e| fail("console_lost", e.to_string(), None))?,
+                .map_err(|e| fail(ErrorCode::ConsoleLost, e.to_string(), None))?,
         };
         let cancel = ctx.cancel.clone();
         let mut s = Session::new(console, &mut ctx.log, cancel);
@@ -198,11 +269,16 @@ impl Driver for SerialDriver {
     fn run<'a>(&'a self, ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             // Artifacts first: nothing is powered on for a job whose files cannot be had.
-            let artifacts =
-                match super::board::fetch_artifacts(ctx, self.cfg.max_download_bytes).await {
-                    Ok(a) => a,
-                    Err(o) => return o,
-                };
+            let artifacts = match super::board::fetch_artifacts(
+                ctx,
+                self.cfg.max_download_bytes,
+                &self.file_dirs,
+            )
+            .await
+            {
+                Ok(a) => a,
+                Err(o) => return o,
+            };
             let mut steps = Steps::default();
             let res = self.boot_and_test(ctx, &artifacts, &mut steps).await;
             // Always: the board goes off, whatever happened above.

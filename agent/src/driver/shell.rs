@@ -4,25 +4,53 @@
 //! exit code 0 is `pass`, any other `fail`; a timeout or a cancel kills the whole process group.
 
 use super::{Driver, JobContext, Outcome};
-use crate::config::{DeviceConfig, ShellConfig};
+use crate::config::DeviceConfig;
 use crate::placeholders::{Values, expand_argv};
 use futures::future::BoxFuture;
-use labwire_common::{NodeResult, TestNode};
+use labwire_common::{ErrorCode, NodeResult, TestNode};
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
+/// The shell driver: runs `command` on the lab host; its output is the job's log, its exit
+/// code the job's result.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellConfig {
+    /// The program and its arguments; no shell is involved unless you name one. An argument
+    /// that is exactly `{params.NAME}`, `{device.NAME}`, `{job.id}` or `{job.dir}` is
+    /// replaced by that value, whole. Job parameters are also in the environment as
+    /// `LABWIRE_PARAM_<NAME>`.
+    pub command: Vec<String>,
+    /// Working directory. Default: the job's own folder.
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How many jobs may run at once on this device. Default 1.
+    #[serde(default = "one")]
+    pub max_jobs: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
 /// The shell driver of one device.
-pub struct ShellDriver {
+pub(crate) struct ShellDriver {
     device: DeviceConfig,
     shell: ShellConfig,
 }
 
 impl ShellDriver {
     /// A driver for `device` with its shell settings.
-    pub fn new(device: DeviceConfig, shell: ShellConfig) -> Self {
+    pub(crate) fn new(device: DeviceConfig, shell: ShellConfig) -> Self {
         ShellDriver { device, shell }
     }
 }
@@ -50,7 +78,7 @@ impl Driver for ShellDriver {
             };
             let argv = match expand_argv(&self.shell.command, &values) {
                 Ok(a) => a,
-                Err(e) => return Outcome::infra("invalid_job", e),
+                Err(e) => return Outcome::infra(ErrorCode::InvalidJob, e),
             };
             let mut cmd = Command::new(&argv[0]);
             cmd.args(&argv[1..])
@@ -68,19 +96,22 @@ impl Driver for ShellDriver {
                 cmd.env(format!("LABWIRE_PARAM_{}", k.to_ascii_uppercase()), v);
             }
             cmd.envs(&self.shell.env);
-            ctx.log.note(&format!("running {argv:?} on the lab host"));
+            ctx.log.note(&format!(
+                "running {:?} on the lab host",
+                ctx.log.redact_args(&argv)
+            ));
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => {
                     return Outcome::infra(
-                        "infrastructure",
+                        ErrorCode::Infrastructure,
                         format!("cannot start `{}`: {e}", argv[0]),
                     );
                 }
             };
             let pid = child.id();
             let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
-                return Outcome::infra("infrastructure", "no pipes to the command");
+                return Outcome::infra(ErrorCode::Infrastructure, "no pipes to the command");
             };
             let deadline = tokio::time::sleep(ctx.timeout);
             tokio::pin!(deadline);
@@ -113,12 +144,12 @@ impl Driver for ShellDriver {
                     _ = flush.tick() => ctx.log.flush(),
                     _ = &mut deadline, if stopped.is_none() => {
                         ctx.log.note(&format!("time limit of {} reached: stopping the command", humantime::format_duration(ctx.timeout)));
-                        stopped = Some(Outcome::infra("test_timeout", format!("the command ran longer than {}", humantime::format_duration(ctx.timeout))));
+                        stopped = Some(Outcome::infra(ErrorCode::TestTimeout, format!("the command ran longer than {}", humantime::format_duration(ctx.timeout))));
                         kill_group(pid, nix::sys::signal::Signal::SIGKILL);
                     }
                     _ = ctx.cancel.cancelled(), if stopped.is_none() => {
                         ctx.log.note("job cancelled: stopping the command");
-                        stopped = Some(Outcome::infra("cancelled", "the job was cancelled while running"));
+                        stopped = Some(Outcome::infra(ErrorCode::Cancelled, "the job was cancelled while running"));
                         kill_group(pid, nix::sys::signal::Signal::SIGKILL);
                     }
                 }
@@ -128,13 +159,13 @@ impl Driver for ShellDriver {
                 return o;
             }
             let Some(status) = status else {
-                return Outcome::infra("infrastructure", "the command's status was lost");
+                return Outcome::infra(ErrorCode::Infrastructure, "the command's status was lost");
             };
             let status = match status {
                 Ok(s) => s,
                 Err(e) => {
                     return Outcome::infra(
-                        "infrastructure",
+                        ErrorCode::Infrastructure,
                         format!("cannot wait for the command: {e}"),
                     );
                 }

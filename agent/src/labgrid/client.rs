@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// Why a `labgrid-client` call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum LabgridError {
+pub(crate) enum LabgridError {
     /// The program could not be started, or did not finish in time.
     #[error("labgrid-client {args}: {msg}")]
     Run {
@@ -40,24 +40,24 @@ pub enum LabgridError {
 
 impl LabgridError {
     /// The client's message, for job errors.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         self.to_string()
     }
 
     /// Whether the client said the place is held by someone else (or by us already).
-    pub fn is_held(&self) -> bool {
+    pub(crate) fn is_held(&self) -> bool {
         matches!(self, LabgridError::Failed { msg, .. } if msg.contains("already acquired"))
     }
 
     /// Whether the client said the place does not exist.
-    pub fn is_unknown_place(&self) -> bool {
+    pub(crate) fn is_unknown_place(&self) -> bool {
         matches!(self, LabgridError::Failed { msg, .. } if msg.contains("matches nothing"))
     }
 }
 
 /// A place as `labgrid-client -v places` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Place {
+pub(crate) struct Place {
     /// Its name.
     pub name: String,
     /// Its tags.
@@ -68,7 +68,7 @@ pub struct Place {
 
 /// How the agent calls `labgrid-client` for one coordinator.
 #[derive(Debug, Clone)]
-pub struct LabgridClient {
+pub(crate) struct LabgridClient {
     program: Vec<String>,
     coordinator: String,
     env: BTreeMap<String, String>,
@@ -79,7 +79,7 @@ pub struct LabgridClient {
 
 impl LabgridClient {
     /// The client of a `labgrid:` entry for lab `lab`.
-    pub fn new(cfg: &LabgridConfig, lab: &str) -> Self {
+    pub(crate) fn new(cfg: &LabgridConfig, lab: &str) -> Self {
         let host = cfg.host.clone().unwrap_or_else(|| {
             nix::unistd::gethostname()
                 .ok()
@@ -103,7 +103,7 @@ impl LabgridClient {
     }
 
     /// The identity places are acquired as: `host/user`, as Labgrid shows it.
-    pub fn identity(&self) -> String {
+    pub(crate) fn identity(&self) -> String {
         format!("{}/{}", self.host, self.user)
     }
 
@@ -155,7 +155,7 @@ impl LabgridClient {
     }
 
     /// Every place with its tags and who holds it.
-    pub async fn places(&self) -> Result<Vec<Place>, LabgridError> {
+    pub(crate) async fn places(&self) -> Result<Vec<Place>, LabgridError> {
         let out = self.run(&["-v", "places"]).await?;
         parse_places(&out).map_err(|msg| LabgridError::Output {
             args: "-v places".into(),
@@ -164,13 +164,13 @@ impl LabgridClient {
     }
 
     /// Acquires a place for this agent.
-    pub async fn acquire(&self, place: &str) -> Result<(), LabgridError> {
+    pub(crate) async fn acquire(&self, place: &str) -> Result<(), LabgridError> {
         self.run(&["-p", place, "acquire"]).await.map(drop)
     }
 
     /// Releases a place if (and only if) this agent holds it; a place someone else holds
     /// is left alone.
-    pub async fn release(&self, place: &str) -> Result<(), LabgridError> {
+    pub(crate) async fn release(&self, place: &str) -> Result<(), LabgridError> {
         let id = self.identity();
         self.run(&["-p", place, "release-from", &id])
             .await
@@ -178,13 +178,13 @@ impl LabgridClient {
     }
 
     /// Switches a place's power: `on`, `off` or `cycle`.
-    pub async fn power(&self, place: &str, action: &str) -> Result<(), LabgridError> {
+    pub(crate) async fn power(&self, place: &str, action: &str) -> Result<(), LabgridError> {
         self.run(&["-p", place, "power", action]).await.map(drop)
     }
 
     /// The `host:port` of the serial port the place's exporter publishes (the place must be
     /// acquired).
-    pub async fn serial_port(&self, place: &str) -> Result<String, LabgridError> {
+    pub(crate) async fn serial_port(&self, place: &str) -> Result<String, LabgridError> {
         let out = self.run(&["-p", place, "show"]).await?;
         parse_serial_port(&out).map_err(|msg| LabgridError::Output {
             args: format!("-p {place} show"),
@@ -195,7 +195,7 @@ impl LabgridClient {
 
 /// Parses `labgrid-client -v places`: a `Place 'NAME':` line per place, then its fields
 /// indented by two spaces (`tags: a=1, b=2`, `acquired: host/user` or `None`).
-pub fn parse_places(out: &str) -> Result<Vec<Place>, String> {
+pub(crate) fn parse_places(out: &str) -> Result<Vec<Place>, String> {
     let mut places: Vec<Place> = Vec::new();
     for line in out.lines() {
         if let Some(rest) = line.strip_prefix("Place '") {
@@ -233,7 +233,7 @@ pub fn parse_places(out: &str) -> Result<Vec<Place>, String> {
 
 /// Finds the first acquired `NetworkSerialPort` in `labgrid-client show` and its host and
 /// port (printed as a Python dict: `'host': 'NAME'`, `'port': N`).
-pub fn parse_serial_port(out: &str) -> Result<String, String> {
+pub(crate) fn parse_serial_port(out: &str) -> Result<String, String> {
     let mut in_port = false;
     let (mut host, mut port) = (None, None);
     for line in out.lines() {

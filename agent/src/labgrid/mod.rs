@@ -3,8 +3,9 @@
 //! follows a coordinator's places and publishes the free ones as devices. The job itself is
 //! run by [`crate::driver::labgrid`].
 
-pub mod client;
-pub mod source;
+pub(crate) mod client;
+pub(crate) mod config;
+pub(crate) mod source;
 
-pub use client::{LabgridClient, LabgridError, Place};
-pub use source::LabgridSource;
+pub(crate) use client::{LabgridClient, LabgridError};
+pub(crate) use source::LabgridSource;

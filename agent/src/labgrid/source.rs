@@ -19,12 +19,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// One Labgrid coordinator's places.
-pub struct LabgridSource {
+pub(crate) struct LabgridSource {
     cfg: LabgridConfig,
     client: Arc<LabgridClient>,
     lib: Library,
     /// Names of the devices of the config file: a place of the same name is not offered.
     taken: HashSet<String>,
+    /// The folders `file://` artifacts may come from (`artifacts.file_dirs`).
+    file_dirs: Arc<[std::path::PathBuf]>,
 }
 
 /// After this many failed reads in a row, the places are withdrawn until the coordinator
@@ -33,12 +35,13 @@ const FAILURES_BEFORE_WITHDRAW: u32 = 3;
 
 impl LabgridSource {
     /// The source of one `labgrid:` entry.
-    pub fn new(cfg: &LabgridConfig, agent: &AgentConfig, lib: Library) -> Self {
+    pub(crate) fn new(cfg: &LabgridConfig, agent: &AgentConfig, lib: Library) -> Self {
         LabgridSource {
             client: Arc::new(LabgridClient::new(cfg, &agent.lab)),
             cfg: cfg.clone(),
             lib,
             taken: agent.devices.iter().map(|d| d.name.clone()).collect(),
+            file_dirs: agent.artifacts.file_dirs.clone().into(),
         }
     }
 
@@ -92,8 +95,10 @@ impl LabgridSource {
             Arc::new(entry.clone()),
             self.client.clone(),
             self.cfg.acquire_timeout,
+            self.file_dirs.clone(),
         );
         Some(Arc::new(Device {
+            secrets: config.secrets(),
             config: Some(config),
             info,
             driver: Arc::new(driver),

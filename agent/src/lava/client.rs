@@ -185,6 +185,11 @@ impl LavaClient {
         Self::with_token(cfg, cfg.load_token()?)
     }
 
+    /// The token it sends (to mask it in job logs).
+    pub(crate) fn token(&self) -> &Secret {
+        &self.token
+    }
+
     /// A client with the given token.
     pub fn with_token(cfg: &LavaConfig, token: Secret) -> anyhow::Result<Self> {
         crate::ensure_crypto();

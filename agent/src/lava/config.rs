@@ -7,16 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A secret that never appears in `Debug` output or logs.
-#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MASKED")
-    }
-}
+pub use crate::secrets::Secret;
 
 /// Which of a LAVA server's device types the lab offers through labwire.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -130,6 +130,7 @@ impl LavaSource {
             driver: Arc::new(driver),
             max_jobs: usable + self.cfg.queue_depth,
             count: usable,
+            secrets: vec![self.client.token().clone()],
         })
     }
 

@@ -7,7 +7,7 @@
 pub mod client;
 pub mod config;
 pub mod inventory;
-pub mod results;
+pub(crate) mod results;
 pub mod templates;
 
 pub use config::LavaConfig;

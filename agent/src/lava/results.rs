@@ -5,20 +5,20 @@
 
 use super::client::{JobStatus, Suite, TestCase};
 use crate::driver::Outcome;
-use labwire_common::{NodeResult, TestNode};
+use labwire_common::{ErrorCode, NodeResult, TestNode};
 use std::collections::BTreeMap;
 
 /// The labwire error code of a LAVA error type.
-pub fn error_code(error_type: &str) -> &'static str {
+pub(crate) fn error_code(error_type: &str) -> ErrorCode {
     match error_type {
-        "Infrastructure" => "infrastructure",
-        "Configuration" => "lava_configuration",
-        "Bug" => "lava_bug",
-        "Job" => "invalid_job",
-        "Test" => "test_error",
-        "LAVATimeout" => "test_timeout",
-        "Canceled" => "canceled",
-        _ => "lava_incomplete",
+        "Infrastructure" => ErrorCode::Infrastructure,
+        "Configuration" => ErrorCode::LavaConfiguration,
+        "Bug" => ErrorCode::LavaBug,
+        "Job" => ErrorCode::InvalidJob,
+        "Test" => ErrorCode::TestError,
+        "LAVATimeout" => ErrorCode::TestTimeout,
+        "Canceled" => ErrorCode::Cancelled,
+        _ => ErrorCode::LavaIncomplete,
     }
 }
 
@@ -43,7 +43,7 @@ fn leaf(c: &TestCase) -> TestNode {
 }
 
 /// A test suite's name without LAVA's order prefix (`1_kselftest` is `kselftest`).
-pub fn suite_name(name: &str) -> &str {
+pub(crate) fn suite_name(name: &str) -> &str {
     match name.split_once('_') {
         Some((n, rest)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => rest,
         _ => name,
@@ -73,7 +73,7 @@ fn metadata(c: &TestCase) -> BTreeMap<String, String> {
 }
 
 /// The outcome of a finished LAVA job.
-pub fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> Outcome {
+pub(crate) fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> Outcome {
     let names: BTreeMap<i64, &str> = suites.iter().map(|s| (s.id, s.name.as_str())).collect();
     let mut setup = Vec::new();
     let mut groups: Vec<(String, Vec<TestNode>)> = Vec::new();
@@ -147,7 +147,10 @@ pub fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> Outcome
                 NodeResult::Pass
             })
         }
-        "Canceled" => Outcome::infra("canceled", format!("LAVA job {} was canceled", job.id)),
+        "Canceled" => Outcome::infra(
+            ErrorCode::Cancelled,
+            format!("LAVA job {} was canceled", job.id),
+        ),
         _ => {
             let code = error_code(error_type.as_deref().unwrap_or(""));
             let msg = error_msg
@@ -236,14 +239,14 @@ mod tests {
         )];
         let o = outcome(&job("Incomplete"), &suites(), &cases);
         assert_eq!(o.result, NodeResult::Incomplete);
-        assert_eq!(o.error_code.as_deref(), Some("infrastructure"));
+        assert_eq!(o.error_code, Some(ErrorCode::Infrastructure));
         assert_eq!(o.error_msg.as_deref(), Some("tftp: timed out"));
         assert_eq!(o.data["lava_error_type"], "Infrastructure");
         let o = outcome(&job("Incomplete"), &suites(), &[]);
-        assert_eq!(o.error_code.as_deref(), Some("lava_incomplete"));
+        assert_eq!(o.error_code, Some(ErrorCode::LavaIncomplete));
         assert_eq!(o.error_msg.as_deref(), Some("comment"));
         let o = outcome(&job("Canceled"), &suites(), &[]);
-        assert_eq!(o.error_code.as_deref(), Some("canceled"));
+        assert_eq!(o.error_code, Some(ErrorCode::Cancelled));
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! console that hands every byte to the job's log in order, and an expect/send session on top
 //! (used by the serial driver, and by any driver that reaches a board's console).
 
+pub(crate) mod config;
 pub mod console;
-pub mod session;
-pub mod telnet;
+pub(crate) mod session;
+pub(crate) mod telnet;
 
 pub use console::{Console, open};
-pub use session::{ExpectError, Session};
+pub(crate) use session::{ExpectError, Session};

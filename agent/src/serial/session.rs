@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Why an `expect` ended without a match.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ExpectError {
+pub(crate) enum ExpectError {
     /// None of the patterns appeared in time.
     Timeout,
     /// The console closed (the board or its console server went away).
@@ -26,7 +26,7 @@ pub enum ExpectError {
 const WINDOW: usize = 256 * 1024;
 
 /// A session on one console for one job.
-pub struct Session<'a> {
+pub(crate) struct Session<'a> {
     console: Console,
     log: &'a mut JobLog,
     window: Vec<u8>,
@@ -39,7 +39,7 @@ pub struct Session<'a> {
 
 impl<'a> Session<'a> {
     /// A session writing to `log`, stopped by `cancel`.
-    pub fn new(console: Console, log: &'a mut JobLog, cancel: CancellationToken) -> Self {
+    pub(crate) fn new(console: Console, log: &'a mut JobLog, cancel: CancellationToken) -> Self {
         Session {
             console,
             log,
@@ -52,12 +52,12 @@ impl<'a> Session<'a> {
     }
 
     /// The job log, to add labwire's own notes.
-    pub fn log(&mut self) -> &mut JobLog {
+    pub(crate) fn log(&mut self) -> &mut JobLog {
         self.log
     }
 
     /// Sends bytes to the board.
-    pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.console.writer.write_all(data).await?;
         self.console.writer.flush().await
     }
@@ -87,7 +87,7 @@ impl<'a> Session<'a> {
     /// Waits up to `timeout` for any of `patterns`; returns the index of the one that matched
     /// first (earliest in the output) and the text it matched. What was matched, and
     /// everything before it, is consumed.
-    pub async fn expect(
+    pub(crate) async fn expect(
         &mut self,
         patterns: &[&Regex],
         timeout: Duration,
@@ -124,7 +124,7 @@ impl<'a> Session<'a> {
     }
 
     /// Reads whatever arrives for `d` (to let the board settle); keeps it in the log.
-    pub async fn drain_for(&mut self, d: Duration) {
+    pub(crate) async fn drain_for(&mut self, d: Duration) {
         let deadline = tokio::time::Instant::now() + d;
         while self.closed.is_none() {
             tokio::select! {
@@ -139,13 +139,13 @@ impl<'a> Session<'a> {
     }
 
     /// Forgets unmatched output (before a new step whose prompt may already have passed).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.panic_checked = self.panic_checked.saturating_sub(self.window.len());
         self.window.clear();
     }
 
     /// Where the console is, for messages.
-    pub fn describe(&self) -> &str {
+    pub(crate) fn describe(&self) -> &str {
         &self.console.describe
     }
 }

@@ -5,7 +5,7 @@
 //! bytes typed at the board are escaped. The board's bytes reach the session unchanged.
 
 /// Interpret as command.
-pub const IAC: u8 = 255;
+pub(crate) const IAC: u8 = 255;
 const DONT: u8 = 254;
 const DO: u8 = 253;
 const WONT: u8 = 252;
@@ -28,7 +28,7 @@ enum State {
 /// The receiving side of a telnet connection: turns what the server sends into the board's
 /// bytes plus the answers owed to the server.
 #[derive(Debug)]
-pub struct Telnet {
+pub(crate) struct Telnet {
     state: State,
     /// Options enabled on our side (we WILL).
     local: [bool; 256],
@@ -52,7 +52,7 @@ impl Default for Telnet {
 impl Telnet {
     /// The opening request: binary both ways and no go-aheads, so that every byte passes
     /// as it is.
-    pub fn hello(&mut self) -> Vec<u8> {
+    pub(crate) fn hello(&mut self) -> Vec<u8> {
         self.local[BINARY as usize] = true;
         self.local[SGA as usize] = true;
         vec![
@@ -62,7 +62,7 @@ impl Telnet {
 
     /// Feeds bytes from the server: board data goes to `data`, negotiation answers to
     /// `replies`. Sequences split across reads are carried over.
-    pub fn feed(&mut self, input: &[u8], data: &mut Vec<u8>, replies: &mut Vec<u8>) {
+    pub(crate) fn feed(&mut self, input: &[u8], data: &mut Vec<u8>, replies: &mut Vec<u8>) {
         for &b in input {
             self.state = match self.state {
                 State::Data if b == IAC => State::Iac,
@@ -135,7 +135,7 @@ impl Telnet {
 }
 
 /// Escapes bytes for the server: `0xFF` is doubled.
-pub fn escape(data: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn escape(data: &[u8], out: &mut Vec<u8>) {
     for &b in data {
         out.push(b);
         if b == IAC {

@@ -470,7 +470,9 @@ impl Dispatcher {
             st.unqueue(id);
             let res = self
                 .store
-                .write(move |w| w.fail_queued_job(id, "no_variant", &msg))
+                .write(move |w| {
+                    w.fail_queued_job(id, labwire_common::ErrorCode::NoVariant.as_str(), &msg)
+                })
                 .await;
             if let Err(e) = res {
                 tracing::warn!(job = %id, error = %e, "could not fail a run with no variant left");

@@ -141,7 +141,10 @@ impl Write<'_> {
             };
             if node.result.is_none() {
                 let mut data = Map::new();
-                data.insert("error_code".into(), "node_timeout".into());
+                data.insert(
+                    "error_code".into(),
+                    labwire_common::ErrorCode::NodeTimeout.as_str().into(),
+                );
                 let msg = match node.timeout {
                     Some(t) if root => format!("timed out at {}", t.to_rfc3339()),
                     _ => "an ancestor node timed out".to_string(),

@@ -3,8 +3,8 @@
 
 use super::view::{NodeView, Time, revision};
 use super::{Page, fail, last_seq, page_auth, show};
-use crate::shared::SharedRef;
 use crate::model::{Node, NodeKind};
+use crate::shared::SharedRef;
 use crate::store::NodeFilter;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;

@@ -3,8 +3,8 @@
 
 use super::view::{Time, secs};
 use super::{Page, fail, last_seq, page_auth, show};
-use crate::shared::{LabOverview, SharedRef, lab_overview};
 use crate::model::NodeId;
+use crate::shared::{LabOverview, SharedRef, lab_overview};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::Serialize;

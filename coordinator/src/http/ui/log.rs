@@ -3,10 +3,10 @@
 //! from the store in batches (memory does not grow with the log, however many read it).
 
 use super::{Page, fail, page_auth, secured};
-use crate::shared::SharedRef;
 use crate::error::Error;
 use crate::http::ApiError;
 use crate::model::NodeId;
+use crate::shared::SharedRef;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde::Serialize;

@@ -26,8 +26,8 @@ pub(crate) use links::local_path;
 
 use super::ApiError;
 use super::events::{EventParams, stream_events};
-use crate::shared::SharedRef;
 use crate::error::Error;
+use crate::shared::SharedRef;
 use crate::store::labs::Scope;
 use axum::Router;
 use axum::extract::{Query, State};

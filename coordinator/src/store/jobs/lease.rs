@@ -241,7 +241,10 @@ impl Write<'_> {
         } else {
             self.finish_job_row(id)?;
             let mut data = Map::new();
-            data.insert("error_code".into(), "lease_expired".into());
+            data.insert(
+                "error_code".into(),
+                labwire_common::ErrorCode::LeaseExpired.as_str().into(),
+            );
             data.insert(
                 "error_msg".into(),
                 format!(

@@ -423,7 +423,10 @@ impl Write<'_> {
             return Ok(node);
         }
         let mut data = Map::new();
-        data.insert("error_code".into(), "cancelled".into());
+        data.insert(
+            "error_code".into(),
+            labwire_common::ErrorCode::Cancelled.as_str().into(),
+        );
         data.insert(
             "error_msg".into(),
             if reason.is_empty() {

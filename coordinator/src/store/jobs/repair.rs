@@ -13,6 +13,7 @@ use labwire_common::NodeResult;
 use serde_json::Map;
 
 /// The error code of a job ended because its queue entry could not be processed.
+/// (The spelling of `labwire_common::ErrorCode::QueueError`.)
 pub(crate) const QUEUE_ERROR: &str = "queue_error";
 
 impl Write<'_> {

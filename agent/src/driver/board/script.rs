@@ -1,242 +1,20 @@
-//! The board engine shared by the drivers that drive a board's console themselves (`serial`,
-//! `labgrid`): what runs on an open console session once the board is powered (bootloader
-//! steps, the kernel's start, the login, the job's commands with their exit status), the
-//! configured lab-host commands (power, deploy) with time limits, and the job outcome built
-//! from the steps. The drivers differ only in how they power the board and reach its console.
+//! The board engine's console script: bootloader steps, the kernel's start, the login and
+//! the job's commands with their exit status, prepared before the board is powered.
 
-use super::Outcome;
-use crate::config::{BootConfig, BootPreset, LoginConfig};
-use crate::joblog::JobLog;
+use super::config::{BootConfig, BootPreset, LoginConfig};
+use super::{Failure, Steps, expect_failure, fail, left, re};
 use crate::placeholders::{Values, expand_board_command, expand_boot_text, shell_quote};
 use crate::serial::{ExpectError, Session};
-use labwire_common::{NodeResult, TestNode};
+use labwire_common::{ErrorCode, NodeResult, TestNode};
 use rand::RngCore;
 use regex::bytes::Regex;
-use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
-use std::process::Stdio;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
-
-/// A step that failed: the error code, the message, and the setup test that failed with it.
-#[derive(Debug)]
-pub struct Failure {
-    /// The job's `error_code` (`power_failed`, `boot_timeout`, ...).
-    pub code: &'static str,
-    /// What happened, for people.
-    pub msg: String,
-    /// The setup test (`kernel-boot`, `login`) that failed with it, if any.
-    pub test: Option<&'static str>,
-}
-
-/// A failure with a code, a message and the setup test it fails.
-pub fn fail(code: &'static str, msg: impl Into<String>, test: Option<&'static str>) -> Failure {
-    Failure {
-        code,
-        msg: msg.into(),
-        test,
-    }
-}
-
-fn re(pattern: &str, what: &str) -> Result<Regex, Failure> {
-    Regex::new(pattern)
-        .map_err(|e| fail("invalid_config", format!("{what} `{pattern}`: {e}"), None))
-}
-
-fn expect_failure(
-    e: ExpectError,
-    what: &str,
-    timeout_code: &'static str,
-    test: &'static str,
-    limit: Duration,
-) -> Failure {
-    match e {
-        ExpectError::Timeout => fail(
-            timeout_code,
-            format!(
-                "{what} did not appear within {}",
-                humantime::format_duration(limit)
-            ),
-            Some(test),
-        ),
-        ExpectError::Closed(why) => fail(
-            "console_lost",
-            format!("the console closed while waiting for {what}: {why}"),
-            Some(test),
-        ),
-        ExpectError::Cancelled => fail(
-            "cancelled",
-            format!("the job was cancelled while waiting for {what}"),
-            Some(test),
-        ),
-        ExpectError::Panic(text) => fail(
-            "kernel_panic",
-            format!("the kernel panicked: {}", first_line(&text)),
-            Some(test),
-        ),
-    }
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or("").trim()
-}
-
-/// The output of a finished lab-host command.
-pub struct CommandOutput {
-    /// Standard output.
-    pub stdout: Vec<u8>,
-    /// Standard error.
-    pub stderr: Vec<u8>,
-    /// The exit status.
-    pub status: std::process::ExitStatus,
-}
-
-/// Runs a program (no shell) with a time limit and collects its output; the program is
-/// killed when the limit passes. Errors say which program and why.
-pub async fn run_program(
-    argv: &[String],
-    env: &BTreeMap<String, String>,
-    timeout: Duration,
-) -> Result<CommandOutput, String> {
-    run_program_without(argv, env, &[], timeout).await
-}
-
-/// [`run_program`] with the variables `remove` taken out of the inherited environment.
-pub async fn run_program_without(
-    argv: &[String],
-    env: &BTreeMap<String, String>,
-    remove: &[&str],
-    timeout: Duration,
-) -> Result<CommandOutput, String> {
-    let Some(prog) = argv.first() else {
-        return Err("the command is empty".into());
-    };
-    let mut cmd = tokio::process::Command::new(prog);
-    for r in remove {
-        cmd.env_remove(r);
-    }
-    let mut child = cmd
-        .args(&argv[1..])
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-    let collect = async {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        let read_out = async {
-            if let Some(o) = out.as_mut() {
-                let _ = o.read_to_end(&mut a).await;
-            }
-        };
-        let read_err = async {
-            if let Some(e) = err.as_mut() {
-                let _ = e.read_to_end(&mut b).await;
-            }
-        };
-        tokio::join!(read_out, read_err);
-        let st = child.wait().await;
-        (a, b, st)
-    };
-    let (stdout, stderr, st) = tokio::time::timeout(timeout, collect).await.map_err(|_| {
-        format!(
-            "`{prog}` did not finish within {}",
-            humantime::format_duration(timeout)
-        )
-    })?;
-    let status = st.map_err(|e| format!("cannot wait for `{prog}`: {e}"))?;
-    Ok(CommandOutput {
-        stdout,
-        stderr,
-        status,
-    })
-}
-
-/// Runs a configured command (no shell) with a time limit; its output goes to the job log.
-pub async fn run_command(
-    what: &str,
-    argv: &[String],
-    env: &BTreeMap<String, String>,
-    timeout: Duration,
-    log: &mut JobLog,
-) -> Result<(), String> {
-    log.note(&format!("{what}: {argv:?}"));
-    let out = run_program(argv, env, timeout)
-        .await
-        .map_err(|e| format!("{what}: {e}"))?;
-    for chunk in [&out.stdout, &out.stderr] {
-        for line in String::from_utf8_lossy(chunk).lines() {
-            log.note(&format!("{what}: {line}"));
-        }
-    }
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{what}: `{}` failed ({})", argv[0], out.status))
-    }
-}
-
-/// What the setup steps and commands of a job produced so far: the `setup` tests
-/// (`kernel-boot`, `login`), one test per command, and timings for the job's data.
-#[derive(Default)]
-pub struct Steps {
-    /// `kernel-boot`, `login`.
-    pub setup: Vec<TestNode>,
-    /// `command-N`.
-    pub commands: Vec<TestNode>,
-    /// Timings (`powered_on_ms`, `kernel_started_ms`, `login_ms`).
-    pub data: Map<String, Value>,
-}
-
-impl Steps {
-    /// Records a timing since `started`.
-    pub fn mark(&mut self, key: &str, started: Instant) {
-        self.data
-            .insert(key.into(), (started.elapsed().as_millis() as u64).into());
-    }
-
-    /// The job's outcome: `pass`/`fail` from the commands when every step worked, else the
-    /// failure's code with the setup test that failed.
-    pub fn outcome(mut self, res: Result<(), Failure>, log: &mut JobLog) -> Outcome {
-        let mut outcome = match res {
-            Ok(()) => {
-                let r = NodeResult::aggregate(self.commands.iter().map(|t| t.result));
-                Outcome::finished(if r == NodeResult::Skip {
-                    NodeResult::Pass
-                } else {
-                    r
-                })
-            }
-            Err(f) => {
-                log.note(&format!("{}: {}", f.code, f.msg));
-                if let Some(t) = f.test {
-                    let mut node = TestNode::leaf(t, NodeResult::Fail);
-                    node.error = Some(f.msg.clone());
-                    self.setup.push(node);
-                }
-                Outcome::infra(f.code, f.msg)
-            }
-        };
-        outcome.data = self.data;
-        if !self.setup.is_empty() {
-            outcome.tests.push(TestNode::group("setup", self.setup));
-        }
-        if !self.commands.is_empty() {
-            outcome
-                .tests
-                .push(TestNode::group("commands", self.commands));
-        }
-        outcome
-    }
-}
 
 /// Everything the engine does on the console, prepared (placeholders expanded, expressions
 /// compiled) before the board is powered, so that a bad job or config fails without touching
 /// the board.
-pub struct Script<'c> {
+pub(crate) struct Script<'c> {
     boot: &'c BootConfig,
     login: &'c LoginConfig,
     uboot_cmds: Vec<String>,
@@ -252,7 +30,7 @@ pub struct Script<'c> {
 
 impl<'c> Script<'c> {
     /// Prepares the boot, login and commands of one job.
-    pub fn prepare(
+    pub(crate) fn prepare(
         boot: &'c BootConfig,
         login: &'c LoginConfig,
         values: &Values<'_>,
@@ -262,7 +40,9 @@ impl<'c> Script<'c> {
     ) -> Result<Self, Failure> {
         let boot_texts = |cmds: &[String]| -> Result<Vec<String>, Failure> {
             cmds.iter()
-                .map(|c| expand_boot_text(c, values).map_err(|e| fail("invalid_job", e, None)))
+                .map(|c| {
+                    expand_boot_text(c, values).map_err(|e| fail(ErrorCode::InvalidJob, e, None))
+                })
                 .collect()
         };
         let uboot_cmds = boot_texts(&boot.u_boot.commands)?;
@@ -276,13 +56,15 @@ impl<'c> Script<'c> {
                     .as_deref()
                     .map(|t| expand_boot_text(t, values))
                     .transpose()
-                    .map_err(|e| fail("invalid_job", e, None))?;
+                    .map_err(|e| fail(ErrorCode::InvalidJob, e, None))?;
                 Ok((re(&s.expect, "boot step")?, send, s.timeout))
             })
             .collect::<Result<_, Failure>>()?;
         let commands = commands
             .iter()
-            .map(|c| expand_board_command(c, params).map_err(|e| fail("invalid_job", e, None)))
+            .map(|c| {
+                expand_board_command(c, params).map_err(|e| fail(ErrorCode::InvalidJob, e, None))
+            })
             .collect::<Result<_, _>>()?;
         // An empty PS2 first: each command is typed as two lines (`{ cmd` and `}; marker`),
         // and the shell's continuation prompt (`> `) would otherwise stand before the first
@@ -315,7 +97,7 @@ impl<'c> Script<'c> {
     /// Runs on a powered board's console: bootloader steps, the kernel's start, the login,
     /// then the commands. `started` is when the job began (the job's time limit counts from
     /// there).
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         s: &mut Session<'_>,
         started: Instant,
@@ -335,9 +117,11 @@ impl<'c> Script<'c> {
     async fn boot(&self, s: &mut Session<'_>) -> Result<(), Failure> {
         let boot = self.boot;
         let boot_deadline = Instant::now() + boot.timeout;
-        let boot_fail =
-            |e, what: &str| expect_failure(e, what, "boot_timeout", "kernel-boot", boot.timeout);
-        let lost = |e: std::io::Error| fail("console_lost", e.to_string(), Some("kernel-boot"));
+        let boot_fail = |e, what: &str| {
+            expect_failure(e, what, ErrorCode::BootTimeout, "kernel-boot", boot.timeout)
+        };
+        let lost =
+            |e: std::io::Error| fail(ErrorCode::ConsoleLost, e.to_string(), Some("kernel-boot"));
         match boot.preset {
             BootPreset::Kernel => {}
             BootPreset::UBoot => {
@@ -404,8 +188,8 @@ impl<'c> Script<'c> {
         let l = self.login;
         let login_deadline = Instant::now() + l.timeout;
         let login_fail =
-            |e, what: &str| expect_failure(e, what, "login_failed", "login", l.timeout);
-        let lost = |e: std::io::Error| fail("console_lost", e.to_string(), Some("login"));
+            |e, what: &str| expect_failure(e, what, ErrorCode::LoginFailed, "login", l.timeout);
+        let lost = |e: std::io::Error| fail(ErrorCode::ConsoleLost, e.to_string(), Some("login"));
         let shell = re(&l.shell_prompt, "login.shell_prompt")?;
         let login_prompt = re(&l.login_prompt, "login.login_prompt")?;
         let password_prompt = re(&l.password_prompt, "login.password_prompt")?;
@@ -434,21 +218,25 @@ impl<'c> Script<'c> {
                     .map_err(|e| login_fail(e, "the password prompt or a shell prompt"))?;
                 if i == 0 {
                     let pw = l.password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+                    // A board may echo the password (busybox `login` prints its prompt
+                    // before it turns echo off): mask it in the log, however short.
+                    s.log().arm_once(&pw);
                     s.send(format!("{pw}\n").as_bytes()).await.map_err(lost)?;
-                    let (i, _) = s
+                    let got = s
                         .expect(&[&shell, &incorrect, &login_prompt], left(login_deadline))
-                        .await
-                        .map_err(|e| login_fail(e, "the shell prompt"))?;
+                        .await;
+                    s.log().disarm();
+                    let (i, _) = got.map_err(|e| login_fail(e, "the shell prompt"))?;
                     if i != 0 {
                         return Err(fail(
-                            "login_failed",
+                            ErrorCode::LoginFailed,
                             format!("the board refused the login of `{user}` (wrong password?)"),
                             Some("login"),
                         ));
                     }
                 } else if i == 2 {
                     return Err(fail(
-                        "login_failed",
+                        ErrorCode::LoginFailed,
                         format!("the board refused the login of `{user}`"),
                         Some("login"),
                     ));
@@ -485,7 +273,7 @@ impl<'c> Script<'c> {
             let line = format!("{{ {cmd}\n}}; printf 'LW%s-%s:%d:END\\n' {a} {b} \"$?\"\n");
             s.send(line.as_bytes())
                 .await
-                .map_err(|e| fail("console_lost", e.to_string(), None))?;
+                .map_err(|e| fail(ErrorCode::ConsoleLost, e.to_string(), None))?;
             let got = s.expect(&[&marker], left(job_deadline)).await;
             let status = match got {
                 Ok((_, text)) => text
@@ -504,7 +292,7 @@ impl<'c> Script<'c> {
                         cmds.push(t);
                     }
                     return Err(fail(
-                        "test_timeout",
+                        ErrorCode::TestTimeout,
                         format!(
                             "`{cmd}` did not finish within the job's time limit ({})",
                             humantime::format_duration(self.timeout)
@@ -516,7 +304,7 @@ impl<'c> Script<'c> {
                     return Err(expect_failure(
                         e,
                         "the command's exit status",
-                        "test_timeout",
+                        ErrorCode::TestTimeout,
                         "login",
                         self.timeout,
                     ));
@@ -536,7 +324,7 @@ impl<'c> Script<'c> {
                 cmds.push(t);
             } else if status != 0 {
                 return Err(fail(
-                    "infrastructure",
+                    ErrorCode::Infrastructure,
                     format!("setting up the board's shell failed: `{cmd}` exited with {status}"),
                     None,
                 ));
@@ -544,29 +332,5 @@ impl<'c> Script<'c> {
         }
         let _ = s.expect(&[&shell], Duration::from_millis(500)).await;
         Ok(())
-    }
-}
-
-fn left(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
-
-/// Downloads the job's artifacts into its folder (nothing is powered on for a job whose
-/// files cannot be had); a failure is the job's `download_failed` outcome.
-pub async fn fetch_artifacts(
-    ctx: &mut super::JobContext,
-    limit: u64,
-) -> Result<BTreeMap<String, std::path::PathBuf>, Outcome> {
-    match crate::fetch::fetch_all(&ctx.spec.artifacts, &ctx.dir, limit, ctx.timeout).await {
-        Ok(a) => {
-            for (k, p) in &a {
-                ctx.log.note(&format!("artifact {k}: {}", p.display()));
-            }
-            Ok(a)
-        }
-        Err(e) => {
-            ctx.log.note(&format!("download failed: {e}"));
-            Err(Outcome::infra("download_failed", e.to_string()))
-        }
     }
 }

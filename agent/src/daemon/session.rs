@@ -1,0 +1,104 @@
+//! The agent's session with the coordinator: Register, then Heartbeats that renew the
+//! leases of the jobs it holds and advertise its devices; a forgotten session is registered
+//! again at once.
+
+use super::Agent;
+use crate::client::backoff;
+use labwire_proto::v1;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Registers, then heartbeats; registers again whenever the coordinator forgot the session.
+pub(super) async fn keep_session(agent: Arc<Agent>) {
+    let mut failures = 0u32;
+    loop {
+        let session = agent.lock().session.clone();
+        let wait = match session {
+            None => {
+                let req = v1::RegisterRequest {
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    devices: agent.advertised(),
+                    free_slots: agent.free_slots(),
+                    held_jobs: agent.held_jobs(),
+                };
+                match agent
+                    .coordinator
+                    .call(|mut c| async move { c.register(req).await })
+                    .await
+                {
+                    Ok(resp) => {
+                        let r = resp.into_inner();
+                        failures = 0;
+                        if r.lab != agent.cfg.lab {
+                            tracing::warn!(config = %agent.cfg.lab, certificate = %r.lab, "the certificate names another lab than the config; the certificate wins");
+                        }
+                        agent.withdraw(&r.lost_jobs);
+                        let hb = Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(100)));
+                        {
+                            let mut st = agent.lock();
+                            st.session = Some(r.session.clone());
+                            st.heartbeat = hb;
+                        }
+                        agent.bump();
+                        tracing::info!(lab = %r.lab, session = %r.session, url = %agent.coordinator.url(), "registered with the coordinator");
+                        hb
+                    }
+                    Err(s) => {
+                        failures += 1;
+                        let wait = backoff(
+                            failures,
+                            Duration::from_millis(500),
+                            Duration::from_secs(30),
+                        );
+                        tracing::warn!(code = ?s.code(), error = %s.message(), retry_in = ?wait, "cannot register with the coordinator");
+                        wait
+                    }
+                }
+            }
+            Some(session) => {
+                let running = agent.held_jobs();
+                let advertise = std::mem::take(&mut agent.lock().advertise);
+                let req = v1::HeartbeatRequest {
+                    session,
+                    running,
+                    devices: if advertise {
+                        agent.advertised()
+                    } else {
+                        Vec::new()
+                    },
+                    free_slots: agent.free_slots(),
+                    draining: agent.draining.is_cancelled(),
+                };
+                match agent
+                    .coordinator
+                    .call(|mut c| async move { c.heartbeat(req).await })
+                    .await
+                {
+                    Ok(resp) => {
+                        failures = 0;
+                        agent.withdraw(&resp.into_inner().cancel);
+                    }
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                        tracing::info!("the coordinator forgot this session; registering again");
+                        agent.lock().session = None;
+                        agent.bump();
+                        continue;
+                    }
+                    Err(s) => {
+                        failures += 1;
+                        tracing::warn!(code = ?s.code(), error = %s.message(), "heartbeat failed");
+                    }
+                }
+                agent.lock().heartbeat
+            }
+        };
+        // The session loop never waits longer than 30 s, so systemd's watchdog (WatchdogSec in
+        // the unit) hears from a healthy agent well within its period.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = agent.session_lost.notified() => {}
+            _ = agent.stop.cancelled() => return,
+        }
+    }
+}
