@@ -772,8 +772,19 @@ async fn packages_install_onboard_a_lab_upgrade_and_purge() {
         .expect("agent exits");
     assert!(st.success(), "the agent's drain ended {st:?}");
 
-    // 4. Purge: nothing left, not the lab's key, not the state, not the user.
+    // 4. Remove keeps the config, the bundle, the state and the user; purge then leaves
+    // nothing: not the lab's key, not the state, not the user.
     let files = package_files();
+    apt(&["remove", "labwire-agent"]);
+    assert!(!Path::new("/usr/bin/labwire-agent").exists());
+    assert!(!Path::new("/usr/lib/systemd/system/labwire-agent.service").exists());
+    assert_eq!(
+        std::fs::read_to_string("/etc/labwire/agent.yaml").unwrap(),
+        conf
+    );
+    assert!(Path::new("/etc/labwire/agent.key").exists());
+    assert!(Path::new(marker).exists());
+    assert!(user_exists("labwire-agent"));
     apt(&["purge", "labwire-agent"]);
     assert_clean(&files);
 }
