@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     --bin-dir) bin_dir="${2:?--bin-dir needs a folder}"; shift ;;
     --out) out="${2:?--out needs a folder}"; shift ;;
     --version) version="${2:?--version needs a version}"; shift ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "package.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -50,7 +50,11 @@ done
 meta="$(cargo metadata --no-deps --format-version 1 --locked)"
 field() { jq -r --arg f "$1" '.packages[] | select(.name == "labwire") | .[$f] // empty' <<<"$meta"; }
 target_dir="$(jq -r .target_directory <<<"$meta")"
-[ -n "$version" ] || version="$(field version)"
+if [ -z "$version" ]; then
+    # A Cargo pre-release (1.2.0-rc.1) sorts before its release in Debian as 1.2.0~rc.1.
+    version="$(field version)"
+    version="${version/-/\~}"
+fi
 homepage="$(field repository)"
 license="$(field license)"
 arch="$(dpkg --print-architecture)"
