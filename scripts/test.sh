@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 busybox-static cpio socat systemd)
+# dpkg-dev and jq: scripts/package.sh, which tests/packages.rs runs.
+packages=(qemu-system-x86 busybox-static cpio socat systemd dpkg-dev jq)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,7 +1,8 @@
 //! The unit files under systemd/ pass `systemd-analyze verify` (with ExecStart pointing at the
 //! binaries cargo built, since verify checks that the program exists), and say what the
 //! daemons need: Type=notify with a watchdog, a dedicated user, state and config directories,
-//! hardening.
+//! hardening, a raised limit on open files. The Debian packages install these very files
+//! (tests/packages.rs checks them there).
 
 use std::path::Path;
 use std::process::Command;
@@ -15,7 +16,8 @@ fn check(unit: &str, binary: &str) {
         "Restart=on-failure",
         "StateDirectory=",
         "ConfigurationDirectory=labwire",
-        "User=labwire",
+        "User=labwire-",
+        "LimitNOFILE=",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",
@@ -27,7 +29,7 @@ fn check(unit: &str, binary: &str) {
     }
     let dir = tempfile::tempdir().unwrap();
     let installed = format!(
-        "/usr/local/bin/{}",
+        "/usr/bin/{}",
         Path::new(binary).file_name().unwrap().to_string_lossy()
     );
     assert!(text.contains(&installed), "{unit} should run {installed}");

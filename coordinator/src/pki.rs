@@ -215,9 +215,11 @@ pub(crate) fn write_agent_bundle(
     write_public(&out.join("ca.pem"), &ca)?;
     let yaml = format!(
         "# labwire agent configuration for lab `{lab}`, issued {date}.\n\
-         # Copy this folder to /etc/labwire/ on the lab host, add your devices, then run\n\
-         #   labwire-agent run --config /etc/labwire/agent.yaml\n\
-         # Every key is described in config/agent.yaml of the labwire sources.\n\
+         # On the lab host, with the package labwire-agent installed, from this folder:\n\
+         #   install -m 0640 -g labwire-agent agent.yaml agent.pem agent.key ca.pem /etc/labwire/\n\
+         # add your devices there, then:  systemctl enable --now labwire-agent\n\
+         # Every key is described in /usr/share/doc/labwire-agent/examples/agent.yaml\n\
+         # (config/agent.yaml of the labwire sources).\n\
          lab: {lab}\n\
          coordinator:\n  url: {coordinator_url}\n  ca: /etc/labwire/ca.pem\n  cert: /etc/labwire/agent.pem\n  key: /etc/labwire/agent.key\n\
          state_dir: /var/lib/labwire-agent\n\

@@ -52,8 +52,9 @@ fn issue_agent(cfg: &CoordinatorConfig, lab: &str, out: Option<PathBuf>) -> anyh
     let issued = ca_issue_agent(cfg, lab, &out)?;
     println!(
         "lab `{lab}`: certificate {} (valid until {}) written to {}/\n\
-         copy that folder to /etc/labwire/ on the lab host, add devices to agent.yaml, \
-         then start `labwire-agent run`",
+         copy that folder to the lab host and put its files in /etc/labwire/ \
+         (install -m 0640 -g labwire-agent ...), add devices to agent.yaml, \
+         then `systemctl enable --now labwire-agent` (docs/install.md)",
         issued.fingerprint,
         issued.not_after.format("%Y-%m-%d"),
         out.display()
