@@ -4,7 +4,7 @@
 #                        library and LAVA templates (for reading: both are built in)
 #   labwire-coordinator  the coordinator, its unit, /etc/labwire/coordinator.yaml
 #   labwire-client       the `labwire` command
-# docs/install.md says how to install them; tests/packages.rs installs, upgrades and purges
+# docs/install.md says how to install them; tests/e2e/packages.rs installs, upgrades and purges
 # them on the test machine.
 #
 # Usage: scripts/package.sh [--debug] [--bin-dir DIR] [--out DIR] [--version VERSION]

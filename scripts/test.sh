@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# dpkg-dev and jq: scripts/package.sh, which tests/packages.rs runs.
+# dpkg-dev and jq: scripts/package.sh, which tests/e2e/packages.rs runs.
 packages=(qemu-system-x86 busybox-static cpio socat systemd dpkg-dev jq)
 missing=()
 for p in "${packages[@]}"; do
@@ -39,21 +39,23 @@ trap 'cargo run -q -p labwire-testpg -- stop >/dev/null 2>&1 || true' EXIT
 
 # The coordinator's behaviour tests run twice: on SQLite (the default), then on PostgreSQL
 # (LABWIRE_TEST_STORE=postgres: each test gets a fresh database on the private server).
-pg_tests=(skeleton reliability scheduling http trigger report failover dashboard hostile_queue)
+# (Modules of the one end-to-end test binary, tests/e2e/.)
+pg_tests=(skeleton reliability scheduling http trigger report failover dashboard hostile_queue hostile_net)
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
     # nextest does not run doc tests; run them first.
     cargo test --workspace --doc
     cargo nextest run --workspace --no-fail-fast
     echo "==> the coordinator's tests again, on PostgreSQL"
-    filter="package(labwire-coordinator)"
-    for t in "${pg_tests[@]}"; do filter="$filter | binary($t)"; done
+    modules=""
+    for t in "${pg_tests[@]}"; do modules="$modules${modules:+ | }test(/^$t::/)"; done
+    filter="package(labwire-coordinator) | (binary(e2e) & ($modules))"
     LABWIRE_TEST_STORE=postgres cargo nextest run --workspace --no-fail-fast -E "$filter"
 else
     cargo test --workspace --no-fail-fast
     echo "==> the coordinator's tests again, on PostgreSQL"
     args=()
-    for t in "${pg_tests[@]}"; do args+=(--test "$t"); done
+    for t in "${pg_tests[@]}"; do args+=("$t::"); done
     LABWIRE_TEST_STORE=postgres cargo test --no-fail-fast -p labwire-coordinator --lib
-    LABWIRE_TEST_STORE=postgres cargo test --no-fail-fast -p labwire "${args[@]}"
+    LABWIRE_TEST_STORE=postgres cargo test --no-fail-fast -p labwire --test e2e -- "${args[@]}"
 fi

@@ -6,8 +6,6 @@
 //! [`client`], [`commands::Cli`] and [`commands::run`], the tree helpers of [`commands`], and
 //! the start-up functions below. Everything else is `pub(crate)`.
 
-#![warn(missing_docs)]
-
 pub mod client;
 pub mod commands;
 mod demo;

@@ -7,7 +7,6 @@
 //! the console). Everything else is the crate's own.
 
 // Every public item is documented; an item not reachable from outside is `pub(crate)`.
-#![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
 pub mod cli;

@@ -2,7 +2,7 @@
 //! every API path the agent uses, LAVA's two kinds of pagination, refused definitions,
 //! 5xx answers and slow replies (retried), the concurrency limit, redirects and links to
 //! another host (never followed, so the token stays home), cancellation, and a job taken
-//! back after the agent lost it. The real lava-server is exercised by `tests/lava.rs`.
+//! back after the agent lost it. The real lava-server is exercised by `tests/e2e/lava.rs`.
 
 use axum::Router;
 use axum::extract::{Path, Query, State};

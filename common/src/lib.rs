@@ -3,8 +3,6 @@
 //! coordinator both apply, the criteria a job carries and the device description they are
 //! matched against, and the error codes of incomplete jobs.
 
-#![warn(missing_docs)]
-
 pub mod criteria;
 pub mod error_code;
 pub mod names;

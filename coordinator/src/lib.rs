@@ -4,8 +4,6 @@
 //! Items are `pub(crate)` unless the binaries, the benchmark or the end-to-end tests use
 //! them; every public item is documented.
 
-#![warn(missing_docs)]
-
 pub(crate) mod auth;
 pub mod cli;
 pub mod clock;

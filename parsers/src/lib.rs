@@ -60,8 +60,6 @@
 //! their name), with an issue saying so first in `errors`. So the coordinator stores the
 //! report's tree exactly as it is.
 
-#![warn(missing_docs)]
-
 pub mod cli;
 mod kmsg;
 mod ktap;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set-up for the LAVA tests (tests/lava.rs): installs lava-server and PostgreSQL from
+# Set-up for the LAVA tests (tests/e2e/lava.rs): installs lava-server and PostgreSQL from
 # Debian's packages and prepares, once, a PostgreSQL data folder with lava-server's
 # database already migrated, in ~/.cache/labwire/lava/pgdata. tests/lava/server.sh copies
 # it for each test run and starts its own PostgreSQL, gunicorn and lava-scheduler on

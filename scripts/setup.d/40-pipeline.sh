@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set-up for the pipeline tests (tests/kcidb.rs, tests/trigger.rs): git for the trigger's
+# Set-up for the pipeline tests (tests/kcidb.rs, tests/e2e/trigger.rs): git for the trigger's
 # bare repositories, and a Python virtual environment with the `kcidb-io` package that the
 # KCIDB export is validated against. Idempotent: skips what is there already.
 #   venv: ~/.cache/labwire/kcidb-venv   (override with LABWIRE_KCIDB_VENV)

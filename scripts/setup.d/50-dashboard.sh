@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set-up for the dashboard's browser test (tests/dashboard.rs): Debian's headless Chromium and
+# Set-up for the dashboard's browser test (tests/e2e/dashboard.rs): Debian's headless Chromium and
 # Node.js, and the `playwright-core` npm package (the driver only; it downloads no browser).
 # Idempotent: skips what is there already.
 #   chromium:        /usr/bin/chromium

@@ -1,5 +1,5 @@
 // Drives Debian's headless Chromium with playwright-core against a running coordinator
-// (started by tests/dashboard.rs, which passes the URLs, ids and token in the environment).
+// (started by tests/e2e/dashboard.rs, which passes the URLs, ids and token in the environment).
 // Exits non-zero, naming the check, when something on a page is not as expected.
 "use strict";
 const { chromium } = require("playwright-core");

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throw-away lava-server on 127.0.0.1 for tests/lava.rs (set up by scripts/setup.d/20-lava.sh).
+# A throw-away lava-server on 127.0.0.1 for tests/e2e/lava.rs (set up by scripts/setup.d/20-lava.sh).
 #
 #   server.sh template DIR          create DIR: a PostgreSQL data folder with lava-server's
 #                                   database migrated (the set-up script does this once)

@@ -36,10 +36,10 @@ pub(super) async fn recover_journal(
             resumed.push((e, d));
             continue;
         }
-        if let Some(d) = agent.device(&e.device) {
-            if let Err(err) = d.driver.recover().await {
-                tracing::error!(device = %e.device, error = %err, "could not reset the device after a restart");
-            }
+        if let Some(d) = agent.device(&e.device)
+            && let Err(err) = d.driver.recover().await
+        {
+            tracing::error!(device = %e.device, error = %err, "could not reset the device after a restart");
         }
         tracing::warn!(job = e.job, attempt = e.attempt, device = %e.device, "job interrupted by an agent restart; reporting it incomplete");
         let report = v1::ReportResultRequest {

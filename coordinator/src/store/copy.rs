@@ -94,7 +94,7 @@ pub(crate) fn copy_all(
                             .collect::<Result<Vec<_>>>()?;
                         tx.execute(&insert, &values)?;
                         n += 1;
-                        if n % 100_000 == 0 {
+                        if n.is_multiple_of(100_000) {
                             progress(table, n, false);
                         }
                         Ok(true)

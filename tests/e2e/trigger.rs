@@ -2,7 +2,7 @@
 //! folder, commits pushed to it from a clone, and a coordinator process polling it with
 //! `git ls-remote`. Each new head commit makes exactly one checkout, also across a restart.
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

@@ -1,7 +1,7 @@
 //! End-to-end tests of the walking skeleton: a real coordinator and real agents as processes,
 //! over real mutual TLS on loopback, with a real SQLite store.
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

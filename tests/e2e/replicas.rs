@@ -6,7 +6,7 @@
 //!   agent fails over to B, B takes the leadership (the services) over, and every job ends
 //!   `pass` having run exactly once (one attempt, one line in the run log each).
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

@@ -5,7 +5,7 @@
 //! its power switch (a `NetworkPowerPort` of model `simplerest`, served by the board script),
 //! one place matching them, and the agent running jobs on that place.
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

@@ -3,7 +3,7 @@
 //! the stored log, or lose a result: real coordinator and agent processes over mutual TLS,
 //! a real Linux board under QEMU for the echoed password (issue 17, the agent's part).
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

@@ -6,7 +6,7 @@
 //! for (issue 17, item 8), and what the coordinator does with a peer's report that our
 //! parser would never send.
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

@@ -9,7 +9,7 @@
 //! Needs `scripts/setup.d/50-dashboard.sh` (Chromium, Node.js, playwright-core in
 //! `~/.cache/labwire/dashboard-node`).
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

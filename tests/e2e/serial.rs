@@ -3,7 +3,7 @@
 //! pty opened by the agent with tokio-serial. The agent powers the board on and off with the
 //! board's scripts, follows the boot, logs in, runs commands and parses their output.
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

@@ -3,7 +3,7 @@
 //! a lab revoked by the command line while the coordinator runs, and the modes of the files
 //! the coordinator creates. Each test names the defect it guards against.
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

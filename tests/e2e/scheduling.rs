@@ -3,7 +3,7 @@
 //! on loopback, checkouts made available through the gRPC API, and a coordinator killed in
 //! the middle.
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

@@ -13,7 +13,7 @@
 //! the version `X~pkgtest1`, so that a labwire installed for real is never touched: the test
 //! refuses to run next to one.
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

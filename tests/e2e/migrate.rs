@@ -5,7 +5,7 @@
 //! their results and logs are there with the same ids, and new events continue the old
 //! sequence numbers.
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

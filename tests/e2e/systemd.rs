@@ -2,7 +2,7 @@
 //! binaries cargo built, since verify checks that the program exists), and say what the
 //! daemons need: Type=notify with a watchdog, a dedicated user, state and config directories,
 //! hardening, a raised limit on open files. The Debian packages install these very files
-//! (tests/packages.rs checks them there).
+//! (tests/e2e/packages.rs checks them there).
 
 use std::path::Path;
 use std::process::Command;

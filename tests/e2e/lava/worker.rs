@@ -1,4 +1,4 @@
-//! A stand-in for lava-dispatcher in tests/lava.rs: it speaks lava-server's worker protocol
+//! A stand-in for lava-dispatcher in tests/e2e/lava.rs: it speaks lava-server's worker protocol
 //! (`/scheduler/internal/v1/`: ping, fetch the job, set it running, post log lines, finish
 //! it) and plays each job from its definition. The test cases it reports are the
 //! `lava-test-case NAME` steps of the job's inline test definitions, in suites named

@@ -1,7 +1,7 @@
 //! Every example config under `config/` loads with the check-config command of the program
 //! that reads it; a broken file is refused with its name, the line and the key.
 
-mod common;
+use crate::common;
 
 use common::{AGENT, COORDINATOR};
 use std::process::Command;

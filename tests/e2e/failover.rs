@@ -5,9 +5,9 @@
 //! the job's log and result, and takes new work.
 //!
 //! B is started only after A is dead, so this runs on SQLite (one process at a time) as well
-//! as on PostgreSQL; tests/replicas.rs runs two replicas at once.
+//! as on PostgreSQL; tests/e2e/replicas.rs runs two replicas at once.
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

@@ -2,7 +2,7 @@
 //! SIGKILL while jobs flow, an agent killed and restarted, the coordinator down while a job
 //! runs, and a lab trying to act on another lab's job.
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::v1;

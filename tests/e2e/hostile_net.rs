@@ -4,7 +4,7 @@
 //! a big log read into memory by `/ui/log`, artifact links redirected off-site, and the
 //! `labwire` client panicking when its output pipe closes.
 
-mod common;
+use crate::common;
 
 use common::*;
 use reqwest::StatusCode;

@@ -1,7 +1,7 @@
 //! The LAVA driver against a real lava-server (Debian's package) on 127.0.0.1, with its own
 //! PostgreSQL, gunicorn and lava-scheduler, started by `tests/lava/server.sh` from the
 //! database that `scripts/setup.d/20-lava.sh` prepares. A small test worker
-//! (`tests/lava/worker.rs`) speaks lava-server's worker protocol in place of
+//! (`tests/e2e/lava/worker.rs`) speaks lava-server's worker protocol in place of
 //! lava-dispatcher. Covered: device types and devices listed and turned into what the agent
 //! offers; every built-in template accepted by LAVA's validation; a malformed definition
 //! refused with LAVA's message (by the client and, through the driver, in the node's
@@ -9,8 +9,7 @@
 //! job cancelled on the coordinator and so on LAVA, and a job that survives an agent killed
 //! with SIGKILL and restarted.
 
-mod common;
-#[path = "lava/worker.rs"]
+use crate::common;
 mod worker;
 
 use common::*;

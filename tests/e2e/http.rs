@@ -3,7 +3,7 @@
 //! number, log and artifact downloads, metrics parsed as Prometheus text, the health check,
 //! and the timeout service running inside the daemon.
 
-mod common;
+use crate::common;
 
 use common::*;
 use futures::StreamExt;

@@ -4,7 +4,7 @@
 //! `labwire report` prints it as text and markdown; `labwire export kcidb` writes a document
 //! that the `kcidb-io` package validates (venv made by scripts/setup.d/40-pipeline.sh).
 
-mod common;
+use crate::common;
 
 use common::*;
 use labwire_proto::{convert, v1};
