@@ -102,6 +102,12 @@ pub struct JobStatus {
     /// LAVA's comment on a failure.
     #[serde(default)]
     pub failure_comment: Option<String>,
+    /// When a worker started it (RFC 3339), once it did.
+    #[serde(default)]
+    pub start_time: Option<String>,
+    /// When it ended (RFC 3339), once it did.
+    #[serde(default)]
+    pub end_time: Option<String>,
 }
 
 /// One line of a job's log.
@@ -485,14 +491,17 @@ impl LavaClient {
         Ok(parse_log(&body))
     }
 
-    /// A job's test suites.
+    /// A job's test suites, in the order LAVA created them.
     pub async fn suites(&self, id: i64) -> Result<Vec<Suite>, LavaError> {
-        self.list(self.url(&format!("jobs/{id}/suites/"))).await
+        self.list(self.url(&format!("jobs/{id}/suites/?ordering=id&limit=100")))
+            .await
     }
 
-    /// A job's test cases.
+    /// A job's test cases, in the order LAVA recorded them (`ordering=id`: an unordered
+    /// list comes back scrambled, and its pages may skip or repeat a case).
     pub async fn tests(&self, id: i64) -> Result<Vec<TestCase>, LavaError> {
-        self.list(self.url(&format!("jobs/{id}/tests/"))).await
+        self.list(self.url(&format!("jobs/{id}/tests/?ordering=id&limit=500")))
+            .await
     }
 
     /// Asks LAVA to cancel a job.
@@ -508,9 +517,10 @@ impl LavaClient {
     }
 }
 
-/// Parses LAVA's log format: a YAML list of `{dt, lvl, msg}` maps, one per line. A line
-/// that does not parse becomes a note saying so and still counts as one line, so that the
-/// line offsets stay those of the server.
+/// Parses LAVA's log format: a YAML list of `{dt, lvl, msg}` maps, one per line. YAML tags
+/// LAVA writes (`"endtc": ! "604"`) are read as the value they tag. A line that does not
+/// parse becomes a note saying so and still counts as one line, so that the line offsets
+/// stay those of the server.
 pub fn parse_log(body: &[u8]) -> Vec<LogLine> {
     let text = String::from_utf8_lossy(body);
     let mut out = Vec::new();
@@ -526,7 +536,10 @@ pub fn parse_log(body: &[u8]) -> Vec<LogLine> {
             });
             continue;
         };
-        match yaml_serde::from_str::<LogLine>(item) {
+        let parsed = yaml_serde::from_str::<yaml_serde::Value>(item)
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_json::from_value::<LogLine>(untag(v)).map_err(|e| e.to_string()));
+        match parsed {
             Ok(l) => out.push(l),
             Err(e) => out.push(LogLine {
                 dt: String::new(),
@@ -536,6 +549,41 @@ pub fn parse_log(body: &[u8]) -> Vec<LogLine> {
         }
     }
     out
+}
+
+/// A YAML value as JSON, its tags dropped (`! "604"` is the string `604`). Keys that are
+/// not strings are written as YAML would print them.
+fn untag(v: yaml_serde::Value) -> serde_json::Value {
+    use yaml_serde::Value as Y;
+    match v {
+        Y::Null => serde_json::Value::Null,
+        Y::Bool(b) => b.into(),
+        Y::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into()
+            } else if let Some(u) = n.as_u64() {
+                u.into()
+            } else {
+                n.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+        }
+        Y::String(s) => s.into(),
+        Y::Sequence(items) => items.into_iter().map(untag).collect(),
+        Y::Mapping(m) => m
+            .into_iter()
+            .map(|(k, v)| {
+                let k = match untag(k) {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, untag(v))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Y::Tagged(t) => untag(t.value),
+    }
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -589,5 +637,24 @@ mod tests {
         assert_eq!(l[1].lvl, "labwire");
         assert_eq!(l[2].msg["case"], "a");
         assert_eq!(l[3].lvl, "labwire");
+    }
+
+    #[test]
+    fn yaml_tags_lava_writes_are_read() {
+        // Lines as lava-server 2023.01 serves them for a test case run with --shell.
+        let body = br#"- {"dt": "2026-12-06T09:03:24.7", "lvl": "results", "msg": {"case": "uname", "definition": "0_tests", "endtc": ! "603", "result": "pass", "starttc": ! "600"}}
+- {"dt": "2026-12-06T09:03:24.8", "lvl": "target", "msg": "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=failing RESULT=fail>"}
+- {"dt": "x", "lvl": "debug", "msg": !!str 12, "extra": {1: [true, 2.5, null]}}
+"#;
+        let l = parse_log(body);
+        assert_eq!(l.len(), 3);
+        assert!(l.iter().all(|l| l.lvl != "labwire"), "{l:?}");
+        assert_eq!(l[0].msg["endtc"], "603");
+        assert_eq!(l[0].msg["starttc"], "600");
+        assert_eq!(
+            l[1].msg,
+            "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=failing RESULT=fail>"
+        );
+        assert_eq!(l[2].msg, "12");
     }
 }
