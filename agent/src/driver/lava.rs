@@ -8,7 +8,7 @@
 //! that restarts takes the job back and follows it to its end ([`LavaDriver::resume`]).
 
 use crate::driver::{Driver, JobContext, Outcome};
-use crate::lava::client::{LavaClient, LavaError, LogLine};
+use crate::lava::client::{JobStatus, LavaClient, LavaError, LogLine};
 use crate::lava::config::LavaConfig;
 use crate::lava::definition::{self, Target};
 use crate::lava::notify::{FAST_READS, Notifier, Waiter};
@@ -213,9 +213,13 @@ impl LavaDriver {
                     None
                 }
             };
-            let state = status.as_ref().map(|s| s.state.as_str()).unwrap_or("");
+            let state = status.as_ref().map(|s| s.state.clone()).unwrap_or_default();
+            if let Some(status) = status.filter(|s| s.state == "Finished") {
+                return self.finish(ctx, id, line, status, cancelled).await;
+            }
             let mut progressed = false;
-            if matches!(state, "Running" | "Canceling" | "Finished") {
+            // Right after a callback only the state is read, until LAVA shows the end.
+            if fast.is_none() && matches!(state.as_str(), "Running" | "Canceling") {
                 match self.client.logs(id, line).await {
                     Ok(lines) => {
                         if !lines.is_empty() {
@@ -229,9 +233,6 @@ impl LavaDriver {
                         tracing::warn!(lava_job = id, error = %e, "cannot read the LAVA job's log; trying again")
                     }
                 }
-            }
-            if state == "Finished" {
-                return self.finish(ctx, id, line, cancelled).await;
             }
             if Instant::now() > deadline && !cancelled {
                 tracing::warn!(
@@ -301,24 +302,34 @@ impl LavaDriver {
         }
     }
 
+    /// The end of a finished job: the rest of its log and its results, read at once.
     async fn finish(
         &self,
         ctx: &mut JobContext,
         id: i64,
         mut line: u64,
+        status: JobStatus,
         cancelled: bool,
     ) -> Outcome {
-        // The log may have grown between the last read and the end.
-        if let Ok(lines) = self.client.logs(id, line).await {
-            line += lines.len() as u64;
-            write_lines(ctx, &lines, self.password());
+        let (lines, suites, tests) = tokio::join!(
+            self.client.logs(id, line),
+            self.client.suites(id),
+            self.client.tests(id)
+        );
+        match lines {
+            Ok(lines) => {
+                line += lines.len() as u64;
+                write_lines(ctx, &lines, self.password());
+            }
+            Err(e) => {
+                tracing::warn!(lava_job = id, error = %e, "cannot read the end of the LAVA job's log");
+                ctx.log.note(&format!(
+                    "the end of LAVA job {id}'s log could not be read: {e}"
+                ));
+            }
         }
         ctx.log.flush();
-        let status = match self.client.job(id).await {
-            Ok(s) => s,
-            Err(e) => return Outcome::infra(ErrorCode::Infrastructure, e.to_string()),
-        };
-        let (suites, tests) = match (self.client.suites(id).await, self.client.tests(id).await) {
+        let (suites, tests) = match (suites, tests) {
             (Ok(s), Ok(t)) => (s, t),
             (Err(e), _) | (_, Err(e)) => {
                 return Outcome::infra(

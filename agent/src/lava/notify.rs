@@ -9,7 +9,9 @@
 //! quick succession until LAVA shows the job finished ([`FAST_READS`]).
 //!
 //! The listener binds when the LAVA source starts and stops with it; when the address is
-//! taken it says so and tries again, and jobs meanwhile go without callbacks.
+//! taken it says so and tries again (with back-off up to 5 s), and jobs meanwhile go without
+//! callbacks. With `listen` on port 0 the port changes when the agent restarts: a job that
+//! an earlier run submitted is then followed by polling only; give a fixed port.
 
 use super::config::NotifyConfig;
 use axum::Router;
@@ -115,11 +117,18 @@ impl Notifier {
                 Ok(l) => break l,
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures.is_multiple_of(12) {
+                    if failures == 10 || failures.is_multiple_of(60) {
                         tracing::error!(instance = %self.instance, listen = %self.cfg.listen, error = %e, "cannot listen for LAVA's callbacks; jobs are followed by polling until it can");
                     }
+                    // Soon at first: after a SIGHUP the replaced listener frees the port
+                    // within moments.
+                    let wait = crate::client::backoff(
+                        failures,
+                        Duration::from_millis(100),
+                        Duration::from_secs(5),
+                    );
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = stop.cancelled() => return,
                     }
                 }
