@@ -8,7 +8,7 @@
 //! that restarts takes the job back and follows it to its end ([`LavaDriver::resume`]).
 
 use crate::driver::{Driver, JobContext, Outcome};
-use crate::lava::client::{JobStatus, LavaClient, LavaError, LogLine};
+use crate::lava::client::{JobStatus, LavaClient, LavaError, LogLine, Suite, TestCase};
 use crate::lava::config::LavaConfig;
 use crate::lava::definition::{self, Target};
 use crate::lava::notify::{FAST_READS, Notifier, Waiter};
@@ -195,8 +195,16 @@ impl LavaDriver {
         let mut cancel_deadline = None;
         // Reads left in quick succession after a callback (see `notify::FAST_READS`).
         let mut fast: Option<usize> = None;
+        // LAVA called back: read everything at once ([`Self::read_at_once`]).
+        let mut called_back = false;
         loop {
-            let status = match self.client.job(id).await {
+            let (status, early) = if std::mem::take(&mut called_back) {
+                let (s, early) = self.read_at_once(id, line).await;
+                (s, Some(early))
+            } else {
+                (self.client.job(id).await, None)
+            };
+            let status = match status {
                 Ok(s) => {
                     failures = 0;
                     Some(s)
@@ -214,10 +222,31 @@ impl LavaDriver {
                 }
             };
             let state = status.as_ref().map(|s| s.state.clone()).unwrap_or_default();
-            if let Some(status) = status.filter(|s| s.state == "Finished") {
-                return self.finish(ctx, id, line, status, cancelled).await;
-            }
             let mut progressed = false;
+            match (status.filter(|s| s.state == "Finished"), early) {
+                (Some(status), Some(Ok(early))) if early.complete() => {
+                    line += early.lines.len() as u64;
+                    write_lines(ctx, &early.lines, self.password());
+                    return self.conclude(
+                        ctx,
+                        id,
+                        line,
+                        status,
+                        early.suites,
+                        early.tests,
+                        cancelled,
+                    );
+                }
+                (Some(status), _) => return self.finish(ctx, id, line, status, cancelled).await,
+                (None, Some(Ok(early))) => {
+                    // Not finished after all: the log read meanwhile still counts.
+                    progressed = !early.lines.is_empty();
+                    line += early.lines.len() as u64;
+                    write_lines(ctx, &early.lines, self.password());
+                    ctx.log.flush();
+                }
+                (None, _) => {}
+            }
             // Right after a callback only the state is read, until LAVA shows the end.
             if fast.is_none() && matches!(state.as_str(), "Running" | "Canceling") {
                 match self.client.logs(id, line).await {
@@ -287,7 +316,10 @@ impl LavaDriver {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = called => {
                     tracing::debug!(lava_job = id, "LAVA called back: reading the job now");
+                    // The first read after the call waits for LAVA's commit.
+                    tokio::time::sleep(FAST_READS[0]).await;
                     fast = Some(1);
+                    called_back = true;
                 }
                 _ = ctx.cancel.cancelled(), if !cancelled => {
                     cancelled = true;
@@ -302,6 +334,34 @@ impl LavaDriver {
         }
     }
 
+    /// After LAVA's callback: the job's state, the rest of its log and its results, read at
+    /// once (one round of requests instead of two). LAVA calls back while it saves the job's
+    /// end, after the worker sent the last of the log and every result; what was read is
+    /// used only if LAVA shows the job finished and [`Early::complete`] finds LAVA's last
+    /// result in it, so a forged or early call cannot cut the results short (the driver then
+    /// reads them again).
+    async fn read_at_once(
+        &self,
+        id: i64,
+        line: u64,
+    ) -> (Result<JobStatus, LavaError>, Result<Early, LavaError>) {
+        let (status, lines, suites, tests) = tokio::join!(
+            self.client.job(id),
+            self.client.logs(id, line),
+            self.client.suites(id),
+            self.client.tests(id)
+        );
+        let early = match (lines, suites, tests) {
+            (Ok(lines), Ok(suites), Ok(tests)) => Ok(Early {
+                lines,
+                suites,
+                tests,
+            }),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        };
+        (status, early)
+    }
+
     /// The end of a finished job: the rest of its log and its results, read at once.
     async fn finish(
         &self,
@@ -311,10 +371,16 @@ impl LavaDriver {
         status: JobStatus,
         cancelled: bool,
     ) -> Outcome {
+        let started = Instant::now();
         let (lines, suites, tests) = tokio::join!(
             self.client.logs(id, line),
             self.client.suites(id),
             self.client.tests(id)
+        );
+        tracing::debug!(
+            lava_job = id,
+            read_ms = started.elapsed().as_millis() as u64,
+            "LAVA job finished; its log and results read"
         );
         match lines {
             Ok(lines) => {
@@ -328,10 +394,10 @@ impl LavaDriver {
                 ));
             }
         }
-        ctx.log.flush();
         let (suites, tests) = match (suites, tests) {
             (Ok(s), Ok(t)) => (s, t),
             (Err(e), _) | (_, Err(e)) => {
+                ctx.log.flush();
                 return Outcome::infra(
                     ErrorCode::Infrastructure,
                     format!(
@@ -341,6 +407,22 @@ impl LavaDriver {
                 );
             }
         };
+        self.conclude(ctx, id, line, status, suites, tests, cancelled)
+    }
+
+    /// The outcome of a finished job from its results.
+    #[allow(clippy::too_many_arguments)]
+    fn conclude(
+        &self,
+        ctx: &mut JobContext,
+        id: i64,
+        line: u64,
+        status: JobStatus,
+        suites: Vec<Suite>,
+        tests: Vec<TestCase>,
+        cancelled: bool,
+    ) -> Outcome {
+        ctx.log.flush();
         let mut out = results::outcome(&status, &suites, &tests, &ctx.spec.commands);
         if cancelled && out.error_code.is_none() {
             out = Outcome::infra(
@@ -371,6 +453,31 @@ impl LavaDriver {
             }
         }
         out
+    }
+}
+
+/// What [`LavaDriver::read_at_once`] read besides the state.
+struct Early {
+    lines: Vec<LogLine>,
+    suites: Vec<Suite>,
+    tests: Vec<TestCase>,
+}
+
+impl Early {
+    /// Whether LAVA had recorded the whole job when these were read: its last result (the
+    /// `lava`/`job` test case) is in both the log and the results. (LAVA writes a batch of
+    /// log lines before it saves their results, so neither alone tells.)
+    fn complete(&self) -> bool {
+        let in_log = self
+            .lines
+            .iter()
+            .any(|l| l.lvl == "results" && l.msg["definition"] == "lava" && l.msg["case"] == "job");
+        let lava = self.suites.iter().find(|s| s.name == "lava").map(|s| s.id);
+        let in_results = self
+            .tests
+            .iter()
+            .any(|t| Some(t.suite) == lava && t.name == "job");
+        in_log && in_results
     }
 }
 

@@ -25,14 +25,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// After a callback, the intervals of the reads that wait for LAVA to commit the job's end.
+/// LAVA commits right after the call returns; a read sent at once would mostly find the job
+/// still running, so the first waits a little.
 pub(crate) const FAST_READS: [Duration; 7] = [
-    Duration::from_millis(0),
-    Duration::from_millis(10),
-    Duration::from_millis(20),
-    Duration::from_millis(40),
-    Duration::from_millis(80),
-    Duration::from_millis(160),
-    Duration::from_millis(320),
+    Duration::from_millis(15),
+    Duration::from_millis(15),
+    Duration::from_millis(30),
+    Duration::from_millis(60),
+    Duration::from_millis(120),
+    Duration::from_millis(240),
+    Duration::from_millis(480),
 ];
 
 /// The callbacks of one `lava:` instance: who waits for which job.
