@@ -180,7 +180,7 @@ EOF
     printf 'prefix: %s-\ndispatcher_http_ip: "127.0.0.1:%s"\n' "$worker" "$files_port" \
         > "/etc/lava-server/dispatcher.d/$worker/dispatcher.yaml"
     me="$(id -un)" group="$(id -gn)"
-    spawn "$dir" gunicorn gunicorn3 lava_server.wsgi -b "127.0.0.1:$http_port" --workers 2 --timeout 60 \
+    spawn "$dir" gunicorn gunicorn3 lava_server.wsgi -b "127.0.0.1:$http_port" --workers 4 --timeout 60 \
         --log-file "$dir/gunicorn.log"
     spawn "$dir" publisher lava-server manage lava-publisher --host 127.0.0.1 --port "$ws" \
         --user "$me" --group "$group" --level DEBUG --log-file "$dir/publisher.log"
