@@ -55,7 +55,11 @@ async fn lava_runs_jobs_on_a_qemu_board() {
     .await;
     let fail = submit_spec(
         &mut c,
-        qemu_spec("fail", &files, &["labwire-ktap-demo", "echo before; false"]),
+        qemu_spec(
+            "fail",
+            &files,
+            &["labwire-ktap-demo", KSELFTEST, "echo before; false"],
+        ),
     )
     .await;
     let mut flaky = qemu_spec("infra", &files, &["true"]);
@@ -104,14 +108,14 @@ async fn lava_runs_jobs_on_a_qemu_board() {
     let n = wait_node(&mut c, fail, Duration::from_secs(300), is_done).await;
     assert_eq!(result(&n), v1::NodeResult::Fail, "{n:?}");
     let cmds = child(&mut c, fail, "commands").await;
-    let second = child(&mut c, cmds.id, "command-2").await;
-    assert_eq!(result(&second), v1::NodeResult::Fail);
+    let third = child(&mut c, cmds.id, "command-3").await;
+    assert_eq!(result(&third), v1::NodeResult::Fail);
     assert!(
-        data(&second)["error_msg"]
+        data(&third)["error_msg"]
             .as_str()
             .unwrap_or_default()
             .contains("`echo before; false` exited with status 1"),
-        "{second:?}"
+        "{third:?}"
     );
     assert_eq!(
         result(&child(&mut c, cmds.id, "command-1").await),
@@ -130,6 +134,7 @@ async fn lava_runs_jobs_on_a_qemu_board() {
         result(&child(&mut c, demo.id, "test_c").await),
         v1::NodeResult::Skip
     );
+    check_kselftest(&mut c, fail).await;
 
     // An artifact server that fails after LAVA's check: LAVA's Infrastructure error,
     // retried once (the coordinator's `retries`), then incomplete.
@@ -257,15 +262,31 @@ async fn lava_runs_jobs_on_a_scripted_serial_board() {
         ["test_one", "test_two", "test_three"]
     );
 
-    // A failing command, and kselftest's nested TAP with a SKIP.
+    // A failing command, kselftest's nested TAP with a SKIP, and a LAVA test set (as a
+    // command that uses LAVA's own helpers would report one).
     let fail = submit_spec(
         &mut c,
-        lava_spec("fail", board, &["true", KSELFTEST, "echo x; (exit 3)"]),
+        lava_spec(
+            "fail",
+            board,
+            &[
+                "true",
+                KSELFTEST,
+                "echo x; (exit 3)",
+                "lava-test-set start net; lava-test-case ping --result pass; lava-test-set stop",
+            ],
+        ),
     )
     .await;
     let n = wait_node(&mut c, fail, Duration::from_secs(120), is_done).await;
     assert_eq!(result(&n), v1::NodeResult::Fail, "{n:?}");
     let commands = child(&mut c, fail, "commands").await;
+    assert_eq!(
+        child_names(&mut c, commands.id).await,
+        ["command-1", "command-2", "command-3", "net", "command-4"]
+    );
+    let set = child(&mut c, commands.id, "net").await;
+    assert_eq!(child_names(&mut c, set.id).await, ["ping"]);
     let third = child(&mut c, commands.id, "command-3").await;
     assert_eq!(result(&third), v1::NodeResult::Fail);
     assert!(
@@ -275,17 +296,7 @@ async fn lava_runs_jobs_on_a_scripted_serial_board() {
             .contains("`echo x; (exit 3)` exited with status 3"),
         "{third:?}"
     );
-    let suite = child(&mut c, fail, "selftests: timers: posix_timers").await;
-    assert_eq!(
-        child_names(&mut c, suite.id).await,
-        [
-            "Check itimer virtual",
-            "Check itimer prof",
-            "Check timer_create() per thread"
-        ]
-    );
-    let prof = child(&mut c, suite.id, "Check itimer prof").await;
-    assert_eq!(result(&prof), v1::NodeResult::Skip);
+    check_kselftest(&mut c, fail).await;
 
     // The board's power switch does not answer: LAVA's Infrastructure error, retried.
     std::fs::write(server.board_state.join("power-broken"), "").unwrap();
@@ -387,6 +398,22 @@ async fn lava_runs_jobs_on_a_scripted_serial_board() {
         "callbacks did not speed up results: {ms:?} ms"
     );
     agent.terminate(Duration::from_secs(20));
+}
+
+/// The kselftest suite of [`KSELFTEST`], as the job's parser read it from the raw log.
+async fn check_kselftest(c: &mut labwire::client::Clients, job: i64) {
+    let suite = child(c, job, "selftests: timers: posix_timers").await;
+    assert_eq!(result(&suite), v1::NodeResult::Fail);
+    assert_eq!(
+        child_names(c, suite.id).await,
+        [
+            "Check itimer virtual",
+            "Check itimer prof",
+            "Check timer_create() per thread"
+        ]
+    );
+    let prof = child(c, suite.id, "Check itimer prof").await;
+    assert_eq!(result(&prof), v1::NodeResult::Skip);
 }
 
 /// Every built-in template, and the lab admin's one, renders a definition LAVA accepts; a
