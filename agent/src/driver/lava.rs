@@ -8,9 +8,10 @@
 //! that restarts takes the job back and follows it to its end ([`LavaDriver::resume`]).
 
 use crate::driver::{Driver, JobContext, Outcome};
-use crate::lava::client::{JobStatus, LavaClient, LavaError, LogLine, Suite, TestCase};
+use crate::lava::client::{JobStatus, LavaClient, LavaError, Suite, TestCase};
 use crate::lava::config::LavaConfig;
 use crate::lava::definition::{self, Target};
+use crate::lava::log::{Early, write_lines};
 use crate::lava::notify::{FAST_READS, Notifier, Waiter};
 use crate::lava::results;
 use crate::lava::templates::Templates;
@@ -226,7 +227,7 @@ impl LavaDriver {
             match (status.filter(|s| s.state == "Finished"), early) {
                 (Some(status), Some(Ok(early))) if early.complete() => {
                     line += early.lines.len() as u64;
-                    write_lines(ctx, &early.lines, self.password());
+                    write_lines(&mut ctx.log, &early.lines, self.password());
                     return self.conclude(
                         ctx,
                         id,
@@ -242,7 +243,7 @@ impl LavaDriver {
                     // Not finished after all: the log read meanwhile still counts.
                     progressed = !early.lines.is_empty();
                     line += early.lines.len() as u64;
-                    write_lines(ctx, &early.lines, self.password());
+                    write_lines(&mut ctx.log, &early.lines, self.password());
                     ctx.log.flush();
                 }
                 (None, _) => {}
@@ -255,7 +256,7 @@ impl LavaDriver {
                             progressed = true;
                         }
                         line += lines.len() as u64;
-                        write_lines(ctx, &lines, self.password());
+                        write_lines(&mut ctx.log, &lines, self.password());
                         ctx.log.flush();
                     }
                     Err(e) => {
@@ -385,7 +386,7 @@ impl LavaDriver {
         match lines {
             Ok(lines) => {
                 line += lines.len() as u64;
-                write_lines(ctx, &lines, self.password());
+                write_lines(&mut ctx.log, &lines, self.password());
             }
             Err(e) => {
                 tracing::warn!(lava_job = id, error = %e, "cannot read the end of the LAVA job's log");
@@ -456,69 +457,12 @@ impl LavaDriver {
     }
 }
 
-/// What [`LavaDriver::read_at_once`] read besides the state.
-struct Early {
-    lines: Vec<LogLine>,
-    suites: Vec<Suite>,
-    tests: Vec<TestCase>,
-}
-
-impl Early {
-    /// Whether LAVA had recorded the whole job when these were read: its last result (the
-    /// `lava`/`job` test case) is in both the log and the results. (LAVA writes a batch of
-    /// log lines before it saves their results, so neither alone tells.)
-    fn complete(&self) -> bool {
-        let in_log = self
-            .lines
-            .iter()
-            .any(|l| l.lvl == "results" && l.msg["definition"] == "lava" && l.msg["case"] == "job");
-        let lava = self.suites.iter().find(|s| s.name == "lava").map(|s| s.id);
-        let in_results = self
-            .tests
-            .iter()
-            .any(|t| Some(t.suite) == lava && t.name == "job");
-        in_log && in_results
-    }
-}
-
 /// The `job_name` of a rendered definition.
 fn job_name(definition: &str) -> String {
     yaml_serde::from_str::<yaml_serde::Value>(definition)
         .ok()
         .and_then(|v| v["job_name"].as_str().map(String::from))
         .unwrap_or_default()
-}
-
-/// Writes LAVA log lines to the job's log. The device's output (`target`) goes as it is to
-/// the job's parser, except LAVA's own signal lines (their results come from LAVA's result
-/// sets, in LAVA's order); LAVA's lines are marked with their level and not parsed; the
-/// board's password, where LAVA logs typing it, is masked.
-fn write_lines(ctx: &mut JobContext, lines: &[LogLine], password: Option<&str>) {
-    for l in lines {
-        let text = match &l.msg {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        if l.lvl == "target" {
-            let signal = text.contains("<LAVA_SIGNAL_");
-            let mut b = text.into_bytes();
-            b.push(b'\n');
-            if signal {
-                ctx.log.write_unparsed(&b);
-            } else {
-                ctx.log.write(&b);
-            }
-        } else {
-            let text = match password {
-                Some(p) if l.lvl == "input" && text.trim_end_matches(['\r', '\n']) == p => {
-                    "[MASKED]".to_string()
-                }
-                _ => text,
-            };
-            ctx.log
-                .write_unparsed(format!("[lava {}] {}\n", l.lvl, text).as_bytes());
-        }
-    }
 }
 
 impl Driver for LavaDriver {

@@ -488,7 +488,7 @@ impl LavaClient {
         if !(200..300).contains(&status) {
             return Err(status_error(&url, status, &body));
         }
-        Ok(parse_log(&body))
+        Ok(super::log::parse_log(&body))
     }
 
     /// A job's test suites, in the order LAVA created them.
@@ -514,75 +514,6 @@ impl LavaClient {
             return Err(status_error(&url, status, &body));
         }
         Ok(())
-    }
-}
-
-/// Parses LAVA's log format: a YAML list of `{dt, lvl, msg}` maps, one per line. YAML tags
-/// LAVA writes (`"endtc": ! "604"`) are read as the value they tag. A line that does not
-/// parse becomes a note saying so and still counts as one line, so that the line offsets
-/// stay those of the server.
-pub fn parse_log(body: &[u8]) -> Vec<LogLine> {
-    let text = String::from_utf8_lossy(body);
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Some(item) = line.strip_prefix("- ") else {
-            out.push(LogLine {
-                dt: String::new(),
-                lvl: "labwire".into(),
-                msg: format!("unreadable LAVA log line: {line:.200}").into(),
-            });
-            continue;
-        };
-        let parsed = yaml_serde::from_str::<yaml_serde::Value>(item)
-            .map_err(|e| e.to_string())
-            .and_then(|v| serde_json::from_value::<LogLine>(untag(v)).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(l) => out.push(l),
-            Err(e) => out.push(LogLine {
-                dt: String::new(),
-                lvl: "labwire".into(),
-                msg: format!("unreadable LAVA log line ({e}): {item:.200}").into(),
-            }),
-        }
-    }
-    out
-}
-
-/// A YAML value as JSON, its tags dropped (`! "604"` is the string `604`). Keys that are
-/// not strings are written as YAML would print them.
-fn untag(v: yaml_serde::Value) -> serde_json::Value {
-    use yaml_serde::Value as Y;
-    match v {
-        Y::Null => serde_json::Value::Null,
-        Y::Bool(b) => b.into(),
-        Y::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.into()
-            } else if let Some(u) = n.as_u64() {
-                u.into()
-            } else {
-                n.as_f64()
-                    .and_then(serde_json::Number::from_f64)
-                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
-            }
-        }
-        Y::String(s) => s.into(),
-        Y::Sequence(items) => items.into_iter().map(untag).collect(),
-        Y::Mapping(m) => m
-            .into_iter()
-            .map(|(k, v)| {
-                let k = match untag(k) {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                (k, untag(v))
-            })
-            .collect::<serde_json::Map<_, _>>()
-            .into(),
-        Y::Tagged(t) => untag(t.value),
     }
 }
 
@@ -621,40 +552,5 @@ fn status_error(url: &Url, status: u16, body: &[u8]) -> LavaError {
         url: url.to_string(),
         status,
         body: text,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_lines_parse_and_damaged_ones_are_kept_as_notes() {
-        let body = b"- {\"dt\": \"x\", \"lvl\": \"target\", \"msg\": \"hello: world\"}\nnot yaml\n- {\"dt\": \"x\", \"lvl\": \"results\", \"msg\": {\"case\": \"a\", \"result\": \"pass\"}}\n- {\"dt\": \"x\", \"lvl\n";
-        let l = parse_log(body);
-        assert_eq!(l.len(), 4);
-        assert_eq!(l[0].msg, "hello: world");
-        assert_eq!(l[1].lvl, "labwire");
-        assert_eq!(l[2].msg["case"], "a");
-        assert_eq!(l[3].lvl, "labwire");
-    }
-
-    #[test]
-    fn yaml_tags_lava_writes_are_read() {
-        // Lines as lava-server 2023.01 serves them for a test case run with --shell.
-        let body = br#"- {"dt": "2026-12-06T09:03:24.7", "lvl": "results", "msg": {"case": "uname", "definition": "0_tests", "endtc": ! "603", "result": "pass", "starttc": ! "600"}}
-- {"dt": "2026-12-06T09:03:24.8", "lvl": "target", "msg": "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=failing RESULT=fail>"}
-- {"dt": "x", "lvl": "debug", "msg": !!str 12, "extra": {1: [true, 2.5, null]}}
-"#;
-        let l = parse_log(body);
-        assert_eq!(l.len(), 3);
-        assert!(l.iter().all(|l| l.lvl != "labwire"), "{l:?}");
-        assert_eq!(l[0].msg["endtc"], "603");
-        assert_eq!(l[0].msg["starttc"], "600");
-        assert_eq!(
-            l[1].msg,
-            "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=failing RESULT=fail>"
-        );
-        assert_eq!(l[2].msg, "12");
     }
 }
