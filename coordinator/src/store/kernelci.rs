@@ -117,6 +117,17 @@ pub(crate) fn cursor(conn: &Connection) -> Result<Option<String>> {
     )
 }
 
+/// The newest event sequence number at or before `t` (0 if none): KernelCI's `from` time
+/// on labwire's event log (the read API's `GET /latest/events`).
+pub(crate) fn last_seq_at(conn: &Connection, t: DateTime<Utc>) -> Result<i64> {
+    let seq: Option<i64> = conn.query_row(
+        "SELECT MAX(seq) FROM events WHERE time <= ?1",
+        params![micros(t)],
+        |r| r.get(0),
+    )?;
+    Ok(seq.unwrap_or(0))
+}
+
 /// One KernelCI job, if this installation took it.
 pub(crate) fn find(conn: &Connection, kci_node: &str) -> Result<Option<KciJob>> {
     conn.query_opt(

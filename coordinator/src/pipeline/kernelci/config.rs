@@ -279,6 +279,26 @@ mod tests {
 
     const OK: &str = "kernelci:\n  pull_lab:\n    api: https://kci.example/latest/\n    runtimes:\n      - {name: pull-labs-demo, callback_token_file: /etc/t}\n";
 
+    /// The example's commented-out `pull_lab:` block, uncommented, is a valid section.
+    #[test]
+    fn the_example_pull_lab_block_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/coordinator.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text
+            .find("  #pull_lab:")
+            .expect("the example has a pull_lab block");
+        let block: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with("  #"))
+            .map(|l| format!("  {}\n", &l[3..]))
+            .collect();
+        let c = CoordinatorConfig::parse(&format!("kernelci:\n{block}")).unwrap();
+        let p = c.kernelci.pull_lab.unwrap();
+        assert_eq!(p.runtimes[0].name, "pull-labs-demo");
+        assert!(p.tests.contains_key("kselftest-*"));
+        assert_eq!(p.retry_max, std::time::Duration::from_secs(300));
+    }
+
     #[test]
     fn the_section_parses_with_defaults_and_refuses_bad_values() {
         let c = CoordinatorConfig::parse(OK).unwrap();
