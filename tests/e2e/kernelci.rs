@@ -113,6 +113,23 @@ async fn job_by_name(c: &mut labwire::client::Clients, name: &str) -> Option<v1:
         .next()
 }
 
+/// The job's log as far as it came; empty while it has none.
+async fn log_so_far(c: &mut labwire::client::Clients, job: i64) -> String {
+    let Ok(s) = c
+        .nodes
+        .get_log(v1::GetLogRequest { job, attempt: -1 })
+        .await
+    else {
+        return String::new();
+    };
+    let mut s = s.into_inner();
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = s.message().await {
+        out.extend_from_slice(&chunk.data);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn log_has(rig: &Rig, what: &str) -> bool {
     std::fs::read_to_string(rig.path("coordinator.log")).is_ok_and(|l| l.contains(what))
 }
@@ -205,7 +222,16 @@ async fn a_kernelci_job_runs_on_the_qemu_board_and_its_callback_survives_an_outa
     assert_eq!(d["kernelci"]["node"], id);
     assert_eq!(d["criteria"]["device_type"], "qemu-x86_64");
 
-    // KernelCI goes down while the board runs the job.
+    // KernelCI goes down while the board runs the job (once the kernel, fetched from
+    // KernelCI's storage, booted).
+    let end = Instant::now() + Duration::from_secs(240);
+    while !log_so_far(&mut c, job.id).await.contains("Linux version") {
+        assert!(
+            Instant::now() < end,
+            "the board never booted the job's kernel"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     kci.down();
     let done = wait_node(&mut c, job.id, Duration::from_secs(300), is_done).await;
     let down_since = Instant::now();
