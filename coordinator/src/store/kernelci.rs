@@ -266,24 +266,29 @@ impl Write<'_> {
         self.set_status(kci_node, KciStatus::Posted)
     }
 
-    /// KernelCI no longer wants the job (its node ended there): the labwire job, if it still
-    /// runs, is cancelled with `reason`, and no callback is sent. Returns the job node if it
-    /// was cancelled now.
+    /// KernelCI no longer wants the job (its node ended there) while its labwire job runs:
+    /// the labwire job is cancelled with `reason`, the record marked cancelled, and no
+    /// callback is sent. Returns the job node if it was cancelled now. A job whose labwire
+    /// job ended already (or that was refused) has its callback due: this changes nothing
+    /// then, and the callback poster decides (it reads KernelCI's node first).
     pub(crate) fn kernelci_cancel(&mut self, kci_node: &str, reason: &str) -> Result<Option<Node>> {
         let Some(k) = find(self.conn(), kci_node)? else {
             return Ok(None);
         };
-        if !matches!(k.status, KciStatus::Running | KciStatus::Refused) {
-            return Ok(None);
-        }
-        self.set_status(kci_node, KciStatus::Cancelled)?;
-        let Some(job) = k.job_node else {
+        let (KciStatus::Running, Some(job)) = (k.status, k.job_node) else {
             return Ok(None);
         };
         if super::nodes::get_node(self.conn(), job)?.state == NodeState::Done {
             return Ok(None);
         }
+        self.set_status(kci_node, KciStatus::Cancelled)?;
         self.cancel_job(job, reason).map(Some)
+    }
+
+    /// KernelCI ended the job's node (or forgot it) before any callback was sent: none will
+    /// be.
+    pub(crate) fn kernelci_dropped(&mut self, kci_node: &str) -> Result<()> {
+        self.set_status(kci_node, KciStatus::Cancelled)
     }
 
     fn set_status(&mut self, kci_node: &str, status: KciStatus) -> Result<()> {
@@ -360,6 +365,20 @@ mod tests {
             .unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].job_node, Some(id));
+        // KernelCI ending its node now cancels nothing: the callback poster decides.
+        assert!(
+            store
+                .write_blocking(|w| w.kernelci_cancel("aa01", "KernelCI's node ended"))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            store
+                .read_blocking(move |c| due_callbacks(c, now, 10))
+                .unwrap()
+                .len(),
+            1
+        );
         // A try pushes the next one back; once posted it is never due again.
         let later = now + chrono::Duration::seconds(30);
         store

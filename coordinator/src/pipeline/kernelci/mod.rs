@@ -13,13 +13,14 @@
 //!   neither loses nor doubles it. A definition that cannot run here is recorded as refused
 //!   and KernelCI hears why. A definition KernelCI's storage cannot serve now stops the
 //!   follower at that event until it can (nothing behind it is skipped). A job node that
-//!   ends on KernelCI's side first (its timeout) has its labwire job cancelled.
+//!   ends on KernelCI's side while its labwire job runs (KernelCI's timeout) has the
+//!   labwire job cancelled.
 //! - the **callback poster** posts the results callback ([`callback`]) of every KernelCI
 //!   job whose labwire job ended, woken by the coordinator's own event log. A failed post
 //!   is tried again after `retry_min`, doubling up to `retry_max`, until KernelCI accepts
-//!   it; each try is written down before it is sent. Before trying again, the poster reads
+//!   it; each try is written down before it is sent. Before each try, the poster reads
 //!   KernelCI's node: a node that is `done` already (KernelCI took the callback before a
-//!   crash let labwire write that down, or gave up on the job) gets no second callback.
+//!   crash let labwire write that down, or gave up on the job) gets no (second) callback.
 
 pub(crate) mod callback;
 pub(crate) mod client;
@@ -411,33 +412,40 @@ async fn post_one(
         let _ = shared.store.write(move |w| w.kernelci_try(&i2, next)).await;
         return;
     };
-    if k.tries > 0 {
-        // Tried before: KernelCI may have taken it (a crash before it was written down) or
-        // ended the node; then it gets no second callback.
-        if let Ok(found) = client.node(&id).await {
-            let gone = match &found {
-                None => Some("KernelCI has no such node any more"),
-                Some(n) if text(n, &["state"]) == Some("done") => {
-                    Some("KernelCI's node is done already")
-                }
-                _ => None,
-            };
-            if let Some(why) = gone {
-                let i2 = id.clone();
-                let posted = found.is_some();
-                let _ = shared
-                    .store
-                    .write(move |w| {
-                        if posted {
-                            w.kernelci_posted(&i2)
-                        } else {
-                            w.kernelci_cancel(&i2, "").map(|_| ())
-                        }
-                    })
-                    .await;
-                tracing::info!(kernelci_node = %id, "kernelci: no callback sent: {why}");
-                return;
+    // KernelCI may have ended the node itself (its timeout), or taken this callback on an
+    // earlier try that a crash kept labwire from writing down: then no callback is sent.
+    // A node that cannot be read now (KernelCI's API down) does not stop the try.
+    if let Ok(found) = client.node(&id).await {
+        let done = match &found {
+            None => Some("KernelCI has no such node any more"),
+            Some(n) if text(n, &["state"]) == Some("done") => {
+                Some("KernelCI's node is done already")
             }
+            _ => None,
+        };
+        if let Some(why) = done {
+            // Tried before and now done: KernelCI took it (or gave up in between).
+            let taken = found.is_some() && k.tries > 0;
+            let i2 = id.clone();
+            let wrote = shared
+                .store
+                .write(move |w| {
+                    if taken {
+                        w.kernelci_posted(&i2)
+                    } else {
+                        w.kernelci_dropped(&i2)
+                    }
+                })
+                .await;
+            match wrote {
+                Ok(()) => {
+                    tracing::info!(kernelci_node = %id, tries = k.tries, "kernelci: no callback sent: {why}")
+                }
+                Err(e) => {
+                    tracing::error!(kernelci_node = %id, error = %e, "kernelci: cannot write down that no callback is due")
+                }
+            }
+            return;
         }
     }
     let wait = backoff(cfg, k.tries.max(0) as u32);
