@@ -1,19 +1,29 @@
 //! A KernelCI stand-in on loopback serving what a pull lab meets (kernelci-api 95acafc,
-//! kernelci-core 69a285e, kernelci-pipeline e81bdeb, all read, none copied):
+//! kernelci-core 69a285e and 58538d8 (`kernelci/runtime/pull_labs.py`), 6cbbad7
+//! (`config/runtime/base/pull_labs.jinja2`), kernelci-pipeline e81bdeb; all read, none
+//! copied):
 //!
 //! - `GET /latest/events?kind=&from=&limit=&recursive=true`: events after `from` (exclusive)
 //!   as KernelCI's API lists them: `{id, timestamp, channel, owner, data: {op, id, kind,
 //!   name, path, group, state, result, owner, data}, node}`;
 //! - `GET /latest/node/{id}`: a node;
-//! - `GET /storage/...`: job definitions (JSON with the fields of kernelci-core's
-//!   `base/pull_labs.jinja2`: artifacts, tests, environment, callback) and the board's files;
+//! - `GET /storage/...` on a server of its own (KernelCI's storage is not its API): job
+//!   definitions (JSON with the fields of kernelci-core's `base/pull_labs.jinja2`:
+//!   artifacts, tests, environment, callback) and the board's files;
 //! - `POST /node/{id}`: the pipeline's callback endpoint (the whole `Authorization` header
 //!   is compared with the token, as kernelci-pipeline's `lava_callback.py` does; 202 when
 //!   accepted). The node then ends `done` with the job status kernelci-core's PULL_LABS
-//!   `Callback.get_job_status` reads from `summary` (none ran: incomplete; a failure: fail).
+//!   `Callback` gives it: `get_job_status` from `summary` (none ran: incomplete; a failure:
+//!   fail), incomplete for what `is_infra_error` sees as an infrastructure error.
 //!
-//! `down()` closes the port (connections are refused: KernelCI is down), `up()` opens it
-//! again on the same port.
+//! `down()` takes the API and the pipeline down: their port is closed (new connections are
+//! refused) and every request that still reaches them on a connection opened before (HTTP
+//! keep-alive) is answered 503, until `up()` opens the same port again. The storage stays
+//! up, so a board can fetch its files during the outage.
+//!
+//! `hold_answers()` makes the pipeline apply a callback (record it, end the node) but keep
+//! its answer back until `release_answers()`: the caller's crash between KernelCI taking a
+//! callback and hearing that it did.
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -40,13 +50,22 @@ pub struct Inner {
     pub files: HashMap<String, Vec<u8>>,
     pub callbacks: Vec<Posted>,
     pub definition_reads: usize,
+    /// Requests answered 503 because the API and pipeline were down.
+    pub refused_while_down: usize,
     pub token: String,
+    /// The API and pipeline are down.
+    down: bool,
+    /// Callback answers are held back until this is cancelled.
+    hold: Option<CancellationToken>,
 }
 
 #[derive(Clone)]
 pub struct StandIn {
     pub inner: Arc<Mutex<Inner>>,
+    /// The API's and pipeline's port.
     pub port: u16,
+    /// The storage's port.
+    pub storage_port: u16,
     stop: Arc<Mutex<Option<CancellationToken>>>,
 }
 
@@ -60,20 +79,35 @@ impl StandIn {
     pub async fn start(token: &str) -> StandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let storage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let storage_port = storage.local_addr().unwrap().port();
         let s = StandIn {
             inner: Arc::new(Mutex::new(Inner {
                 token: token.into(),
                 ..Default::default()
             })),
             port,
+            storage_port,
             stop: Default::default(),
         };
+        let files = Router::new()
+            .route("/storage/{*path}", get(file))
+            .with_state(s.inner.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(storage, files).await;
+        });
         s.serve(listener);
         s
     }
 
+    /// The API's and pipeline's base URL.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// The storage's base URL.
+    pub fn storage_url(&self) -> String {
+        format!("http://127.0.0.1:{}/storage/", self.storage_port)
     }
 
     fn serve(&self, listener: tokio::net::TcpListener) {
@@ -82,8 +116,11 @@ impl StandIn {
         let app = Router::new()
             .route("/latest/events", get(events))
             .route("/latest/node/{id}", get(node))
-            .route("/storage/{*path}", get(file))
             .route("/node/{id}", axum::routing::post(callback))
+            .layer(axum::middleware::from_fn_with_state(
+                self.inner.clone(),
+                unless_down,
+            ))
             .with_state(self.inner.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -92,8 +129,10 @@ impl StandIn {
         });
     }
 
-    /// KernelCI goes down: its port refuses connections.
+    /// KernelCI's API and pipeline go down: their port is closed and whatever still reaches
+    /// them is answered 503.
     pub fn down(&self) {
+        self.inner.lock().unwrap().down = true;
         if let Some(s) = self.stop.lock().unwrap().take() {
             s.cancel();
         }
@@ -108,7 +147,20 @@ impl StandIn {
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         };
+        self.inner.lock().unwrap().down = false;
         self.serve(listener);
+    }
+
+    /// From now on the pipeline applies a callback but holds its answer back.
+    pub fn hold_answers(&self) {
+        self.inner.lock().unwrap().hold = Some(CancellationToken::new());
+    }
+
+    /// The held answers go out, and later ones are not held.
+    pub fn release_answers(&self) {
+        if let Some(h) = self.inner.lock().unwrap().hold.take() {
+            h.cancel();
+        }
     }
 
     pub fn add_file(&self, path: &str, bytes: Vec<u8>) {
@@ -126,7 +178,7 @@ impl StandIn {
         definition: Value,
     ) {
         let path = format!("pull_labs_jobs/20260101/{id}.json");
-        let url = format!("{}storage/{path}", self.url());
+        let url = format!("{}{path}", self.storage_url());
         let mut g = self.inner.lock().unwrap();
         g.files
             .insert(path, serde_json::to_vec(&definition).unwrap());
@@ -164,6 +216,26 @@ impl StandIn {
     pub fn definition_reads(&self) -> usize {
         self.inner.lock().unwrap().definition_reads
     }
+}
+
+/// While KernelCI is down, a request on a connection opened before gets 503.
+async fn unless_down(
+    State(s): State<Arc<Mutex<Inner>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    {
+        let mut g = s.lock().unwrap();
+        if g.down {
+            g.refused_while_down += 1;
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"detail": "KernelCI is down"})),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 fn push_event(g: &mut Inner, op: &str, node: &Value) {
@@ -255,34 +327,63 @@ async fn callback(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let mut g = s.lock().unwrap();
+    let hold = {
+        let mut g = s.lock().unwrap();
+        match apply_callback(&mut g, &id, &headers, &body) {
+            Ok(()) => g.hold.clone(),
+            Err(r) => return r,
+        }
+    };
+    if let Some(h) = hold {
+        h.cancelled().await;
+    }
+    (StatusCode::ACCEPTED, axum::Json(json!({"message": "OK"}))).into_response()
+}
+
+/// What the pipeline does with a callback: checks the token, records it and ends the node.
+fn apply_callback(
+    g: &mut Inner,
+    id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), Response> {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if auth.as_deref() != Some(g.token.as_str()) {
-        return (
+        return Err((
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"message": "Unauthorized"})),
         )
-            .into_response();
+            .into_response());
     }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return (
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return Err((
             StatusCode::BAD_REQUEST,
             axum::Json(json!({"message": "Error decoding JSON"})),
         )
-            .into_response();
+            .into_response());
     };
     g.callbacks.push(Posted {
-        node: id.clone(),
+        node: id.to_string(),
         authorization: auth,
         body: body.clone(),
     });
-    // The job status KernelCI's PULL_LABS callback parser derives from the summary.
+    // The job status kernelci-core's PULL_LABS `Callback` derives: `get_job_status` from the
+    // summary, `is_infra_error` from `error_code` (top level or in `metadata`) or every
+    // test's status being `error`.
     let total = body["summary"]["total"].as_u64().unwrap_or(0);
     let failed = body["summary"]["failed"].as_u64().unwrap_or(0);
-    let infra = body.get("error_code").is_some() || body["metadata"].get("error_code").is_some();
+    let all_errors = body["tests"].as_object().is_some_and(|t| {
+        !t.is_empty()
+            && t.values()
+                .filter(|v| v.is_object())
+                .all(|v| v.get("status").and_then(Value::as_str).unwrap_or("error") == "error")
+    });
+    let infra = body.get("error_code").is_some()
+        || body["metadata"].get("error_code").is_some()
+        || all_errors;
     let result = if total == 0 || infra {
         "incomplete"
     } else if failed > 0 {
@@ -290,11 +391,11 @@ async fn callback(
     } else {
         "pass"
     };
-    if let Some(n) = g.nodes.get_mut(&id) {
+    if let Some(n) = g.nodes.get_mut(id) {
         n["state"] = "done".into();
         n["result"] = result.into();
         let n = n.clone();
-        push_event(&mut g, "updated", &n);
+        push_event(g, "updated", &n);
     }
-    (StatusCode::ACCEPTED, axum::Json(json!({"message": "OK"}))).into_response()
+    Ok(())
 }
