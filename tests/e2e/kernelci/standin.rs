@@ -331,7 +331,9 @@ async fn callback(
         let mut g = s.lock().unwrap();
         match apply_callback(&mut g, &id, &headers, &body) {
             Ok(()) => g.hold.clone(),
-            Err(r) => return r,
+            Err((status, message)) => {
+                return (status, axum::Json(json!({"message": message}))).into_response();
+            }
         }
     };
     if let Some(h) = hold {
@@ -340,30 +342,23 @@ async fn callback(
     (StatusCode::ACCEPTED, axum::Json(json!({"message": "OK"}))).into_response()
 }
 
-/// What the pipeline does with a callback: checks the token, records it and ends the node.
+/// What the pipeline does with a callback: checks the token, records it and ends the node;
+/// or the status and message it refuses it with.
 fn apply_callback(
     g: &mut Inner,
     id: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), Response> {
+) -> Result<(), (StatusCode, &'static str)> {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if auth.as_deref() != Some(g.token.as_str()) {
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"message": "Unauthorized"})),
-        )
-            .into_response());
+        return Err((StatusCode::UNAUTHORIZED, "Unauthorized"));
     }
     let Ok(body) = serde_json::from_slice::<Value>(body) else {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"message": "Error decoding JSON"})),
-        )
-            .into_response());
+        return Err((StatusCode::BAD_REQUEST, "Error decoding JSON"));
     };
     g.callbacks.push(Posted {
         node: id.to_string(),
