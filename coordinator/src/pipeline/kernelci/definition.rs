@@ -243,7 +243,7 @@ pub(crate) fn translate(
     let prefix = super::callback_prefix(cfg);
     if !callback_url.starts_with(&prefix) || callback_url.contains("..") {
         return Err(format!(
-            "the callback URL `{callback_url}` is not under `{prefix}` (kernelci.pull_lab.callback_prefix)"
+            "the callback URL `{callback_url}` is not under `{prefix}` (kernelci.pull_lab.callback_url)"
         ));
     }
     let platform = def.environment.platform.trim();
