@@ -85,6 +85,9 @@ pub struct CoordinatorConfig {
     /// Limits on stored result trees.
     #[serde(default)]
     pub results: crate::results::ResultsConfig,
+    /// KernelCI interop: joining KernelCI as a pull lab, KernelCI's API read routes.
+    #[serde(default)]
+    pub kernelci: crate::pipeline::kernelci::config::KernelciConfig,
 }
 
 /// Retries of jobs that ended `incomplete` because the infrastructure failed. Test
@@ -250,6 +253,7 @@ impl Default for CoordinatorConfig {
             reports: Default::default(),
             connections: Default::default(),
             results: Default::default(),
+            kernelci: Default::default(),
         }
     }
 }
@@ -299,6 +303,7 @@ impl CoordinatorConfig {
         crate::pipeline::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
         self.connections.validate()?;
         self.results.validate()?;
+        self.kernelci.validate()?;
         Ok(())
     }
 

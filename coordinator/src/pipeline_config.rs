@@ -11,6 +11,11 @@
 //! - A job's `template` is handed to the agent as the job parameter `template` (the LAVA
 //!   driver renders it); labwire adds the optional keys `commands`, `parser` and `timeout`.
 //! - `runs:` (labwire) repeats a job on different device types or devices.
+//! - Merge keys work at any depth ([`merge`]); priorities may be KernelCI's words (`low`,
+//!   `medium`, `high`: 0, 50 and 100, KernelCI's own values) or numbers; a parameter that is
+//!   a mapping (KernelCI's `flash_kernel: {url, image}`) becomes its JSON text.
+
+mod merge;
 
 use crate::rules::Rules;
 use anyhow::{Context, bail};
@@ -20,7 +25,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Top-level keys of KernelCI pipeline files that labwire skips.
-const SKIPPED_TOP: &[&str] = &["api", "storage", "trees", "build_configs", "device_types"];
+pub(crate) const SKIPPED_TOP: &[&str] = &[
+    "api",
+    "storage",
+    "trees",
+    "build_configs",
+    "device_types",
+    "fragments",
+    "rootfs",
+    "build_environments",
+    "build_variants",
+];
 
 /// A whole pipeline configuration (several files may be merged into one).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,8 +70,8 @@ pub(crate) struct JobConfig {
     /// Rules on the kernel and the tree.
     #[serde(default)]
     pub(crate) rules: Rules,
-    /// Priority (higher first).
-    #[serde(default)]
+    /// Priority (higher first): a number, or KernelCI's `low`, `medium`, `high`.
+    #[serde(default, deserialize_with = "priority")]
     pub(crate) priority: Option<i32>,
     /// Commands to run on the device's shell (labwire).
     #[serde(default)]
@@ -77,6 +92,46 @@ pub(crate) struct JobConfig {
 
 fn default_kind() -> String {
     "job".into()
+}
+
+/// A string, or a list of strings joined with commas.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<Raw>::deserialize(d)? {
+        None => None,
+        Some(Raw::One(s)) => Some(s),
+        Some(Raw::Many(v)) => Some(v.join(",")),
+    })
+}
+
+/// A priority as KernelCI writes it: `low`, `medium` or `high` (0, 50, 100, the values
+/// kernelci-core's runtime config gives these words), or a number.
+fn priority<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(i32),
+        Word(String),
+    }
+    Ok(match Option::<Raw>::deserialize(d)? {
+        None => None,
+        Some(Raw::Number(n)) => Some(n),
+        Some(Raw::Word(w)) => Some(match w.as_str() {
+            "low" => 0,
+            "medium" => 50,
+            "high" => 100,
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "`{other}` is not a priority (a number, or low, medium, high)"
+                )));
+            }
+        }),
+    })
 }
 
 /// One platform: a device type and its properties.
@@ -108,8 +163,9 @@ pub(crate) struct PlatformConfig {
         )
     )]
     pub(crate) boot_method: Option<String>,
-    /// Device tree blob path in the build's artifacts.
-    #[serde(default)]
+    /// Device tree blob path in the build's artifacts; KernelCI also writes a list of them
+    /// (joined with commas here, as list parameters are).
+    #[serde(default, deserialize_with = "one_or_many")]
     pub(crate) dtb: Option<String>,
     /// Device-tree compatible strings.
     #[serde(default)]
@@ -289,16 +345,33 @@ impl PipelineConfig {
             out.config.scheduler.extend(c.scheduler);
         }
         out.config.validate()?;
+        out.warnings.extend(out.config.notes());
         Ok(out)
+    }
+
+    /// What loads but deserves a word: scheduler entries naming a runtime no file defines
+    /// (KernelCI's own scheduler.yaml names runtimes that its pipeline.yaml leaves to other
+    /// deployments; such an entry's jobs take its `runtime.type`, if any).
+    pub(crate) fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, e) in self.scheduler.iter().enumerate() {
+            if let Some(n) = &e.runtime.name
+                && !self.runtimes.contains_key(n)
+            {
+                out.push(format!(
+                    "scheduler[{i}] (job {}): runtime.name `{n}` is not defined under runtimes:",
+                    e.job
+                ));
+            }
+        }
+        out
     }
 
     /// Parses one file's text (not cross-checked: see [`PipelineConfig::validate`]).
     /// Errors name the line and the key.
     pub fn parse(text: &str) -> anyhow::Result<Loaded> {
         let mut value: yaml_serde::Value = yaml_serde::from_str(text)?;
-        value
-            .apply_merge()
-            .context("cannot apply the `<<` merge keys")?;
+        merge::resolve(&mut value).map_err(anyhow::Error::msg)?;
         let mut warnings = Vec::new();
         if let yaml_serde::Value::Mapping(m) = &mut value {
             let keys: Vec<String> = m
@@ -393,11 +466,6 @@ impl PipelineConfig {
                     bail!("{at}: platform `{p}` is not defined under platforms:");
                 }
             }
-            if let Some(n) = &e.runtime.name
-                && !self.runtimes.contains_key(n)
-            {
-                bail!("{at}: runtime.name `{n}` is not defined under runtimes:");
-            }
             if let Some(r) = &e.runs {
                 check_runs(&format!("{at}: runs"), r)?;
             }
@@ -425,7 +493,7 @@ fn check_runs(at: &str, r: &Runs) -> anyhow::Result<()> {
 }
 
 /// A parameter value as the string a job parameter is: scalars as written, lists joined
-/// with commas. Maps are refused.
+/// with commas, a mapping (or a mapping in a list) as its JSON text.
 pub(crate) fn param_value(v: &Value) -> anyhow::Result<String> {
     Ok(match v {
         Value::String(s) => s.clone(),
@@ -437,7 +505,7 @@ pub(crate) fn param_value(v: &Value) -> anyhow::Result<String> {
             .map(param_value)
             .collect::<anyhow::Result<Vec<_>>>()?
             .join(","),
-        Value::Object(_) => bail!("a parameter must be a string, number, boolean or list"),
+        Value::Object(_) => serde_json::to_string(v)?,
     })
 }
 
@@ -651,3 +719,6 @@ scheduler:
         );
     }
 }
+
+#[cfg(test)]
+mod shapes_tests;

@@ -67,6 +67,7 @@ async fn post_node(
 
 #[tokio::test]
 async fn dashboard_in_a_browser() {
+    let mut steps = Steps::new();
     let node_modules = require_browser();
     let rig = Rig::new("http: {listen: 127.0.0.1:0}\n");
     let _keep = rig.keep_on_failure();
@@ -76,6 +77,7 @@ async fn dashboard_in_a_browser() {
     let read = rig.create_token("viewer", "read");
 
     // The slow device waits for a file the browser script creates once the page is open.
+    steps.at("The slow device waits for a file the browser script creates once the page is open");
     let go = rig.path("go");
     let slow_script = format!(
         "while [ ! -e {} ]; do sleep 0.1; done; printf '{}'",
@@ -103,6 +105,7 @@ async fn dashboard_in_a_browser() {
     let _agent = rig.start_agent("lab-a");
 
     // A checkout with jobs under it, and a node whose name is markup.
+    steps.at("A checkout with jobs under it, and a node whose name is markup");
     let checkout = post_node(
         &http,
         &base,
@@ -150,6 +153,7 @@ async fn dashboard_in_a_browser() {
     .await;
 
     // Without a token the pages send the browser to the sign-in form; a bearer header works.
+    steps.at("Without a token the pages send the browser to the sign-in form");
     let r = http
         .get(format!("{base}/ui/labs"))
         .send()
@@ -182,6 +186,7 @@ async fn dashboard_in_a_browser() {
     );
     assert!(!page.contains("<img"), "unescaped markup: {page}");
     // A wrong token is refused at sign-in.
+    steps.at("A wrong token is refused at sign-in");
     let r = http
         .post(format!("{base}/ui/login"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -246,6 +251,7 @@ async fn dashboard_in_a_browser() {
 
 #[tokio::test]
 async fn anonymous_read_when_configured() {
+    let mut steps = Steps::new();
     let rig = Rig::new("http: {listen: 127.0.0.1:0, ui: {anonymous_read: true}}\n");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -267,6 +273,7 @@ async fn anonymous_read_when_configured() {
         .expect("get");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // The JSON API still wants a token.
+    steps.at("The JSON API still wants a token");
     let r = http.get(format!("{base}/nodes")).send().await.expect("get");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }

@@ -189,11 +189,13 @@ async fn an_absolute_artifact_role_writes_nothing_outside_the_job_folder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_etc_shadow_is_refused_with_no_hash_in_error_msg_or_log() {
+    let mut steps = Steps::new();
     let rig = Rig::new("leases: {duration: 30s, heartbeat: 2s}\n");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
     rig.issue_lab("lab-a");
     // file:// is off by default: no artifacts.file_dirs.
+    steps.at("file:// is off by default");
     agent_yaml(&rig, "lab-a", "", &paper_board("board", "paper"));
     let _agent = rig.start_agent("lab-a");
     let mut c = rig.client().await;
@@ -234,6 +236,7 @@ async fn file_etc_shadow_is_refused_with_no_hash_in_error_msg_or_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_artifact_is_refused_at_once_and_the_drain_finishes() {
+    let mut steps = Steps::new();
     let rig = Rig::new("leases: {duration: 30s, heartbeat: 2s}\n");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -271,6 +274,7 @@ async fn a_fifo_artifact_is_refused_at_once_and_the_drain_finishes() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
     // The board is free again, and the agent stops when asked.
+    steps.at("The board is free again, and the agent stops when asked");
     let st = agent.terminate(Duration::from_secs(30));
     assert!(
         st.is_some_and(|s| s.success()),
@@ -280,7 +284,9 @@ async fn a_fifo_artifact_is_refused_at_once_and_the_drain_finishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_that_hangs_does_not_hold_up_the_drain() {
+    let mut steps = Steps::new();
     // An HTTP server that accepts and never answers.
+    steps.at("An HTTP server that accepts and never answers");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -326,12 +332,14 @@ async fn a_download_that_hangs_does_not_hold_up_the_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_result_ends_the_job_without_a_rerun() {
+    let mut steps = Steps::new();
     let rig = Rig::new("leases: {duration: 4s, heartbeat: 1s}\n");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
     rig.issue_lab("lab-a");
     // A test named with a non-breaking space only: the parser keeps it, the coordinator of
     // issue 17 refused the whole report for it.
+    steps.at("A test named with a non-breaking space only");
     let cmd: &[&str] = &[
         "printf",
         "KTAP version 1\\n1..2\\nok 1 first\\nok 2 \\302\\240\\n",
@@ -343,6 +351,7 @@ async fn a_refused_result_ends_the_job_without_a_rerun() {
     let n = wait_node(&mut c, id, Duration::from_secs(60), is_done).await;
     // Either the coordinator stored the result (normalised), or it refused it and the agent
     // ended the job invalid_result; never a lease expiry, never a second run.
+    steps.at("Either the coordinator stored the result (normalised), or it refused it and the agent ended the j...");
     assert_eq!(n.retry_counter, 0, "{n:?}");
     let code = error_code(&n);
     assert_ne!(code, "lease_expired", "{n:?}");
@@ -365,6 +374,7 @@ async fn a_refused_result_ends_the_job_without_a_rerun() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_job_folders_are_removed_at_start_and_the_state_is_private() {
+    let mut steps = Steps::new();
     let rig = Rig::new("");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -388,6 +398,7 @@ async fn old_job_folders_are_removed_at_start_and_the_state_is_private() {
             .unwrap();
     }
     // Run by hand with a permissive umask.
+    steps.at("Run by hand with a permissive umask");
     let log = std::fs::File::create(rig.path("agent-lab-a.log")).unwrap();
     let child = Command::new("sh")
         .args(["-c", "umask 000; exec \"$0\" run --config \"$1\""])
@@ -484,6 +495,7 @@ fn board_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_and_the_password_prompt_are_masked_in_a_real_boards_log() {
+    let mut steps = Steps::new();
     let board = board_dir();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let rig = Rig::new("leases: {duration: 30s, heartbeat: 2s}\n");
@@ -496,6 +508,7 @@ async fn secrets_and_the_password_prompt_are_masked_in_a_real_boards_log() {
     // in its echo when busybox `login` echoes it; in our runs under QEMU it did not, the
     // echo being a race; the unit tests of the masker and the job log show the echo case);
     // the PDU secret is long enough to be masked wherever it appears.
+    steps.at("The board's password is `labwire` (7 characters");
     let device = format!(
         r#"  - name: qemu
     device_type: qemu-x86_64

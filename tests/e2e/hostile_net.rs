@@ -79,7 +79,9 @@ fn open_fds(pid: u32) -> usize {
 
 #[tokio::test]
 async fn idle_sockets_do_not_stop_either_port() {
+    let mut steps = Steps::new();
     // Issue 17 item 7: with 128 files allowed, 111 idle sockets stopped both ports.
+    steps.at("Issue 17 item 7");
     let rig = Rig::new("http: {listen: 127.0.0.1:0}\n");
     let _keep = rig.keep_on_failure();
     let coord = start_coordinator_with_nofile(&rig, 128);
@@ -87,10 +89,12 @@ async fn idle_sockets_do_not_stop_either_port() {
     let http = http_addr(&rig);
 
     // 200 unauthenticated sockets on each port that never send a byte, kept open.
+    steps.at("200 unauthenticated sockets on each port that never send a byte, kept open");
     let mut idle = idle_sockets(&grpc_addr, 200);
     idle.extend(idle_sockets(&http, 200));
 
     // A good client is served on both ports at once, not after the idle ones time out.
+    steps.at("A good client is served on both ports at once, not after the idle ones time out");
     let started = Instant::now();
     let mut c = tokio::time::timeout(Duration::from_secs(10), rig.client())
         .await
@@ -118,6 +122,7 @@ async fn idle_sockets_do_not_stop_either_port() {
     );
 
     // The coordinator stayed inside its file limit and said why it closed connections.
+    steps.at("The coordinator stayed inside its file limit and said why it closed connections");
     let fds = open_fds(coord.child.id());
     assert!(fds <= 128, "{fds} files open");
     let log = coordinator_log(&rig);
@@ -183,8 +188,10 @@ fn closed_after(
 
 #[tokio::test]
 async fn idle_connections_are_closed_on_both_ports() {
+    let mut steps = Steps::new();
     // Issue 17 item 7: idle connections were never closed. Here a client that finished its
     // TLS handshake (and, on HTTP, one request) then says nothing more.
+    steps.at("Issue 17 item 7");
     let rig = Rig::new("http: {listen: 127.0.0.1:0}\nconnections: {idle_timeout: 2s}\n");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -219,6 +226,7 @@ async fn idle_connections_are_closed_on_both_ports() {
 
     // A quiet event stream is a request under way, not an idle connection: after twice the
     // idle timeout without an event, both streams still deliver the next one.
+    steps.at("A quiet event stream is a request under way, not an idle connection");
     let mut c = rig.client().await;
     let mut grpc_events = c
         .events
@@ -270,7 +278,9 @@ async fn idle_connections_are_closed_on_both_ports() {
 
 #[tokio::test]
 async fn cross_site_sign_in_and_out_are_refused() {
+    let mut steps = Steps::new();
     // Issue 17 item 8: the dashboard's sign-in and sign-out accepted posts from any site.
+    steps.at("Issue 17 item 8");
     let rig = Rig::new("http: {listen: 127.0.0.1:0}\n");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -289,6 +299,7 @@ async fn cross_site_sign_in_and_out_are_refused() {
         r.send()
     };
     // A page on another site posting the form (what a browser sends then).
+    steps.at("A page on another site posting the form (what a browser sends then)");
     for headers in [
         &[
             ("sec-fetch-site", "cross-site"),
@@ -313,6 +324,7 @@ async fn cross_site_sign_in_and_out_are_refused() {
         }
     }
     // The dashboard's own forms, and clients that are not browsers, still work.
+    steps.at("The dashboard's own forms, and clients that are not browsers, still work");
     let origin = format!("https://{host}");
     for headers in [
         &[
@@ -355,8 +367,10 @@ fn rss(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn a_big_log_is_streamed_with_bounded_memory() {
+    let mut steps = Steps::new();
     // Issue 17 item 8: `/ui/log/{job}` read the whole log into memory; five readers of a
     // 61 MB log added 419 MiB to the coordinator.
+    steps.at("Issue 17 item 8");
     const LOG_BYTES: u64 = 61_000_000;
     let rig = Rig::new("http: {listen: 127.0.0.1:0}\n");
     let _keep = rig.keep_on_failure();
@@ -380,6 +394,7 @@ async fn a_big_log_is_streamed_with_bounded_memory() {
     let read = rig.create_token("viewer", "read");
     let pid = coord.child.id();
     // Reset the peak (Linux: `5` to clear_refs), so that it measures the reads only.
+    steps.at("Reset the peak (Linux");
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
     let before = rss(pid);
     let readers: Vec<_> = (0..5)
@@ -432,7 +447,9 @@ async fn a_big_log_is_streamed_with_bounded_memory() {
 
 #[tokio::test]
 async fn off_site_artifacts_are_not_redirected() {
+    let mut steps = Steps::new();
     // Issue 17 item 8: `//host/x` artifact links were redirected off-site by the coordinator.
+    steps.at("Issue 17 item 8");
     let rig = Rig::new("http: {listen: 127.0.0.1:0}\n");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -478,6 +495,7 @@ async fn off_site_artifacts_are_not_redirected() {
         assert!(detail.contains("not on this coordinator"), "{detail}");
     }
     // A path on the coordinator is still redirected.
+    steps.at("A path on the coordinator is still redirected");
     let r = http
         .get(format!("{base}/node/{id}/artifacts/here"))
         .bearer_auth(&token)
@@ -488,6 +506,7 @@ async fn off_site_artifacts_are_not_redirected() {
     assert_eq!(r.headers()["location"], "/logs/1");
 
     // The dashboard links only its own paths and shows an off-site URL in plain view.
+    steps.at("The dashboard links only its own paths and shows an off-site URL in plain view");
     let page = http
         .get(format!("{base}/ui/node/{id}"))
         .bearer_auth(&token)
@@ -514,12 +533,15 @@ async fn off_site_artifacts_are_not_redirected() {
 
 #[tokio::test]
 async fn labwire_exits_quietly_when_its_reader_goes() {
+    let mut steps = Steps::new();
     // `labwire jobs | head -1` panicked: "failed printing to stdout: Broken pipe".
+    steps.at("`labwire jobs | head -1` panicked");
     let rig = Rig::new("");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
     let mut c = rig.client().await;
     // Queued jobs (no lab), enough events to overflow a pipe's buffer (64 KiB).
+    steps.at("Queued jobs (no lab), enough events to overflow a pipe's buffer (64 KiB)");
     let mut first = 0;
     for i in 0..300 {
         let id = submit(
@@ -573,6 +595,7 @@ async fn labwire_exits_quietly_when_its_reader_goes() {
         );
     }
     // The pipeline itself, with pipefail: the reader leaves after one line.
+    steps.at("The pipeline itself, with pipefail");
     let pipeline = labwire(&["events"]);
     let argv: Vec<String> = std::iter::once(pipeline.get_program())
         .chain(pipeline.get_args())

@@ -92,6 +92,7 @@ async fn put_node(
 /// queue's may still be added, the job finishes normally, and agents register.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_token_cannot_end_a_leased_job_and_every_agent_still_registers() {
+    let mut steps = Steps::new();
     let rig = Rig::new(&format!("{HTTP}leases: {{duration: 6s, heartbeat: 1s}}\n"));
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -131,6 +132,7 @@ async fn a_submit_token_cannot_end_a_leased_job_and_every_agent_still_registers(
     assert_eq!(st, StatusCode::CONFLICT, "{body}");
     assert!(body.contains("data.error_code"), "{body}");
     // Data the queue does not keep may still be added (for other pipeline services).
+    steps.at("Data the queue does not keep may still be added (for other pipeline services)");
     let (st, body) = put_node(
         &rig,
         &submitter,
@@ -140,6 +142,7 @@ async fn a_submit_token_cannot_end_a_leased_job_and_every_agent_still_registers(
     .await;
     assert_eq!(st, StatusCode::OK, "{body}");
     // The same over gRPC.
+    steps.at("The same over gRPC");
     let mut s = rig.client_with(&submitter).await;
     let e = s
         .nodes
@@ -154,6 +157,7 @@ async fn a_submit_token_cannot_end_a_leased_job_and_every_agent_still_registers(
     assert!(e.message().contains("job queue"), "{e:?}");
 
     // Every lab still registers, and the job ends as its agent reports.
+    steps.at("Every lab still registers, and the job ends as its agent reports");
     register(&rig, "lab-b").await.expect("lab-b registers");
     let n = wait_node(&mut c, job, Duration::from_secs(30), is_done).await;
     assert_eq!(n.result, v1::NodeResult::Pass as i32, "{n:?}");
@@ -169,6 +173,7 @@ async fn a_submit_token_cannot_end_a_leased_job_and_every_agent_still_registers(
 /// (that Register sweeps the lab's leases, which used to fail on the row).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_row_damaged_by_an_older_version_is_repaired_and_register_works() {
+    let mut steps = Steps::new();
     let rig = Rig::new("leases: {duration: 60s, heartbeat: 1s}\n");
     let _keep = rig.keep_on_failure();
     let mut coord = rig.start_coordinator();
@@ -189,6 +194,7 @@ async fn a_queue_row_damaged_by_an_older_version_is_repaired_and_register_works(
     let _ = coord.child.wait();
 
     // Damage the row the way the old PUT did: the node done, the entry still leased.
+    steps.at("Damage the row the way the old PUT did");
     let store = open_rig_store(&rig);
     store
         .write_blocking(move |w| {
@@ -206,6 +212,7 @@ async fn a_queue_row_damaged_by_an_older_version_is_repaired_and_register_works(
 
     let _coord = rig.start_coordinator();
     // The restarted agent holds nothing: its Register expires the lab's leases and sweeps.
+    steps.at("The restarted agent holds nothing");
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         match register(&rig, "lab-a").await {
@@ -335,6 +342,7 @@ where
 /// keys and token files 0600 whatever the umask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_the_coordinator_creates_are_private_even_with_umask_000() {
+    let mut steps = Steps::new();
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new()
         .prefix("labwire-modes-")
@@ -358,6 +366,7 @@ async fn files_the_coordinator_creates_are_private_even_with_umask_000() {
     )
     .unwrap();
     // Every command through `sh -c 'umask 000; exec ...'`.
+    steps.at("Every command through `sh -c 'umask 000");
     let with_umask = |args: &[&str]| {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
@@ -399,6 +408,7 @@ async fn files_the_coordinator_creates_are_private_even_with_umask_000() {
     };
     // The addr file is written when the port is open; the store (and its WAL file) a
     // moment later.
+    steps.at("The addr file is written when the port is open");
     let wal = data.join("labwire.db-wal");
     wait_for(Duration::from_secs(20), "the coordinator to run", || {
         addr.exists() && (pg.is_some() || wal.exists())

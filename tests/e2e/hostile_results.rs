@@ -93,6 +93,7 @@ fn start(rig: &Rig) -> (Proc, Proc) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_test_names_and_deep_nesting_end_done_and_run_once() {
+    let mut steps = Steps::new();
     let rig = Rig::new("leases: {duration: 10s, heartbeat: 1s}\n");
     let _keep = rig.keep_on_failure();
     let _procs = start(&rig);
@@ -100,18 +101,21 @@ async fn odd_test_names_and_deep_nesting_end_done_and_run_once() {
 
     // A name ending in a non-breaking space (the parser trimmed ASCII only, the store
     // Unicode), one made of Unicode blanks around a word, a control character inside.
+    steps.at("A name ending in a non-breaking space (the parser trimmed ASCII only, the store Unicode), one mad...");
     let nbsp = write_ktap(
         &rig,
         "nbsp",
         "KTAP version 1\n1..3\nok 1 nbsp_case\u{a0}\nok 2 \u{a0}other\u{3000}case\u{2009}\nok 3 bell\u{7}inside\n",
     );
     // Results with no name at all, or only blanks.
+    steps.at("Results with no name at all, or only blanks");
     let empty = write_ktap(
         &rig,
         "empty",
         "KTAP version 1\n1..3\nok 1\nnot ok 2 - \u{a0}\nok 3 named\n",
     );
     // Subtests nested 200 levels deep, a passing test at the bottom.
+    steps.at("Subtests nested 200 levels deep, a passing test at the bottom");
     let mut deep = String::from("KTAP version 1\n1..1\n");
     for level in 1..200 {
         let pad = "  ".repeat(level);
@@ -160,6 +164,7 @@ async fn odd_test_names_and_deep_nesting_end_done_and_run_once() {
     );
     let tests = all_tests(&mut c, j_deep).await;
     // 199 levels, the bottom test and exit-status: every one stored, none deeper than 32.
+    steps.at("199 levels, the bottom test and exit-status");
     assert_eq!(tests.len(), 201);
     let deepest = tests.iter().map(|t| t.path.len() - 1).max().unwrap_or(0);
     assert_eq!(deepest, 32, "levels below the job");
@@ -177,12 +182,14 @@ async fn odd_test_names_and_deep_nesting_end_done_and_run_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_of_120000_tests_is_kept_cut_to_the_limit_with_its_counts() {
+    let mut steps = Steps::new();
     let rig = Rig::new("leases: {duration: 20s, heartbeat: 2s}\n");
     let _keep = rig.keep_on_failure();
     let _procs = start(&rig);
     let mut c = rig.client().await;
 
     // 120 suites of 1000 tests; the very last test fails, one in the middle is skipped.
+    steps.at("120 suites of 1000 tests");
     let mut text = String::from("KTAP version 1\n1..120\n");
     for s in 0..120 {
         text.push_str(&format!(
@@ -208,6 +215,7 @@ async fn a_result_of_120000_tests_is_kept_cut_to_the_limit_with_its_counts() {
     assert_eq!(d["results_truncated"], true, "{d:?}");
     // Everything the agent sent: 120,000 tests, 120 suites and exit-status.
     // exit-status passes too: one passing test more than the KTAP has.
+    steps.at("Everything the agent sent");
     assert_eq!(
         d["results_counts"],
         serde_json::json!({"pass": 119_999, "fail": 1, "skip": 1, "incomplete": 0, "nodes": 120_121}),
@@ -221,6 +229,7 @@ async fn a_result_of_120000_tests_is_kept_cut_to_the_limit_with_its_counts() {
     let tests = all_tests(&mut c, job).await;
     assert_eq!(tests.len(), 100_000);
     // The failure survived the cut, with its suite.
+    steps.at("The failure survived the cut, with its suite");
     let failed = tests
         .iter()
         .find(|t| t.name == "case999" && t.result == v1::NodeResult::Fail as i32)
@@ -230,6 +239,7 @@ async fn a_result_of_120000_tests_is_kept_cut_to_the_limit_with_its_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_with_a_bad_role_a_nul_or_a_huge_parameter_is_refused_naming_the_field() {
+    let mut steps = Steps::new();
     let rig = Rig::new("");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -280,6 +290,7 @@ async fn a_submit_with_a_bad_role_a_nul_or_a_huge_parameter_is_refused_naming_th
     );
 
     // Nothing was queued.
+    steps.at("Nothing was queued");
     let nodes = c
         .nodes
         .query_nodes(v1::QueryNodesRequest::default())
@@ -347,6 +358,7 @@ fn chain(depth: usize) -> v1::TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peers_report_with_hostile_names_is_normalised_with_a_note_and_never_internal() {
+    let mut steps = Steps::new();
     let rig = Rig::new("");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -355,6 +367,7 @@ async fn a_peers_report_with_hostile_names_is_normalised_with_a_note_and_never_i
 
     // A report our parser would never send: names with NBSP, NUL and nothing at all,
     // duplicates, and a chain 60 levels deep. Accepted, fixed, and the job says so.
+    steps.at("A report our parser would never send");
     let job = submit(&mut c, "peer-report", &[], &[]).await;
     let (mut a, jr) = take_job(&rig, &lab).await;
     assert_eq!(jr.job, job);
@@ -398,6 +411,7 @@ async fn a_peers_report_with_hostile_names_is_normalised_with_a_note_and_never_i
 
     // Nested deeper than the wire allows (prost decodes 100 levels): the message cannot be
     // decoded, which is the sender's fault: INVALID_ARGUMENT, never INTERNAL (retried).
+    steps.at("Nested deeper than the wire allows (prost decodes 100 levels)");
     let job = submit(&mut c, "too-deep", &[], &[]).await;
     let (mut a, jr) = take_job(&rig, &lab).await;
     assert_eq!(jr.job, job);

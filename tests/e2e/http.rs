@@ -67,6 +67,7 @@ fn ids(page: &Value) -> Vec<i64> {
 
 #[tokio::test]
 async fn nodes_filters_paging_and_scopes() {
+    let mut steps = Steps::new();
     let rig = Rig::new(HTTP);
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -76,6 +77,7 @@ async fn nodes_filters_paging_and_scopes() {
     let submit = rig.create_token("ci-bot", "submit");
 
     // Health needs no token; everything else does.
+    steps.at("Health needs no token");
     assert_eq!(
         get(&http, &format!("{base}/healthz"), None).await.0,
         StatusCode::OK
@@ -88,6 +90,7 @@ async fn nodes_filters_paging_and_scopes() {
     assert!(body.contains("unknown token"), "{body}");
 
     // Writing needs `submit`: a read token is refused, a submit token granted.
+    steps.at("Writing needs `submit`");
     let body = json!({"kind": "checkout", "name": "checkout", "state": "available",
                       "data": {"kernel_revision": {"tree": "mainline"}}});
     let resp = http
@@ -128,6 +131,7 @@ async fn nodes_filters_paging_and_scopes() {
     }
 
     // Filters.
+    steps.at("Filters");
     let fails = get_json(
         &http,
         &format!("{base}/nodes?kind=test&result=fail&limit=100"),
@@ -154,6 +158,7 @@ async fn nodes_filters_paging_and_scopes() {
     .await;
     assert_eq!(ids(&by_path), vec![tests[3]["id"].as_i64().unwrap()]);
     // created__gt: strictly after the 10th test's creation time.
+    steps.at("created__gt");
     let t10 = tests[10]["created"].as_str().unwrap();
     let later = get_json(
         &http,
@@ -181,6 +186,7 @@ async fn nodes_filters_paging_and_scopes() {
     assert_eq!(ids(&upto).len(), 11);
 
     // Paging: every test once, in order, across pages of 4.
+    steps.at("Paging");
     let mut seen = Vec::new();
     let mut cursor = 0;
     let mut pages = 0;
@@ -203,6 +209,7 @@ async fn nodes_filters_paging_and_scopes() {
     assert_eq!(pages, 7);
 
     // Bad input names what was wrong.
+    steps.at("Bad input names what was wrong");
     for (q, says) in [
         ("colour=red", "unknown filter `colour`"),
         ("kind=build", "`build` is not a node kind"),
@@ -216,6 +223,7 @@ async fn nodes_filters_paging_and_scopes() {
     }
 
     // One node, with KernelCI's field names.
+    steps.at("One node, with KernelCI's field names");
     let n = get_json(&http, &format!("{base}/node/{bid}"), &read).await;
     assert_eq!(n["kind"], "kbuild");
     assert_eq!(n["path"], json!(["checkout", "kbuild-gcc-x86"]));
@@ -246,6 +254,7 @@ async fn nodes_filters_paging_and_scopes() {
     assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
 
     // State changes go through the state machine.
+    steps.at("State changes go through the state machine");
     let resp = http
         .put(format!("{base}/node/{bid}"))
         .bearer_auth(&submit)
@@ -265,6 +274,7 @@ async fn nodes_filters_paging_and_scopes() {
     assert!(resp.text().await.unwrap().contains("done -> running"));
 
     // A revoked token is refused from then on.
+    steps.at("A revoked token is refused from then on");
     let out = std::process::Command::new(COORDINATOR)
         .arg("--config")
         .arg(rig.path("coordinator.yaml"))
@@ -312,6 +322,7 @@ async fn read_sse(resp: reqwest::Response, n: usize) -> Vec<(i64, String, Value)
 
 #[tokio::test]
 async fn event_stream_resumes_from_a_sequence_number() {
+    let mut steps = Steps::new();
     let rig = Rig::new(HTTP);
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -343,6 +354,7 @@ async fn event_stream_resumes_from_a_sequence_number() {
     }
 
     // The list: events after a sequence number.
+    steps.at("The list");
     let list = get_json(&http, &format!("{base}/events?from=4&limit=3"), &token).await;
     let seqs: Vec<&str> = list
         .as_array()
@@ -356,6 +368,7 @@ async fn event_stream_resumes_from_a_sequence_number() {
     assert_eq!(list[0]["data"]["name"], "c4");
 
     // The stream: catch up from 3, then a live event.
+    steps.at("The stream");
     let resp = http
         .get(format!("{base}/events/stream?from=3"))
         .bearer_auth(&token)
@@ -388,6 +401,7 @@ async fn event_stream_resumes_from_a_sequence_number() {
 
     // The client went away after event 11; more changes happen; it comes back with
     // Last-Event-ID and gets exactly the events it missed, in order.
+    steps.at("The client went away after event 11");
     for i in 0..5 {
         create(&mut c, format!("missed{i}")).await;
     }
@@ -406,6 +420,7 @@ async fn event_stream_resumes_from_a_sequence_number() {
     assert_eq!(got[0].2["data"]["name"], "missed0");
 
     // Filtering by kind, and a bad cursor.
+    steps.at("Filtering by kind, and a bad cursor");
     let (st, body) = get(&http, &format!("{base}/events?from=-1"), Some(&token)).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
     let (st, body) = get(&http, &format!("{base}/events?after=1"), Some(&token)).await;
@@ -417,6 +432,7 @@ async fn event_stream_resumes_from_a_sequence_number() {
 
 #[tokio::test]
 async fn logs_artifacts_and_metrics() {
+    let mut steps = Steps::new();
     let rig = Rig::new(HTTP);
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -439,6 +455,7 @@ async fn logs_artifacts_and_metrics() {
     assert_eq!(st, StatusCode::OK);
     assert!(log.contains("\nhello from the lab\n"), "{log}");
     // Byte for byte what gRPC GetLog gives.
+    steps.at("Byte for byte what gRPC GetLog gives");
     assert_eq!(log, read_log(&mut c, job).await);
     let (st, log1) = get(&http, &format!("{base}/logs/{job}/1"), Some(&token)).await;
     assert_eq!((st, log1.as_str()), (StatusCode::OK, log.as_str()));
@@ -446,6 +463,7 @@ async fn logs_artifacts_and_metrics() {
     assert_eq!(st, StatusCode::NOT_FOUND);
 
     // The node's `log` artifact points at the coordinator's log route.
+    steps.at("The node's `log` artifact points at the coordinator's log route");
     let resp = http
         .get(format!("{base}/node/{job}/artifacts/log"))
         .bearer_auth(&token)
@@ -464,6 +482,7 @@ async fn logs_artifacts_and_metrics() {
     assert!(body.contains("no artifact `kernel`"), "{body}");
 
     // A second job waits in the queue: nothing offers the tag it wants.
+    steps.at("A second job waits in the queue");
     submit(&mut c, "nowhere", &["no-such-tag"], &[]).await;
 
     let resp = http
@@ -528,6 +547,7 @@ async fn logs_artifacts_and_metrics() {
 
 #[tokio::test]
 async fn the_timeout_service_runs_in_the_coordinator() {
+    let mut steps = Steps::new();
     let rig = Rig::new(HTTP);
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -570,6 +590,7 @@ async fn the_timeout_service_runs_in_the_coordinator() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A closing parent takes no children.
+    steps.at("A closing parent takes no children");
     let resp = http
         .post(format!("{base}/node"))
         .bearer_auth(&token)
@@ -579,6 +600,7 @@ async fn the_timeout_service_runs_in_the_coordinator() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::CONFLICT);
     // Its last child finishes: it goes done.
+    steps.at("Its last child finishes");
     let resp = http
         .put(node(&child["id"]))
         .bearer_auth(&token)

@@ -15,6 +15,7 @@ mod hostile_net;
 mod hostile_queue;
 mod hostile_results;
 mod http;
+mod kernelci;
 mod labgrid;
 mod lava;
 mod migrate;

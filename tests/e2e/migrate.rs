@@ -23,6 +23,7 @@ const PASS_FAIL: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sqlite_store_moves_to_postgres_and_everyone_carries_on() {
+    let mut steps = Steps::new();
     let rig = Rig::with_store("leases: {duration: 10s, heartbeat: 1s}\n", false);
     let _keep = rig.keep_on_failure();
     let mut coord = rig.start_coordinator();
@@ -39,6 +40,7 @@ async fn an_sqlite_store_moves_to_postgres_and_everyone_carries_on() {
         before.push((job, msg, n.result));
     }
     // The newest event number a subscriber has seen.
+    steps.at("The newest event number a subscriber has seen");
     let mut s = c
         .events
         .subscribe(v1::SubscribeRequest::default())
@@ -58,6 +60,7 @@ async fn an_sqlite_store_moves_to_postgres_and_everyone_carries_on() {
     );
 
     // Move: point the config at an empty PostgreSQL database and copy.
+    steps.at("Move");
     let db = labwire_testpg::database();
     let cfg_path = rig.path("coordinator.yaml");
     let cfg = std::fs::read_to_string(&cfg_path).expect("config");
@@ -74,6 +77,7 @@ async fn an_sqlite_store_moves_to_postgres_and_everyone_carries_on() {
     assert!(out.contains("applied 0001_initial"), "{out}");
     assert!(out.contains("nodes: ") && out.contains("copied "), "{out}");
     // A second copy is refused: the target is not empty any more.
+    steps.at("A second copy is refused");
     let again = Command::new(COORDINATOR)
         .arg("--config")
         .arg(&cfg_path)
@@ -85,6 +89,7 @@ async fn an_sqlite_store_moves_to_postgres_and_everyone_carries_on() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 
     // Start on PostgreSQL; the agent reconnects by itself.
+    steps.at("Start on PostgreSQL");
     let _coord = rig.start_coordinator();
     wait_for(
         Duration::from_secs(20),
@@ -110,6 +115,7 @@ async fn an_sqlite_store_moves_to_postgres_and_everyone_carries_on() {
         );
     }
     // The subscriber resumes from its number: the next events follow it without a gap.
+    steps.at("The subscriber resumes from its number");
     let mut s = c
         .events
         .subscribe(v1::SubscribeRequest {
@@ -120,6 +126,9 @@ async fn an_sqlite_store_moves_to_postgres_and_everyone_carries_on() {
         .expect("resubscribe")
         .into_inner();
     // The client token still works, and new work runs on the agent that was there all along.
+    steps.at(
+        "The client token still works, and new work runs on the agent that was there all along",
+    );
     let mut ci = rig.client_with(&ci_token).await;
     let job = submit(&mut ci, "four", &["mv"], &[("msg", "four"), ("code", "0")]).await;
     assert!(job > before.iter().map(|b| b.0).max().unwrap());

@@ -120,6 +120,7 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_is_reported_mailed_and_exported_to_kcidb() {
+    let mut steps = Steps::new();
     let (smtp_port, mut mails) = smtp_sink(0).await;
     let rig = Rig::new(&format!(
         "http: {{listen: 127.0.0.1:0}}\ntimeouts: {{interval: 100ms}}\nreports:\n  email:\n    \
@@ -203,10 +204,12 @@ async fn a_checkout_is_reported_mailed_and_exported_to_kcidb() {
         wait_node(&mut c, j, Duration::from_secs(30), is_done).await;
     }
     // The holdoffs pass; with every child done, build and checkout close by themselves.
+    steps.at("The holdoffs pass");
     let done = wait_node(&mut c, checkout, Duration::from_secs(30), is_done).await;
     assert_eq!(done.state, v1::NodeState::Done as i32);
 
     // The mail: once, to both recipients, with the report.
+    steps.at("The mail");
     let (rcpt, data) = tokio::time::timeout(Duration::from_secs(30), mails.recv())
         .await
         .expect("a report mail in time")
@@ -224,6 +227,7 @@ async fn a_checkout_is_reported_mailed_and_exported_to_kcidb() {
     assert!(unfolded.contains("kunit: beta fail"), "{unfolded}");
 
     // The same report from the command line.
+    steps.at("The same report from the command line");
     let text = labwire(&rig, &["report", &checkout.to_string()]);
     for want in [
         format!("Checkout {checkout} (done)"),
@@ -246,6 +250,7 @@ async fn a_checkout_is_reported_mailed_and_exported_to_kcidb() {
             .collect::<Vec<_>>()
     };
     // The shell driver adds an `exit-status` test to each job it ran.
+    steps.at("The shell driver adds an `exit-status` test to each job it ran");
     let tree = labwire(&rig, &["tree", &checkout.to_string()]);
     assert_eq!(line("smoke")[2..5], ["pass", "1", "0"], "{text}\n{tree}");
     assert_eq!(line("kunit")[2..5], ["fail", "3", "1"], "{text}\n{tree}");
@@ -280,6 +285,7 @@ async fn a_checkout_is_reported_mailed_and_exported_to_kcidb() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a kbuild, not a checkout"));
 
     // KCIDB, validated by kcidb-io.
+    steps.at("KCIDB, validated by kcidb-io");
     let file = rig.path("kcidb.json");
     labwire(
         &rig,
@@ -353,6 +359,7 @@ async fn a_checkout_is_reported_mailed_and_exported_to_kcidb() {
     assert_eq!(leaf["environment"]["misc"]["lab"], "lab-a");
 
     // No second mail for the same checkout.
+    steps.at("No second mail for the same checkout");
     assert!(
         tokio::time::timeout(Duration::from_millis(500), mails.recv())
             .await

@@ -193,6 +193,7 @@ fn check_jobs(kids: &[v1::Node]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_places_jobs_across_three_labs_and_survives_a_restart() {
+    let mut steps = Steps::new();
     let rig = Rig::new(
         "leases:\n  duration: 6s\n  heartbeat: 1s\npipeline: [pipeline.yaml]\nplacement: placement.yaml\n",
     );
@@ -210,12 +211,14 @@ async fn scheduler_places_jobs_across_three_labs_and_survives_a_restart() {
     let mut c = rig.client().await;
 
     // A checkout of a denied tree creates nothing.
+    steps.at("A checkout of a denied tree creates nothing");
     let android = checkout(&mut c, "android", "a1").await;
     make_available(&mut c, android).await;
 
     let co1 = checkout(&mut c, "mainline", "c1").await;
     make_available(&mut c, co1).await;
     // Changing the available checkout again is no new edge: nothing more is created.
+    steps.at("Changing the available checkout again is no new edge");
     c.nodes
         .update_node(v1::UpdateNodeRequest {
             id: co1,
@@ -234,6 +237,7 @@ async fn scheduler_places_jobs_across_three_labs_and_survives_a_restart() {
     );
 
     // `labwire jobs explain` tells why net-test is not for lab-rpi.
+    steps.at("`labwire jobs explain` tells why net-test is not for lab-rpi");
     let net = kids.iter().find(|k| k.name == "net-test").unwrap();
     let ex = c
         .admin
@@ -274,6 +278,7 @@ async fn scheduler_places_jobs_across_three_labs_and_survives_a_restart() {
 
     // The coordinator dies right after a checkout became available: after the restart the
     // scheduler creates that checkout's jobs exactly once, and nothing of the first again.
+    steps.at("The coordinator dies right after a checkout became available");
     let co2 = checkout(&mut c, "mainline", "c2").await;
     make_available(&mut c, co2).await;
     coord.signal(nix::sys::signal::Signal::SIGKILL);
@@ -289,12 +294,14 @@ async fn scheduler_places_jobs_across_three_labs_and_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infrastructure_failures_are_retried_on_another_device_and_test_failures_are_not() {
+    let mut steps = Steps::new();
     let rig = Rig::new("");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
     rig.issue_lab("lab-a");
     // `broken` cannot even start its command (an infrastructure failure); `good` works;
     // `failing` runs a command that fails (a test failure).
+    steps.at("`broken` cannot even start its command (an infrastructure failure)");
     rig.agent_config(
         "lab-a",
         &[
@@ -323,6 +330,7 @@ async fn infrastructure_failures_are_retried_on_another_device_and_test_failures
     assert_eq!(attempts[0]["error_code"], "infrastructure");
     assert_eq!(d["attempt"], 2);
     // Only the final attempt counts: its log is the one served.
+    steps.at("Only the final attempt counts");
     assert!(read_log(&mut c, job).await.contains("fine"));
 
     let job = submit(&mut c, "real-failure", &["solo"], &[]).await;

@@ -18,6 +18,7 @@ const PASS_FAIL: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_pass_and_fail_with_logs_and_survive_a_coordinator_restart() {
+    let mut steps = Steps::new();
     let rig = Rig::new("leases: {duration: 10s, heartbeat: 1s}\n");
     let _keep = rig.keep_on_failure();
     let mut coord = rig.start_coordinator();
@@ -27,6 +28,7 @@ async fn jobs_pass_and_fail_with_logs_and_survive_a_coordinator_restart() {
     let mut c = rig.client().await;
 
     // A parameter full of shell metacharacters is passed as one argument, never parsed.
+    steps.at("A parameter full of shell metacharacters is passed as one argument, never parsed");
     let pwned = rig.path("pwned");
     let evil = format!(
         "x; touch {p}; $(touch {p}) `touch {p}` && touch {p}",
@@ -72,6 +74,7 @@ async fn jobs_pass_and_fail_with_logs_and_survive_a_coordinator_restart() {
     );
 
     // The result tree: one `exit-status` test under each job.
+    steps.at("The result tree");
     let kids = c
         .nodes
         .query_nodes(v1::QueryNodesRequest {
@@ -92,6 +95,7 @@ async fn jobs_pass_and_fail_with_logs_and_survive_a_coordinator_restart() {
 
     // The coordinator dies hard and comes back on the same port: the agent registers again
     // and the next job runs.
+    steps.at("The coordinator dies hard and comes back on the same port");
     coord.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = coord.child.wait();
     let _coord2 = rig.start_coordinator();
@@ -107,6 +111,7 @@ async fn jobs_pass_and_fail_with_logs_and_survive_a_coordinator_restart() {
     assert_eq!(n.result, v1::NodeResult::Pass as i32, "{n:?}");
 
     // SIGTERM drains the agent and it exits 0.
+    steps.at("SIGTERM drains the agent and it exits 0");
     let st = agent
         .terminate(Duration::from_secs(30))
         .expect("agent exits on SIGTERM");
@@ -115,6 +120,7 @@ async fn jobs_pass_and_fail_with_logs_and_survive_a_coordinator_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_clear_and_good_clients_keep_working() {
+    let mut steps = Steps::new();
     let rig = Rig::new("");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -126,6 +132,7 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
     };
 
     // No client certificate: the agent service refuses.
+    steps.at("No client certificate");
     let mut anon = rig
         .agent_client(None)
         .await
@@ -135,6 +142,7 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
     assert!(e.message().contains("client certificate"), "{e:?}");
 
     // A certificate from another CA: refused in the handshake or at the first call.
+    steps.at("A certificate from another CA");
     let other = Rig::new("");
     let foreign = other.issue_lab("good-lab");
     match rig.agent_client(Some(&foreign)).await {
@@ -146,6 +154,7 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
     }
 
     // A revoked lab: refused at once, even on a connection opened before the revocation.
+    steps.at("A revoked lab");
     let mut gone = rig.agent_client(Some(&revoked)).await.unwrap();
     gone.register(reg())
         .await
@@ -165,6 +174,7 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
     assert!(e.message().contains("revoked"), "{e:?}");
 
     // A bad token, and a token without the needed scope.
+    steps.at("A bad token, and a token without the needed scope");
     let mut bad = rig.client_with("lwt_not-a-real-token").await;
     let e = bad
         .nodes
@@ -195,6 +205,7 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
     assert!(e.message().contains("needs `submit`"), "{e:?}");
 
     // An invalid state transition names the node and both states.
+    steps.at("An invalid state transition names the node and both states");
     let node = c
         .nodes
         .create_node(v1::CreateNodeRequest {
@@ -230,6 +241,7 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
     );
 
     // After all that, good clients still work on the same server.
+    steps.at("After all that, good clients still work on the same server");
     let mut ok = rig.agent_client(Some(&good)).await.unwrap();
     let r = ok
         .register(reg())
@@ -248,6 +260,7 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_reconnects_gets_every_event_exactly_once() {
+    let mut steps = Steps::new();
     let rig = Rig::new("");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -269,6 +282,7 @@ async fn a_subscriber_that_reconnects_gets_every_event_exactly_once() {
         .unwrap();
 
     // Read the first events, then go away.
+    steps.at("Read the first events, then go away");
     let mut s = c
         .events
         .subscribe(v1::SubscribeRequest::default())
@@ -282,6 +296,7 @@ async fn a_subscriber_that_reconnects_gets_every_event_exactly_once() {
     drop(s);
 
     // 1,000 node changes while nobody listens: 500 creations and 500 updates.
+    steps.at("1,000 node changes while nobody listens");
     for i in 0..500 {
         let n = c
             .nodes
@@ -310,6 +325,7 @@ async fn a_subscriber_that_reconnects_gets_every_event_exactly_once() {
     }
 
     // Come back from the last sequence number: every event once, in order, then live ones.
+    steps.at("Come back from the last sequence number");
     let mut s = c
         .events
         .subscribe(v1::SubscribeRequest {
@@ -340,6 +356,7 @@ async fn a_subscriber_that_reconnects_gets_every_event_exactly_once() {
     assert_eq!(seqs, (last_seen + 1..=last_seen + 1000).collect::<Vec<_>>());
     assert_eq!((creates, updates), (500, 500));
     // Live delivery continues on the same stream.
+    steps.at("Live delivery continues on the same stream");
     c.nodes
         .update_node(v1::UpdateNodeRequest {
             id: root.id,
@@ -359,6 +376,7 @@ async fn a_subscriber_that_reconnects_gets_every_event_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_agent_loses_its_job_and_its_late_result_is_refused() {
+    let mut steps = Steps::new();
     let rig = Rig::new("leases: {duration: 3s, heartbeat: 500ms, max_retries: 2}\n");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
@@ -383,6 +401,7 @@ async fn a_silent_agent_loses_its_job_and_its_late_result_is_refused() {
     .await;
     assert_eq!(n.retry_counter, 0);
     // Lab A stops heartbeating (frozen), lab B comes up: the lease expires and B gets the job.
+    steps.at("Lab A stops heartbeating (frozen), lab B comes up");
     agent_a.signal(nix::sys::signal::Signal::SIGSTOP);
     let _agent_b = rig.start_agent("lab-b");
     let done = wait_node(&mut c, job, Duration::from_secs(60), is_done).await;
@@ -394,6 +413,7 @@ async fn a_silent_agent_loses_its_job_and_its_late_result_is_refused() {
     assert!(log.contains("run by b-dev"), "{log}");
 
     // Lab A's late result for attempt 1 is refused, whatever it says.
+    steps.at("Lab A's late result for attempt 1 is refused, whatever it says");
     let mut a = rig.agent_client(Some(&lab_a)).await.unwrap();
     let e = a
         .report_result(v1::ReportResultRequest {
@@ -406,6 +426,7 @@ async fn a_silent_agent_loses_its_job_and_its_late_result_is_refused() {
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("not leased to lab `lab-a`"), "{e:?}");
     // The real agent A wakes up, finishes, reports: also refused; the node keeps B's result.
+    steps.at("The real agent A wakes up, finishes, reports");
     agent_a.signal(nix::sys::signal::Signal::SIGCONT);
     tokio::time::sleep(Duration::from_secs(8)).await;
     let after = c

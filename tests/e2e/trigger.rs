@@ -75,6 +75,7 @@ fn revision(n: &v1::Node) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_commits_make_one_checkout_each_across_a_restart() {
+    let mut steps = Steps::new();
     let repos = tempfile::tempdir().unwrap();
     let bare = repos.path().join("linux.git");
     let work = repos.path().join("work");
@@ -110,10 +111,12 @@ async fn new_commits_make_one_checkout_each_across_a_restart() {
     );
 
     // A new commit on master and the first one on next: one checkout each.
+    steps.at("A new commit on master and the first one on next");
     let second = commit_and_push(&work, "master", "two");
     let on_next = commit_and_push(&work, "next", "three");
     let got = wait_checkouts(&mut c, 3).await;
     // Let many more polls pass: nothing seen before is checked out again.
+    steps.at("Let many more polls pass");
     tokio::time::sleep(Duration::from_millis(800)).await;
     let got_later = checkouts(&mut c).await;
     assert_eq!(got_later.len(), 3, "{got_later:#?}");
@@ -137,6 +140,7 @@ async fn new_commits_make_one_checkout_each_across_a_restart() {
     want.sort();
     assert_eq!(revs, want);
     // Only tagged commits carry a describe.
+    steps.at("Only tagged commits carry a describe");
     assert!(
         got_later
             .iter()
@@ -146,6 +150,7 @@ async fn new_commits_make_one_checkout_each_across_a_restart() {
 
     // Restart: the heads are unchanged, so nothing new, however many polls. (The client
     // goes first: `terminate` blocks this test's runtime, which drives the connection.)
+    steps.at("Restart");
     drop(c);
     assert!(coord.terminate(Duration::from_secs(20)).is_some());
     drop(coord);
@@ -154,6 +159,7 @@ async fn new_commits_make_one_checkout_each_across_a_restart() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(checkouts(&mut c).await.len(), 3);
     // A commit pushed after the restart is picked up, once.
+    steps.at("A commit pushed after the restart is picked up, once");
     let fourth = commit_and_push(&work, "next", "four");
     let got = wait_checkouts(&mut c, 4).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -26,7 +26,11 @@ pub(crate) fn config_kind(path: &Path) -> anyhow::Result<ConfigKind> {
         .map(|m| m.keys().filter_map(|k| k.as_str()).collect())
         .unwrap_or_default();
     let any = |names: &[&str]| keys.iter().any(|k| names.contains(k));
-    Ok(if any(&["jobs", "platforms", "runtimes", "scheduler"]) {
+    // KernelCI's pipeline config folder also has files with only `trees:`, `fragments:`,
+    // `rootfs:` or `build_configs:`; they are pipeline files whose sections labwire skips.
+    let mut pipeline_keys = vec!["jobs", "platforms", "runtimes", "scheduler"];
+    pipeline_keys.extend_from_slice(crate::pipeline_config::SKIPPED_TOP);
+    Ok(if any(&pipeline_keys) {
         ConfigKind::Pipeline
     } else if any(&["labs", "pins", "preferences", "defaults"]) {
         ConfigKind::Placement

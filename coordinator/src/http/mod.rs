@@ -4,6 +4,7 @@
 //! default; every route but `/healthz` wants a bearer token with the `read` scope.
 
 mod events;
+mod kernelci;
 mod logs;
 mod metrics;
 mod nodes;
@@ -117,7 +118,9 @@ pub(crate) async fn serve(
     let handshake = shared.config.connections.handshake_timeout;
     // Two ports share the open-files limit: this one and gRPC.
     let conns = crate::net::Tracker::new("HTTP", &shared.config.connections, 2);
-    let app = router(shared.clone()).merge(ui::router(shared));
+    let app = router(shared.clone())
+        .merge(kernelci::router(shared.clone()))
+        .merge(ui::router(shared));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         // Connection limits (crate::net): a cap, idle connections closed.

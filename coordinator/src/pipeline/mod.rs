@@ -3,6 +3,7 @@
 //! service (timeouts, holdoffs, closing) and the e-mailed checkout reports.
 
 pub(crate) mod config;
+pub(crate) mod kernelci;
 pub(crate) mod mail;
 pub(crate) mod scheduler;
 pub(crate) mod timeout;
@@ -47,12 +48,15 @@ pub(crate) fn check(shared: &SharedRef) -> anyhow::Result<()> {
     if let Some(email) = &shared.config.reports.email {
         mail::transport(email)?;
     }
+    if let Some(k) = &shared.config.kernelci.pull_lab {
+        kernelci::check(k)?;
+    }
     Ok(())
 }
 
 /// Starts the pipeline services the config turns on, on the replica that leads: the timeout
 /// service always, the trigger when trees are configured, the report mailer when
-/// `reports.email` is set. Each stops when `stop` is cancelled.
+/// `reports.email` is set, the KernelCI follower when `kernelci.pull_lab` is set. Each stops when `stop` is cancelled.
 pub(crate) fn start_leader(
     shared: &SharedRef,
     stop: &tokio_util::sync::CancellationToken,
@@ -74,6 +78,9 @@ pub(crate) fn start_leader(
     if let Some(email) = &cfg.reports.email {
         mail::transport(email)?;
         set.spawn(mail::run(shared.store.clone(), email.clone(), stop.clone()));
+    }
+    if let Some(k) = &cfg.kernelci.pull_lab {
+        kernelci::start(shared, k, stop, set)?;
     }
     Ok(())
 }

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         include_str!("0005_leadership.sql"),
         include_str!("pg/0005_leadership.sql"),
     ),
+    (
+        "0006_kernelci",
+        include_str!("0006_kernelci.sql"),
+        include_str!("pg/0006_kernelci.sql"),
+    ),
 ];
 
 /// A session-level advisory lock key, so that two `migrate` runs on one PostgreSQL database

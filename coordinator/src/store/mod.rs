@@ -18,6 +18,7 @@ pub(crate) mod cursor;
 pub mod db;
 pub mod events;
 pub(crate) mod jobs;
+pub(crate) mod kernelci;
 pub(crate) mod labs;
 pub(crate) mod leader;
 mod location;

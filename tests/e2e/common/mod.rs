@@ -523,3 +523,33 @@ pub async fn read_log(c: &mut Clients, job: i64) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Names the steps of a scenario test, so that a failure says which check broke: each
+/// [`Steps::at`] prints the step it enters, and when the test panics the step it was in is
+/// printed last ("step failed: ...").
+pub struct Steps {
+    current: String,
+}
+
+impl Steps {
+    /// A scenario with no step entered yet.
+    pub fn new() -> Steps {
+        Steps {
+            current: "set-up".into(),
+        }
+    }
+
+    /// Enters the step `name`.
+    pub fn at(&mut self, name: &str) {
+        eprintln!("-- step: {name}");
+        self.current = name.to_string();
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("!! step failed: {}", self.current);
+        }
+    }
+}
