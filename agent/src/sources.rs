@@ -37,19 +37,12 @@ pub trait DeviceSource: Send + Sync + 'static {
     }
 }
 
-/// The device sources that a config names. Source settings are read at start only: changing
-/// them needs a restart (SIGHUP reloads the devices of the file and the limits).
+/// The device sources that a config names. SIGHUP reloads the `lava:` entries
+/// ([`lava`]); the `labgrid:` entries are read at start only.
 pub fn build(cfg: &AgentConfig) -> anyhow::Result<Vec<Arc<dyn DeviceSource>>> {
     let mut out: Vec<Arc<dyn DeviceSource>> = Vec::new();
-    if !cfg.lava.is_empty() {
-        let lib = Arc::new(cfg.library()?);
-        for l in &cfg.lava {
-            out.push(Arc::new(crate::lava::inventory::LavaSource::new(
-                l.clone(),
-                &cfg.lab,
-                lib.clone(),
-            )?));
-        }
+    for l in lava(cfg)? {
+        out.push(l);
     }
     if !cfg.labgrid.is_empty() {
         let lib = cfg.library()?;
@@ -62,4 +55,18 @@ pub fn build(cfg: &AgentConfig) -> anyhow::Result<Vec<Arc<dyn DeviceSource>>> {
         }
     }
     Ok(out)
+}
+
+/// The sources of the `lava:` entries, in the file's order.
+pub fn lava(cfg: &AgentConfig) -> anyhow::Result<Vec<Arc<crate::lava::inventory::LavaSource>>> {
+    if cfg.lava.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lib = Arc::new(cfg.library()?);
+    cfg.lava
+        .iter()
+        .map(|l| {
+            crate::lava::inventory::LavaSource::new(l.clone(), &cfg.lab, lib.clone()).map(Arc::new)
+        })
+        .collect()
 }

@@ -105,6 +105,26 @@ mod basics {
                 "lava:\n  - {name: l, url: 'http://x/', token: t, poll: 10s, poll_max: 1s}\n",
                 "lava[0] (l).poll/poll_max",
             ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, device_type_settings: {qemu: {kernel_args: 'a\"b'}}}\n",
+                "lava[0] (l).device_type_settings.qemu.kernel_args: `\\\"` is not allowed",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, device_type_settings: {qemu: {login: {password: x}}}}\n",
+                "missing field `username`",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, notify: {listen: 'localhost'}}\n",
+                "notify.listen",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, notify: {listen: '127.0.0.1:9', url: 'ftp://a/'}}\n",
+                "lava[0] (l).notify.url `ftp://a/`",
+            ),
+            (
+                "lava:\n  - {name: l, url: 'http://x/', token: t, notify: {listen: '127.0.0.1:9'}}\n  - {name: m, url: 'http://x/', token: t, notify: {listen: '127.0.0.1:9'}}\n",
+                "lava[1] (m).notify.listen: 127.0.0.1:9 is already lava (l)'s",
+            ),
         ];
         for (extra, want) in cases {
             let e = AgentConfig::parse(&format!("{BASE}{extra}")).unwrap_err();
@@ -239,6 +259,10 @@ mod example_tests {
         let l = &cfg.lava[0];
         assert_eq!(l.name, "lab-lava");
         assert_eq!(l.boot_methods["my-board"], "u-boot");
+        let q = &l.device_type_settings["qemu"];
+        assert_eq!(q.login.as_ref().map(|l| l.username.as_str()), Some("root"));
+        assert_eq!(q.kernel_args.as_deref(), Some("console=ttyS0,115200"));
+        assert_eq!(l.notify.as_ref().map(|n| n.listen.port()), Some(8950));
         assert!(l.device_types.offers("qemu") && !l.device_types.offers("x15"));
     }
 }

@@ -198,10 +198,10 @@ pub(super) async fn run_job(
     let mut data = o.data.clone();
     data.insert("device".into(), device.info.name.clone().into());
     data.insert("device_type".into(), device.info.device_type.clone().into());
-    data.insert(
-        "duration_ms".into(),
-        (started.elapsed().as_millis() as u64).into(),
-    );
+    // A driver that knows better (LAVA's own start and end times, which also hold after an
+    // agent restart) has set it already.
+    data.entry("duration_ms")
+        .or_insert_with(|| (started.elapsed().as_millis() as u64).into());
     tracing::info!(result = %o.result, error_code = %o.error_code.as_ref().map_or("", |c| c.as_str()), "job finished");
     push(Item::Result(v1::ReportResultRequest {
         job: Some(v1::JobRef { job, attempt }),

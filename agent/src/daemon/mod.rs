@@ -18,7 +18,7 @@ use crate::sources;
 use job::recover_journal;
 use labwire_proto::{convert, v1};
 use pull::pull_loop;
-use reload::{follow_source, install_devices, reload_on_sighup};
+use reload::{install_devices, reload_on_sighup, start_source};
 use sender::send_outbox;
 use session::keep_session;
 use std::collections::HashMap;
@@ -47,6 +47,10 @@ struct State {
     configured: Vec<Arc<Device>>,
     /// The devices each source found, by source name.
     discovered: std::collections::BTreeMap<String, Vec<Arc<Device>>>,
+    /// The stop token of each source's follower, by source name (SIGHUP replaces sources).
+    sources: std::collections::BTreeMap<String, CancellationToken>,
+    /// The `lava:` entries the running LAVA sources were built from.
+    lava: Vec<crate::lava::LavaConfig>,
     /// `limits.max_jobs` of the config file, if set.
     max_jobs_cfg: Option<usize>,
     /// At most this many jobs at once.
@@ -201,8 +205,9 @@ pub async fn run(
     upkeep::prune_now(&agent);
     tokio::spawn(upkeep::prune_periodically(agent.clone()));
     tracing::info!(lab = %agent.cfg.lab, devices = n_devices, max_jobs, sources = sources.len(), "agent starting");
+    agent.lock().lava = agent.cfg.lava.clone();
     for source in sources {
-        tokio::spawn(follow_source(agent.clone(), source));
+        start_source(&agent, source);
     }
     if let Some(path) = reload_from {
         tokio::spawn(reload_on_sighup(agent.clone(), path));

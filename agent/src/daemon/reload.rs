@@ -1,12 +1,14 @@
 //! The device list: the devices of the config file and those the sources found, merged
-//! into the offered list; SIGHUP reloads the file's devices, limits and `state.keep_jobs`.
+//! into the offered list; SIGHUP reloads the file's devices, limits, `state.keep_jobs` and
+//! `lava:` entries (the `labgrid:` ones need a restart, and the log says so).
 
 use super::{Agent, State};
 use crate::config::AgentConfig;
 use crate::devices::{self, Device};
-use crate::sources;
+use crate::sources::{self, DeviceSource};
 use std::sync::Arc;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Makes the configured and discovered devices the offered ones: a device that is gone is
 /// forgotten now if idle, else when its job ends; the next heartbeat advertises the list.
@@ -31,20 +33,47 @@ pub(super) fn install_devices(st: &mut State) {
     st.advertise = true;
 }
 
-/// Follows one device source: every list it publishes replaces that source's devices.
-pub(super) async fn follow_source(agent: Arc<Agent>, source: Arc<dyn sources::DeviceSource>) {
+/// Starts following `source` under a stop token of its own (a child of the agent's), kept
+/// in the state under the source's name so that SIGHUP can replace it.
+pub(super) fn start_source(agent: &Arc<Agent>, source: Arc<dyn sources::DeviceSource>) {
+    let stop = agent.stop.child_token();
+    if let Some(old) = agent.lock().sources.insert(source.name(), stop.clone()) {
+        old.cancel();
+    }
+    tokio::spawn(follow_source(agent.clone(), source, stop));
+}
+
+/// Stops following the source `name` and withdraws its devices (jobs in flight keep theirs).
+fn stop_source(st: &mut State, name: &str) {
+    if let Some(stop) = st.sources.remove(name) {
+        stop.cancel();
+    }
+    st.discovered.remove(name);
+}
+
+/// Follows one device source until `stop`: every list it publishes replaces that source's
+/// devices.
+async fn follow_source(
+    agent: Arc<Agent>,
+    source: Arc<dyn sources::DeviceSource>,
+    stop: CancellationToken,
+) {
     let name = source.name();
     let (tx, mut rx) = watch::channel(Vec::new());
-    tokio::spawn(source.run(tx, agent.stop.clone()));
+    tokio::spawn(source.run(tx, stop.clone()));
     loop {
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
-            _ = agent.stop.cancelled() => return,
+            _ = stop.cancelled() => return,
         }
         let list = rx.borrow_and_update().clone();
-        tracing::info!(source = %name, devices = list.len(), "device source changed");
         {
             let mut st = agent.lock();
+            // Checked under the lock: a source SIGHUP replaced publishes nothing more.
+            if stop.is_cancelled() {
+                return;
+            }
+            tracing::info!(source = %name, devices = list.len(), "device source changed");
             st.discovered.insert(name.clone(), list);
             install_devices(&mut st);
         }
@@ -54,10 +83,11 @@ pub(super) async fn follow_source(agent: Arc<Agent>, source: Arc<dyn sources::De
     }
 }
 
-/// Reloads the device list and limits from `path` on every SIGHUP. Jobs in flight keep
-/// their device until they end; a device removed from the file is no longer offered; a bad
-/// file is refused (logged) and the running configuration kept. The lab, the coordinator
-/// link and the state directory need a restart to change.
+/// Reloads the device list, limits and `lava:` entries from `path` on every SIGHUP. Jobs in
+/// flight keep their device until they end; a device removed from the file is no longer
+/// offered; a `lava:` entry that changed is followed anew (its devices are read again); a
+/// bad file is refused (logged) and the running configuration kept. The lab, the
+/// coordinator link, the state directory and the `labgrid:` entries need a restart.
 pub(super) async fn reload_on_sighup(agent: Arc<Agent>, path: std::path::PathBuf) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -71,8 +101,11 @@ pub(super) async fn reload_on_sighup(agent: Arc<Agent>, path: std::path::PathBuf
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
         match reload(&agent, &path) {
-            Ok(n) => {
-                tracing::info!(config = %path.display(), devices = n, "SIGHUP: configuration reloaded")
+            Ok(r) => {
+                tracing::info!(config = %path.display(), devices = r.devices, lava_restarted = ?r.lava_restarted, lava_kept = r.lava_kept, "SIGHUP: configuration reloaded");
+                if r.labgrid_changed {
+                    tracing::warn!(config = %path.display(), "SIGHUP: the `labgrid:` entries changed but are not reloaded: restart the agent to apply them");
+                }
             }
             Err(e) => {
                 tracing::error!(config = %path.display(), error = %format!("{e:#}"), "SIGHUP: configuration refused; keeping the running one")
@@ -82,7 +115,19 @@ pub(super) async fn reload_on_sighup(agent: Arc<Agent>, path: std::path::PathBuf
     }
 }
 
-pub(super) fn reload(agent: &Agent, path: &std::path::Path) -> anyhow::Result<usize> {
+/// What a reload changed.
+pub(super) struct Reloaded {
+    /// Devices of the config file.
+    pub(super) devices: usize,
+    /// `lava:` entries followed anew (changed, added; removed ones are only stopped).
+    pub(super) lava_restarted: Vec<String>,
+    /// `lava:` entries left running as they were.
+    pub(super) lava_kept: usize,
+    /// The `labgrid:` entries differ from the running ones (not applied).
+    pub(super) labgrid_changed: bool,
+}
+
+pub(super) fn reload(agent: &Arc<Agent>, path: &std::path::Path) -> anyhow::Result<Reloaded> {
     let cfg = AgentConfig::load(path)?;
     if cfg.lab != agent.cfg.lab
         || !cfg.coordinator.same_link(&agent.cfg.coordinator)
@@ -91,16 +136,43 @@ pub(super) fn reload(agent: &Agent, path: &std::path::Path) -> anyhow::Result<us
         anyhow::bail!("`lab`, `coordinator` and `state_dir` cannot change without a restart");
     }
     let devices = devices::build(&cfg, &cfg.library()?)?;
+    // Built before anything changes, so that a bad entry refuses the whole file.
+    let lava = sources::lava(&cfg)?;
     let n = devices.len();
+    let mut restarted = Vec::new();
+    let mut kept = 0;
     {
         let mut st = agent.lock();
         st.max_jobs_cfg = cfg.limits.max_jobs;
         st.limits = cfg.limits.clone();
         st.keep_jobs = cfg.state.keep_jobs;
         st.configured = devices;
+        let running = std::mem::take(&mut st.lava);
+        for old in &running {
+            if !cfg.lava.iter().any(|l| l == old) {
+                stop_source(&mut st, &format!("lava:{}", old.name));
+            }
+        }
+        for (entry, source) in cfg.lava.iter().zip(lava) {
+            if running.iter().any(|l| l == entry) {
+                kept += 1;
+            } else {
+                restarted.push(entry.name.clone());
+                stop_source(&mut st, &source.name());
+                drop(st);
+                start_source(agent, source);
+                st = agent.lock();
+            }
+        }
+        st.lava = cfg.lava.clone();
         install_devices(&mut st);
     }
     agent.bump();
     agent.session_lost.notify_one();
-    Ok(n)
+    Ok(Reloaded {
+        devices: n,
+        lava_restarted: restarted,
+        lava_kept: kept,
+        labgrid_changed: format!("{:?}", cfg.labgrid) != format!("{:?}", agent.cfg.labgrid),
+    })
 }

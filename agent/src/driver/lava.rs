@@ -1,15 +1,20 @@
 //! The `lava` driver: a job becomes a LAVA job on the lab's own LAVA server. The definition
 //! is rendered from the device type's template, submitted, and followed (state with
-//! back-off, the log line by line as it grows) until LAVA finishes it; its results become
-//! the job's. A job cancelled on the coordinator is cancelled on LAVA. The LAVA job id is
+//! back-off or at LAVA's callback, the log line by line as it grows) until LAVA finishes
+//! it. The board's output goes to the job's parser as for every driver; LAVA's result sets
+//! give the setup steps and each command's exit status. A job cancelled on the coordinator
+//! is cancelled on LAVA. The LAVA job id is
 //! kept in the job folder (`lava.json`) as soon as LAVA accepted the job, so that an agent
 //! that restarts takes the job back and follows it to its end ([`LavaDriver::resume`]).
 
 use crate::driver::{Driver, JobContext, Outcome};
-use crate::lava::client::{LavaClient, LavaError, LogLine};
+use crate::lava::client::{JobStatus, LavaClient, LavaError, Suite, TestCase};
 use crate::lava::config::LavaConfig;
+use crate::lava::definition::{self, Target};
+use crate::lava::log::{Early, write_lines};
+use crate::lava::notify::{FAST_READS, Notifier, Waiter};
 use crate::lava::results;
-use crate::lava::templates::{ArtifactVar, JobInfo, JobVars, Templates, Timeouts};
+use crate::lava::templates::Templates;
 use futures::future::BoxFuture;
 use labwire_common::ErrorCode;
 use serde::{Deserialize, Serialize};
@@ -58,6 +63,7 @@ pub struct LavaDriver {
     cfg: Arc<LavaConfig>,
     client: LavaClient,
     templates: Arc<Templates>,
+    notifier: Option<Arc<Notifier>>,
     lab: String,
     device_type: String,
     boot_method: String,
@@ -77,57 +83,53 @@ impl LavaDriver {
             cfg,
             client,
             templates,
+            notifier: None,
             lab,
             device_type,
             boot_method,
         }
     }
 
-    /// The LAVA job definition of a job.
+    /// Asks LAVA to call back through `notifier` when a job ends.
+    pub(crate) fn with_notifier(mut self, notifier: Option<Arc<Notifier>>) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    /// The LAVA job definition of a job (without a callback).
     pub fn definition(&self, ctx: &JobContext) -> Result<String, String> {
-        let minutes = ctx.timeout.as_secs().div_ceil(60).max(1);
-        let spec = &ctx.spec;
-        let vars = JobVars {
-            device_type: self.device_type.clone(),
-            boot_method: self.boot_method.clone(),
-            job: JobInfo {
-                id: ctx.job,
-                attempt: ctx.attempt,
-                name: spec.name.clone(),
-            },
-            params: spec.params.clone().into_iter().collect(),
-            artifacts: spec
-                .artifacts
-                .iter()
-                .map(|(k, a)| {
-                    (
-                        k.clone(),
-                        ArtifactVar {
-                            url: a.url.clone(),
-                            sha256: Some(a.sha256.clone()).filter(|s| !s.is_empty()),
-                        },
-                    )
-                })
-                .collect(),
-            commands: spec.commands.clone(),
-            timeouts: Timeouts {
-                job: minutes,
-                action: minutes.min(15),
-                test: minutes,
-            },
-            priority: if spec.priority > 0 {
-                spec.priority.min(100) as u8
-            } else {
-                self.cfg.priority
-            },
-            visibility: self.cfg.visibility.clone(),
-            lab: self.lab.clone(),
+        self.render(ctx, None)
+    }
+
+    fn render(&self, ctx: &JobContext, notify_url: Option<String>) -> Result<String, String> {
+        let target = Target {
+            cfg: &self.cfg,
+            lab: &self.lab,
+            device_type: &self.device_type,
+            boot_method: &self.boot_method,
         };
+        let vars = definition::vars(&target, ctx, notify_url)?;
         self.templates.render(&vars)
     }
 
+    /// The board's password, to mask where LAVA's log shows it typed.
+    fn password(&self) -> Option<&str> {
+        self.cfg
+            .device_type_settings
+            .get(&self.device_type)
+            .and_then(|s| s.login.as_ref())
+            .and_then(|l| l.password.as_ref())
+            .map(|p| p.0.as_str())
+            .filter(|p| !p.is_empty())
+    }
+
     async fn submit_and_follow(&self, ctx: &mut JobContext) -> Outcome {
-        let definition = match self.definition(ctx) {
+        let waiter = self
+            .notifier
+            .as_ref()
+            .map(|n| n.register(ctx.job, ctx.attempt));
+        let notify_url = waiter.as_ref().and_then(|w| w.url.clone());
+        let definition = match self.render(ctx, notify_url) {
             Ok(d) => d,
             Err(e) => return Outcome::infra(ErrorCode::InvalidJob, e),
         };
@@ -170,13 +172,14 @@ impl LavaDriver {
             tracing::error!(error = %e, lava_job = id, "cannot record the LAVA job id; an agent restart would lose it");
         }
         tracing::info!(lava_job = id, "LAVA accepted the job");
-        self.follow(ctx, id).await
+        self.follow(ctx, id, waiter.as_ref()).await
     }
 
-    /// Follows LAVA job `id` to its end: state with back-off, the log as it grows, then the
-    /// results. The log is rebuilt from LAVA's first line, so following again after a restart
-    /// writes the same bytes at the same offsets.
-    async fn follow(&self, ctx: &mut JobContext, id: i64) -> Outcome {
+    /// Follows LAVA job `id` to its end: state with back-off (read at once and a few times
+    /// quickly after LAVA's callback), the log as it grows, then the results. The log is
+    /// rebuilt from LAVA's first line, so following again after a restart writes the same
+    /// bytes at the same offsets.
+    async fn follow(&self, ctx: &mut JobContext, id: i64, waiter: Option<&Waiter>) -> Outcome {
         let url = self
             .client
             .api()
@@ -185,15 +188,24 @@ impl LavaDriver {
             .unwrap_or_default();
         ctx.log.note(&format!("LAVA job {id}: {url}"));
         ctx.log.flush();
-        let parse_target = !matches!(ctx.spec.parser.as_str(), "" | "auto" | "none");
         let deadline = Instant::now() + ctx.timeout + self.cfg.queue_timeout;
         let mut line = 0u64;
         let mut wait = self.cfg.poll;
         let mut failures = 0u32;
         let mut cancelled = false;
         let mut cancel_deadline = None;
+        // Reads left in quick succession after a callback (see `notify::FAST_READS`).
+        let mut fast: Option<usize> = None;
+        // LAVA called back: read everything at once ([`Self::read_at_once`]).
+        let mut called_back = false;
         loop {
-            let status = match self.client.job(id).await {
+            let (status, early) = if std::mem::take(&mut called_back) {
+                let (s, early) = self.read_at_once(id, line).await;
+                (s, Some(early))
+            } else {
+                (self.client.job(id).await, None)
+            };
+            let status = match status {
                 Ok(s) => {
                     failures = 0;
                     Some(s)
@@ -210,25 +222,47 @@ impl LavaDriver {
                     None
                 }
             };
-            let state = status.as_ref().map(|s| s.state.as_str()).unwrap_or("");
+            let state = status.as_ref().map(|s| s.state.clone()).unwrap_or_default();
             let mut progressed = false;
-            if matches!(state, "Running" | "Canceling" | "Finished") {
+            match (status.filter(|s| s.state == "Finished"), early) {
+                (Some(status), Some(Ok(early))) if early.complete() => {
+                    line += early.lines.len() as u64;
+                    write_lines(&mut ctx.log, &early.lines, self.password());
+                    return self.conclude(
+                        ctx,
+                        id,
+                        line,
+                        status,
+                        early.suites,
+                        early.tests,
+                        cancelled,
+                    );
+                }
+                (Some(status), _) => return self.finish(ctx, id, line, status, cancelled).await,
+                (None, Some(Ok(early))) => {
+                    // Not finished after all: the log read meanwhile still counts.
+                    progressed = !early.lines.is_empty();
+                    line += early.lines.len() as u64;
+                    write_lines(&mut ctx.log, &early.lines, self.password());
+                    ctx.log.flush();
+                }
+                (None, _) => {}
+            }
+            // Right after a callback only the state is read, until LAVA shows the end.
+            if fast.is_none() && matches!(state.as_str(), "Running" | "Canceling") {
                 match self.client.logs(id, line).await {
                     Ok(lines) => {
                         if !lines.is_empty() {
                             progressed = true;
                         }
                         line += lines.len() as u64;
-                        write_lines(ctx, &lines, parse_target);
+                        write_lines(&mut ctx.log, &lines, self.password());
                         ctx.log.flush();
                     }
                     Err(e) => {
                         tracing::warn!(lava_job = id, error = %e, "cannot read the LAVA job's log; trying again")
                     }
                 }
-            }
-            if state == "Finished" {
-                return self.finish(ctx, id, line, parse_target, cancelled).await;
             }
             if Instant::now() > deadline && !cancelled {
                 tracing::warn!(
@@ -263,8 +297,31 @@ impl LavaDriver {
                     self.cfg.poll_max.max(Duration::from_secs(5)),
                 );
             }
+            let sleep = match fast {
+                Some(i) if i < FAST_READS.len() => {
+                    fast = Some(i + 1);
+                    FAST_READS[i]
+                }
+                _ => {
+                    fast = None;
+                    wait
+                }
+            };
+            let called = async {
+                match waiter {
+                    Some(w) => w.notified.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = called => {
+                    tracing::debug!(lava_job = id, "LAVA called back: reading the job now");
+                    // The first read after the call waits for LAVA's commit.
+                    tokio::time::sleep(FAST_READS[0]).await;
+                    fast = Some(1);
+                    called_back = true;
+                }
                 _ = ctx.cancel.cancelled(), if !cancelled => {
                     cancelled = true;
                     cancel_deadline = Some(Instant::now() + Duration::from_secs(60));
@@ -278,27 +335,70 @@ impl LavaDriver {
         }
     }
 
+    /// After LAVA's callback: the job's state, the rest of its log and its results, read at
+    /// once (one round of requests instead of two). LAVA calls back while it saves the job's
+    /// end, after the worker sent the last of the log and every result; what was read is
+    /// used only if LAVA shows the job finished and [`Early::complete`] finds LAVA's last
+    /// result in it, so a forged or early call cannot cut the results short (the driver then
+    /// reads them again).
+    async fn read_at_once(
+        &self,
+        id: i64,
+        line: u64,
+    ) -> (Result<JobStatus, LavaError>, Result<Early, LavaError>) {
+        let (status, lines, suites, tests) = tokio::join!(
+            self.client.job(id),
+            self.client.logs(id, line),
+            self.client.suites(id),
+            self.client.tests(id)
+        );
+        let early = match (lines, suites, tests) {
+            (Ok(lines), Ok(suites), Ok(tests)) => Ok(Early {
+                lines,
+                suites,
+                tests,
+            }),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        };
+        (status, early)
+    }
+
+    /// The end of a finished job: the rest of its log and its results, read at once.
     async fn finish(
         &self,
         ctx: &mut JobContext,
         id: i64,
         mut line: u64,
-        parse_target: bool,
+        status: JobStatus,
         cancelled: bool,
     ) -> Outcome {
-        // The log may have grown between the last read and the end.
-        if let Ok(lines) = self.client.logs(id, line).await {
-            line += lines.len() as u64;
-            write_lines(ctx, &lines, parse_target);
+        let started = Instant::now();
+        let (lines, suites, tests) = tokio::join!(
+            self.client.logs(id, line),
+            self.client.suites(id),
+            self.client.tests(id)
+        );
+        tracing::debug!(
+            lava_job = id,
+            read_ms = started.elapsed().as_millis() as u64,
+            "LAVA job finished; its log and results read"
+        );
+        match lines {
+            Ok(lines) => {
+                line += lines.len() as u64;
+                write_lines(&mut ctx.log, &lines, self.password());
+            }
+            Err(e) => {
+                tracing::warn!(lava_job = id, error = %e, "cannot read the end of the LAVA job's log");
+                ctx.log.note(&format!(
+                    "the end of LAVA job {id}'s log could not be read: {e}"
+                ));
+            }
         }
-        ctx.log.flush();
-        let status = match self.client.job(id).await {
-            Ok(s) => s,
-            Err(e) => return Outcome::infra(ErrorCode::Infrastructure, e.to_string()),
-        };
-        let (suites, tests) = match (self.client.suites(id).await, self.client.tests(id).await) {
+        let (suites, tests) = match (suites, tests) {
             (Ok(s), Ok(t)) => (s, t),
             (Err(e), _) | (_, Err(e)) => {
+                ctx.log.flush();
                 return Outcome::infra(
                     ErrorCode::Infrastructure,
                     format!(
@@ -308,7 +408,23 @@ impl LavaDriver {
                 );
             }
         };
-        let mut out = results::outcome(&status, &suites, &tests);
+        self.conclude(ctx, id, line, status, suites, tests, cancelled)
+    }
+
+    /// The outcome of a finished job from its results.
+    #[allow(clippy::too_many_arguments)]
+    fn conclude(
+        &self,
+        ctx: &mut JobContext,
+        id: i64,
+        line: u64,
+        status: JobStatus,
+        suites: Vec<Suite>,
+        tests: Vec<TestCase>,
+        cancelled: bool,
+    ) -> Outcome {
+        ctx.log.flush();
+        let mut out = results::outcome(&status, &suites, &tests, &ctx.spec.commands);
         if cancelled && out.error_code.is_none() {
             out = Outcome::infra(
                 ErrorCode::Cancelled,
@@ -320,6 +436,23 @@ impl LavaDriver {
         }
         out.data.insert("lava_job".into(), id.into());
         out.data.insert("lava_log_lines".into(), line.into());
+        let time = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        };
+        if let (Some(start), Some(end)) = (time(&status.start_time), time(&status.end_time)) {
+            // LAVA's own times: the same after an agent restart, and without the queue wait.
+            let ms = (end - start).num_milliseconds().max(0);
+            out.data.insert("duration_ms".into(), ms.into());
+        }
+        for (key, t) in [
+            ("lava_start_time", &status.start_time),
+            ("lava_end_time", &status.end_time),
+        ] {
+            if let Some(t) = t {
+                out.data.insert(key.into(), t.clone().into());
+            }
+        }
         out
     }
 }
@@ -330,29 +463,6 @@ fn job_name(definition: &str) -> String {
         .ok()
         .and_then(|v| v["job_name"].as_str().map(String::from))
         .unwrap_or_default()
-}
-
-/// Writes LAVA log lines to the job's log: the device's output (`target`) as it is, the
-/// rest marked with its level.
-fn write_lines(ctx: &mut JobContext, lines: &[LogLine], parse_target: bool) {
-    for l in lines {
-        let text = match &l.msg {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        if l.lvl == "target" {
-            let mut b = text.into_bytes();
-            b.push(b'\n');
-            if parse_target {
-                ctx.log.write(&b);
-            } else {
-                ctx.log.write_unparsed(&b);
-            }
-        } else {
-            ctx.log
-                .write_unparsed(format!("[lava {}] {}\n", l.lvl, text).as_bytes());
-        }
-    }
 }
 
 impl Driver for LavaDriver {
@@ -402,7 +512,11 @@ impl Driver for LavaDriver {
                 lava_job = id,
                 "following the LAVA job again after an agent restart"
             );
-            self.follow(ctx, id).await
+            let waiter = self
+                .notifier
+                .as_ref()
+                .map(|n| n.register(ctx.job, ctx.attempt));
+            self.follow(ctx, id, waiter.as_ref()).await
         })
     }
 }

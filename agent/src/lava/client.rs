@@ -102,6 +102,12 @@ pub struct JobStatus {
     /// LAVA's comment on a failure.
     #[serde(default)]
     pub failure_comment: Option<String>,
+    /// When a worker started it (RFC 3339), once it did.
+    #[serde(default)]
+    pub start_time: Option<String>,
+    /// When it ended (RFC 3339), once it did.
+    #[serde(default)]
+    pub end_time: Option<String>,
 }
 
 /// One line of a job's log.
@@ -482,17 +488,20 @@ impl LavaClient {
         if !(200..300).contains(&status) {
             return Err(status_error(&url, status, &body));
         }
-        Ok(parse_log(&body))
+        Ok(super::log::parse_log(&body))
     }
 
-    /// A job's test suites.
+    /// A job's test suites, in the order LAVA created them.
     pub async fn suites(&self, id: i64) -> Result<Vec<Suite>, LavaError> {
-        self.list(self.url(&format!("jobs/{id}/suites/"))).await
+        self.list(self.url(&format!("jobs/{id}/suites/?ordering=id&limit=100")))
+            .await
     }
 
-    /// A job's test cases.
+    /// A job's test cases, in the order LAVA recorded them (`ordering=id`: an unordered
+    /// list comes back scrambled, and its pages may skip or repeat a case).
     pub async fn tests(&self, id: i64) -> Result<Vec<TestCase>, LavaError> {
-        self.list(self.url(&format!("jobs/{id}/tests/"))).await
+        self.list(self.url(&format!("jobs/{id}/tests/?ordering=id&limit=500")))
+            .await
     }
 
     /// Asks LAVA to cancel a job.
@@ -506,36 +515,6 @@ impl LavaClient {
         }
         Ok(())
     }
-}
-
-/// Parses LAVA's log format: a YAML list of `{dt, lvl, msg}` maps, one per line. A line
-/// that does not parse becomes a note saying so and still counts as one line, so that the
-/// line offsets stay those of the server.
-pub fn parse_log(body: &[u8]) -> Vec<LogLine> {
-    let text = String::from_utf8_lossy(body);
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Some(item) = line.strip_prefix("- ") else {
-            out.push(LogLine {
-                dt: String::new(),
-                lvl: "labwire".into(),
-                msg: format!("unreadable LAVA log line: {line:.200}").into(),
-            });
-            continue;
-        };
-        match yaml_serde::from_str::<LogLine>(item) {
-            Ok(l) => out.push(l),
-            Err(e) => out.push(LogLine {
-                dt: String::new(),
-                lvl: "labwire".into(),
-                msg: format!("unreadable LAVA log line ({e}): {item:.200}").into(),
-            }),
-        }
-    }
-    out
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -573,21 +552,5 @@ fn status_error(url: &Url, status: u16, body: &[u8]) -> LavaError {
         url: url.to_string(),
         status,
         body: text,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_lines_parse_and_damaged_ones_are_kept_as_notes() {
-        let body = b"- {\"dt\": \"x\", \"lvl\": \"target\", \"msg\": \"hello: world\"}\nnot yaml\n- {\"dt\": \"x\", \"lvl\": \"results\", \"msg\": {\"case\": \"a\", \"result\": \"pass\"}}\n- {\"dt\": \"x\", \"lvl\n";
-        let l = parse_log(body);
-        assert_eq!(l.len(), 4);
-        assert_eq!(l[0].msg, "hello: world");
-        assert_eq!(l[1].lvl, "labwire");
-        assert_eq!(l[2].msg["case"], "a");
-        assert_eq!(l[3].lvl, "labwire");
     }
 }

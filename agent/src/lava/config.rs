@@ -4,6 +4,7 @@
 use anyhow::bail;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -46,8 +47,77 @@ impl DeviceTypes {
     }
 }
 
+/// How the boards of one LAVA device type boot and log in, for the job definitions.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypeSettings {
+    /// The shell prompts LAVA waits for after login (LAVA regular expressions), unless the
+    /// job's `prompt` parameter names the prompt of the root file system it brings.
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    /// The kernel command line (`qemu` template: QEMU's `-append`); the job's `kernel_args`
+    /// parameter is added after it. Default: the serial console of the type's architecture.
+    #[serde(default)]
+    pub kernel_args: Option<String>,
+    /// The boards' login (LAVA's `auto_login`); none when the board gives a shell at once.
+    #[serde(default)]
+    pub login: Option<Login>,
+}
+
+/// A board's login, as LAVA's `auto_login` types it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// The user name.
+    pub username: String,
+    /// The password, if the board asks for one. LAVA can only take it in the job
+    /// definition, which every user who may see the job can read: set `visibility:
+    /// personal` when it matters. It is masked in labwire's copy of the log.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// What the board prints to ask for the user. Default `login:`.
+    #[serde(default = "default_login_prompt")]
+    pub login_prompt: String,
+    /// What it prints to ask for the password. Default `Password:`.
+    #[serde(default = "default_password_prompt")]
+    pub password_prompt: String,
+}
+
+fn default_login_prompt() -> String {
+    "login:".into()
+}
+fn default_password_prompt() -> String {
+    "Password:".into()
+}
+
+/// LAVA's notification callbacks to the agent: each job definition asks LAVA to call the
+/// agent back when the job finishes, so the agent reads the results at once instead of at
+/// its next look (`poll` up to `poll_max`). The call only wakes the agent up: what it
+/// reports still comes from LAVA's API, so a forged call changes nothing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Where the agent listens for the calls (`ADDRESS:PORT`); the LAVA server must reach it.
+    pub listen: SocketAddr,
+    /// The base URL LAVA calls, when the server must use another address than `listen`
+    /// (a host name, a proxy). Default `http://LISTEN/`.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl NotifyConfig {
+    /// The base URL LAVA calls, ending in `/`.
+    pub fn base_url(&self, bound: SocketAddr) -> String {
+        match &self.url {
+            Some(u) if u.ends_with('/') => u.clone(),
+            Some(u) => format!("{u}/"),
+            None => format!("http://{bound}/"),
+        }
+    }
+}
+
 /// One LAVA server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LavaConfig {
     /// The instance's name, unique among the `lava:` entries; its devices are advertised as
@@ -104,6 +174,13 @@ pub struct LavaConfig {
     /// not say (`qemu`, `u-boot`, `depthcharge`, `grub`, `fastboot` or one of your own).
     #[serde(default)]
     pub boot_methods: BTreeMap<String, String>,
+    /// Boot and login settings per LAVA device type (prompts, kernel command line, login).
+    #[serde(default)]
+    pub device_type_settings: BTreeMap<String, TypeSettings>,
+    /// LAVA's callbacks when a job finishes (off by default: the agent then follows jobs by
+    /// looking at them, `poll` up to `poll_max`).
+    #[serde(default)]
+    pub notify: Option<NotifyConfig>,
     /// LAVA priority (0-100) of jobs that do not set one. Default 50.
     #[serde(default = "default_priority")]
     pub priority: u8,
@@ -177,6 +254,7 @@ fn default_visibility() -> String {
 /// Checks the `lava:` entries; errors name the key.
 pub fn validate(list: &[LavaConfig]) -> anyhow::Result<()> {
     let mut seen = std::collections::HashSet::new();
+    let mut listening = std::collections::HashMap::new();
     for (i, l) in list.iter().enumerate() {
         let key = format!("lava[{i}] ({})", l.name);
         if l.name.is_empty()
@@ -231,6 +309,38 @@ pub fn validate(list: &[LavaConfig]) -> anyhow::Result<()> {
                 "{key}.visibility `{}`: expected public or personal",
                 l.visibility
             );
+        }
+        for (dt, t) in &l.device_type_settings {
+            if let Some(k) = &t.kernel_args {
+                super::templates::check_kernel_args(k).map_err(|e| {
+                    anyhow::anyhow!("{key}.device_type_settings.{dt}.kernel_args: {e}")
+                })?;
+            }
+            if let Some(login) = &t.login
+                && login.username.trim().is_empty()
+            {
+                bail!("{key}.device_type_settings.{dt}.login.username: must not be empty");
+            }
+            if t.prompts.iter().any(|p| p.is_empty()) {
+                bail!("{key}.device_type_settings.{dt}.prompts: a prompt must not be empty");
+            }
+        }
+        if let Some(n) = &l.notify
+            && n.listen.port() != 0
+            && let Some(other) = listening.insert(n.listen, l.name.clone())
+        {
+            bail!(
+                "{key}.notify.listen: {} is already lava ({other})'s; give each its own port",
+                n.listen
+            );
+        }
+        if let Some(n) = &l.notify
+            && let Some(u) = &n.url
+        {
+            match url::Url::parse(u) {
+                Ok(p) if (p.scheme() == "http" || p.scheme() == "https") && p.host().is_some() => {}
+                _ => bail!("{key}.notify.url `{u}`: expected http(s)://HOST[:PORT]/[PATH]"),
+            }
         }
         if let Some(dir) = &l.templates_dir
             && !dir.is_dir()

@@ -10,6 +10,7 @@
 
 use super::client::{DeviceEntry, DeviceTypeInfo, LavaClient, LavaError};
 use super::config::LavaConfig;
+use super::notify::Notifier;
 use super::templates::Templates;
 use crate::device_types::Library;
 use crate::devices::Device;
@@ -34,6 +35,8 @@ pub struct LavaSource {
     templates: Arc<Templates>,
     library: Arc<Library>,
     lab: String,
+    /// LAVA's callbacks, when `notify` is set.
+    notifier: Option<Arc<Notifier>>,
     /// Device types already warned about (no boot method or template), to warn once.
     warned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -58,7 +61,9 @@ impl LavaSource {
         library: Arc<Library>,
     ) -> anyhow::Result<Self> {
         let templates = Arc::new(Templates::load(cfg.templates_dir.as_deref())?);
+        let notifier = cfg.notify.clone().map(|n| Notifier::new(&cfg.name, n));
         Ok(LavaSource {
+            notifier,
             cfg: Arc::new(cfg),
             client,
             templates,
@@ -123,14 +128,25 @@ impl LavaSource {
             self.lab.clone(),
             dt.name.clone(),
             boot_method,
-        );
+        )
+        .with_notifier(self.notifier.clone());
+        let mut secrets = vec![self.client.token().clone()];
+        if let Some(p) = self
+            .cfg
+            .device_type_settings
+            .get(&dt.name)
+            .and_then(|s| s.login.as_ref())
+            .and_then(|l| l.password.clone())
+        {
+            secrets.push(p);
+        }
         Arc::new(Device {
             config: None,
             info,
             driver: Arc::new(driver),
             max_jobs: usable + self.cfg.queue_depth,
             count: usable,
-            secrets: vec![self.client.token().clone()],
+            secrets,
         })
     }
 
@@ -205,6 +221,9 @@ impl DeviceSource for LavaSource {
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            if let Some(n) = &self.notifier {
+                tokio::spawn(n.clone().serve(stop.clone()));
+            }
             let mut failures = 0u32;
             let mut last: Option<Vec<(String, usize, usize)>> = None;
             loop {

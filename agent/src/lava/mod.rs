@@ -6,8 +6,12 @@
 
 pub mod client;
 pub mod config;
+pub(crate) mod definition;
 pub mod inventory;
+pub(crate) mod log;
+pub(crate) mod notify;
 pub(crate) mod results;
+pub(crate) mod steps;
 pub mod templates;
 
 pub use config::LavaConfig;

@@ -1,6 +1,9 @@
 //! LAVA's results as labwire's: the `lava` suite becomes the job's `setup` results (`login`,
-//! `kernel-messages`), every other suite a test suite (its `N_` prefix dropped), as
-//! KernelCI's LAVA callback does; the job's health and LAVA's error type (from the
+//! `kernel-messages`), every other suite a group of tests (its `N_` prefix dropped, as
+//! KernelCI's LAVA callback does) in LAVA's order, with LAVA's test sets as a level inside
+//! it. The suite of labwire's own test definition is `commands`: one test per command (and
+//! for the KUnit and kselftest steps) whose failure names the command and its exit status,
+//! as the serial driver's `commands` do. The job's health and LAVA's error type (from the
 //! `lava`/`job` test case) become the result and `error_code`.
 
 use super::client::{JobStatus, Suite, TestCase};
@@ -8,7 +11,13 @@ use crate::driver::Outcome;
 use labwire_common::{ErrorCode, NodeResult, TestNode};
 use std::collections::BTreeMap;
 
-/// The labwire error code of a LAVA error type.
+/// The unit of the measurement labwire's test definition reports with a failed command: its
+/// exit status.
+pub(crate) const EXIT_STATUS_UNIT: &str = "exit-status";
+
+/// The labwire error code of a LAVA error type. LAVA's `Infrastructure`, `Configuration`
+/// and `Bug` are the lab's fault, and so are their codes ([`ErrorCode::is_infrastructure`]):
+/// the coordinator's default retry list retries them.
 pub(crate) fn error_code(error_type: &str) -> ErrorCode {
     match error_type {
         "Infrastructure" => ErrorCode::Infrastructure,
@@ -30,12 +39,20 @@ fn result_of(r: &str) -> NodeResult {
     }
 }
 
-fn leaf(c: &TestCase) -> TestNode {
+/// A test case as a leaf. `command` is the text of the job's command it reports, if it is one.
+fn leaf(c: &TestCase, command: Option<&str>) -> TestNode {
     let mut t = TestNode::leaf(c.name.clone(), result_of(&c.result));
     if !matches!(c.result.as_str(), "pass" | "fail" | "skip") {
         t.error = Some(format!("LAVA result `{}`", c.result));
     }
-    if let Some(m) = c.measurement.as_deref().and_then(|m| m.parse::<f64>().ok()) {
+    let value = c.measurement.as_deref().and_then(|m| m.parse::<f64>().ok());
+    if c.unit.as_deref() == Some(EXIT_STATUS_UNIT) {
+        let status = value.map_or_else(|| "?".to_string(), |v| format!("{v:.0}"));
+        t.error = Some(match command {
+            Some(cmd) => format!("`{cmd}` exited with status {status}"),
+            None => format!("exited with status {status}"),
+        });
+    } else if let Some(m) = value {
         t.measurement = Some(m);
         t.units = c.unit.clone().filter(|u| !u.is_empty());
     }
@@ -72,11 +89,47 @@ fn metadata(c: &TestCase) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The outcome of a finished LAVA job.
-pub(crate) fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> Outcome {
+/// The members of one suite, in LAVA's order: test cases, and test sets as groups placed
+/// where their first case came.
+#[derive(Default)]
+struct SuiteTree {
+    members: Vec<TestNode>,
+    /// Index in `members` of each test set's group.
+    sets: BTreeMap<String, usize>,
+}
+
+impl SuiteTree {
+    fn push(&mut self, set: Option<String>, node: TestNode) {
+        let Some(set) = set.filter(|s| !s.is_empty()) else {
+            self.members.push(node);
+            return;
+        };
+        let i = *self.sets.entry(set.clone()).or_insert_with(|| {
+            self.members.push(TestNode::group(set, Vec::new()));
+            self.members.len() - 1
+        });
+        let g = &mut self.members[i];
+        g.tests.push(node);
+        g.result = NodeResult::aggregate(g.tests.iter().map(|t| t.result));
+    }
+}
+
+/// The command a test case of labwire's `commands` suite reports (`command-3` is the third).
+fn command_of<'a>(name: &str, commands: &'a [String]) -> Option<&'a str> {
+    let n: usize = name.strip_prefix("command-")?.parse().ok()?;
+    commands.get(n.checked_sub(1)?).map(String::as_str)
+}
+
+/// The outcome of a finished LAVA job; `commands` are the job's commands (to name a failed one).
+pub(crate) fn outcome(
+    job: &JobStatus,
+    suites: &[Suite],
+    cases: &[TestCase],
+    commands: &[String],
+) -> Outcome {
     let names: BTreeMap<i64, &str> = suites.iter().map(|s| (s.id, s.name.as_str())).collect();
     let mut setup = Vec::new();
-    let mut groups: Vec<(String, Vec<TestNode>)> = Vec::new();
+    let mut groups: Vec<(String, SuiteTree)> = Vec::new();
     let mut error_type = None;
     let mut error_msg = None;
     let (mut login, mut kmsg) = (None::<NodeResult>, None::<NodeResult>);
@@ -110,9 +163,20 @@ pub(crate) fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> 
             continue;
         }
         let name = suite_name(suite).to_string();
+        let command = if name == "commands" {
+            command_of(&c.name, commands)
+        } else {
+            None
+        };
+        let set = metadata(c).remove("set");
+        let node = leaf(c, command);
         match groups.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, tests)) => tests.push(leaf(c)),
-            None => groups.push((name, vec![leaf(c)])),
+            Some((_, tree)) => tree.push(set, node),
+            None => {
+                let mut tree = SuiteTree::default();
+                tree.push(set, node);
+                groups.push((name, tree));
+            }
         }
     }
     if let Some(r) = login {
@@ -123,20 +187,10 @@ pub(crate) fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> 
     }
     let mut tests = Vec::new();
     if !setup.is_empty() {
-        let mut s = TestNode::leaf(
-            "setup",
-            NodeResult::aggregate(setup.iter().map(|t| t.result)),
-        );
-        s.tests = setup;
-        tests.push(s);
+        tests.push(TestNode::group("setup", setup));
     }
-    for (name, members) in groups {
-        let mut g = TestNode::leaf(
-            name,
-            NodeResult::aggregate(members.iter().map(|t| t.result)),
-        );
-        g.tests = members;
-        tests.push(g);
+    for (name, tree) in groups {
+        tests.push(TestNode::group(name, tree.members));
     }
     let mut out = match job.health.as_str() {
         "Complete" => {
@@ -149,7 +203,7 @@ pub(crate) fn outcome(job: &JobStatus, suites: &[Suite], cases: &[TestCase]) -> 
         }
         "Canceled" => Outcome::infra(
             ErrorCode::Cancelled,
-            format!("LAVA job {} was canceled", job.id),
+            format!("LAVA job {} was cancelled", job.id),
         ),
         _ => {
             let code = error_code(error_type.as_deref().unwrap_or(""));
@@ -193,6 +247,8 @@ mod tests {
             health: health.into(),
             actual_device: Some("qemu-01".into()),
             failure_comment: Some("comment".into()),
+            start_time: None,
+            end_time: None,
         }
     }
 
@@ -219,7 +275,7 @@ mod tests {
             case(2, "dmesg-crit", "pass", ""),
             case(2, "weird", "unknown", ""),
         ];
-        let o = outcome(&job("Complete"), &suites(), &cases);
+        let o = outcome(&job("Complete"), &suites(), &cases, &[]);
         assert_eq!(o.result, NodeResult::Pass);
         assert_eq!(o.tests[0].name, "setup");
         assert_eq!(o.tests[0].tests[0].name, "login");
@@ -237,15 +293,15 @@ mod tests {
             "fail",
             "case: job\nerror_type: Infrastructure\nerror_msg: 'tftp: timed out'\n",
         )];
-        let o = outcome(&job("Incomplete"), &suites(), &cases);
+        let o = outcome(&job("Incomplete"), &suites(), &cases, &[]);
         assert_eq!(o.result, NodeResult::Incomplete);
         assert_eq!(o.error_code, Some(ErrorCode::Infrastructure));
         assert_eq!(o.error_msg.as_deref(), Some("tftp: timed out"));
         assert_eq!(o.data["lava_error_type"], "Infrastructure");
-        let o = outcome(&job("Incomplete"), &suites(), &[]);
+        let o = outcome(&job("Incomplete"), &suites(), &[], &[]);
         assert_eq!(o.error_code, Some(ErrorCode::LavaIncomplete));
         assert_eq!(o.error_msg.as_deref(), Some("comment"));
-        let o = outcome(&job("Canceled"), &suites(), &[]);
+        let o = outcome(&job("Canceled"), &suites(), &[], &[]);
         assert_eq!(o.error_code, Some(ErrorCode::Cancelled));
     }
 
@@ -255,9 +311,69 @@ mod tests {
             &job("Complete"),
             &suites(),
             &[case(2, "dmesg-crit", "fail", "")],
+            &[],
         );
         assert_eq!(o.result, NodeResult::Fail);
         assert_eq!(suite_name("12_kselftest_net"), "kselftest_net");
         assert_eq!(suite_name("lava"), "lava");
+    }
+
+    #[test]
+    fn commands_name_their_failure_and_test_sets_are_a_level() {
+        let suites = vec![
+            Suite {
+                id: 1,
+                name: "lava".into(),
+            },
+            Suite {
+                id: 3,
+                name: "0_commands".into(),
+            },
+            Suite {
+                id: 4,
+                name: "1_smoke".into(),
+            },
+        ];
+        let mut failed = case(3, "command-2", "fail", "");
+        failed.measurement = Some("3.0000000000".into());
+        failed.unit = Some(EXIT_STATUS_UNIT.into());
+        let cases = vec![
+            case(3, "command-1", "pass", ""),
+            failed,
+            case(4, "first", "pass", ""),
+            case(4, "a", "pass", "case: a\nset: net\n"),
+            case(4, "middle", "skip", ""),
+            case(4, "b", "fail", "case: b\nset: net\n"),
+            case(4, "c", "pass", "case: c\nset: fs\n"),
+        ];
+        let cmds = ["uname -a".to_string(), "false; exit 3".to_string()];
+        let o = outcome(&job("Complete"), &suites, &cases, &cmds);
+        assert_eq!(o.result, NodeResult::Fail);
+        let c = &o.tests[0];
+        assert_eq!(c.name, "commands");
+        assert_eq!(c.tests[1].name, "command-2");
+        assert_eq!(
+            c.tests[1].error.as_deref(),
+            Some("`false; exit 3` exited with status 3")
+        );
+        assert_eq!(c.tests[1].measurement, None);
+        let s = &o.tests[1];
+        let names: Vec<&str> = s.tests.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["first", "net", "middle", "fs"]);
+        assert_eq!(s.tests[1].tests.len(), 2);
+        assert_eq!(s.tests[1].result, NodeResult::Fail);
+        assert_eq!(s.tests[3].tests[0].name, "c");
+    }
+
+    #[test]
+    fn lava_infrastructure_error_types_are_retried_by_default() {
+        let retried = ErrorCode::infrastructure();
+        for t in ["Infrastructure", "Configuration", "Bug"] {
+            assert!(retried.contains(&error_code(t)), "{t}");
+        }
+        for t in ["Job", "Test", "LAVATimeout", "Canceled", "Whatever"] {
+            assert!(!retried.contains(&error_code(t)), "{t}");
+        }
+        assert_eq!(error_code("Canceled").as_str(), "cancelled");
     }
 }

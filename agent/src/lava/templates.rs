@@ -19,6 +19,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../config/templates/lava/base.jinja2"),
     ),
     (
+        "login.jinja2",
+        include_str!("../../../config/templates/lava/login.jinja2"),
+    ),
+    (
         "qemu.jinja2",
         include_str!("../../../config/templates/lava/qemu.jinja2"),
     ),
@@ -53,8 +57,22 @@ pub struct JobVars {
     pub params: BTreeMap<String, String>,
     /// The job's artifacts by role (`kernel`, `ramdisk`, `dtb`, `modules`, `rootfs`, ...).
     pub artifacts: BTreeMap<String, ArtifactVar>,
-    /// The job's commands: the test-shell test runs each as a LAVA test case.
+    /// The job's commands as the job gave them (the steps below run them).
     pub commands: Vec<String>,
+    /// The run steps of labwire's test definition (`commands`): the job's commands, KUnit
+    /// and kselftest, each reporting its exit status to LAVA ([`super::steps`]). Empty for a
+    /// boot-only job, which then has no test action.
+    pub test_steps: Vec<String>,
+    /// The shell prompts LAVA waits for: the job's `prompt` parameter, else the device
+    /// type's `prompts`, else `/ #`.
+    pub prompts: Vec<String>,
+    /// The boards' login from the device type's settings (never from job parameters).
+    pub login: Option<LoginVar>,
+    /// The device type's kernel command line, if its settings give one (the job's own
+    /// `kernel_args` parameter, checked, is in `params`).
+    pub kernel_args: Option<String>,
+    /// The URL LAVA calls back when the job finishes, when the agent listens for it.
+    pub notify_url: Option<String>,
     /// Time limits in minutes.
     pub timeouts: Timeouts,
     /// LAVA priority, 0 to 100.
@@ -83,6 +101,66 @@ pub struct ArtifactVar {
     pub url: String,
     /// Its SHA-256, when the job gives one.
     pub sha256: Option<String>,
+    /// Its compression as LAVA names it (`gz`, `xz`, `bz2`, `zstd`), from the URL's suffix.
+    pub compression: Option<String>,
+}
+
+impl ArtifactVar {
+    /// An artifact at `url`, its compression guessed from the URL's path.
+    pub fn new(url: impl Into<String>, sha256: Option<String>) -> Self {
+        let url = url.into();
+        let path = url::Url::parse(&url)
+            .map(|u| u.path().to_ascii_lowercase())
+            .unwrap_or_default();
+        let compression = [
+            (".gz", "gz"),
+            (".tgz", "gz"),
+            (".xz", "xz"),
+            (".bz2", "bz2"),
+            (".zst", "zstd"),
+        ]
+        .iter()
+        .find(|(suffix, _)| path.ends_with(suffix))
+        .map(|(_, c)| c.to_string());
+        ArtifactVar {
+            url,
+            sha256,
+            compression,
+        }
+    }
+}
+
+/// A board's login, as the definition's `auto_login` gets it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginVar {
+    /// The user name.
+    pub username: String,
+    /// The password, if any.
+    pub password: Option<String>,
+    /// The login prompt.
+    pub login_prompt: String,
+    /// The password prompt.
+    pub password_prompt: String,
+}
+
+/// Checks a kernel command line (a device type's or a job's `kernel_args`): words of
+/// letters, digits and `_ . , : = / @ + -`, separated by spaces. Anything else (quotes,
+/// `$`, braces, a backslash) could end the argument LAVA gives QEMU and add options of its
+/// own, or be taken by LAVA for one of its `{placeholders}`.
+pub fn check_kernel_args(s: &str) -> Result<(), String> {
+    if s.len() > 1024 {
+        return Err("longer than 1024 bytes".into());
+    }
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || " _.,:=/@+-".contains(*c)))
+    {
+        Some(c) => Err(format!(
+            "`{}` is not allowed: expected words of letters, digits and `_.,:=/@+-` separated by spaces",
+            c.escape_default()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Time limits, in minutes.
@@ -108,7 +186,9 @@ impl Templates {
         env.set_auto_escape_callback(|_| AutoEscape::Json);
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
-        env.add_filter("shell_quote", |s: String| shell_quote(&s));
+        env.add_filter("shell_quote", |s: String| {
+            crate::placeholders::shell_quote(&s)
+        });
         for (name, text) in BUILTIN {
             env.add_template(name, text)
                 .map_err(|e| anyhow::anyhow!("built-in template {name}: {e}"))?;
@@ -160,16 +240,27 @@ impl Templates {
     }
 }
 
-/// `s` in single quotes for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn art(url: &str) -> ArtifactVar {
+        ArtifactVar::new(url, None)
+    }
+
     fn vars(boot: &str) -> JobVars {
+        let params: BTreeMap<String, String> = [
+            (
+                "prompt".to_string(),
+                "a\nactions: [evil]\n'\"{{x}}".to_string(),
+            ),
+            ("kselftest".to_string(), "timers net'x".to_string()),
+        ]
+        .into();
+        let commands = vec![
+            "echo 'hi'; uname -a".to_string(),
+            "cat /proc/cmdline".into(),
+        ];
         JobVars {
             device_type: "qemu".into(),
             boot_method: boot.into(),
@@ -178,53 +269,35 @@ mod tests {
                 attempt: 1,
                 name: "baseline \"x86\"".into(),
             },
-            params: [
-                (
-                    "prompt".to_string(),
-                    "a\nactions: [evil]\n'\"{{x}}".to_string(),
-                ),
-                ("kselftest".to_string(), "timers net'x".to_string()),
-            ]
-            .into(),
+            test_steps: super::super::steps::build(42, &params, &commands).unwrap(),
+            prompts: vec![params["prompt"].clone()],
+            params,
             artifacts: [
-                (
-                    "kernel".to_string(),
-                    ArtifactVar {
-                        url: "http://example.invalid/bzImage".into(),
-                        sha256: None,
-                    },
-                ),
+                ("kernel".to_string(), art("http://example.invalid/bzImage")),
                 (
                     "ramdisk".to_string(),
-                    ArtifactVar {
-                        url: "http://example.invalid/initrd.cpio.gz".into(),
-                        sha256: Some("ab".repeat(32)),
-                    },
+                    ArtifactVar::new(
+                        "http://example.invalid/initrd.cpio.gz",
+                        Some("ab".repeat(32)),
+                    ),
                 ),
-                (
-                    "dtb".to_string(),
-                    ArtifactVar {
-                        url: "http://example.invalid/board.dtb".into(),
-                        sha256: None,
-                    },
-                ),
-                (
-                    "boot".to_string(),
-                    ArtifactVar {
-                        url: "http://example.invalid/boot.img".into(),
-                        sha256: None,
-                    },
-                ),
+                ("dtb".to_string(), art("http://example.invalid/board.dtb")),
+                ("boot".to_string(), art("http://example.invalid/boot.img")),
                 (
                     "rootfs".to_string(),
-                    ArtifactVar {
-                        url: "http://example.invalid/rootfs.img".into(),
-                        sha256: None,
-                    },
+                    art("http://example.invalid/rootfs.img.xz"),
                 ),
             ]
             .into(),
-            commands: vec!["echo 'hi'; uname -a".into(), "cat /proc/cmdline".into()],
+            commands,
+            login: Some(LoginVar {
+                username: "root".into(),
+                password: Some("pa'ss: {x}".into()),
+                login_prompt: "login:".into(),
+                password_prompt: "Password:".into(),
+            }),
+            kernel_args: None,
+            notify_url: Some("http://127.0.0.1:9/lava/test/42/1".into()),
             timeouts: Timeouts {
                 job: 30,
                 action: 10,
@@ -245,23 +318,96 @@ mod tests {
             assert_eq!(y["device_type"].as_str(), Some("qemu"), "{boot}: {text}");
             assert_eq!(y["metadata"]["labwire.job"].as_str(), Some("42"), "{text}");
             assert_eq!(y["priority"].as_u64(), Some(50));
+            assert_eq!(
+                y["notify"]["callbacks"][0]["url"].as_str(),
+                Some("http://127.0.0.1:9/lava/test/42/1")
+            );
             let actions = y["actions"].as_sequence().unwrap();
-            assert!(actions.len() >= 3, "{boot}: {text}");
+            assert_eq!(actions.len(), 3, "{boot}: {text}");
             // The parameter with YAML and Jinja syntax in it stayed one string.
             assert!(!text.contains("\nactions: [evil]"), "{text}");
-            let boot = actions.iter().find(|a| a.get("boot").is_some()).unwrap();
+            let b = actions.iter().find(|a| a.get("boot").is_some()).unwrap();
             assert_eq!(
-                boot["boot"]["prompts"][0].as_str(),
+                b["boot"]["prompts"][0].as_str(),
                 Some("a\nactions: [evil]\n'\"{{x}}"),
                 "{text}"
             );
-            // kselftest collections: one shell word each, quoted.
-            let steps = format!("{:?}", y["actions"]);
-            assert!(
-                steps.contains(r#"for c in 'timers' 'net'\\''x'; do"#),
-                "{steps}"
-            );
+            let login = &b["boot"]["auto_login"];
+            assert_eq!(login["username"].as_str(), Some("root"), "{boot}: {text}");
+            assert_eq!(login["password"].as_str(), Some("pa'ss: {x}"));
+            // The steps of the commands test definition, as built.
+            let def = &actions[2]["test"]["definitions"][0];
+            assert_eq!(def["name"].as_str(), Some("commands"));
+            let steps = def["repository"]["run"]["steps"].as_sequence().unwrap();
+            let want = vars(boot).test_steps;
+            assert_eq!(steps.len(), want.len());
+            for (s, w) in steps.iter().zip(&want) {
+                assert_eq!(s.as_str(), Some(w.as_str()));
+            }
         }
+    }
+
+    #[test]
+    fn qemu_boots_a_cpio_ramdisk_with_the_overlay_and_a_command_line() {
+        let t = Templates::load(None).unwrap();
+        let mut v = vars("qemu");
+        v.params
+            .insert("kernel_args".into(), "quiet labwire.cols=200".into());
+        let y: yaml_serde::Value = yaml_serde::from_str(&t.render(&v).unwrap()).unwrap();
+        let images = &y["actions"][0]["deploy"]["images"];
+        assert_eq!(
+            images["kernel"]["image_arg"].as_str(),
+            Some("-kernel {kernel} -append \"console=ttyS0,115200 quiet labwire.cols=200\"")
+        );
+        assert_eq!(images["ramdisk"]["format"].as_str(), Some("cpio.newc"));
+        assert_eq!(images["ramdisk"]["compression"].as_str(), Some("gz"));
+        assert_eq!(images["ramdisk"]["overlays"]["lava"].as_bool(), Some(true));
+        assert_eq!(images["rootfs"]["compression"].as_str(), Some("xz"));
+        v.kernel_args = Some("console=hvc0".into());
+        v.params.remove("kernel_args");
+        v.params.insert("qemu_arch".into(), "arm64".into());
+        v.login = None;
+        v.test_steps.clear();
+        v.notify_url = None;
+        let y: yaml_serde::Value = yaml_serde::from_str(&t.render(&v).unwrap()).unwrap();
+        assert_eq!(
+            y["actions"][0]["deploy"]["images"]["kernel"]["image_arg"].as_str(),
+            Some("-kernel {kernel} -append \"console=hvc0\"")
+        );
+        assert_eq!(y["context"]["arch"].as_str(), Some("arm64"));
+        assert_eq!(y["actions"].as_sequence().map(Vec::len), Some(2));
+        assert!(y["actions"][1]["boot"].get("auto_login").is_none());
+        assert!(y.get("notify").is_none());
+    }
+
+    #[test]
+    fn kernel_args_cannot_carry_options_or_quotes() {
+        assert!(check_kernel_args("console=ttyS0,115200 root=/dev/vda1 a.b=c-d+e@f:g").is_ok());
+        for bad in [
+            "x\" -drive file=/etc/shadow \"",
+            "a'b",
+            "$(reboot)",
+            "{kernel}",
+            "a\\b",
+            "a\nb",
+            "a\tb",
+        ] {
+            assert!(check_kernel_args(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn compression_comes_from_the_url() {
+        assert_eq!(
+            art("http://h/x.cpio.gz?x=1").compression.as_deref(),
+            Some("gz")
+        );
+        assert_eq!(
+            art("http://h/x.CPIO.ZST").compression.as_deref(),
+            Some("zstd")
+        );
+        assert_eq!(art("http://h/x.cpio").compression, None);
+        assert_eq!(art("not a url").compression, None);
     }
 
     #[test]
