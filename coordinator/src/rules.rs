@@ -20,7 +20,7 @@
 //! - `min_version`/`max_version` compare `version.patchlevel.sublevel` of the kernel; a
 //!   kernel without a known version fails them.
 //! - every key given must pass (AND); keys are compared exactly (no globs), except that
-//!   `job` and `platform` entries may end in `*` to match a prefix.
+//!   `job`, `platform` and `lab` entries may end in `*` to match a prefix.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
