@@ -1,6 +1,8 @@
 //! Logs on the dashboard: the first 2 MiB of a job's log on its page, failing lines
 //! highlighted and anchored for the failing tests; the whole log at `/ui/log/{job}`, streamed
 //! from the store in batches (memory does not grow with the log, however many read it).
+//! Boards print terminal escapes (colours, cursor moves, `\r`): the page drops them from the
+//! lines it shows, so that they do not show as boxes; the raw log keeps every byte.
 
 use super::{Page, fail, page_auth, secured};
 use crate::error::Error;
@@ -10,6 +12,7 @@ use crate::shared::SharedRef;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde::Serialize;
+use std::borrow::Cow;
 
 /// Most log bytes a job page shows inline (the whole log is at `/ui/log/{job}`).
 pub(super) const INLINE_LIMIT: usize = 2 << 20;
@@ -47,7 +50,52 @@ pub(super) struct Line<'a> {
     id: String,
     /// A failing line (`not ok`, a kernel oops or panic, `FAIL`).
     fail: bool,
-    text: &'a str,
+    text: Cow<'a, str>,
+}
+
+/// A log line without terminal escapes (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ST`, other
+/// `ESC x` pairs, `ESC ( x` charset designations) and without control characters other than tab: what a terminal would show.
+pub(super) fn printable(line: &str) -> Cow<'_, str> {
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                // CSI: parameters and intermediates, then one final byte in @..~.
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC: up to BEL or ST (ESC \\).
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' {
+                            break;
+                        }
+                        if c == '\u{1b}' {
+                            chars.next_if_eq(&'\\');
+                            break;
+                        }
+                    }
+                }
+                // Character set designation: one more byte.
+                Some('(' | ')' | '*' | '+') => {
+                    chars.next();
+                }
+                _ => {}
+            },
+            '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// A log as lines: failing lines (`not ok`, kernel oopses and panics, `FAIL`) are marked, and
@@ -61,7 +109,8 @@ pub(super) fn highlight<'a>(
     let mut lines = Vec::new();
     let mut anchored: Vec<bool> = vec![false; failing.len()];
     let mut n = 0;
-    for (i, line) in text.lines().enumerate() {
+    for (i, raw) in text.lines().enumerate() {
+        let line = printable(raw);
         let t = line.trim_start();
         // KTAP/TAP prefixes (`# `, indentation) are allowed before `not ok`.
         let body = t.trim_start_matches(['#', ' ', '\t']);
@@ -146,10 +195,23 @@ mod tests {
         let fail: Vec<_> = lines.iter().filter(|l| l.fail).collect();
         assert_eq!(fail.len(), 1);
         assert_eq!(
-            (fail[0].id.as_str(), fail[0].text),
+            (fail[0].id.as_str(), &*fail[0].text),
             ("test-7", "not ok 2 b <i>")
         );
         assert_eq!((lines[2].id.as_str(), lines[2].fail), ("L3", false));
         assert_eq!(rest, vec![9]);
+    }
+
+    #[test]
+    fn terminal_escapes_are_dropped_from_shown_lines() {
+        assert!(matches!(printable("plain\tline"), Cow::Borrowed(_)));
+        assert_eq!(printable("\u{1b}[1;31mnot ok\u{1b}[0m 1 x\r"), "not ok 1 x");
+        assert_eq!(
+            printable("a\u{1b}]0;title\u{7}b\u{1b}]2;t\u{1b}\\c\u{0}"),
+            "abc"
+        );
+        assert_eq!(printable("\u{1b}(Bend\u{1b}"), "end");
+        let (lines, _, n) = highlight("\u{1b}[31mnot ok 1 a\u{1b}[0m\n", &[(NodeId(3), "a")]);
+        assert_eq!((n, lines[0].id.as_str()), (1, "test-3"));
     }
 }
