@@ -27,6 +27,9 @@ pub(crate) enum KciStatus {
     Posted,
     /// KernelCI no longer wanted it (its node ended there first); no callback.
     Cancelled,
+    /// KernelCI refused the callback itself (a 4xx other than 401, 403, 408 and 429): the
+    /// same body would be refused again, so it is never sent again; `last_error` says why.
+    Rejected,
 }
 
 impl KciStatus {
@@ -36,6 +39,7 @@ impl KciStatus {
             Self::Refused => "refused",
             Self::Posted => "posted",
             Self::Cancelled => "cancelled",
+            Self::Rejected => "rejected",
         }
     }
 
@@ -45,6 +49,7 @@ impl KciStatus {
             "refused" => Self::Refused,
             "posted" => Self::Posted,
             "cancelled" => Self::Cancelled,
+            "rejected" => Self::Rejected,
             other => return Err(Error::Corrupt(format!("kernelci job status `{other}`"))),
         })
     }
@@ -291,6 +296,13 @@ impl Write<'_> {
         self.set_status(kci_node, KciStatus::Cancelled)
     }
 
+    /// KernelCI refused the callback for what it says (see [`KciStatus::Rejected`]): it is
+    /// never sent again, and `error` is kept.
+    pub(crate) fn kernelci_rejected(&mut self, kci_node: &str, error: &str) -> Result<()> {
+        self.kernelci_try_failed(kci_node, error)?;
+        self.set_status(kci_node, KciStatus::Rejected)
+    }
+
     fn set_status(&mut self, kci_node: &str, status: KciStatus) -> Result<()> {
         self.conn().execute(
             "UPDATE kernelci_jobs SET status = ?2, next_try = NULL, updated = ?3 \
@@ -447,6 +459,28 @@ mod tests {
             due.iter().map(|k| k.kci_node.as_str()).collect::<Vec<_>>(),
             ["bb02", "bb03"]
         );
+
+        // A callback KernelCI refused for what it says is kept with the answer, never due.
+        store
+            .write_blocking(|w| w.kernelci_rejected("bb03", "HTTP 422: bad summary"))
+            .unwrap();
+        let due = store
+            .read_blocking(move |c| due_callbacks(c, now, 10))
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        let rejected = store.read_blocking(|c| find(c, "bb03")).unwrap().unwrap();
+        assert_eq!(rejected.status, KciStatus::Rejected);
+        let error: Option<String> = store
+            .read_blocking(|c| {
+                c.query_opt(
+                    "SELECT last_error FROM kernelci_jobs WHERE kci_node = ?1",
+                    params!["bb03"],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap()
+            .flatten();
+        assert_eq!(error.as_deref(), Some("HTTP 422: bad summary"));
 
         let KciTaken::Queued(node) = store
             .write_blocking(|w| w.take_kernelci_job(&take("cc04"), Ok(job("ltp"))))

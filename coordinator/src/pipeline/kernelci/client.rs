@@ -17,6 +17,10 @@ pub(crate) enum KciError {
     /// not help.
     #[error("{0}")]
     Refused(String),
+    /// KernelCI did not accept the credentials (401, 403): an admin can fix the token, so
+    /// a callback is tried again.
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 /// A client of one KernelCI installation.
@@ -41,6 +45,8 @@ fn classify(what: &str, status: reqwest::StatusCode, body: &str) -> KciError {
     let msg = format!("{what}: HTTP {status}: {body}");
     if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
         KciError::Transient(msg)
+    } else if status.as_u16() == 401 || status.as_u16() == 403 {
+        KciError::Unauthorized(msg)
     } else {
         KciError::Refused(msg)
     }
@@ -207,5 +213,24 @@ impl KciClient {
         }
         let text = resp.text().await.unwrap_or_default();
         Err(classify(what, status, &text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_by_what_a_retry_can_change() {
+        let c = |code: u16| classify("posting", reqwest::StatusCode::from_u16(code).unwrap(), "x");
+        for code in [500, 502, 503, 408, 429] {
+            assert!(matches!(c(code), KciError::Transient(_)), "{code}");
+        }
+        for code in [401, 403] {
+            assert!(matches!(c(code), KciError::Unauthorized(_)), "{code}");
+        }
+        for code in [400, 404, 413, 422] {
+            assert!(matches!(c(code), KciError::Refused(_)), "{code}");
+        }
     }
 }

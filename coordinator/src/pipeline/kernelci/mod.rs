@@ -18,7 +18,8 @@
 //! - the **callback poster** posts the results callback ([`callback`]) of every KernelCI
 //!   job whose labwire job ended, woken by the coordinator's own event log. A failed post
 //!   is tried again after `retry_min`, doubling up to `retry_max`, until KernelCI accepts
-//!   it; each try is written down before it is sent. Before each try, the poster reads
+//!   it (a 4xx answer other than 401, 403, 408 and 429 says the callback itself is wrong:
+//!   it is kept as `rejected` with the answer and not sent again); each try is written down before it is sent. Before each try, the poster reads
 //!   KernelCI's node: a node that is `done` already (KernelCI took the callback before a
 //!   crash let labwire write that down, or gave up on the job) gets no (second) callback.
 
@@ -250,7 +251,7 @@ async fn handle(
             };
             let translated = match client.job_definition(def_url).await {
                 Err(KciError::Transient(e)) => return Err(e),
-                Err(KciError::Refused(e)) => Err(e),
+                Err(KciError::Refused(e) | KciError::Unauthorized(e)) => Err(e),
                 Ok(bytes) => definition::parse(&bytes).and_then(|d| {
                     let origin = definition::Origin {
                         kci_node: &id,
@@ -472,6 +473,18 @@ async fn post_one(
                 Err(e) => {
                     tracing::error!(kernelci_node = %id, error = %e, "kernelci: callback posted, but cannot write that down")
                 }
+            }
+        }
+        Err(KciError::Refused(e)) => {
+            // The same body would be refused again: keep the answer, stop trying.
+            tracing::error!(kernelci_node = %id, error = %e, "kernelci: KernelCI refused the callback itself; it is not sent again");
+            let i2 = id.clone();
+            if let Err(e) = shared
+                .store
+                .write(move |w| w.kernelci_rejected(&i2, &e))
+                .await
+            {
+                tracing::error!(kernelci_node = %id, error = %e, "kernelci: cannot write down the refused callback");
             }
         }
         Err(e) => {
