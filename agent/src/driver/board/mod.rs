@@ -7,6 +7,7 @@
 pub(crate) mod config;
 mod program;
 mod script;
+pub(crate) mod uboot;
 
 pub(crate) use program::{run_command, run_program_without};
 pub(crate) use script::Script;
