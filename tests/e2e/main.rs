@@ -28,3 +28,4 @@ mod serial;
 mod skeleton;
 mod systemd;
 mod trigger;
+mod uboot;
