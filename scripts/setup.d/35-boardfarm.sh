@@ -8,6 +8,8 @@
 #   u-boot.bin of Debian's u-boot-qemu (qemu_arm64), the Image of Debian's arm64 kernel and a
 #   busybox initramfs built from busybox-static:arm64 and tests/board/rootfs/ (login on
 #   ttyAMA0), by tests/uboot/build.sh.
+# - grub-pc-bin, xorriso and mtools: grub-mkrescue's GRUB images for tests/e2e/grub.rs
+#   (tests/grub/mkiso.sh).
 #
 # The arm64 packages are fetched without touching the machine's dpkg architecture list: apt runs
 # with APT::Architectures=arm64 and its own lists and cache under the board folder, and only
@@ -21,7 +23,7 @@ sudo=""
 apt_get() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "$@"; }
 
 missing=()
-for p in qemu-system-arm pdudaemon ser2net socat busybox-static cpio; do
+for p in qemu-system-arm pdudaemon ser2net socat busybox-static cpio grub-pc-bin xorriso mtools; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -33,7 +35,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         $sudo systemctl disable --now "$unit" >/dev/null 2>&1 || true
     done
 else
-    echo "35-boardfarm: qemu-system-arm, pdudaemon and ser2net are installed"
+    echo "35-boardfarm: qemu-system-arm, pdudaemon, ser2net, socat and GRUB's tools are installed"
 fi
 
 exec bash tests/uboot/build.sh

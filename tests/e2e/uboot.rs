@@ -16,7 +16,7 @@ use std::time::Duration;
 
 const SETUP: &str = "scripts/setup.d/35-boardfarm.sh";
 
-fn repo() -> &'static Path {
+pub(crate) fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -51,7 +51,7 @@ fn board_dir() -> PathBuf {
 
 /// The boards' processes that outlive a test by design (the serial cable's socat loop and
 /// QEMU run in sessions of their own): stopped when the test ends, whatever happens.
-struct Boards(Vec<PathBuf>);
+pub(crate) struct Boards(pub(crate) Vec<PathBuf>);
 
 impl Drop for Boards {
     fn drop(&mut self) {

@@ -4,6 +4,9 @@
 #   tests/uboot/board.sh cable RUNDIR          start the board's serial cable (once)
 #   tests/uboot/board.sh on RUNDIR TFTPROOT    power on: QEMU aarch64 virt runs U-Boot
 #   tests/uboot/board.sh off RUNDIR            power off: QEMU is killed
+#   tests/uboot/board.sh on-pc RUNDIR ISO      power on the GRUB board instead: an x86_64 PC
+#                                              that boots ISO (tests/grub/mkiso.sh), UART on
+#                                              the same cable
 #
 # The cable stands for a USB-serial adapter: RUNDIR/ttyBOARD is a pty that exists while the
 # board is off (ser2net exports it), relayed by socat to RUNDIR/uart.sock, where the board's
@@ -14,7 +17,7 @@
 set -euo pipefail
 
 OUTDIR=${LABWIRE_UBOOT_BOARD_DIR:-$HOME/.cache/labwire/uboot-board}
-[ $# -ge 2 ] || { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
 what=$1
 RUNDIR=$2
 mkdir -p "$RUNDIR"
@@ -55,6 +58,24 @@ on)
         -bios "$OUTDIR/u-boot.bin" \
         -chardev "socket,id=c0,path=$RUNDIR/uart.sock" -serial chardev:c0 \
         -netdev "user,id=n0,tftp=$TFTPROOT" -device virtio-net-pci,netdev=n0,romfile= \
+        -no-reboot -pidfile "$RUNDIR/qemu.pid" \
+        </dev/null >"$RUNDIR/qemu.log" 2>&1 &
+    ;;
+on-pc)
+    ISO=${3:?board.sh on-pc RUNDIR ISO}
+    if is_pid "$RUNDIR/qemu.pid"; then
+        echo "board.sh: already on" >&2
+        exit 0
+    fi
+    for _ in $(seq 100); do
+        [ -S "$RUNDIR/uart.sock" ] && break
+        sleep 0.05
+    done
+    setsid qemu-system-x86_64 -name labwire-grub-board -nodefaults -no-user-config \
+        -machine pc -accel tcg -m 256 -smp 1 \
+        -display none -monitor none \
+        -chardev "socket,id=c0,path=$RUNDIR/uart.sock" -serial chardev:c0 \
+        -drive "file=$ISO,media=cdrom,readonly=on" -boot d \
         -no-reboot -pidfile "$RUNDIR/qemu.pid" \
         </dev/null >"$RUNDIR/qemu.log" 2>&1 &
     ;;
