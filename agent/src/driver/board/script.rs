@@ -123,7 +123,9 @@ impl<'c> Script<'c> {
         self.log_in(s).await?;
         out.mark("login_ms", started);
         out.setup.push(TestNode::leaf("login", NodeResult::Pass));
-        self.commands(s, started, &mut out.commands).await
+        let r = self.commands(s, started, &mut out.commands).await;
+        out.mark("commands_done_ms", started);
+        r
     }
 
     /// Bootloader steps, then the kernel's first message.
