@@ -256,8 +256,11 @@ mod example_tests {
     fn the_shipped_example_loads() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.yaml");
         let cfg = crate::config::AgentConfig::load(std::path::Path::new(path)).unwrap();
-        assert_eq!(cfg.devices.len(), 2);
+        assert_eq!(cfg.devices.len(), 3);
         assert_eq!(cfg.devices[1].driver.kind(), "serial");
+        // The board farm's board: pdudaemon power, the TFTP boot typed by the agent.
+        assert_eq!(cfg.devices[2].driver.kind(), "serial");
+        assert!(cfg.tftp.is_some());
     }
 
     /// The commented-out `urls:` example, in place of `url:`, loads too.
