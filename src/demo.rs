@@ -193,22 +193,40 @@ async fn demo(root: &Path) -> anyhow::Result<bool> {
     std::fs::write(&script, DEMO_SCRIPT)?;
     let mut yaml = agent_yaml("demo-lab", &url, &bundle, &agent_state, &script);
     let board = board_device(root);
+    let uboot = crate::demo_uboot::prepare(root);
+    let mut file_dirs = Vec::new();
     if let Some((dev, dir)) = &board {
         yaml.push_str(dev);
-        // The board job's kernel and ramdisk are file:// URLs into the board's folder.
+        file_dirs.push(format!("'{}'", dir.display()));
+    }
+    if let Some(u) = &uboot {
+        yaml.push_str(&u.yaml);
+        file_dirs.push(format!("'{}'", u.dir.display()));
+    }
+    if !file_dirs.is_empty() {
+        // The board jobs' kernel and ramdisk are file:// URLs into the boards' folders.
         yaml.push_str(&format!(
-            "artifacts: {{file_dirs: ['{}']}}\n",
-            dir.display()
+            "artifacts: {{file_dirs: [{}]}}\n",
+            file_dirs.join(", ")
         ));
     }
     std::fs::write(root.join("agent.yaml"), &yaml)?;
     let acfg = AgentConfig::parse(&yaml).context("the demo's agent config")?;
     let stop_agent = CancellationToken::new();
     let agent = tokio::spawn(labwire_agent::daemon::run(acfg, None, stop_agent.clone()));
-    step(if board.is_some() {
-        "agent started with two devices: `demo-host` (shell driver on this machine) and `demo-qemu` (a QEMU board on a serial console)"
-    } else {
-        "agent started with one device: `demo-host` (shell driver on this machine)"
+    step(match (board.is_some(), uboot.is_some()) {
+        (true, true) => {
+            "agent started with three devices: `demo-host` (shell driver on this machine), `demo-qemu` (a QEMU board on a serial console) and `demo-uboot` (an arm64 board behind U-Boot, booting over TFTP)"
+        }
+        (true, false) => {
+            "agent started with two devices: `demo-host` (shell driver on this machine) and `demo-qemu` (a QEMU board on a serial console)"
+        }
+        (false, true) => {
+            "agent started with two devices: `demo-host` (shell driver on this machine) and `demo-uboot` (an arm64 board behind U-Boot, booting over TFTP)"
+        }
+        (false, false) => {
+            "agent started with one device: `demo-host` (shell driver on this machine)"
+        }
     });
 
     let ca = cdir.join("pki/ca.pem");
@@ -254,6 +272,19 @@ async fn demo(root: &Path) -> anyhow::Result<bool> {
             "now a real Linux kernel: power the QEMU board on, boot, log in, run KTAP tests, power off",
         );
         outcome = submit_and_follow(&url, &ca, &token, &agent_state, board_job).await;
+    }
+    if let (Ok(true), Some(u)) = (&outcome, &uboot) {
+        step(
+            "now a board farm's path: power the arm64 board on, interrupt U-Boot, fetch the kernel and ramdisk over TFTP from the job's staged folder, booti, log in, run KTAP tests, power off",
+        );
+        outcome = submit_and_follow(
+            &url,
+            &ca,
+            &token,
+            &agent_state,
+            crate::demo_uboot::job(&u.dir),
+        )
+        .await;
     }
 
     step("shutting down the agent and the coordinator");

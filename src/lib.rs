@@ -9,6 +9,7 @@
 pub mod client;
 pub mod commands;
 mod demo;
+mod demo_uboot;
 mod kcidb;
 mod output;
 mod report;

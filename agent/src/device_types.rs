@@ -30,6 +30,79 @@ pub struct DeviceType {
     /// Capabilities.
     #[serde(default)]
     pub features: Vec<String>,
+    /// How U-Boot boots this type over TFTP: the kernel's format and the load addresses.
+    #[serde(default)]
+    pub u_boot: Option<UBootType>,
+}
+
+/// The kernel formats U-Boot boots, each with its command.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelFormat {
+    /// An arm64 (or riscv) `Image`: `booti`.
+    Image,
+    /// A 32-bit arm `zImage`: `bootz`.
+    Zimage,
+    /// A legacy `uImage` (made with mkimage): `bootm`.
+    Uimage,
+}
+
+impl KernelFormat {
+    /// U-Boot's command for this format.
+    pub fn command(self) -> &'static str {
+        match self {
+            KernelFormat::Image => "booti",
+            KernelFormat::Zimage => "bootz",
+            KernelFormat::Uimage => "bootm",
+        }
+    }
+}
+
+/// U-Boot settings of a device type: the kernel's format and where kernel, ramdisk and dtb
+/// are loaded (an address such as `0x82000000`, or a U-Boot variable such as
+/// `${kernel_addr_r}`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UBootType {
+    /// `image` (booti), `zimage` (bootz) or `uimage` (bootm).
+    pub kernel_format: KernelFormat,
+    /// Where the kernel goes. Default `${kernel_addr_r}`.
+    #[serde(default = "default_kernel_addr")]
+    pub kernel_addr: String,
+    /// Where the ramdisk goes. Default `${ramdisk_addr_r}`.
+    #[serde(default = "default_ramdisk_addr")]
+    pub ramdisk_addr: String,
+    /// Where the dtb goes, or where it already is when the job brings none (the board's own
+    /// device tree: `${fdtcontroladdr}`). Default `${fdt_addr_r}`.
+    #[serde(default = "default_dtb_addr")]
+    pub dtb_addr: String,
+}
+
+fn default_kernel_addr() -> String {
+    "${kernel_addr_r}".into()
+}
+fn default_ramdisk_addr() -> String {
+    "${ramdisk_addr_r}".into()
+}
+fn default_dtb_addr() -> String {
+    "${fdt_addr_r}".into()
+}
+
+/// Whether `a` is a load address U-Boot can take: hexadecimal (`0x82000000`) or one variable
+/// (`${kernel_addr_r}`).
+pub(crate) fn valid_address(a: &str) -> bool {
+    let hex = a.strip_prefix("0x").is_some_and(|h| {
+        !h.is_empty() && h.len() <= 16 && h.chars().all(|c| c.is_ascii_hexdigit())
+    });
+    let var = a
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .is_some_and(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+    hex || var
 }
 
 impl DeviceType {
@@ -75,6 +148,10 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../device-types/beaglebone-black.yaml"),
     ),
     (
+        "qemu-arm64-uboot.yaml",
+        include_str!("../../device-types/qemu-arm64-uboot.yaml"),
+    ),
+    (
         "x86-pc-grub.yaml",
         include_str!("../../device-types/x86-pc-grub.yaml"),
     ),
@@ -91,6 +168,19 @@ fn parse(origin: &str, text: &str) -> anyhow::Result<DeviceType> {
         yaml_serde::from_str(text).with_context(|| format!("device type file {origin}"))?;
     if t.name.is_empty() || t.arch.is_empty() {
         bail!("device type file {origin}: `name` and `arch` must not be empty");
+    }
+    if let Some(u) = &t.u_boot {
+        for (k, a) in [
+            ("kernel_addr", &u.kernel_addr),
+            ("ramdisk_addr", &u.ramdisk_addr),
+            ("dtb_addr", &u.dtb_addr),
+        ] {
+            if !valid_address(a) {
+                bail!(
+                    "device type file {origin}: u_boot.{k} `{a}`: expected a hexadecimal address (0x82000000) or one U-Boot variable (${{kernel_addr_r}})"
+                );
+            }
+        }
     }
     Ok(t)
 }
@@ -169,5 +259,33 @@ mod tests {
         .unwrap();
         let e = Library::load(&[dir.path()]).unwrap_err();
         assert!(format!("{e:#}").contains("unknown field `colour`"), "{e:#}");
+    }
+
+    #[test]
+    fn u_boot_addresses_are_addresses() {
+        let lib = Library::load(&[] as &[&Path]).unwrap();
+        let u = lib.get("qemu-arm64-uboot").unwrap().u_boot.clone().unwrap();
+        assert_eq!(u.kernel_format.command(), "booti");
+        assert_eq!(u.dtb_addr, "${fdtcontroladdr}");
+        for good in ["0x82000000", "${kernel_addr_r}"] {
+            assert!(valid_address(good), "{good}");
+        }
+        for bad in [
+            "",
+            "0x",
+            "82000000",
+            "${a}; reset",
+            "${a}${b}",
+            "0x1 0x2",
+            "$(x)",
+        ] {
+            assert!(!valid_address(bad), "{bad}");
+        }
+        let e = parse(
+            "t",
+            "name: t\narch: arm\nu_boot: {kernel_format: zimage, kernel_addr: '0x1; reset'}\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("u_boot.kernel_addr"), "{e:#}");
     }
 }

@@ -59,6 +59,8 @@ pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>
                         d.clone(),
                         (**s).clone(),
                         cfg.artifacts.file_dirs.clone(),
+                        cfg.tftp.clone(),
+                        dt.u_boot.clone(),
                     )),
                     1,
                 ),

@@ -26,6 +26,7 @@ pub(crate) mod secrets;
 pub mod serial;
 pub mod sources;
 pub(crate) mod state;
+pub mod tftp;
 
 /// Installs the workspace's one rustls crypto provider (ring) if none is installed yet.
 /// The binaries do this at start-up; library entry points that open TLS connections call it

@@ -8,6 +8,8 @@
 //! - In text typed at a bootloader, placeholders may sit inside the text, but job parameters
 //!   are not allowed there; `{artifacts.NAME}` is the file's name (bootloaders fetch files by
 //!   name, e.g. over TFTP).
+//! - `{tftp.dir}`, `{tftp.server}` and `{tftp.NAME}` (an artifact staged for TFTP) are the
+//!   paths as the board asks the TFTP server for them, and the server's address.
 //! - In commands run on a board's shell, `{params.NAME}` becomes the value in single quotes,
 //!   so the board's shell sees it as one literal word.
 
@@ -29,6 +31,8 @@ pub(crate) struct Values<'a> {
     pub dir: &'a Path,
     /// Downloaded artifacts by role.
     pub artifacts: &'a BTreeMap<String, PathBuf>,
+    /// The job's files staged under the TFTP root, when the board boots over TFTP.
+    pub tftp: Option<&'a crate::tftp::Staged>,
 }
 
 impl Values<'_> {
@@ -48,6 +52,7 @@ impl Values<'_> {
             ("job", "id") => Some(self.job.to_string()),
             ("job", "attempt") => Some(self.attempt.to_string()),
             ("job", "dir") => Some(self.dir.display().to_string()),
+            ("tftp", n) => self.tftp.and_then(|t| t.lookup(n)),
             _ => None,
         }
     }
@@ -103,10 +108,11 @@ pub(crate) fn expand_boot_text(text: &str, v: &Values<'_>) -> Result<String, Str
                     "`{token}`: job parameters cannot be typed at a bootloader"
                 ));
             }
-            Some((ns, name)) if ["artifacts", "device", "job"].contains(&ns) => out.push_str(
-                &v.lookup(ns, name, true)
-                    .ok_or_else(|| format!("`{token}` has no value"))?,
-            ),
+            Some((ns, name)) if ["artifacts", "device", "job", "tftp"].contains(&ns) => out
+                .push_str(
+                    &v.lookup(ns, name, true)
+                        .ok_or_else(|| format!("`{token}` has no value"))?,
+                ),
             _ => out.push_str(token),
         }
         rest = &rest[start + len + 1..];
@@ -169,6 +175,7 @@ mod tests {
             attempt: 2,
             dir: Path::new("/j"),
             artifacts: &arts,
+            tftp: None,
         };
         let argv: Vec<String> = [
             "pdu",

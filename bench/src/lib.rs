@@ -42,6 +42,9 @@ pub enum Scenario {
     Parsers,
     /// A KTAP log through a pty into the agent's console engine and the parser.
     Serial,
+    /// The agent's own time per job on the U-Boot board of tests/uboot/ (not in `all`: it
+    /// needs the board of scripts/setup.d/35-boardfarm.sh).
+    Board,
 }
 
 impl Scenario {
@@ -191,6 +194,9 @@ pub struct Opts {
     /// Serial: how long the log is sent at 115200 baud to measure CPU.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub console_window: std::time::Duration,
+    /// Board: jobs run one after the other on the U-Boot board.
+    #[arg(long, default_value_t = 10)]
+    pub board_jobs: usize,
 }
 
 /// The path of this binary, re-executed as the coordinator, the agent and the parser worker.
@@ -232,6 +238,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
             Scenario::Idle => scenarios::idle::run(opts).await,
             Scenario::Parsers => scenarios::parsers::run(opts).await,
             Scenario::Serial => scenarios::serial::run(opts).await,
+            Scenario::Board => scenarios::board::run(opts).await,
         }
         .with_context(|| format!("scenario {s:?} failed"))?;
         let figs: Vec<Figure> = figs

@@ -55,6 +55,9 @@ pub enum ErrorCode {
     PlaceUnavailable,
     /// The kernel did not start in time (`boot_timeout`).
     BootTimeout,
+    /// The bootloader refused a command the agent typed: a TFTP file not found or not
+    /// reachable, a kernel image of the wrong format (`bootloader_error`).
+    BootloaderError,
     /// The kernel panicked (`kernel_panic`).
     KernelPanic,
     /// The board refused the login or never offered a shell (`login_failed`).
@@ -101,6 +104,7 @@ const KNOWN: &[(ErrorCode, &str)] = &[
     (ErrorCode::ConsoleLost, "console_lost"),
     (ErrorCode::PlaceUnavailable, "place_unavailable"),
     (ErrorCode::BootTimeout, "boot_timeout"),
+    (ErrorCode::BootloaderError, "bootloader_error"),
     (ErrorCode::KernelPanic, "kernel_panic"),
     (ErrorCode::LoginFailed, "login_failed"),
     (ErrorCode::TestTimeout, "test_timeout"),

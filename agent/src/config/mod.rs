@@ -53,6 +53,10 @@ pub struct AgentConfig {
     /// Where `file://` artifacts may come from.
     #[serde(default)]
     pub artifacts: ArtifactsConfig,
+    /// The lab's TFTP server, for boards that fetch their kernel over TFTP: the agent stages
+    /// each job's files in a folder of its own under its root.
+    #[serde(default)]
+    pub tftp: Option<crate::tftp::TftpConfig>,
     /// Extra device-type directories (the built-in library is always loaded first).
     #[serde(default)]
     pub device_type_dirs: Vec<PathBuf>,
@@ -359,6 +363,9 @@ impl AgentConfig {
             bail!("limits.poll_wait: expected between 1s and 60s");
         }
         self.artifacts.validate()?;
+        if let Some(t) = &self.tftp {
+            t.validate()?;
+        }
         let lib = self.library()?;
         let mut seen = std::collections::HashSet::new();
         for (i, d) in self.devices.iter().enumerate() {
@@ -381,9 +388,13 @@ impl AgentConfig {
                 DriverConfig::Shell(s) => {
                     validate_command(&format!("{key}.driver.command"), &s.command, d)?
                 }
-                DriverConfig::Serial(s) => {
-                    crate::driver::serial::validate(&format!("{key}.driver"), s, d)?
-                }
+                DriverConfig::Serial(s) => crate::driver::serial::validate(
+                    &format!("{key}.driver"),
+                    s,
+                    d,
+                    self.tftp.is_some(),
+                    lib.get(&d.device_type).and_then(|t| t.u_boot.as_ref()),
+                )?,
                 DriverConfig::Labgrid(_) => {
                     bail!("{key}.driver: labgrid places are listed in the `labgrid:` section")
                 }

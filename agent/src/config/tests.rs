@@ -7,6 +7,56 @@ mod basics {
     const BASE: &str = "lab: lab-a\ncoordinator: {url: 'https://127.0.0.1:7443', ca: ca.pem, cert: a.pem, key: a.key}\n";
 
     #[test]
+    fn board_farm_settings_are_checked() {
+        let board = |tftp: &str, ty: &str, driver: &str| {
+            AgentConfig::parse(&format!(
+                "{BASE}{tftp}devices:\n  - name: b\n    device_type: {ty}\n    driver:\n      type: serial\n      console: {{telnet: {{address: 'h:1'}}}}\n{driver}"
+            ))
+        };
+        let pdu =
+            "      power: {pdudaemon: {url: 'http://127.0.0.1:16421', hostname: pdu1, port: 2}}\n";
+        let uboot = "      boot: {preset: u-boot, u_boot: {bootargs: 'console=ttyAMA0,115200'}}\n";
+        let tftp = "tftp: {root: /srv/tftp, server: 10.0.0.1}\n";
+        // The whole stack: pdudaemon, the TFTP boot typed by the agent.
+        board(tftp, "qemu-arm64-uboot", &format!("{pdu}{uboot}")).unwrap();
+        let err = |r: anyhow::Result<AgentConfig>| format!("{:#}", r.unwrap_err());
+        // Both kinds of power, or none.
+        let e = err(board(
+            "",
+            "qemu-arm64",
+            &format!("{pdu}      power_on_command: ['true']\n      power_off_command: ['true']\n"),
+        ));
+        assert!(
+            e.contains("devices[0] (b).driver.power: give either"),
+            "{e}"
+        );
+        let e = err(board("", "qemu-arm64", ""));
+        assert!(e.contains("the board's power is missing"), "{e}");
+        let e = err(board("", "qemu-arm64", &pdu.replace("http://", "ftp://")));
+        assert!(e.contains("driver.power.pdudaemon.url"), "{e}");
+        // No U-Boot commands: only with a `tftp:` section and a device type that says how.
+        let e = err(board("", "qemu-arm64-uboot", &format!("{pdu}{uboot}")));
+        assert!(e.contains("boot.u_boot.commands"), "{e}");
+        let e = err(board(tftp, "qemu-arm64", &format!("{pdu}{uboot}")));
+        assert!(e.contains("has no `u_boot`"), "{e}");
+        let e = err(board(
+            tftp,
+            "qemu-arm64-uboot",
+            &format!(
+                "{pdu}{}",
+                uboot.replace("'console=ttyAMA0,115200'", "\"x'; reset; '\"")
+            ),
+        ));
+        assert!(e.contains("u_boot.bootargs"), "{e}");
+        let e = err(board(
+            "tftp: {root: /srv/tftp, server: '10.0.0.1; reset'}\n",
+            "qemu-arm64-uboot",
+            &format!("{pdu}{uboot}"),
+        ));
+        assert!(e.contains("tftp.server"), "{e}");
+    }
+
+    #[test]
     fn secrets_are_checked_and_short_ones_warned_about() {
         let board = |settings: &str, secret: &str, password: &str| {
             AgentConfig::parse(&format!(
@@ -206,8 +256,11 @@ mod example_tests {
     fn the_shipped_example_loads() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.yaml");
         let cfg = crate::config::AgentConfig::load(std::path::Path::new(path)).unwrap();
-        assert_eq!(cfg.devices.len(), 2);
+        assert_eq!(cfg.devices.len(), 3);
         assert_eq!(cfg.devices[1].driver.kind(), "serial");
+        // The board farm's board: pdudaemon power, the TFTP boot typed by the agent.
+        assert_eq!(cfg.devices[2].driver.kind(), "serial");
+        assert!(cfg.tftp.is_some());
     }
 
     /// The commented-out `urls:` example, in place of `url:`, loads too.

@@ -170,6 +170,17 @@ pub async fn run(
     let sources = sources::build(&cfg)?;
     crate::state::private_dir(&cfg.state_dir)?;
     crate::state::private_dir(&crate::state::jobs_dir(&cfg.state_dir))?;
+    // TFTP folders of jobs that an agent killed mid-job left behind (no job of a board is
+    // resumed across a restart: each is powered off and ended by the journal's recovery).
+    if let Some(t) = &cfg.tftp {
+        match crate::tftp::clean_leftovers(t) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(folder = %t.folder().display(), removed = n, "removed job folders left under the TFTP root")
+            }
+            Err(e) => anyhow::bail!("tftp.root: cannot clean {}: {e}", t.folder().display()),
+        }
+    }
     crate::state::warn_if_shared(&cfg.coordinator.key, "lab's private key");
     for l in &cfg.lava {
         if let Some(t) = &l.token_file {

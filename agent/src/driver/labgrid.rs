@@ -156,6 +156,7 @@ impl LabgridDriver {
             attempt: ctx.attempt,
             dir: &ctx.dir,
             artifacts,
+            tftp: None,
         };
         let expand = |argv: &[String]| {
             expand_argv(argv, &values).map_err(|e| fail(ErrorCode::InvalidJob, e, None))
@@ -275,6 +276,7 @@ impl Driver for LabgridDriver {
                 attempt: ctx.attempt,
                 dir: &ctx.dir,
                 artifacts: &artifacts,
+                tftp: None,
             };
             let script = match Script::prepare(
                 &self.cfg.boot,

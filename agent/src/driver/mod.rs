@@ -7,6 +7,7 @@
 pub(crate) mod board;
 pub(crate) mod labgrid;
 pub mod lava;
+pub(crate) mod pdudaemon;
 pub(crate) mod serial;
 pub(crate) mod shell;
 

@@ -3,17 +3,23 @@
 //! runs the job's commands on the board's shell with their exit status, and powers the board
 //! off at the end, whatever happened (success, failure, timeout, cancel, agent shutdown).
 //! Every byte the console prints is the job's log. The boot, login and commands are the
-//! board engine's ([`super::board`]); this driver adds the power commands and the console.
+//! board engine's ([`super::board`]); this driver adds the power (commands or pdudaemon),
+//! the TFTP staging of the job's files ([`crate::tftp`]) and the console.
 
+use super::board::config::BootPreset;
 use super::board::config::{
     BootConfig, LoginConfig, default_command_timeout, default_max_download,
 };
 use super::board::{Failure, Script, Steps, fail, run_command};
+use super::pdudaemon::{PduStart, PowerConfig};
 use super::{Driver, JobContext, Outcome};
 use crate::config::DeviceConfig;
+use crate::device_types::UBootType;
+use crate::joblog::JobLog;
 use crate::placeholders::{Values, expand_argv};
 use crate::serial::Session;
 use crate::serial::config::ConsoleConfig;
+use crate::tftp::{Staged, TftpConfig};
 use futures::future::BoxFuture;
 use labwire_common::ErrorCode;
 use serde::Deserialize;
@@ -33,10 +39,16 @@ pub struct SerialConfig {
     /// Run before powering on (e.g. to switch a USB hub port). Optional.
     #[serde(default)]
     pub pre_power_command: Option<Vec<String>>,
-    /// Powers the board on.
-    pub power_on_command: Vec<String>,
-    /// Powers the board off. Always run at the end of a job, whatever happened.
-    pub power_off_command: Vec<String>,
+    /// Powers the board on (or `power:`).
+    #[serde(default)]
+    pub power_on_command: Option<Vec<String>>,
+    /// Powers the board off (or `power:`). Always run at the end of a job, whatever happened.
+    #[serde(default)]
+    pub power_off_command: Option<Vec<String>>,
+    /// The board's power through a power daemon instead of commands:
+    /// `{pdudaemon: {url, hostname, port}}`.
+    #[serde(default)]
+    pub power: Option<PowerConfig>,
     /// Power-cycles the board. Optional; when set, a job starts with it instead of
     /// `power_on_command`, so a board that was left on still boots afresh.
     #[serde(default)]
@@ -62,11 +74,53 @@ pub struct SerialConfig {
     pub command_timeout: Duration,
 }
 
-/// Checks a serial device's settings; errors name the key.
-pub(crate) fn validate(key: &str, s: &SerialConfig, d: &DeviceConfig) -> anyhow::Result<()> {
+/// Checks a serial device's settings; errors name the key. `tftp`: the agent has a `tftp:`
+/// section; `u_boot`: the device type's U-Boot settings.
+pub(crate) fn validate(
+    key: &str,
+    s: &SerialConfig,
+    d: &DeviceConfig,
+    tftp: bool,
+    u_boot: Option<&UBootType>,
+) -> anyhow::Result<()> {
     crate::serial::config::validate_console(&format!("{key}.console"), &s.console, d)?;
-    crate::config::validate_command(&format!("{key}.power_on_command"), &s.power_on_command, d)?;
-    crate::config::validate_command(&format!("{key}.power_off_command"), &s.power_off_command, d)?;
+    match (&s.power, &s.power_on_command, &s.power_off_command) {
+        (Some(PowerConfig::Pdudaemon(p)), None, None) => {
+            if s.hard_reset_command.is_some() {
+                anyhow::bail!(
+                    "{key}.hard_reset_command: with pdudaemon, set `power.pdudaemon.start: reboot` instead"
+                );
+            }
+            p.validate(&format!("{key}.power.pdudaemon"))?
+        }
+        (Some(_), _, _) => anyhow::bail!(
+            "{key}.power: give either `power` or `power_on_command` and `power_off_command`, not both"
+        ),
+        (None, Some(on), Some(off)) => {
+            crate::config::validate_command(&format!("{key}.power_on_command"), on, d)?;
+            crate::config::validate_command(&format!("{key}.power_off_command"), off, d)?;
+        }
+        (None, _, _) => anyhow::bail!(
+            "{key}: the board's power is missing: `power_on_command` and `power_off_command`, or `power: {{pdudaemon: {{url, hostname, port}}}}`"
+        ),
+    }
+    let generated = s.boot.preset == BootPreset::UBoot && s.boot.u_boot.commands.is_empty();
+    if generated && tftp && u_boot.is_none() {
+        anyhow::bail!(
+            "{key}.boot.u_boot.commands: empty, and device type `{}` has no `u_boot` (kernel_format, load addresses) for the TFTP boot the agent types",
+            d.device_type
+        );
+    }
+    let uses_tftp = s
+        .boot
+        .u_boot
+        .commands
+        .iter()
+        .chain(&s.boot.grub.commands)
+        .any(|c| c.contains("{tftp."));
+    if uses_tftp && !tftp {
+        anyhow::bail!("{key}.boot: `{{tftp.…}}` placeholders need a `tftp:` section in agent.yaml");
+    }
     for (name, cmd) in [
         ("pre_power_command", &s.pre_power_command),
         ("hard_reset_command", &s.hard_reset_command),
@@ -76,7 +130,7 @@ pub(crate) fn validate(key: &str, s: &SerialConfig, d: &DeviceConfig) -> anyhow:
             crate::config::validate_command(&format!("{key}.{name}"), c, d)?;
         }
     }
-    super::board::config::validate_boot_login(key, &s.boot, &s.login, d)
+    super::board::config::validate_boot_login(key, &s.boot, &s.login, d, tftp)
 }
 
 /// The serial driver of one board.
@@ -85,16 +139,28 @@ pub(crate) struct SerialDriver {
     cfg: SerialConfig,
     /// The folders `file://` artifacts may come from (`artifacts.file_dirs`).
     file_dirs: Vec<PathBuf>,
+    /// The lab's TFTP server, when the agent stages files for it.
+    tftp: Option<TftpConfig>,
+    /// The device type's U-Boot settings (kernel format, load addresses).
+    u_boot: Option<UBootType>,
 }
 
 impl SerialDriver {
     /// A driver for `device` with its serial settings; `file://` artifacts only from
-    /// `file_dirs`.
-    pub(crate) fn new(device: DeviceConfig, cfg: SerialConfig, file_dirs: Vec<PathBuf>) -> Self {
+    /// `file_dirs`; job files staged for `tftp`; `u_boot` of the device type.
+    pub(crate) fn new(
+        device: DeviceConfig,
+        cfg: SerialConfig,
+        file_dirs: Vec<PathBuf>,
+        tftp: Option<TftpConfig>,
+        u_boot: Option<UBootType>,
+    ) -> Self {
         SerialDriver {
             device,
             cfg,
             file_dirs,
+            tftp,
+            u_boot,
         }
     }
 
@@ -102,6 +168,7 @@ impl SerialDriver {
         &'v self,
         ctx: &'v JobContext,
         artifacts: &'v BTreeMap<String, PathBuf>,
+        tftp: Option<&'v Staged>,
     ) -> Values<'v> {
         Values {
             params: &ctx.spec.params,
@@ -110,27 +177,53 @@ impl SerialDriver {
             attempt: ctx.attempt,
             dir: &ctx.dir,
             artifacts,
+            tftp,
         }
+    }
+
+    /// Whether the board boots through a bootloader that fetches files over TFTP.
+    fn stages(&self) -> bool {
+        self.tftp.is_some() && self.cfg.boot.preset != BootPreset::Kernel
+    }
+
+    /// Asks pdudaemon for `request`; the job log, when there is one, says what was asked and
+    /// the answer.
+    async fn pdu(&self, request: &str, mut log: Option<&mut JobLog>) -> Result<(), String> {
+        let Some(PowerConfig::Pdudaemon(p)) = &self.cfg.power else {
+            return Err("the device has no pdudaemon".into());
+        };
+        if let Some(l) = log.as_deref_mut() {
+            l.note(&format!(
+                "power {request}: pdudaemon {} PDU `{}` port {}",
+                p.url, p.hostname, p.port
+            ));
+        }
+        let r = p.request(request, self.cfg.command_timeout).await;
+        if let (Ok(()), Some(l)) = (&r, log) {
+            l.note(&format!("power {request}: pdudaemon took the request"));
+        }
+        r
     }
 
     /// Powers the board off; errors are logged (the job's outcome is already decided).
     async fn power_off(&self, ctx: &mut JobContext, artifacts: &BTreeMap<String, PathBuf>) {
-        let argv = match expand_argv(&self.cfg.power_off_command, &self.values(ctx, artifacts)) {
-            Ok(a) => a,
-            Err(e) => {
-                ctx.log.note(&format!("power off: {e}"));
-                return;
-            }
+        let res = match &self.cfg.power_off_command {
+            None => self.pdu("off", Some(&mut ctx.log)).await,
+            Some(cmd) => match expand_argv(cmd, &self.values(ctx, artifacts, None)) {
+                Ok(argv) => {
+                    run_command(
+                        "power off",
+                        &argv,
+                        &self.cfg.command_env,
+                        self.cfg.command_timeout,
+                        &mut ctx.log,
+                    )
+                    .await
+                }
+                Err(e) => Err(format!("power off: {e}")),
+            },
         };
-        if let Err(e) = run_command(
-            "power off",
-            &argv,
-            &self.cfg.command_env,
-            self.cfg.command_timeout,
-            &mut ctx.log,
-        )
-        .await
-        {
+        if let Err(e) = res {
             tracing::error!(device = %self.device.name, error = %e, "power off failed");
             ctx.log.note(&e);
         }
@@ -138,6 +231,9 @@ impl SerialDriver {
 
     /// Powers the board off outside a job (after an agent restart found it journalled).
     pub(crate) async fn power_off_now(&self) -> Result<(), String> {
+        let Some(cmd) = &self.cfg.power_off_command else {
+            return self.pdu("off", None).await;
+        };
         let empty = BTreeMap::new();
         let params = Default::default();
         let dir = std::env::temp_dir();
@@ -148,8 +244,9 @@ impl SerialDriver {
             attempt: 0,
             dir: &dir,
             artifacts: &empty,
+            tftp: None,
         };
-        let argv = expand_argv(&self.cfg.power_off_command, &v)?;
+        let argv = expand_argv(cmd, &v)?;
         let out = tokio::time::timeout(
             self.cfg.command_timeout,
             tokio::process::Command::new(&argv[0])
@@ -168,15 +265,41 @@ impl SerialDriver {
         }
     }
 
+    /// The boot settings of this job: the device's, with the TFTP boot typed by the agent
+    /// when `u_boot.commands` is empty and the job's files are staged.
+    fn boot_config(&self, staged: Option<&Staged>) -> std::borrow::Cow<'_, BootConfig> {
+        let b = &self.cfg.boot;
+        match (staged, &self.u_boot) {
+            (Some(st), Some(t))
+                if b.preset == BootPreset::UBoot && b.u_boot.commands.is_empty() =>
+            {
+                let mut b = b.clone();
+                b.u_boot.commands =
+                    super::board::uboot::tftp_boot(&b.u_boot, t, st.has("ramdisk"), st.has("dtb"));
+                std::borrow::Cow::Owned(b)
+            }
+            _ => std::borrow::Cow::Borrowed(b),
+        }
+    }
+
     async fn boot_and_test(
         &self,
         ctx: &mut JobContext,
         artifacts: &BTreeMap<String, PathBuf>,
+        staged: Option<&Staged>,
         out: &mut Steps,
     ) -> Result<(), Failure> {
         let started = Instant::now();
         let cfg = &self.cfg;
-        let values = self.values(ctx, artifacts);
+        let boot = self.boot_config(staged);
+        if boot.preset == BootPreset::UBoot && boot.u_boot.commands.is_empty() {
+            return Err(fail(
+                ErrorCode::InvalidJob,
+                "the TFTP boot needs a `kernel` artifact staged for TFTP",
+                None,
+            ));
+        }
+        let values = self.values(ctx, artifacts, staged);
         let expand = |argv: &[String]| {
             expand_argv(argv, &values).map_err(|e| fail(ErrorCode::InvalidJob, e, None))
         };
@@ -187,19 +310,27 @@ impl SerialDriver {
         let deploy = cfg.deploy_command.as_deref().map(expand).transpose()?;
         let pre = cfg.pre_power_command.as_deref().map(expand).transpose()?;
         // A hard reset, when the board has one, starts the job from a fresh boot even if the
-        // board was left on; otherwise power on.
-        let (power_on, power_what) = match &cfg.hard_reset_command {
-            Some(reset) => (expand(reset)?, "hard reset"),
-            None => (expand(&cfg.power_on_command)?, "power on"),
+        // board was left on; otherwise power on. With pdudaemon: `on`, or `reboot`.
+        let power_on = match (&cfg.hard_reset_command, &cfg.power_on_command) {
+            (Some(reset), _) => Some((expand(reset)?, "hard reset")),
+            (None, Some(on)) => Some((expand(on)?, "power on")),
+            (None, None) => None,
         };
         let script = Script::prepare(
-            &cfg.boot,
+            &boot,
             &cfg.login,
             &values,
             &ctx.spec.commands,
             &ctx.spec.params,
             ctx.timeout,
         )?;
+        if let Some(st) = staged {
+            ctx.log.note(&format!(
+                "tftp: the job's files are in {} (as the board asks: {})",
+                st.path().display(),
+                st.lookup("dir").unwrap_or_default()
+            ));
+        }
 
         if let Some(d) = &deploy {
             run_command(
@@ -233,15 +364,37 @@ impl SerialDriver {
             .await
             .map_err(|e| fail(ErrorCode::PowerFailed, e, None))?;
         }
-        run_command(
-            power_what,
-            &power_on,
-            &cfg.command_env,
-            cfg.command_timeout,
-            &mut ctx.log,
-        )
-        .await
-        .map_err(|e| fail(ErrorCode::PowerFailed, e, None))?;
+        let pdu = match (&power_on, &cfg.power) {
+            (Some((argv, what)), _) => {
+                run_command(
+                    what,
+                    argv,
+                    &cfg.command_env,
+                    cfg.command_timeout,
+                    &mut ctx.log,
+                )
+                .await
+                .map_err(|e| fail(ErrorCode::PowerFailed, e, None))?;
+                None
+            }
+            (None, Some(PowerConfig::Pdudaemon(p))) => {
+                let request = match p.start {
+                    PduStart::On => "on",
+                    PduStart::Reboot => "reboot",
+                };
+                self.pdu(request, Some(&mut ctx.log))
+                    .await
+                    .map_err(|e| fail(ErrorCode::PowerFailed, e, None))?;
+                Some(request)
+            }
+            (None, None) => {
+                return Err(fail(
+                    ErrorCode::InvalidConfig,
+                    "the board has no power-on",
+                    None,
+                ));
+            }
+        };
         out.mark("powered_on_ms", started);
         let console = match early {
             Some(c) => c,
@@ -253,7 +406,22 @@ impl SerialDriver {
         let mut s = Session::new(console, &mut ctx.log, cancel);
         let desc = s.describe().to_string();
         s.log().note(&format!("console: {desc}"));
-        script.run(&mut s, started, out).await
+        let res = script.run(&mut s, started, out).await;
+        match (res, pdu) {
+            // pdudaemon took the request but the board never spoke: its power did not change
+            // (a queue, a PDU that failed after the answer, a wrong outlet).
+            (Err(f), Some(request)) if f.code == ErrorCode::BootTimeout && s.received() == 0 => {
+                Err(fail(
+                    ErrorCode::PowerFailed,
+                    format!(
+                        "pdudaemon took `{request}`, but the board showed nothing on its console within the boot timeout ({}): did the power change? (pdudaemon queues requests; check its log and the PDU outlet)",
+                        humantime::format_duration(boot.timeout)
+                    ),
+                    f.test,
+                ))
+            }
+            (res, _) => res,
+        }
     }
 }
 
@@ -279,10 +447,31 @@ impl Driver for SerialDriver {
                 Ok(a) => a,
                 Err(o) => return o,
             };
+            // The files the board fetches over TFTP, in the job's own folder under the TFTP
+            // root; removed when `staged` is dropped: at the end of this job on every path.
+            let staged = match &self.tftp {
+                Some(t) if self.stages() => {
+                    match Staged::stage(t, ctx.job, ctx.attempt, &artifacts) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            let msg = format!(
+                                "tftp: cannot stage the job's files under {}: {e}",
+                                t.folder().display()
+                            );
+                            ctx.log.note(&msg);
+                            return Outcome::infra(ErrorCode::DeployFailed, msg);
+                        }
+                    }
+                }
+                _ => None,
+            };
             let mut steps = Steps::default();
-            let res = self.boot_and_test(ctx, &artifacts, &mut steps).await;
+            let res = self
+                .boot_and_test(ctx, &artifacts, staged.as_ref(), &mut steps)
+                .await;
             // Always: the board goes off, whatever happened above.
             self.power_off(ctx, &artifacts).await;
+            drop(staged);
             steps.outcome(res, &mut ctx.log)
         })
     }

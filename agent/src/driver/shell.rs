@@ -75,6 +75,7 @@ impl Driver for ShellDriver {
                 attempt: ctx.attempt,
                 dir: &ctx.dir,
                 artifacts: &ctx.artifacts,
+                tftp: None,
             };
             let argv = match expand_argv(&self.shell.command, &values) {
                 Ok(a) => a,

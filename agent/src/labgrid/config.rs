@@ -176,7 +176,7 @@ impl LabgridConfig {
             if let Some(c) = &p.deploy_command {
                 validate_command(&format!("{pkey}.deploy_command"), c, &d)?;
             }
-            validate_boot_login(&pkey, &p.boot, &p.login, &d)?;
+            validate_boot_login(&pkey, &p.boot, &p.login, &d, false)?;
         }
         Ok(())
     }

@@ -35,6 +35,8 @@ pub(crate) struct Session<'a> {
     panic_checked: usize,
     closed: Option<String>,
     cancel: CancellationToken,
+    /// Bytes the board printed in this session.
+    received: u64,
 }
 
 impl<'a> Session<'a> {
@@ -48,6 +50,7 @@ impl<'a> Session<'a> {
             panic_checked: 0,
             closed: None,
             cancel,
+            received: 0,
         }
     }
 
@@ -62,7 +65,13 @@ impl<'a> Session<'a> {
         self.console.writer.flush().await
     }
 
+    /// How many bytes the board printed in this session (has it shown any sign of life?).
+    pub(crate) fn received(&self) -> u64 {
+        self.received
+    }
+
     fn take(&mut self, data: &[u8]) {
+        self.received += data.len() as u64;
         self.log.write(data);
         self.window.extend_from_slice(data);
         if self.window.len() > WINDOW {

@@ -71,10 +71,20 @@ pub struct UBootConfig {
     #[serde(default = "default_uboot_prompt")]
     pub prompt: String,
     /// Commands typed at the prompt; the last one boots (e.g. `bootz ${kernel_addr_r} ...`).
-    /// Placeholders `{artifacts.NAME}` (the file's name), `{job.id}` and `{device.NAME}` are
-    /// replaced; job parameters are not allowed here.
+    /// Placeholders `{artifacts.NAME}` (the file's name), `{tftp.NAME}`, `{job.id}` and
+    /// `{device.NAME}` are replaced; job parameters are not allowed here. Empty on a serial
+    /// device of an agent with a `tftp:` section: the agent types the TFTP boot of the device
+    /// type's `u_boot` (kernel format, load addresses).
     #[serde(default)]
     pub commands: Vec<String>,
+    /// For the TFTP boot the agent types: the board's address (`setenv ipaddr`). Absent: the
+    /// board asks DHCP (`dhcp`).
+    #[serde(default)]
+    pub ipaddr: Option<String>,
+    /// For the TFTP boot the agent types: the kernel's command line (`setenv bootargs`), e.g.
+    /// `console=ttyAMA0,115200`. Absent: U-Boot's own `bootargs`.
+    #[serde(default)]
+    pub bootargs: Option<String>,
 }
 
 impl Default for UBootConfig {
@@ -84,6 +94,8 @@ impl Default for UBootConfig {
             interrupt_char: default_uboot_char(),
             prompt: default_uboot_prompt(),
             commands: Vec::new(),
+            ipaddr: None,
+            bootargs: None,
         }
     }
 }
@@ -236,12 +248,14 @@ fn validate_boot_text(key: &str, text: &str, device: &DeviceConfig) -> anyhow::R
     Ok(())
 }
 
-/// Checks the boot and login settings of a board (serial and labgrid drivers).
+/// Checks the boot and login settings of a board (serial and labgrid drivers). `tftp_boot`:
+/// the agent can type a TFTP boot itself, so `u_boot.commands` may be empty.
 pub(crate) fn validate_boot_login(
     key: &str,
     boot: &BootConfig,
     login: &LoginConfig,
     d: &DeviceConfig,
+    tftp_boot: bool,
 ) -> anyhow::Result<()> {
     validate_regex(&format!("{key}.boot.kernel_start"), &boot.kernel_start)?;
     for (i, st) in boot.steps.iter().enumerate() {
@@ -257,10 +271,26 @@ pub(crate) fn validate_boot_login(
                 &format!("{key}.boot.u_boot.interrupt_prompt"),
                 &regex::escape(&boot.u_boot.interrupt_prompt),
             )?;
-            if boot.u_boot.commands.is_empty() {
+            if boot.u_boot.commands.is_empty() && !tftp_boot {
                 bail!(
-                    "{key}.boot.u_boot.commands: the u-boot preset needs the commands that boot the kernel"
+                    "{key}.boot.u_boot.commands: the u-boot preset needs the commands that boot the kernel (or a `tftp:` section in agent.yaml, for the TFTP boot the agent types)"
                 );
+            }
+            if let Some(ip) = &boot.u_boot.ipaddr
+                && (ip.parse::<std::net::Ipv4Addr>().is_err())
+            {
+                bail!("{key}.boot.u_boot.ipaddr `{ip}`: expected an IPv4 address");
+            }
+            if let Some(args) = &boot.u_boot.bootargs {
+                if args
+                    .chars()
+                    .any(|c| c.is_control() || c == '\'' || c == '\\')
+                {
+                    bail!(
+                        "{key}.boot.u_boot.bootargs: no quotes, backslashes or control characters"
+                    );
+                }
+                validate_boot_text(&format!("{key}.boot.u_boot.bootargs"), args, d)?;
             }
             for (i, c) in boot.u_boot.commands.iter().enumerate() {
                 validate_boot_text(&format!("{key}.boot.u_boot.commands[{i}]"), c, d)?;

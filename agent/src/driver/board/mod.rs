@@ -7,6 +7,7 @@
 pub(crate) mod config;
 mod program;
 mod script;
+pub(crate) mod uboot;
 
 pub(crate) use program::{run_command, run_program_without};
 pub(crate) use script::Script;
@@ -96,7 +97,9 @@ pub(crate) struct Steps {
     pub setup: Vec<TestNode>,
     /// `command-N`.
     pub commands: Vec<TestNode>,
-    /// Timings (`powered_on_ms`, `kernel_started_ms`, `login_ms`).
+    /// Timings (`powered_on_ms`, `kernel_started_ms`, `login_ms`, `commands_done_ms`), in
+    /// milliseconds since the board's part of the job began (after the artifacts and their
+    /// staging).
     pub data: Map<String, Value>,
 }
 

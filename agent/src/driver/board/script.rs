@@ -11,6 +11,19 @@ use regex::bytes::Regex;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// U-Boot's messages for a command that failed (2023.01 wording): a TFTP file not found or a
+/// transfer that timed out, a kernel image of the wrong format, an unknown command, `## Error`.
+const UBOOT_ERRORS: &str = r"TFTP error: [^\r\n]*|Retry count exceeded[^\r\n]*|Bad Linux [^\r\n]*magic!|Wrong Image Format[^\r\n]*|Unknown command '[^\r\n]*|## Error[^\r\n]*|ERROR: [^\r\n]*";
+
+/// A failed U-Boot command: `bootloader_error` quoting U-Boot's line.
+fn uboot_error(cmd: &str, text: &str) -> Failure {
+    fail(
+        ErrorCode::BootloaderError,
+        format!("U-Boot refused `{cmd}`: {}", text.trim()),
+        Some("kernel-boot"),
+    )
+}
+
 /// Everything the engine does on the console, prepared (placeholders expanded, expressions
 /// compiled) before the board is powered, so that a bad job or config fails without touching
 /// the board.
@@ -110,7 +123,9 @@ impl<'c> Script<'c> {
         self.log_in(s).await?;
         out.mark("login_ms", started);
         out.setup.push(TestNode::leaf("login", NodeResult::Pass));
-        self.commands(s, started, &mut out.commands).await
+        let r = self.commands(s, started, &mut out.commands).await;
+        out.mark("commands_done_ms", started);
+        r
     }
 
     /// Bootloader steps, then the kernel's first message.
@@ -138,12 +153,17 @@ impl<'c> Script<'c> {
                 s.expect(&[&prompt], left(boot_deadline))
                     .await
                     .map_err(|e| boot_fail(e, "U-Boot's prompt"))?;
+                let errors = re(UBOOT_ERRORS, "U-Boot's error messages")?;
                 for (i, c) in self.uboot_cmds.iter().enumerate() {
                     s.send(format!("{c}\n").as_bytes()).await.map_err(lost)?;
                     if i + 1 < self.uboot_cmds.len() {
-                        s.expect(&[&prompt], left(boot_deadline))
+                        let (k, text) = s
+                            .expect(&[&prompt, &errors], left(boot_deadline))
                             .await
                             .map_err(|e| boot_fail(e, "U-Boot's prompt"))?;
+                        if k == 1 {
+                            return Err(uboot_error(c, &text));
+                        }
                     }
                 }
             }
@@ -177,9 +197,20 @@ impl<'c> Script<'c> {
             }
         }
         let kernel = re(&boot.kernel_start, "boot.kernel_start")?;
-        s.expect(&[&kernel], left(boot_deadline))
+        // At U-Boot, the boot command itself may fail (a kernel image of the wrong format).
+        let errors = re(UBOOT_ERRORS, "U-Boot's error messages")?;
+        let mut watch = vec![&kernel];
+        if boot.preset == BootPreset::UBoot {
+            watch.push(&errors);
+        }
+        let (k, text) = s
+            .expect(&watch, left(boot_deadline))
             .await
             .map_err(|e| boot_fail(e, "the kernel's start message"))?;
+        if k == 1 {
+            let last = self.uboot_cmds.last().map_or("", String::as_str);
+            return Err(uboot_error(last, &text));
+        }
         Ok(())
     }
 
