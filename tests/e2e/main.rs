@@ -10,6 +10,7 @@ mod configs;
 mod dashboard;
 mod docs;
 mod failover;
+mod health;
 mod hostile_agent;
 mod hostile_net;
 mod hostile_queue;

@@ -59,6 +59,9 @@ pub struct AgentConfig {
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Board health: when a device is quarantined.
+    #[serde(default)]
+    pub health: crate::health::HealthConfig,
     /// The lab's devices.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
@@ -359,6 +362,7 @@ impl AgentConfig {
             bail!("limits.poll_wait: expected between 1s and 60s");
         }
         self.artifacts.validate()?;
+        self.health.validate()?;
         let lib = self.library()?;
         let mut seen = std::collections::HashSet::new();
         for (i, d) in self.devices.iter().enumerate() {

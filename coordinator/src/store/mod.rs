@@ -17,6 +17,7 @@ pub(crate) mod copy;
 pub(crate) mod cursor;
 pub mod db;
 pub mod events;
+pub(crate) mod health;
 pub(crate) mod jobs;
 pub(crate) mod kernelci;
 pub(crate) mod labs;
