@@ -396,6 +396,10 @@ mod tests {
             ]
         );
         assert_eq!(log[1].reason, "new PSU");
+        assert!(log.iter().all(|c| c.lab == "lab-a"
+            && c.device == "b1"
+            && c.device_type == "qemu-x86_64"
+            && c.at.timestamp() > 0));
         let (row, reasons) = store
             .write_blocking(|w| w.health_row("lab-a", "b1"))
             .unwrap()
