@@ -57,6 +57,43 @@ fn wait_health(rig: &Rig, target: &str, health: &str, within: Duration) -> serde
     panic!("timed out waiting for {target} to be {health}; last seen {last}");
 }
 
+/// The first `n` device health events of `/events/stream` (read from the start), as
+/// CloudEvents.
+async fn health_events(rig: &Rig, n: usize) -> Vec<serde_json::Value> {
+    let mut resp = rig
+        .http_client()
+        .get(format!("{}/events/stream?from=0", rig.http_url()))
+        .bearer_auth(&rig.admin_token)
+        .send()
+        .await
+        .expect("event stream");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    while out.len() < n {
+        let chunk = tokio::time::timeout_at(end, resp.chunk())
+            .await
+            .expect("timed out reading the event stream")
+            .expect("event stream chunk")
+            .expect("event stream ended");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(i) = buf.find("\n\n") {
+            let frame: String = buf.drain(..i + 2).collect();
+            for line in frame.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    let e: serde_json::Value =
+                        serde_json::from_str(data.trim()).expect("CloudEvent");
+                    if e["type"] == "org.labwire.device.health" {
+                        out.push(e);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// What `jobs explain` says of `lab` for `job`.
 async fn explain(c: &mut labwire::client::Clients, job: i64, lab: &str) -> String {
     let r = c
@@ -83,7 +120,7 @@ const SLEEPER: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_holds_across_restarts_and_resume_brings_the_device_back() {
     let mut steps = Steps::new();
-    let rig = Rig::new("leases: {duration: 30s, heartbeat: 500ms}\n");
+    let rig = Rig::new("leases: {duration: 30s, heartbeat: 500ms}\nhttp: {listen: 127.0.0.1:0}\n");
     let _keep = rig.keep_on_failure();
     let mut coord = rig.start_coordinator();
     rig.issue_lab("lab-h");
@@ -170,6 +207,41 @@ async fn maintenance_holds_across_restarts_and_resume_brings_the_device_back() {
     let n = wait_node(&mut c, long, Duration::from_secs(10), is_done).await;
     assert_eq!(data(&n)["error_code"], "cancelled", "{n:?}");
     wait_health(&rig, "lab-h/d1", "retired", Duration::from_secs(5));
+
+    steps.at("each change is a CloudEvent on /events/stream, in order");
+    let seen = health_events(&rig, 3).await;
+    let moves: Vec<(String, String, String)> = seen
+        .iter()
+        .map(|e| {
+            let d = &e["data"];
+            assert_eq!(e["type"], "org.labwire.device.health", "{e}");
+            assert_eq!(
+                (d["lab"].as_str(), d["device"].as_str()),
+                (Some("lab-h"), Some("d1")),
+                "{e}"
+            );
+            (
+                d["from"].as_str().unwrap_or("").to_string(),
+                d["to"].as_str().unwrap_or("").to_string(),
+                d["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("good", "maintenance", "new power supply"),
+        ("maintenance", "good", "resumed by an admin"),
+        ("good", "retired", "board died"),
+    ];
+    let want: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(moves, want);
+    let ids: Vec<i64> = seen
+        .iter()
+        .map(|e| e["id"].as_str().and_then(|i| i.parse().ok()).unwrap_or(0))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
 
     steps.at("bad input is refused clearly");
     let out = Command::new(CLIENT)

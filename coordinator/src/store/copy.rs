@@ -215,7 +215,7 @@ mod tests {
             .unwrap();
         assert!(next.id.0 > job.id.0);
         let evs = target
-            .read_blocking(move |c| events::events_after(c, last, 10, None))
+            .read_blocking(move |c| events::events_after(c, last, 10, None, false))
             .unwrap();
         assert_eq!(evs.len(), 1);
         assert_eq!(evs[0].seq, last + 1);

@@ -175,6 +175,19 @@ impl Write<'_> {
                 reason
             ],
         )?;
+        // A change (not a device first heard of) is an event on the log, in order with the
+        // node events, for the readers that ask for device events (`/events/stream`).
+        if let Some(from) = from {
+            let data = serde_json::json!({
+                "lab": lab,
+                "device": device,
+                "device_type": device_type,
+                "from": from.as_str(),
+                "to": to.as_str(),
+                "reason": reason,
+            });
+            self.append_device_event(data.to_string());
+        }
         tracing::info!(lab, device, from = from.map_or("-", Health::as_str), to = %to, reason, "device health changed");
         Ok(())
     }
