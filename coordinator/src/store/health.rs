@@ -14,6 +14,9 @@ use crate::model::LabName;
 use chrono::{DateTime, Utc};
 use labwire_common::{DeviceInfo, Health};
 
+/// The longest reason an agent's report keeps (bytes).
+const MAX_REASON: usize = 500;
+
 /// One device's health as stored.
 #[derive(Debug, Clone)]
 pub(crate) struct HealthRow {
@@ -208,7 +211,14 @@ impl Write<'_> {
                 .as_ref()
                 .map(|(r, rs)| (r.admin, rs.admin.clone()))
                 .unwrap_or((None, String::new()));
-            let (h, reason) = effective(admin, &admin_reason, d.health, &d.health_reason);
+            // An agent's reason is kept to one printable line of a bounded size.
+            let agent_reason: String = d
+                .health_reason
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let agent_reason = labwire_common::names::shorten(&agent_reason, MAX_REASON);
+            let (h, reason) = effective(admin, &admin_reason, d.health, &agent_reason);
             let changed = old.as_ref().map(|(r, _)| r.health) != Some(h);
             self.conn().execute(
                 "INSERT INTO device_health (lab, device, device_type, health, reason, reported, \
@@ -231,7 +241,7 @@ impl Write<'_> {
                     d.last_check,
                     i64::from(d.failure_streak),
                     now,
-                    &d.health_reason
+                    &*agent_reason
                 ],
             )?;
             if changed {
@@ -420,5 +430,16 @@ mod tests {
         assert_eq!(row.health, Health::Bad);
         assert_eq!(reasons.reported, "panic");
         assert_eq!(row.admin, None);
+        // A hostile agent's reason: one bounded printable line.
+        let long = format!("line\nbreak\u{1b}[31m{}", "x".repeat(10_000));
+        let out = store
+            .write_blocking(|w| w.report_health(&lab, &[dev("b1", Health::Bad, &long)]))
+            .unwrap();
+        assert!(
+            out[0].health_reason.len() <= MAX_REASON,
+            "{}",
+            out[0].health_reason.len()
+        );
+        assert!(!out[0].health_reason.chars().any(char::is_control));
     }
 }
