@@ -47,6 +47,7 @@ pub fn build(cfg: &AgentConfig, lib: &Library) -> anyhow::Result<Vec<Arc<Device>
                 features: dt.features.clone(),
                 tags: d.tags.clone(),
                 health: Health::Good,
+                ..Default::default()
             };
             let (driver, max_jobs): (Arc<dyn Driver>, usize) = match &d.driver {
                 DriverConfig::Shell(s) => (

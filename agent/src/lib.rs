@@ -17,6 +17,7 @@ pub mod device_types;
 pub mod devices;
 pub mod driver;
 pub(crate) mod fetch;
+pub mod health;
 pub mod joblog;
 pub(crate) mod labgrid;
 pub mod lava;

@@ -20,12 +20,44 @@ pub enum Health {
     Bad,
     /// Taken out of service by an admin; no job is placed on it.
     Maintenance,
+    /// Retired by an admin for good; no job is placed on it.
+    Retired,
 }
 
 impl Health {
     /// Whether a job may be placed on a device in this state.
     pub fn usable(self) -> bool {
         matches!(self, Health::Good | Health::Unknown)
+    }
+
+    /// The lower-case name (`good`, `bad`, `maintenance`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Good => "good",
+            Health::Unknown => "unknown",
+            Health::Bad => "bad",
+            Health::Maintenance => "maintenance",
+            Health::Retired => "retired",
+        }
+    }
+
+    /// The health of a lower-case name, if it is one.
+    pub fn parse(s: &str) -> Option<Health> {
+        [
+            Health::Good,
+            Health::Unknown,
+            Health::Bad,
+            Health::Maintenance,
+            Health::Retired,
+        ]
+        .into_iter()
+        .find(|h| h.as_str() == s)
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -51,6 +83,24 @@ pub struct DeviceInfo {
     /// Current health.
     #[serde(default)]
     pub health: Health,
+    /// Why the device is in this health (a failed health check, a quarantine, an admin's
+    /// reason); empty when good.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health_reason: String,
+    /// When its last health check ended, in seconds since the Unix epoch (0: never).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_check: i64,
+    /// How many jobs in a row ended with an infrastructure error on it.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub failure_streak: u32,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 /// What a job requires of the device that runs it. Every field that is set must hold.
@@ -114,7 +164,7 @@ pub enum Mismatch {
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Mismatch::Health(h) => write!(f, "device health is {h:?}"),
+            Mismatch::Health(h) => write!(f, "device health is {h}"),
             Mismatch::Field {
                 field,
                 wanted,
@@ -205,6 +255,7 @@ mod tests {
             features: vec!["kvm".into()],
             tags: vec!["fast".into()],
             health: Health::Good,
+            ..Default::default()
         }
     }
 

@@ -160,6 +160,7 @@ pub fn health_to_proto(h: Health) -> v1::DeviceHealth {
         Health::Unknown => v1::DeviceHealth::Unknown,
         Health::Bad => v1::DeviceHealth::Bad,
         Health::Maintenance => v1::DeviceHealth::Maintenance,
+        Health::Retired => v1::DeviceHealth::Retired,
     }
 }
 
@@ -169,6 +170,7 @@ pub fn health_from_proto(h: i32) -> Health {
         Ok(v1::DeviceHealth::Good) => Health::Good,
         Ok(v1::DeviceHealth::Bad) => Health::Bad,
         Ok(v1::DeviceHealth::Maintenance) => Health::Maintenance,
+        Ok(v1::DeviceHealth::Retired) => Health::Retired,
         _ => Health::Unknown,
     }
 }
@@ -185,6 +187,9 @@ pub fn device_to_proto(d: &DeviceInfo, busy: bool) -> v1::Device {
         health: health_to_proto(d.health) as i32,
         busy,
         count: 1,
+        health_reason: d.health_reason.clone(),
+        last_check: d.last_check,
+        failure_streak: d.failure_streak,
     }
 }
 
@@ -198,6 +203,9 @@ pub fn device_from_proto(d: &v1::Device) -> DeviceInfo {
         features: d.features.clone(),
         tags: d.tags.clone(),
         health: health_from_proto(d.health),
+        health_reason: d.health_reason.clone(),
+        last_check: d.last_check,
+        failure_streak: d.failure_streak,
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`admin`] (labs, jobs, cancel, revoke), [`export`] (report, KCIDB).
 
 mod admin;
+mod device;
 mod export;
 mod read;
 mod submit;
@@ -125,6 +126,10 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Device health (admin): `device list`, `device maintenance LAB/DEVICE`, `device
+    /// retire LAB/DEVICE`, `device resume LAB/DEVICE`.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
     /// Cancel a job (admin).
     Cancel {
         /// The job id.
@@ -181,6 +186,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ..
         } => admin::explain(c, job).await?,
         Command::Jobs { status, limit, .. } => admin::jobs(c, status.as_deref(), limit).await?,
+        Command::Device(d) => device::device(c, d).await?,
         Command::Cancel { job, reason } => admin::cancel(c, job, reason).await?,
         Command::Revoke { lab } => admin::revoke(c, lab).await?,
         Command::Report { checkout, format } => export::report(c, checkout, format).await?,

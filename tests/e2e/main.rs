@@ -11,6 +11,7 @@ mod dashboard;
 mod docs;
 mod failover;
 mod grub;
+mod health;
 mod hostile_agent;
 mod hostile_net;
 mod hostile_queue;

@@ -63,6 +63,9 @@ pub struct AgentConfig {
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Board health: when a device is quarantined.
+    #[serde(default)]
+    pub health: crate::health::HealthConfig,
     /// The lab's devices.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
@@ -366,6 +369,7 @@ impl AgentConfig {
         if let Some(t) = &self.tftp {
             t.validate()?;
         }
+        self.health.validate()?;
         let lib = self.library()?;
         let mut seen = std::collections::HashSet::new();
         for (i, d) in self.devices.iter().enumerate() {

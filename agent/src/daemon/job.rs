@@ -203,6 +203,17 @@ pub(super) async fn run_job(
     data.entry("duration_ms")
         .or_insert_with(|| (started.elapsed().as_millis() as u64).into());
     tracing::info!(result = %o.result, error_code = %o.error_code.as_ref().map_or("", |c| c.as_str()), "job finished");
+    let quarantine_after = agent.cfg.health.quarantine_after;
+    let error = o
+        .error_code
+        .as_ref()
+        .map(|c| (c, o.error_msg.as_deref().unwrap_or("")));
+    if agent
+        .health_book()
+        .job_ended(&device.info.name, error, quarantine_after)
+    {
+        agent.health_changed();
+    }
     push(Item::Result(v1::ReportResultRequest {
         job: Some(v1::JobRef { job, attempt }),
         result: convert::result_to_proto(Some(o.result)) as i32,

@@ -81,8 +81,11 @@ pub struct Agent {
     draining: CancellationToken,
     /// Cancelled when the agent must stop everything now.
     stop: CancellationToken,
-    /// Woken when a call found the session unknown: register again at once.
+    /// Woken when a call found the session unknown (register again at once), or when the
+    /// device list must be advertised at once (a device's health changed).
     session_lost: tokio::sync::Notify,
+    /// Each device's health as the agent sees it (quarantines), kept in the state folder.
+    health: Mutex<crate::health::HealthBook>,
 }
 
 impl Agent {
@@ -105,7 +108,28 @@ impl Agent {
             .cloned()
     }
 
+    fn health_book(&self) -> std::sync::MutexGuard<'_, crate::health::HealthBook> {
+        match self.health.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Whether a device may take jobs: its back end says so (a LAVA device type with usable
+    /// devices) and the agent has not quarantined it.
+    fn usable(&self, d: &Device) -> bool {
+        d.info.health.usable() && self.health_book().get(&d.info.name).health.usable()
+    }
+
+    /// Advertises the devices at once (a device's health changed) and wakes the pull loop.
+    fn health_changed(&self) {
+        self.lock().advertise = true;
+        self.session_lost.notify_one();
+        self.bump();
+    }
+
     fn advertised(&self) -> Vec<v1::Device> {
+        let book = self.health_book();
         let st = self.lock();
         st.devices
             .iter()
@@ -113,6 +137,13 @@ impl Agent {
                 let busy = st.devs.get(&d.info.name).is_some_and(|s| s.busy > 0);
                 let mut p = convert::device_to_proto(&d.info, busy);
                 p.count = d.count as u32;
+                let h = book.get(&d.info.name);
+                if d.info.health.usable() && !h.health.usable() {
+                    p.health = convert::health_to_proto(h.health) as i32;
+                    p.health_reason = h.reason.clone();
+                }
+                p.last_check = h.last_check;
+                p.failure_streak = h.failure_streak;
                 p
             })
             .collect()
@@ -210,6 +241,7 @@ pub async fn run(
         draining: CancellationToken::new(),
         stop: CancellationToken::new(),
         session_lost: tokio::sync::Notify::new(),
+        health: Mutex::new(crate::health::HealthBook::open(&cfg.state_dir)),
         cfg,
     });
     let resumed = recover_journal(&agent, &sources).await?;

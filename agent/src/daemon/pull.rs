@@ -38,6 +38,15 @@ pub(super) async fn pull_loop(
             break;
         }
         // Start a poll for the free devices not yet covered by one.
+        // The devices that may take jobs (the health book is locked apart from the state).
+        let usable: std::collections::HashSet<String> = {
+            let devices = agent.lock().devices.clone();
+            devices
+                .iter()
+                .filter(|d| agent.usable(d))
+                .map(|d| d.info.name.clone())
+                .collect()
+        };
         let start = {
             let mut guard = agent.lock();
             let st = &mut *guard;
@@ -49,7 +58,7 @@ pub(super) async fn pull_loop(
                         .iter()
                         .filter_map(|d| {
                             let s = st.devs.get(&d.info.name)?;
-                            (!s.polling && s.busy < d.max_jobs && d.info.health.usable())
+                            (!s.polling && s.busy < d.max_jobs && usable.contains(&d.info.name))
                                 .then_some((d, s.last_used, s.busy))
                         })
                         .collect();

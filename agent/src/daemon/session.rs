@@ -76,7 +76,15 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                 {
                     Ok(resp) => {
                         failures = 0;
-                        agent.withdraw(&resp.into_inner().cancel);
+                        let r = resp.into_inner();
+                        agent.withdraw(&r.cancel);
+                        let mut changed = false;
+                        for d in &r.resumed {
+                            changed |= agent.health_book().resume(d);
+                        }
+                        if changed {
+                            agent.health_changed();
+                        }
                     }
                     Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                         tracing::info!("the coordinator forgot this session; registering again");

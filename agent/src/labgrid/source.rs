@@ -89,6 +89,7 @@ impl LabgridSource {
             features: dt.features.clone(),
             tags: entry.tags.clone(),
             health: Health::Good,
+            ..Default::default()
         };
         let driver = LabgridDriver::new(
             config.clone(),

@@ -120,6 +120,15 @@ impl LavaSource {
             } else {
                 Health::Bad
             },
+            health_reason: if usable > 0 {
+                String::new()
+            } else {
+                format!(
+                    "no device of type `{}` is usable on the LAVA server",
+                    dt.name
+                )
+            },
+            ..Default::default()
         };
         let driver = LavaDriver::new(
             self.cfg.clone(),

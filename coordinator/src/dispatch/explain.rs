@@ -71,10 +71,36 @@ impl Dispatcher {
     }
 }
 
-/// Why none of a lab's devices matches: the first few devices, each with its mismatch.
+/// Why none of a lab's devices matches: the devices that would fit but are out of service
+/// (bad, in maintenance, retired) with their reasons, or else the first few devices, each
+/// with its mismatch.
 fn no_match(c: &labwire_common::Criteria, devices: &[DeviceInfo]) -> String {
     if devices.is_empty() {
         return "the lab advertises no devices".into();
+    }
+    let out_of_service: Vec<String> = devices
+        .iter()
+        .filter(|d| !d.health.usable())
+        .filter(|d| {
+            let mut healthy = (*d).clone();
+            healthy.health = labwire_common::Health::Good;
+            c.matches(&healthy)
+        })
+        .take(8)
+        .map(|d| {
+            if d.health_reason.is_empty() {
+                format!("{} is {}", d.name, d.health)
+            } else {
+                format!("{} is {}: {}", d.name, d.health, d.health_reason)
+            }
+        })
+        .collect();
+    if !out_of_service.is_empty() {
+        return format!(
+            "every device that fits is out of service, so the lab counts as one without \
+             them ({})",
+            out_of_service.join("; ")
+        );
     }
     let why: Vec<String> = devices
         .iter()

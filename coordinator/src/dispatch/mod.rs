@@ -156,6 +156,31 @@ impl Dispatcher {
         v.last_seen = Instant::now();
     }
 
+    /// Sets a device's health in this replica's picture of its lab (an admin's maintenance,
+    /// retirement or resume), and in what its waiting agents offer, so that no job is placed
+    /// on it from now on.
+    pub(crate) async fn set_device_health(
+        &self,
+        lab: &LabName,
+        device: &str,
+        health: labwire_common::Health,
+        reason: &str,
+    ) {
+        let mut st = self.state.lock().await;
+        let patch = |d: &mut DeviceInfo| {
+            if d.name == device {
+                d.health = health;
+                d.health_reason = reason.to_string();
+            }
+        };
+        if let Some(v) = st.labs.get_mut(lab) {
+            v.devices.iter_mut().for_each(patch);
+        }
+        for w in st.waiters.iter_mut().filter(|w| &w.lab == lab) {
+            w.devices.iter_mut().for_each(patch);
+        }
+    }
+
     /// Takes in what the labs connected to other coordinator replicas last advertised (the
     /// store's `labs` rows, which every heartbeat updates), so that placement compares them
     /// too. A lab this replica heard from more recently keeps its own view; a lab not heard

@@ -145,6 +145,15 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn set_device_health(
+        &self,
+        req: Request<v1::SetDeviceHealthRequest>,
+    ) -> Result<Response<v1::SetDeviceHealthResponse>, Status> {
+        let who = self.shared.auth.token(&req, Scope::Admin).await?;
+        let r = req.into_inner();
+        crate::grpc::health::set_device_health(&self.shared, &who.name, r).await
+    }
+
     async fn explain_job(
         &self,
         req: Request<v1::ExplainJobRequest>,

@@ -80,21 +80,23 @@ impl AgentService for AgentApi {
         let held = held(&r.held_jobs);
         let until = self.lease_until();
         let max_retries = self.shared.config.leases.max_retries as i32;
-        let (lab2, json, slots) = (lab.clone(), devices_json(&devices), r.free_slots);
+        let (lab2, slots) = (lab.clone(), r.free_slots);
         // One transaction; the sweep in it never fails on one bad row (it is repaired), and
-        // the queue changes reach the dispatcher once it commits.
-        let lost = self
+        // the queue changes reach the dispatcher once it commits. The devices come back with
+        // the health that counts (an admin's maintenance over the agent's word).
+        let (lost, devices) = self
             .shared
             .queue
             .write(move |w| {
-                w.touch_lab(&lab2, Some(&json), Some(slots))?;
+                let devices = w.report_health(&lab2, &devices)?;
+                w.touch_lab(&lab2, Some(&devices_json(&devices)), Some(slots))?;
                 let lost = w.renew_leases(&lab2, &held, until)?;
                 // Leases of this lab that the agent no longer holds (it restarted and lost
                 // them) expire now: the job goes back to the queue as a retry.
                 let keep: Vec<NodeId> = held.iter().map(|h| h.0).collect();
                 w.expire_lab_leases_except(&lab2, &keep)?;
                 w.sweep_expired_leases(max_retries)?;
-                Ok(lost)
+                Ok((lost, devices))
             })
             .await?;
         self.shared
@@ -133,8 +135,30 @@ impl AgentService for AgentApi {
         let r = req.into_inner();
         let session = SessionId::new(r.session);
         self.session_of(&lab, &session).await?;
-        let devices: Option<Vec<_>> = (!r.devices.is_empty())
+        let reported: Option<Vec<_>> = (!r.devices.is_empty())
             .then(|| r.devices.iter().map(convert::device_from_proto).collect());
+        let running = held(&r.running);
+        let until = self.lease_until();
+        let slots = r.free_slots;
+        let lab2 = lab.clone();
+        // The devices, when advertised, come back with the health that counts.
+        let (lost, devices, resumed) = self
+            .shared
+            .store
+            .write(move |w| {
+                let devices = match reported {
+                    Some(d) => Some(w.report_health(&lab2, &d)?),
+                    None => None,
+                };
+                w.touch_lab(
+                    &lab2,
+                    devices.as_deref().map(devices_json).as_ref(),
+                    Some(slots),
+                )?;
+                let resumed = w.take_resumed(&lab2)?;
+                Ok((w.renew_leases(&lab2, &running, until)?, devices, resumed))
+            })
+            .await?;
         if let Ok(mut map) = self.shared.sessions.write()
             && let Some(s) = map.get_mut(&session)
         {
@@ -143,25 +167,14 @@ impl AgentService for AgentApi {
             }
             s.free_slots = r.free_slots;
         }
-        let running = held(&r.running);
         self.shared
             .dispatcher
-            .update_lab(&lab, devices.clone(), r.free_slots, r.draining)
+            .update_lab(&lab, devices, r.free_slots, r.draining)
             .await;
-        let until = self.lease_until();
-        let json = devices.as_deref().map(devices_json);
-        let slots = r.free_slots;
-        let lost = self
-            .shared
-            .store
-            .write(move |w| {
-                w.touch_lab(&lab, json.as_ref(), Some(slots))?;
-                w.renew_leases(&lab, &running, until)
-            })
-            .await?;
         Ok(Response::new(v1::HeartbeatResponse {
             cancel: job_refs(lost),
             lease_until: Some(convert::timestamp(until)),
+            resumed,
         }))
     }
 

@@ -66,13 +66,14 @@ impl EventService for EventApi {
         // Refuse a pruned cursor now, as the call's status, rather than inside the stream.
         let after = r.after_seq;
         store
-            .read(move |c| crate::store::events::events_after(c, after, 1, kind))
+            .read(move |c| crate::store::events::events_after(c, after, 1, kind, false))
             .await?;
         let source = self.shared.config.public_url.clone();
         let rx = crate::store::events::follow(
             store,
             after,
             kind,
+            false,
             r.catch_up_only,
             self.shared.shutdown.clone(),
         );

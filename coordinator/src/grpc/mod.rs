@@ -4,6 +4,7 @@
 mod admin;
 mod agent;
 mod events;
+mod health;
 mod nodes;
 
 pub(crate) use admin::AdminApi;

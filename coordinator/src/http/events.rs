@@ -79,7 +79,7 @@ pub(super) async fn events(
     };
     let evs = shared
         .store
-        .read(move |c| crate::store::events::events_after(c, after, limit, kind))
+        .read(move |c| crate::store::events::events_after(c, after, limit, kind, kind.is_none()))
         .await?;
     let source = shared.config.public_url.clone();
     let out: Vec<_> = evs.iter().map(|e| e.to_cloudevent(&source)).collect();
@@ -118,13 +118,14 @@ pub(super) async fn stream_events(
     // Refuse a pruned cursor now, with a status, rather than inside the stream.
     shared
         .store
-        .read(move |c| crate::store::events::events_after(c, after, 1, kind))
+        .read(move |c| crate::store::events::events_after(c, after, 1, kind, kind.is_none()))
         .await?;
     let source = shared.config.public_url.clone();
     let rx = crate::store::events::follow(
         shared.store.clone(),
         after,
         kind,
+        kind.is_none(),
         false,
         shared.shutdown.clone(),
     );

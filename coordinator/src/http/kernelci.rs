@@ -429,7 +429,7 @@ async fn events(
     while out.len() < limit && scanned < MAX_SCAN {
         let batch = shared
             .store
-            .read(move |c| crate::store::events::events_after(c, after, MAX_LIMIT, None))
+            .read(move |c| crate::store::events::events_after(c, after, MAX_LIMIT, None, false))
             .await?;
         let Some(last) = batch.last().map(|e| e.seq) else {
             break;

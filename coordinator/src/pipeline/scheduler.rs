@@ -370,6 +370,7 @@ mod tests {
             previous_state: prev.map(|p| p.0),
             previous_result: prev.and_then(|p| p.1),
             node: n,
+            health: None,
         }
     }
 

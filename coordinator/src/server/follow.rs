@@ -36,6 +36,7 @@ pub(super) async fn follow_jobs(shared: Arc<Shared>, start: i64) {
         start,
         None,
         false,
+        false,
         shared.shutdown.clone(),
     );
     while let Some(ev) = events.recv().await {

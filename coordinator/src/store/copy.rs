@@ -50,6 +50,15 @@ const TABLES: &[(&str, &str)] = &[
         "tree, branch, commit_hash, node_id, seen",
     ),
     ("mailed_reports", "checkout, sent"),
+    (
+        "device_health",
+        "lab, device, device_type, health, reason, reported, reported_reason, admin, admin_reason, last_check, \
+         failure_streak, since, resumed",
+    ),
+    (
+        "device_health_log",
+        "lab, device, device_type, at, from_health, to_health, reason",
+    ),
 ];
 
 /// Copies every row of `source` into `target`, which must hold no nodes, labs or tokens.
@@ -206,7 +215,7 @@ mod tests {
             .unwrap();
         assert!(next.id.0 > job.id.0);
         let evs = target
-            .read_blocking(move |c| events::events_after(c, last, 10, None))
+            .read_blocking(move |c| events::events_after(c, last, 10, None, false))
             .unwrap();
         assert_eq!(evs.len(), 1);
         assert_eq!(evs[0].seq, last + 1);

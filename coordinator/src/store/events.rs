@@ -33,14 +33,46 @@ pub(crate) struct StoredEvent {
     pub(crate) previous_state: Option<NodeState>,
     /// Result before an update.
     pub(crate) previous_result: Option<NodeResult>,
-    /// The node after the change.
+    /// The node after the change (for a device health event, an empty node nobody reads:
+    /// only readers that ask for device events get those, and they read `health`).
     pub(crate) node: Node,
+    /// For a device health event: `{lab, device, device_type, from, to, reason}`.
+    pub(crate) health: Option<serde_json::Value>,
+}
+
+/// The `kind` of device health events in the log (never a node kind).
+pub(crate) const DEVICE_KIND: &str = "device";
+
+/// The empty node of a device health event.
+fn no_node(time: DateTime<Utc>) -> Node {
+    Node {
+        id: crate::model::NodeId(0),
+        kind: NodeKind::Process,
+        name: String::new(),
+        path: Vec::new(),
+        group: None,
+        parent: None,
+        state: NodeState::Done,
+        result: None,
+        artifacts: Default::default(),
+        data: Default::default(),
+        created: time,
+        updated: time,
+        timeout: None,
+        holdoff: None,
+        owner: String::new(),
+        submitter: String::new(),
+        treeid: String::new(),
+        retry_counter: 0,
+    }
 }
 
 impl StoredEvent {
     /// The CloudEvents `type` of this event.
     pub(crate) fn event_type(&self) -> &'static str {
-        if self.op == "create" {
+        if self.health.is_some() {
+            "org.labwire.device.health"
+        } else if self.op == "create" {
             "org.labwire.node.created"
         } else {
             "org.labwire.node.updated"
@@ -50,8 +82,11 @@ impl StoredEvent {
     /// The event as a CloudEvents 1.0 JSON record; `data` is the node plus `op`,
     /// `previous_state` and `previous_result`.
     pub(crate) fn to_cloudevent(&self, source: &str) -> serde_json::Value {
-        let mut data = serde_json::to_value(&self.node).unwrap_or_default();
-        if let Some(obj) = data.as_object_mut() {
+        let mut data = match &self.health {
+            Some(h) => h.clone(),
+            None => serde_json::to_value(&self.node).unwrap_or_default(),
+        };
+        if let Some(obj) = data.as_object_mut().filter(|_| self.health.is_none()) {
             obj.insert("op".into(), self.op.clone().into());
             obj.insert(
                 "previous_state".into(),
@@ -181,12 +216,14 @@ pub(crate) fn pruned_through(conn: &Connection) -> Result<i64> {
 }
 
 /// Up to `limit` events with a sequence number greater than `after`, in order, optionally
-/// only those of nodes of `kind`. Refuses a cursor older than what pruning kept.
+/// only those of nodes of `kind`; device health events only with `devices` (and no `kind`).
+/// Refuses a cursor older than what pruning kept.
 pub(crate) fn events_after(
     conn: &Connection,
     after: i64,
     limit: usize,
     kind: Option<NodeKind>,
+    devices: bool,
 ) -> Result<Vec<StoredEvent>> {
     let pruned = pruned_through(conn)?;
     if after < pruned {
@@ -196,9 +233,15 @@ pub(crate) fn events_after(
         )));
     }
     let rows = conn.query_map(
-        "SELECT seq, time, op, previous_state, previous_result, node FROM events \
-         WHERE seq > ?1 AND (CAST(?2 AS TEXT) IS NULL OR kind = ?2) ORDER BY seq LIMIT ?3",
-        params![after, kind.map(|k| k.as_str()), limit as i64],
+        "SELECT seq, time, op, previous_state, previous_result, node, kind FROM events \
+         WHERE seq > ?1 AND (CAST(?2 AS TEXT) IS NULL OR kind = ?2) \
+         AND (CAST(?4 AS BIGINT) = 1 OR kind <> 'device') ORDER BY seq LIMIT ?3",
+        params![
+            after,
+            kind.map(|k| k.as_str()),
+            limit as i64,
+            i64::from(devices)
+        ],
         |r| {
             Ok((
                 r.get::<_, i64>(0)?,
@@ -207,12 +250,25 @@ pub(crate) fn events_after(
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, Option<String>>(4)?,
                 r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
             ))
         },
     )?;
     let mut out = Vec::new();
     for row in rows {
-        let (seq, time, op, ps, pr, node) = row;
+        let (seq, time, op, ps, pr, node, row_kind) = row;
+        if row_kind == DEVICE_KIND {
+            out.push(StoredEvent {
+                seq,
+                time: from_micros(time),
+                op,
+                previous_state: None,
+                previous_result: None,
+                node: no_node(from_micros(time)),
+                health: Some(serde_json::from_str(&node).map_err(|e| corrupt("device event", e))?),
+            });
+            continue;
+        }
         out.push(StoredEvent {
             seq,
             time: from_micros(time),
@@ -224,6 +280,7 @@ pub(crate) fn events_after(
                 .map(|s| s.parse().map_err(|e| corrupt("event result", e)))
                 .transpose()?,
             node: serde_json::from_str(&node).map_err(|e| corrupt("event node", e))?,
+            health: None,
         });
     }
     Ok(out)
@@ -242,6 +299,7 @@ pub(crate) fn follow(
     store: super::Store,
     after: i64,
     kind: Option<NodeKind>,
+    devices: bool,
     catch_up_only: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> tokio::sync::mpsc::Receiver<Result<StoredEvent>> {
@@ -254,7 +312,7 @@ pub(crate) fn follow(
             // after the read wakes us up.
             seq_watch.borrow_and_update();
             let batch = match store
-                .read(move |c| events_after(c, cursor, FOLLOW_BATCH, kind))
+                .read(move |c| events_after(c, cursor, FOLLOW_BATCH, kind, devices))
                 .await
             {
                 Ok(b) => b,
@@ -326,7 +384,7 @@ pub(crate) fn follow_cursor(
             }
         };
         loop {
-            let mut events = follow(store.clone(), pos, kind, false, shutdown.clone());
+            let mut events = follow(store.clone(), pos, kind, false, false, shutdown.clone());
             while let Some(ev) = events.recv().await {
                 match ev {
                     Ok(e) => {
@@ -407,7 +465,7 @@ mod tests {
                 .unwrap();
         }
         let evs = store
-            .read_blocking(|c| events_after(c, 3, 100, None))
+            .read_blocking(|c| events_after(c, 3, 100, None, false))
             .unwrap();
         assert_eq!(
             evs.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -422,12 +480,12 @@ mod tests {
             .unwrap();
         assert_eq!(n, 10);
         let err = store
-            .read_blocking(|c| events_after(c, 3, 100, None))
+            .read_blocking(|c| events_after(c, 3, 100, None, false))
             .unwrap_err();
         assert!(matches!(err, Error::OutOfRange(_)), "{err}");
         assert!(
             store
-                .read_blocking(|c| events_after(c, 10, 100, None))
+                .read_blocking(|c| events_after(c, 10, 100, None, false))
                 .unwrap()
                 .is_empty()
         );
@@ -436,7 +494,7 @@ mod tests {
             .write_blocking(|w| w.create_node(NewNode::new(NodeKind::Checkout, "again")))
             .unwrap();
         let evs = store
-            .read_blocking(|c| events_after(c, 10, 100, None))
+            .read_blocking(|c| events_after(c, 10, 100, None, false))
             .unwrap();
         assert_eq!(evs[0].seq, 11);
     }

@@ -41,6 +41,11 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         include_str!("0006_kernelci.sql"),
         include_str!("pg/0006_kernelci.sql"),
     ),
+    (
+        "0007_health",
+        include_str!("0007_health.sql"),
+        include_str!("pg/0007_health.sql"),
+    ),
 ];
 
 /// A session-level advisory lock key, so that two `migrate` runs on one PostgreSQL database

@@ -17,6 +17,7 @@ pub(crate) mod copy;
 pub(crate) mod cursor;
 pub mod db;
 pub mod events;
+pub(crate) mod health;
 pub(crate) mod jobs;
 pub(crate) mod kernelci;
 pub(crate) mod labs;
@@ -602,7 +603,7 @@ mod pg_tests {
                         "stuck at {cursor}"
                     );
                     let evs = b
-                        .read_blocking(move |c| events::events_after(c, cursor, 1000, None))
+                        .read_blocking(move |c| events::events_after(c, cursor, 1000, None, false))
                         .unwrap();
                     for e in evs {
                         assert_eq!(e.seq, cursor + 1, "a gap showed after {cursor}");
@@ -680,7 +681,7 @@ mod pg_tests {
         .unwrap();
         assert_eq!(*a.last_seq().borrow(), 1235);
         let evs = b
-            .read_blocking(|c| events::events_after(c, 0, 5000, None))
+            .read_blocking(|c| events::events_after(c, 0, 5000, None, false))
             .unwrap();
         assert_eq!(
             evs.iter().map(|e| e.seq).collect::<Vec<_>>(),

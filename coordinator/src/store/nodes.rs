@@ -367,6 +367,19 @@ impl Write<'_> {
     }
 
     /// Appends one event for `node`; it is inserted when the transaction commits.
+    /// Appends a device health event (`data`: its JSON) to this transaction's events.
+    pub(crate) fn append_device_event(&mut self, data: String) {
+        self.events.push(PendingEvent {
+            time: micros(self.now),
+            node_id: 0,
+            kind: super::events::DEVICE_KIND,
+            op: "health",
+            previous_state: None,
+            previous_result: None,
+            node: data,
+        });
+    }
+
     fn append_event(
         &mut self,
         op: &'static str,

@@ -223,7 +223,7 @@ mod tests {
 
     fn events_of(store: &Store, id: NodeId) -> Vec<crate::store::StoredEvent> {
         store
-            .read_blocking(|c| events_after(c, 0, 10_000, None))
+            .read_blocking(|c| events_after(c, 0, 10_000, None, false))
             .unwrap()
             .into_iter()
             .filter(|e| e.node.id == id)

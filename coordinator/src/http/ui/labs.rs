@@ -1,5 +1,6 @@
 //! `GET /ui/labs`: every lab with its connection, queue-wait estimate and free slots, and its
-//! devices by type with their health and the job each one runs.
+//! devices by type with their health (its reason, the last health check, the
+//! infrastructure-failure streak) and the job each one runs.
 
 use super::view::{Time, secs};
 use super::{Page, fail, last_seq, page_auth, show};
@@ -37,6 +38,12 @@ struct Device {
     name: String,
     driver: String,
     health: String,
+    /// Why it is in that health (empty when good).
+    reason: String,
+    /// When its last health check ended, if it had one.
+    last_check: Option<String>,
+    /// Jobs in a row that ended with an infrastructure error.
+    streak: u32,
     /// The job it runs, if busy.
     job: Option<i64>,
 }
@@ -87,7 +94,13 @@ pub(super) async fn page(State(shared): State<SharedRef>, headers: HeaderMap) ->
                     by_type.entry(&d.device_type).or_default().push(Device {
                         name: d.name.clone(),
                         driver: d.driver.clone(),
-                        health: format!("{:?}", d.health).to_lowercase(),
+                        health: d.health.to_string(),
+                        reason: d.health_reason.clone(),
+                        last_check: (d.last_check > 0)
+                            .then(|| chrono::DateTime::from_timestamp(d.last_check, 0))
+                            .flatten()
+                            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+                        streak: d.failure_streak,
                         job: busy.get(&(row.name.clone(), d.name.clone())).map(|j| j.0),
                     });
                 }

@@ -1,0 +1,218 @@
+//! Board health on the agent: each device's health as the agent sees it (good, or bad with
+//! the reason), its infrastructure-failure streak and the time of its last health check,
+//! kept in `STATE_DIR/health.json` so that a quarantine survives an agent restart. A device
+//! whose last `health.quarantine_after` jobs ended with infrastructure error codes is
+//! quarantined (bad) by itself and offered no more; it comes back when an admin resumes it
+//! (`labwire device resume`). The coordinator lays an admin's maintenance or retirement over
+//! what the agent reports.
+
+use labwire_common::{ErrorCode, Health};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The `health:` section of agent.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A device whose last this many jobs ended with infrastructure error codes is
+    /// quarantined (bad); 0 never quarantines. Default 3.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            quarantine_after: default_quarantine_after(),
+        }
+    }
+}
+
+fn default_quarantine_after() -> u32 {
+    3
+}
+
+impl HealthConfig {
+    /// Checks the values; errors name the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.quarantine_after > 1000 {
+            anyhow::bail!(
+                "health.quarantine_after: expected 0 (never) to 1000 jobs, got {}",
+                self.quarantine_after
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One device's health as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceHealth {
+    /// Good or bad.
+    pub health: Health,
+    /// Why it is bad; empty when good.
+    #[serde(default)]
+    pub reason: String,
+    /// When its last health check ended (seconds since the epoch; 0: never).
+    #[serde(default)]
+    pub last_check: i64,
+    /// Jobs in a row that ended with an infrastructure error.
+    #[serde(default)]
+    pub failure_streak: u32,
+}
+
+impl Default for DeviceHealth {
+    fn default() -> Self {
+        DeviceHealth {
+            health: Health::Good,
+            reason: String::new(),
+            last_check: 0,
+            failure_streak: 0,
+        }
+    }
+}
+
+/// The health of every device, kept in a file of the state folder.
+#[derive(Debug)]
+pub struct HealthBook {
+    path: PathBuf,
+    devices: BTreeMap<String, DeviceHealth>,
+}
+
+impl HealthBook {
+    /// Reads `STATE_DIR/health.json`; a missing file is an empty book, a damaged one is
+    /// logged and replaced.
+    pub fn open(state_dir: &Path) -> HealthBook {
+        let path = state_dir.join("health.json");
+        let devices = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::error!(file = %path.display(), error = %e, "damaged health file; starting with every device good");
+                BTreeMap::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot read the health file; starting with every device good");
+                BTreeMap::new()
+            }
+        };
+        HealthBook { path, devices }
+    }
+
+    /// A device's health (good when never heard of).
+    pub fn get(&self, device: &str) -> DeviceHealth {
+        self.devices.get(device).cloned().unwrap_or_default()
+    }
+
+    /// Records how a job on `device` ended. An infrastructure error code lengthens the
+    /// streak and, at `quarantine_after`, makes the device bad; any other end clears the
+    /// streak. Returns whether anything changed (the device list is advertised again).
+    pub fn job_ended(
+        &mut self,
+        device: &str,
+        error: Option<(&ErrorCode, &str)>,
+        quarantine_after: u32,
+    ) -> bool {
+        let before = self.get(device);
+        let mut h = before.clone();
+        match error {
+            Some((code, msg)) if code.is_infrastructure() => {
+                h.failure_streak = h.failure_streak.saturating_add(1);
+                if quarantine_after > 0 && h.failure_streak >= quarantine_after && h.health.usable()
+                {
+                    h.health = Health::Bad;
+                    h.reason = format!(
+                        "quarantined: the last {} jobs ended with infrastructure errors \
+                         (last: {code}: {})",
+                        h.failure_streak,
+                        labwire_common::names::shorten(msg, 200)
+                    );
+                    tracing::warn!(device, reason = %h.reason, "device quarantined");
+                }
+            }
+            _ => h.failure_streak = 0,
+        }
+        self.set(device, h, &before)
+    }
+
+    /// An admin resumed the device: it is good again and its streak starts over.
+    pub fn resume(&mut self, device: &str) -> bool {
+        let before = self.get(device);
+        if before.health != Health::Good || before.failure_streak > 0 {
+            tracing::info!(device, "device resumed by an admin");
+        }
+        let h = DeviceHealth {
+            last_check: before.last_check,
+            ..Default::default()
+        };
+        self.set(device, h, &before)
+    }
+
+    fn set(&mut self, device: &str, h: DeviceHealth, before: &DeviceHealth) -> bool {
+        if &h == before {
+            return false;
+        }
+        if h == DeviceHealth::default() {
+            self.devices.remove(device);
+        } else {
+            self.devices.insert(device.to_string(), h);
+        }
+        if let Err(e) = self.save() {
+            tracing::error!(file = %self.path.display(), error = %e, "cannot write the health file");
+        }
+        true
+    }
+
+    /// Writes the book: a private temporary file renamed over the old one.
+    fn save(&self) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = crate::state::private_create().open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&self.devices).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_infrastructure_failures_quarantine_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = HealthBook::open(dir.path());
+        let power = ErrorCode::PowerFailed;
+        assert!(b.job_ended("b1", Some((&power, "power_on_command exited 1")), 3));
+        // A kernel panic is not the lab's fault: the streak starts over.
+        assert!(b.job_ended("b1", Some((&ErrorCode::KernelPanic, "panic")), 3));
+        assert_eq!(b.get("b1").failure_streak, 0);
+        for _ in 0..2 {
+            b.job_ended("b1", Some((&power, "power_on_command exited 1")), 3);
+        }
+        assert_eq!(b.get("b1").health, Health::Good);
+        b.job_ended("b1", Some((&power, "power_on_command exited 1")), 3);
+        let h = b.get("b1");
+        assert_eq!((h.health, h.failure_streak), (Health::Bad, 3));
+        assert!(h.reason.contains("power_failed"), "{}", h.reason);
+        // A restart keeps it; a passing job cannot run on it, only a resume clears it.
+        let mut b = HealthBook::open(dir.path());
+        assert_eq!(b.get("b1").health, Health::Bad);
+        assert!(b.resume("b1"));
+        assert_eq!(b.get("b1"), DeviceHealth::default());
+        assert!(!b.resume("b1"));
+        // 0: never quarantined.
+        for _ in 0..5 {
+            b.job_ended("b2", Some((&power, "x")), 0);
+        }
+        assert_eq!(b.get("b2").health, Health::Good);
+    }
+
+    #[test]
+    fn a_damaged_file_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("health.json"), b"{not json").unwrap();
+        let b = HealthBook::open(dir.path());
+        assert_eq!(b.get("b1"), DeviceHealth::default());
+    }
+}

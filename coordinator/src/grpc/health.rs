@@ -1,0 +1,112 @@
+//! An admin's say over a device's health: maintenance, retirement and resume
+//! (`AdminService.SetDeviceHealth`). The say is stored ([`crate::store::health`]) and laid over
+//! whatever the lab's agent reports from then on; the dispatcher stops (or starts again)
+//! placing jobs on the device at once. A job running on the device finishes first, unless
+//! the admin asked for `now`: then it is cancelled.
+
+use crate::model::LabName;
+use crate::shared::SharedRef;
+use crate::store::JobStatus;
+use labwire_common::Health;
+use labwire_proto::convert;
+use labwire_proto::v1;
+use tonic::{Response, Status};
+
+/// The longest reason kept.
+const MAX_REASON: usize = 500;
+
+/// Checks a lab or device name from a request: not empty, printable, at most 128 bytes.
+fn name(field: &str, v: &str) -> Result<(), Status> {
+    if v.is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: expected a name of 1 to 128 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Applies an admin's `SetDeviceHealth`; `who` is the token's name, for the log.
+pub(crate) async fn set_device_health(
+    shared: &SharedRef,
+    who: &str,
+    r: v1::SetDeviceHealthRequest,
+) -> Result<Response<v1::SetDeviceHealthResponse>, Status> {
+    name("lab", &r.lab)?;
+    name("device", &r.device)?;
+    if r.reason.len() > MAX_REASON || r.reason.chars().any(|c| c.is_control() && c != ' ') {
+        return Err(Status::invalid_argument(format!(
+            "reason: expected one line of at most {MAX_REASON} bytes"
+        )));
+    }
+    let admin = match v1::DeviceAdminState::try_from(r.state) {
+        Ok(v1::DeviceAdminState::Resume) => None,
+        Ok(v1::DeviceAdminState::Maintenance) => Some(Health::Maintenance),
+        Ok(v1::DeviceAdminState::Retired) => Some(Health::Retired),
+        _ => {
+            return Err(Status::invalid_argument(
+                "state: expected resume, maintenance or retired",
+            ));
+        }
+    };
+    let reason = if r.reason.trim().is_empty() {
+        match admin {
+            Some(h) => format!("{h} (set by {who})"),
+            None => String::new(),
+        }
+    } else {
+        r.reason.trim().to_string()
+    };
+    let (lab, device) = (r.lab.clone(), r.device.clone());
+    let reason2 = reason.clone();
+    let (from, to) = shared
+        .store
+        .write(move |w| w.set_admin_health(&lab, &device, admin, &reason2))
+        .await?;
+    let lab = LabName::new(r.lab.clone());
+    let shown = if admin.is_some() { reason.as_str() } else { "" };
+    shared
+        .dispatcher
+        .set_device_health(&lab, &r.device, to, shown)
+        .await;
+    if let Ok(mut map) = shared.sessions.write() {
+        for s in map.values_mut().filter(|s| s.lab == lab) {
+            for d in s.devices.iter_mut().filter(|d| d.name == r.device) {
+                d.health = to;
+                d.health_reason = shown.to_string();
+            }
+        }
+    }
+    tracing::warn!(lab = %lab, device = %r.device, from = %from, to = %to, by = who, reason = %reason, "device health set by an admin");
+    let mut cancelled = Vec::new();
+    if r.now && admin.is_some() {
+        let (lab_s, dev) = (r.lab.clone(), r.device.clone());
+        let running = shared
+            .store
+            .read(move |c| {
+                Ok(
+                    crate::store::jobs::list_jobs(c, Some(JobStatus::Leased), 10_000)?
+                        .into_iter()
+                        .filter(|j| {
+                            j.lease_owner.as_deref() == Some(lab_s.as_str())
+                                && j.device.as_deref() == Some(dev.as_str())
+                        })
+                        .map(|j| j.id)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await?;
+        for id in running {
+            let why = format!("device `{}` taken out of service now: {reason}", r.device);
+            match shared.queue.cancel(id, why).await {
+                Ok(_) => cancelled.push(id.0),
+                // It may have ended meanwhile.
+                Err(e) => tracing::info!(job = %id, error = %e, "job not cancelled"),
+            }
+        }
+    }
+    Ok(Response::new(v1::SetDeviceHealthResponse {
+        health: convert::health_to_proto(to) as i32,
+        previous: convert::health_to_proto(from) as i32,
+        cancelled_jobs: cancelled,
+    }))
+}

@@ -1,0 +1,167 @@
+//! `labwire device ...` (admin): the devices of the labs with their health, and an admin's
+//! say over one: `maintenance`, `retire`, `resume`.
+
+use crate::client::Clients;
+use crate::output::outln;
+use anyhow::bail;
+use clap::Subcommand;
+use labwire_proto::v1;
+
+/// `labwire device ...` subcommands.
+#[derive(Debug, Subcommand)]
+pub(super) enum DeviceCommand {
+    /// List the devices of every lab (or of one) with their health, its reason, the last
+    /// health check and the infrastructure-failure streak.
+    List {
+        /// Only this lab.
+        lab: Option<String>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a device out of service: no new job is placed on it; a running job finishes
+    /// first (`--now` cancels it). Kept across restarts until `resume`.
+    Maintenance {
+        /// LAB/DEVICE.
+        target: String,
+        /// Why (shown with the device and in `jobs explain`).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Cancel the job running on the device now.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Retire a device: no job is placed on it again (until `resume`).
+    Retire {
+        /// LAB/DEVICE.
+        target: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Cancel the job running on the device now.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Put a device in maintenance or retired back in service: its agent's own health
+    /// counts again.
+    Resume {
+        /// LAB/DEVICE.
+        target: String,
+    },
+}
+
+/// Splits `LAB/DEVICE`.
+fn target(t: &str) -> anyhow::Result<(String, String)> {
+    match t.split_once('/') {
+        Some((lab, dev)) if !lab.is_empty() && !dev.is_empty() && !dev.contains('/') => {
+            Ok((lab.to_string(), dev.to_string()))
+        }
+        _ => bail!("`{t}`: expected LAB/DEVICE"),
+    }
+}
+
+/// Runs a `labwire device` command.
+pub(super) async fn device(c: &mut Clients, cmd: DeviceCommand) -> anyhow::Result<()> {
+    let (t, state, reason, now) = match cmd {
+        DeviceCommand::List { lab, json } => return list(c, lab, json).await,
+        DeviceCommand::Maintenance {
+            target,
+            reason,
+            now,
+        } => (target, v1::DeviceAdminState::Maintenance, reason, now),
+        DeviceCommand::Retire {
+            target,
+            reason,
+            now,
+        } => (target, v1::DeviceAdminState::Retired, reason, now),
+        DeviceCommand::Resume { target } => {
+            (target, v1::DeviceAdminState::Resume, String::new(), false)
+        }
+    };
+    let (lab, device) = target(&t)?;
+    let r = c
+        .admin
+        .set_device_health(v1::SetDeviceHealthRequest {
+            lab: lab.clone(),
+            device: device.clone(),
+            state: state as i32,
+            reason,
+            now,
+        })
+        .await?
+        .into_inner();
+    outln!(
+        "{lab}/{device}: {} -> {}",
+        health_name(r.previous),
+        health_name(r.health)
+    )?;
+    for j in r.cancelled_jobs {
+        outln!("cancelled job {j}")?;
+    }
+    if state == v1::DeviceAdminState::Resume {
+        outln!("its agent clears its own quarantine of it at its next heartbeat")?;
+    }
+    Ok(())
+}
+
+/// A protobuf health's lower-case name.
+fn health_name(h: i32) -> &'static str {
+    labwire_proto::convert::health_from_proto(h).as_str()
+}
+
+async fn list(c: &mut Clients, only: Option<String>, json: bool) -> anyhow::Result<()> {
+    let labs = c
+        .admin
+        .list_labs(v1::ListLabsRequest {})
+        .await?
+        .into_inner()
+        .labs;
+    if !json {
+        outln!(
+            "{:<32} {:<20} {:<12} {:<20} {:<6} REASON",
+            "DEVICE",
+            "TYPE",
+            "HEALTH",
+            "LAST CHECK",
+            "STREAK"
+        )?;
+    }
+    for l in labs
+        .iter()
+        .filter(|l| only.as_deref().is_none_or(|o| o == l.name))
+    {
+        for d in &l.devices {
+            let check = if d.last_check > 0 {
+                chrono::DateTime::from_timestamp(d.last_check, 0)
+                    .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            } else {
+                "-".into()
+            };
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "lab": l.name,
+                        "device": d.name,
+                        "device_type": d.device_type,
+                        "health": health_name(d.health),
+                        "reason": d.health_reason,
+                        "last_check": (d.last_check > 0).then_some(d.last_check),
+                        "failure_streak": d.failure_streak,
+                    })
+                )?;
+            } else {
+                outln!(
+                    "{:<32} {:<20} {:<12} {:<20} {:<6} {}",
+                    format!("{}/{}", l.name, d.name),
+                    d.device_type,
+                    health_name(d.health),
+                    check,
+                    d.failure_streak,
+                    d.health_reason
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
