@@ -319,9 +319,11 @@ mod tests {
     /// What the outbox holds of a job's log, in order.
     fn sent(outbox: &Outbox) -> Vec<u8> {
         let mut out = Vec::new();
+        let mut base = None;
         while let Some((id, item)) = outbox.peek().unwrap() {
             if let Item::Log(l) = &item {
-                assert_eq!(l.offset as usize, out.len());
+                let base = *base.get_or_insert(l.offset as usize);
+                assert_eq!(l.offset as usize, base + out.len());
                 out.extend_from_slice(&l.data);
             }
             outbox.ack(id, &item).unwrap();
@@ -377,11 +379,17 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(sent(&outbox).len() >= 30, "streamed while written");
+        tokio::time::sleep(FLUSH_AFTER * 2).await;
+        sent(&outbox);
         drop(log);
         let n = resend_after_restart(dir.path(), &outbox, 1, 1, "the agent restarted").unwrap();
         let all = sent(&outbox);
         assert_eq!(n as usize, all.len());
-        assert!(all.starts_with(b"U-Boot 2024.01\nxxxx"));
+        assert!(
+            all.starts_with(b"U-Boot 2024.01\nxxxx"),
+            "{}",
+            String::from_utf8_lossy(&all)
+        );
         assert!(all.ends_with(b"[labwire] the agent restarted\n"));
     }
 }

@@ -537,10 +537,10 @@ place=$2; cmd=$3
 case "$place:$cmd:$4" in
   nope:acquire:*) echo "labgrid-client: Error: place pattern nope matches nothing" >&2; exit 1 ;;
   hang:acquire:*) exec sleep 30 ;;
+  down:acquire:*) echo "Server error: Could not connect to coordinator" >&2; exit 1 ;;
   *:acquire:*) echo "acquired place $place" ;;
   *:show:*) printf "Acquired resource 'S' (e/b/NetworkSerialPort/S):\n  {'params': {'host': '127.0.0.1', 'port': %s}}\n" "$FAKE_PORT" ;;
   b1:power:on) echo "labgrid-client: Error: power on failed: 500 Server Error" >&2; exit 1 ;;
-  down:acquire:*) echo "Server error: Could not connect to coordinator" >&2; exit 1 ;;
   *) ;;
 esac
 "#;

@@ -7,7 +7,7 @@ use crate::device_types::Library;
 use crate::driver::board::config::{
     BootConfig, LoginConfig, default_command_timeout, default_max_download, validate_boot_login,
 };
-use crate::serial::config::{ConsoleConfig, validate_console};
+use crate::serial::config::{ConsoleConfig, some_console, validate_console};
 use anyhow::bail;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -116,12 +116,6 @@ pub enum PlacePower {
     Labgrid,
     /// Not at all: the board is always on.
     None,
-}
-
-/// `console:` as a map (`{tcp: {address: ...}}`) or a tag (`!tcp {address: ...}`): the
-/// console itself, not wrapped in an `Option` (which takes only the tag form).
-fn some_console<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ConsoleConfig>, D::Error> {
-    ConsoleConfig::deserialize(d).map(Some)
 }
 
 impl LabgridPlaceConfig {

@@ -94,7 +94,7 @@ impl LabgridSource {
     }
 
     /// Powers an owed place off (if `power_off`) and releases it. A place someone else
-    /// holds now is theirs: it is left alone and leaves the journal.
+    /// holds now is left alone until they release it.
     async fn settle(&self, place: &str, power_off: bool) -> Result<(), String> {
         let places = self.client.places().await.map_err(|e| e.to_string())?;
         let me = self.client.identity();
@@ -103,10 +103,12 @@ impl LabgridSource {
             return Ok(());
         };
         match p.acquired.as_deref() {
-            Some(h) if h != me => {
-                tracing::warn!(source = %self.name(), place, holder = h, "an owed place is held by someone else now; leaving it to them (not powered off by labwire)");
-                return Ok(());
+            // Someone else's now: nothing to release; a board left on is powered off
+            // once they release the place.
+            Some(h) if h != me && power_off => {
+                return Err(format!("held by {h} now; powered off once they release it"));
             }
+            Some(_) if p.acquired.as_deref() != Some(me.as_str()) => return Ok(()),
             None if !power_off => return Ok(()),
             None => self
                 .client
