@@ -3,7 +3,11 @@
 //! `labgrid-coordinator` on 127.0.0.1 (its own port per test), a `labgrid-exporter` exporting
 //! a scripted board's serial port (a pty, published through ser2net as an RFC 2217 port) and
 //! its power switch (a `NetworkPowerPort` of model `simplerest`, served by the board script),
-//! one place matching them, and the agent running jobs on that place.
+//! one place matching them, and the agent running jobs on that place. `edges` runs the
+//! edges of a real lab: a raw-TCP serial port, a Labgrid coordinator restarted and an
+//! exporter killed mid-job, the log while a job runs.
+
+mod edges;
 
 use crate::common;
 
@@ -47,19 +51,23 @@ struct Labgrid {
     venv: PathBuf,
     address: String,
     run: PathBuf,
+    /// The coordinator's folder (its places.yaml) and the exporter's config.
+    home: PathBuf,
     /// The QEMU board's folder, for the QEMU variant.
     qemu: Option<PathBuf>,
-    _exporter: Proc,
+    exporter: Proc,
+    /// Our own ser2net in raw TCP mode, for a `protocol: raw` NetworkSerialPort.
+    _ser2net: Option<Proc>,
     _board: Proc,
-    _coordinator: Proc,
+    coordinator: Proc,
 }
 
 impl Drop for Labgrid {
     fn drop(&mut self) {
         // The exporter stops its ser2net processes on SIGTERM; whatever is left of its
         // process group goes with SIGKILL.
-        let _ = self._exporter.terminate(Duration::from_secs(5));
-        let _ = nix::sys::signal::killpg(self._exporter.pid(), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.exporter.terminate(Duration::from_secs(5));
+        let _ = nix::sys::signal::killpg(self.exporter.pid(), nix::sys::signal::Signal::SIGKILL);
         // The board script is killed without a chance to power QEMU off: do it here.
         if let Some(q) = &self.qemu {
             let _ = Command::new(
@@ -81,6 +89,37 @@ fn lg_client(venv: &Path, address: &str, user: &str, args: &[&str]) -> std::proc
         .stdin(Stdio::null())
         .output()
         .expect("run labgrid-client")
+}
+
+fn ser2net_bin() -> &'static str {
+    if Path::new("/usr/sbin/ser2net").exists() {
+        "/usr/sbin/ser2net"
+    } else {
+        "/usr/bin/ser2net"
+    }
+}
+
+fn start_coordinator(rig: &Rig, venv: &Path, address: &str, home: &Path) -> Proc {
+    spawn(
+        rig,
+        "labgrid-coordinator",
+        Command::new(venv.join("bin/labgrid-coordinator"))
+            .args(["-l", address])
+            .current_dir(home),
+    )
+}
+
+/// The exporter, in its own process group, so that its ser2net children go with it.
+fn start_exporter(rig: &Rig, venv: &Path, address: &str, home: &Path) -> Proc {
+    spawn(
+        rig,
+        "labgrid-exporter",
+        Command::new(venv.join("bin/labgrid-exporter"))
+            .args(["-c", address, "--hostname", "127.0.0.1", "-n", "exp"])
+            .arg(home.join("exporter.yaml"))
+            .current_dir(home)
+            .process_group(0),
+    )
 }
 
 fn spawn(rig: &Rig, name: &str, cmd: &mut Command) -> Proc {
@@ -105,6 +144,16 @@ impl Labgrid {
 
     /// A place on the scripted board, or on the QEMU board built in `qemu`.
     fn start_board(rig: &Rig, qemu: Option<&Path>) -> Labgrid {
+        Labgrid::start_with(rig, qemu, false)
+    }
+
+    /// A place on the scripted board whose serial port is a `NetworkSerialPort` with
+    /// `protocol: raw`: a plain TCP port (our own ser2net in raw mode), not RFC 2217.
+    fn start_raw(rig: &Rig) -> Labgrid {
+        Labgrid::start_with(rig, None, true)
+    }
+
+    fn start_with(rig: &Rig, qemu: Option<&Path>, raw: bool) -> Labgrid {
         let venv = venv();
         let bin = venv.join("bin");
         let address = format!("127.0.0.1:{}", free_port());
@@ -112,13 +161,7 @@ impl Labgrid {
         let run = rig.path("board");
         std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(&run).unwrap();
-        let coordinator = spawn(
-            rig,
-            "labgrid-coordinator",
-            Command::new(bin.join("labgrid-coordinator"))
-                .args(["-l", &address])
-                .current_dir(&home),
-        );
+        let coordinator = start_coordinator(rig, &venv, &address, &home);
         let mut board_cmd = Command::new(bin.join("python3"));
         board_cmd
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/labgrid/board.py"))
@@ -132,11 +175,33 @@ impl Labgrid {
         });
         let tty = std::fs::read_to_string(run.join("tty")).unwrap();
         let power_port = std::fs::read_to_string(run.join("power.port")).unwrap();
+        let power = format!(
+            "  NetworkPowerPort:\n    model: simplerest\n    host: 'http://127.0.0.1:{power_port}/power/{{index}}/{{value}}'\n    index: 0\n"
+        );
+        let mut ser2net = None;
+        let serial = if raw {
+            let port = free_port();
+            ser2net = Some(spawn(
+                rig,
+                "ser2net-raw",
+                Command::new(ser2net_bin()).args([
+                    "-d",
+                    "-n",
+                    "-Y",
+                    &format!("connection: &raw#  accepter: tcp,127.0.0.1,{port}"),
+                    "-Y",
+                    &format!("  connector: serialdev(nouucplock=true),{tty},115200n81,local"),
+                ]),
+            ));
+            format!(
+                "  NetworkSerialPort:\n    host: 127.0.0.1\n    port: {port}\n    protocol: raw\n    speed: 115200\n"
+            )
+        } else {
+            format!("  RawSerialPort:\n    port: {tty}\n    speed: 115200\n")
+        };
         std::fs::write(
             home.join("exporter.yaml"),
-            format!(
-                "board-1:\n  RawSerialPort:\n    port: {tty}\n    speed: 115200\n  NetworkPowerPort:\n    model: simplerest\n    host: 'http://127.0.0.1:{power_port}/power/{{index}}/{{value}}'\n    index: 0\n"
-            ),
+            format!("board-1:\n{serial}{power}"),
         )
         .unwrap();
         let end = Instant::now() + Duration::from_secs(60);
@@ -147,24 +212,17 @@ impl Labgrid {
             assert!(Instant::now() < end, "labgrid-coordinator did not start");
             std::thread::sleep(Duration::from_millis(200));
         }
-        // In its own process group, so that its ser2net children go with it.
-        let exporter = spawn(
-            rig,
-            "labgrid-exporter",
-            Command::new(bin.join("labgrid-exporter"))
-                .args(["-c", &address, "--hostname", "127.0.0.1", "-n", "exp"])
-                .arg(home.join("exporter.yaml"))
-                .current_dir(&home)
-                .process_group(0),
-        );
+        let exporter = start_exporter(rig, &venv, &address, &home);
         let lg = Labgrid {
             venv,
             address,
             run,
+            home,
             qemu: qemu.map(Path::to_path_buf),
-            _exporter: exporter,
+            exporter,
+            _ser2net: ser2net,
             _board: board,
-            _coordinator: coordinator,
+            coordinator,
         };
         lg.client_ok(OTHER_USER, &["-p", "board-1", "create"]);
         lg.client_ok(OTHER_USER, &["-p", "board-1", "add-match", "exp/board-1/*"]);
@@ -184,6 +242,50 @@ impl Labgrid {
             std::thread::sleep(Duration::from_millis(300));
         }
         lg
+    }
+
+    /// Kills the exporter (and its ser2net) with SIGKILL, as a crash would.
+    fn kill_exporter(&mut self) {
+        let _ = nix::sys::signal::killpg(self.exporter.pid(), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.exporter.child.wait();
+    }
+
+    /// Starts the exporter again (as systemd restarts it) and waits until the place's
+    /// resources are back.
+    fn restart_exporter(&mut self, rig: &Rig) {
+        self.kill_exporter();
+        self.exporter = start_exporter(rig, &self.venv, &self.address, &self.home);
+        self.wait_resources();
+    }
+
+    /// Kills the Labgrid coordinator with SIGKILL and starts it again on the same address
+    /// and folder: its places come back, every hold is gone.
+    fn restart_coordinator(&mut self, rig: &Rig) {
+        self.coordinator.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.coordinator.child.wait();
+        self.coordinator = start_coordinator(rig, &self.venv, &self.address, &self.home);
+        let end = Instant::now() + Duration::from_secs(60);
+        while !self.client(OTHER_USER, &["places"]).status.success() {
+            assert!(Instant::now() < end, "labgrid-coordinator did not restart");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until the exporter has published the place's serial port and power switch.
+    fn wait_resources(&self) {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.client(OTHER_USER, &["-v", "resources"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("/NetworkSerialPort") && text.contains("/NetworkPowerPort") {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "the exporter did not publish the board: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// Runs labgrid-client as `user` on host `labwire-test`.
@@ -567,7 +669,6 @@ async fn a_place_left_acquired_by_a_killed_agent_is_released_when_it_restarts() 
     // Mid-job: the place is ours, the board on, the command running.
     let end = Instant::now() + Duration::from_secs(120);
     loop {
-        // The agent sends the log in large chunks or at the end; its own copy is live.
         let log = read_file(&rig.path(&format!("labs/lab-kill/state/jobs/{id}-1/console.log")));
         // The command's echo, then its output.
         if log.matches("started-long-job").count() >= 2 {
@@ -607,6 +708,15 @@ async fn a_place_left_acquired_by_a_killed_agent_is_released_when_it_restarts() 
         d.get("error_code").and_then(|v| v.as_str()),
         Some("agent_restart"),
         "{d:?}"
+    );
+    // The attempt's log is whole at the coordinator: what the killed agent wrote (the
+    // command's echo and its output), then the restarted agent's note.
+    let log = read_log(&mut c, id).await;
+    assert!(log.contains("Linux version 6.1.0-labwire"), "{log}");
+    assert_eq!(log.matches("started-long-job").count(), 2, "{log}");
+    assert!(
+        log.ends_with("[labwire] the agent restarted while the job ran; the log ends here\n"),
+        "{log}"
     );
     // And the place is on offer again.
     wait_advertised(&mut c, "lab-kill", &["board-1"]).await;
