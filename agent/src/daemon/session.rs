@@ -82,6 +82,7 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                     devices,
                     free_slots: agent.free_slots(),
                     draining: agent.draining.is_cancelled(),
+                    devices_changed: advertise,
                 };
                 match agent
                     .coordinator

@@ -133,7 +133,7 @@ impl AgentService for AgentApi {
         let r = req.into_inner();
         let session = SessionId::new(r.session);
         self.session_of(&lab, &session).await?;
-        let devices: Option<Vec<_>> = (!r.devices.is_empty())
+        let devices: Option<Vec<_>> = (!r.devices.is_empty() || r.devices_changed)
             .then(|| r.devices.iter().map(convert::device_from_proto).collect());
         if let Ok(mut map) = self.shared.sessions.write()
             && let Some(s) = map.get_mut(&session)
