@@ -515,7 +515,7 @@ impl Driver for LabgridDriver {
 mod tests {
     //! The driver against a stand-in `labgrid-client` (a script that logs its calls and
     //! fails as told): how client failures become job errors, and that the place is given
-    //! back. The real Labgrid is exercised by tests/e2e/labgrid.rs.
+    //! back. The real Labgrid is exercised by tests/e2e/labgrid/.
     use super::*;
     use crate::config::LabgridConfig;
     use crate::joblog::JobLog;
