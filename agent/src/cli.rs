@@ -49,14 +49,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Parse(args) => labwire_parsers::cli::run(&args),
         Command::CheckConfig { config } => {
             let cfg = AgentConfig::load(&config)?;
+            let sources = cfg.labgrid.len() + cfg.lava.len();
             println!(
-                "{}: ok (lab `{}`, {} device(s))",
+                "{}: ok (lab `{}`, {} device(s) in the file{})",
                 config.display(),
                 cfg.lab,
-                cfg.devices.len()
+                cfg.devices.len(),
+                if sources > 0 {
+                    format!(", more from {sources} source(s) at run time")
+                } else {
+                    String::new()
+                }
             );
             for d in &cfg.devices {
                 println!("  {} ({}, {})", d.name, d.device_type, d.driver.kind());
+            }
+            for lg in &cfg.labgrid {
+                println!(
+                    "  from sources: labgrid:{} at {}: the free places of {} place entr{} (read when the agent runs)",
+                    lg.name,
+                    lg.coordinator,
+                    lg.places.len(),
+                    if lg.places.len() == 1 { "y" } else { "ies" }
+                );
+            }
+            for l in &cfg.lava {
+                println!(
+                    "  from sources: lava:{}: the devices of that LAVA server (read when the agent runs)",
+                    l.name
+                );
             }
             for w in cfg.warnings() {
                 println!("warning: {w}");

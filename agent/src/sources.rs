@@ -51,7 +51,7 @@ pub fn build(cfg: &AgentConfig) -> anyhow::Result<Vec<Arc<dyn DeviceSource>>> {
                 lg,
                 cfg,
                 lib.clone(),
-            )));
+            )?));
         }
     }
     Ok(out)

@@ -53,6 +53,9 @@ pub enum ErrorCode {
     ConsoleLost,
     /// The Labgrid place could not be acquired (`place_unavailable`).
     PlaceUnavailable,
+    /// The hold on a Labgrid place was lost while the job ran on it: a coordinator restart,
+    /// someone else's `release`, an exporter gone (`place_lost`).
+    PlaceLost,
     /// The kernel did not start in time (`boot_timeout`).
     BootTimeout,
     /// The bootloader refused a command the agent typed: a TFTP file not found or not
@@ -103,6 +106,7 @@ const KNOWN: &[(ErrorCode, &str)] = &[
     (ErrorCode::PowerFailed, "power_failed"),
     (ErrorCode::ConsoleLost, "console_lost"),
     (ErrorCode::PlaceUnavailable, "place_unavailable"),
+    (ErrorCode::PlaceLost, "place_lost"),
     (ErrorCode::BootTimeout, "boot_timeout"),
     (ErrorCode::BootloaderError, "bootloader_error"),
     (ErrorCode::KernelPanic, "kernel_panic"),
@@ -161,6 +165,7 @@ impl ErrorCode {
                 | PowerFailed
                 | ConsoleLost
                 | PlaceUnavailable
+                | PlaceLost
                 | LavaConfiguration
                 | LavaBug
                 | SubmitError
@@ -261,6 +266,7 @@ mod tests {
             "power_failed",
             "console_lost",
             "place_unavailable",
+            "place_lost",
             "lava_configuration",
             "lava_bug",
         ] {

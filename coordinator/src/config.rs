@@ -101,7 +101,7 @@ pub struct RetryConfig {
     /// The error codes that are retried. Default: every infrastructure code
     /// ([`labwire_common::ErrorCode::infrastructure`]: infrastructure, agent_restart,
     /// download_failed, deploy_failed, power_failed, console_lost, place_unavailable,
-    /// lease_expired, invalid_config, lava_configuration, lava_bug, submit_error).
+    /// place_lost, lease_expired, invalid_config, lava_configuration, lava_bug, submit_error).
     #[serde(default = "default_retry_codes")]
     pub error_codes: Vec<String>,
 }

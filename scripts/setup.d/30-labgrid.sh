@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up what tests/e2e/labgrid.rs needs: a real Labgrid (version 26, from PyPI) in a virtual
+# Sets up what tests/e2e/labgrid/ needs: a real Labgrid (version 26, from PyPI) in a virtual
 # environment at ~/.cache/labwire/labgrid-venv (coordinator, exporter and client), and
 # ser2net, which Labgrid's exporter runs to publish serial ports over TCP (RFC 2217).
 # Idempotent: skips what is already there, prints what it does.

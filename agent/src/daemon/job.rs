@@ -42,6 +42,18 @@ pub(super) async fn recover_journal(
             tracing::error!(device = %e.device, error = %err, "could not reset the device after a restart");
         }
         tracing::warn!(job = e.job, attempt = e.attempt, device = %e.device, "job interrupted by an agent restart; reporting it incomplete");
+        // The log as the killed run wrote it, whole: the outbox may lack its last moment.
+        let log_length = crate::joblog::resend_after_restart(
+            &dir,
+            &agent.outbox,
+            e.job,
+            e.attempt,
+            "the agent restarted while the job ran; the log ends here",
+        )
+        .unwrap_or_else(|err| {
+            tracing::error!(job = e.job, error = %err, "cannot send the interrupted job's log");
+            0
+        });
         let report = v1::ReportResultRequest {
             job: Some(v1::JobRef {
                 job: e.job,
@@ -50,6 +62,7 @@ pub(super) async fn recover_journal(
             result: v1::NodeResult::Incomplete as i32,
             error_code: ErrorCode::AgentRestart.to_string(),
             error_msg: format!("the agent restarted while the job ran on `{}`", e.device),
+            log_length,
             ..Default::default()
         };
         agent.outbox.push(e.job, e.attempt, Item::Result(report))?;

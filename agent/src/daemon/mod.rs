@@ -61,6 +61,9 @@ struct State {
     keep_jobs: Duration,
     /// The device list changed: advertise it with the next heartbeat.
     advertise: bool,
+    /// The devices the coordinator last accepted in a Register or Heartbeat: only these
+    /// go into a request for work (the coordinator refuses others).
+    advertised_names: std::collections::HashSet<String>,
     session: Option<String>,
     heartbeat: Duration,
     devs: HashMap<String, DevState>,

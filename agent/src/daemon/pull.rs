@@ -7,6 +7,7 @@ use super::job::spawn_job;
 use crate::client::backoff;
 use crate::devices::{self, Device};
 use labwire_proto::{convert, v1};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -32,6 +33,9 @@ pub(super) async fn pull_loop(
         spawn_job(&agent, jr, e.spec, device, true, &mut jobs);
     }
     let mut polls: JoinSet<(Option<v1::Assignment>, Vec<String>)> = JoinSet::new();
+    // The open polls' devices, to end a poll whose device is withdrawn.
+    let mut open: HashMap<tokio::task::Id, (tokio::task::AbortHandle, Vec<String>)> =
+        HashMap::new();
     let mut changed = agent.changed.subscribe();
     loop {
         if agent.draining.is_cancelled() {
@@ -58,8 +62,11 @@ pub(super) async fn pull_loop(
                         .iter()
                         .filter_map(|d| {
                             let s = st.devs.get(&d.info.name)?;
-                            (!s.polling && s.busy < d.max_jobs && usable.contains(&d.info.name))
-                                .then_some((d, s.last_used, s.busy))
+                            (!s.polling
+                                && s.busy < d.max_jobs
+                                && usable.contains(&d.info.name)
+                                && st.advertised_names.contains(&d.info.name))
+                            .then_some((d, s.last_used, s.busy))
                         })
                         .collect();
                     // Idle first, then least recently used.
@@ -83,18 +90,28 @@ pub(super) async fn pull_loop(
         };
         if let Some((session, names)) = start {
             let a = agent.clone();
-            polls.spawn(async move { poll(a, session, names).await });
+            let covered = names.clone();
+            let h = polls.spawn(async move { poll(a, session, names).await });
+            open.insert(h.id(), (h, covered));
             continue;
         }
         tokio::select! {
-            _ = changed.changed() => {}
+            _ = changed.changed() => withdraw_polls(&agent, &open),
             _ = agent.draining.cancelled() => {}
-            Some(done) = polls.join_next() => {
-                if let Ok((assignment, names)) = done {
-                    if let Some(a) = assignment {
-                        start_job(&agent, a, &names, &mut jobs);
+            Some(done) = polls.join_next_with_id() => {
+                match done {
+                    Ok((id, (assignment, names))) => {
+                        open.remove(&id);
+                        if let Some(a) = assignment {
+                            start_job(&agent, a, &names, &mut jobs);
+                        }
+                        release_poll(&agent, &names);
                     }
-                    release_poll(&agent, &names);
+                    Err(e) => {
+                        if let Some((_, names)) = open.remove(&e.id()) {
+                            release_poll(&agent, &names);
+                        }
+                    }
                 }
             }
             Some(_) = jobs.join_next() => {}
@@ -108,6 +125,24 @@ pub(super) async fn pull_loop(
         }
     }
     jobs
+}
+
+/// Ends the open polls that name a device no longer offered (the coordinator would lease a
+/// job on it that the agent must refuse); their other devices go into the next poll.
+fn withdraw_polls(
+    agent: &Agent,
+    open: &HashMap<tokio::task::Id, (tokio::task::AbortHandle, Vec<String>)>,
+) {
+    let st = agent.lock();
+    for (h, names) in open.values() {
+        if let Some(gone) = names
+            .iter()
+            .find(|n| !st.devices.iter().any(|d| &d.info.name == *n))
+        {
+            tracing::info!(device = %gone, "device withdrawn: ending the request for work that offers it");
+            h.abort();
+        }
+    }
 }
 
 /// One long poll. Returns the assignment (if any) and the devices it covered, which are

@@ -29,6 +29,9 @@ pub(super) fn install_devices(st: &mut State) {
         devices.iter().map(|d| d.info.name.as_str()).collect();
     st.devs
         .retain(|name, s| names.contains(name.as_str()) || s.busy > 0 || s.polling);
+    // A device no longer offered leaves the requests for work at once (the pull loop
+    // ends the open ones that name it); one that is new waits until it is advertised.
+    st.advertised_names.retain(|n| names.contains(n.as_str()));
     st.devices = devices;
     st.advertise = true;
 }
@@ -101,11 +104,13 @@ pub(super) async fn reload_on_sighup(agent: Arc<Agent>, path: std::path::PathBuf
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
         match reload(&agent, &path) {
+            Ok(r) if r.labgrid_changed => {
+                // Not "reloaded": a running Labgrid source owns its journal and the holds
+                // of its jobs; replacing it under them is left to a restart.
+                tracing::warn!(config = %path.display(), devices = r.devices, lava_restarted = ?r.lava_restarted, lava_kept = r.lava_kept, "SIGHUP: configuration reloaded EXCEPT the `labgrid:` entries, which changed and are NOT applied: restart the agent to apply them");
+            }
             Ok(r) => {
                 tracing::info!(config = %path.display(), devices = r.devices, lava_restarted = ?r.lava_restarted, lava_kept = r.lava_kept, "SIGHUP: configuration reloaded");
-                if r.labgrid_changed {
-                    tracing::warn!(config = %path.display(), "SIGHUP: the `labgrid:` entries changed but are not reloaded: restart the agent to apply them");
-                }
             }
             Err(e) => {
                 tracing::error!(config = %path.display(), error = %format!("{e:#}"), "SIGHUP: configuration refused; keeping the running one")

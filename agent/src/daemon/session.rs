@@ -15,9 +15,12 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
         let session = agent.lock().session.clone();
         let wait = match session {
             None => {
+                let devices = agent.advertised();
+                let names: std::collections::HashSet<String> =
+                    devices.iter().map(|d| d.name.clone()).collect();
                 let req = v1::RegisterRequest {
                     agent_version: env!("CARGO_PKG_VERSION").into(),
-                    devices: agent.advertised(),
+                    devices,
                     free_slots: agent.free_slots(),
                     held_jobs: agent.held_jobs(),
                 };
@@ -38,6 +41,14 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                             let mut st = agent.lock();
                             st.session = Some(r.session.clone());
                             st.heartbeat = hb;
+                            // Only what is still offered (a source may have withdrawn a
+                            // device while the call ran).
+                            let now: std::collections::HashSet<&str> =
+                                st.devices.iter().map(|d| d.info.name.as_str()).collect();
+                            st.advertised_names = names
+                                .into_iter()
+                                .filter(|n| now.contains(n.as_str()))
+                                .collect();
                         }
                         agent.bump();
                         tracing::info!(lab = %r.lab, session = %r.session, url = %agent.coordinator.url(), "registered with the coordinator");
@@ -58,16 +69,20 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
             Some(session) => {
                 let running = agent.held_jobs();
                 let advertise = std::mem::take(&mut agent.lock().advertise);
+                let devices = if advertise {
+                    agent.advertised()
+                } else {
+                    Vec::new()
+                };
+                let names: std::collections::HashSet<String> =
+                    devices.iter().map(|d| d.name.clone()).collect();
                 let req = v1::HeartbeatRequest {
                     session,
                     running,
-                    devices: if advertise {
-                        agent.advertised()
-                    } else {
-                        Vec::new()
-                    },
+                    devices,
                     free_slots: agent.free_slots(),
                     draining: agent.draining.is_cancelled(),
+                    devices_changed: advertise,
                 };
                 match agent
                     .coordinator
@@ -76,6 +91,18 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                 {
                     Ok(resp) => {
                         failures = 0;
+                        if advertise {
+                            {
+                                let mut st = agent.lock();
+                                let now: std::collections::HashSet<&str> =
+                                    st.devices.iter().map(|d| d.info.name.as_str()).collect();
+                                st.advertised_names = names
+                                    .into_iter()
+                                    .filter(|n| now.contains(n.as_str()))
+                                    .collect();
+                            }
+                            agent.bump();
+                        }
                         let r = resp.into_inner();
                         agent.withdraw(&r.cancel);
                         let mut changed = false;
@@ -94,6 +121,9 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                     }
                     Err(s) => {
                         failures += 1;
+                        if advertise {
+                            agent.lock().advertise = true;
+                        }
                         tracing::warn!(code = ?s.code(), error = %s.message(), "heartbeat failed");
                     }
                 }

@@ -1,15 +1,27 @@
 //! The `labgrid` driver: a job on a place of a Labgrid coordinator. The agent downloads the
-//! job's artifacts, acquires the place (waiting up to `acquire_timeout` while someone else
-//! holds it, then failing with `place_unavailable`), opens the console the place's exporter
-//! publishes (a telnet/RFC 2217 port served by ser2net), powers the board through Labgrid,
-//! and runs the board engine's boot, login and commands on that console. Then it powers the
-//! place off and releases it on every path: success, failure, timeout, cancel, agent
-//! shutdown. A place left acquired by a killed agent is released by the source at the next
-//! start.
+//! job's artifacts, acquires the place, opens the console the place's exporter publishes
+//! (its `NetworkSerialPort`, spoken as the exporter says: `rfc2217` as telnet, `raw` as
+//! plain TCP), powers the board through Labgrid, and runs the board engine's boot, login and
+//! commands on that console.
+//!
+//! Acquiring: a place someone else holds is waited for (up to `acquire_timeout`, woken by
+//! each reading of the coordinator); a coordinator that cannot be reached, a place that
+//! does not exist or whose resources are missing fail at once with `place_unavailable`, an
+//! infrastructure code, so the job is retried on another board.
+//!
+//! The hold is watched while the job runs: a reading that shows the place free or held by
+//! someone else ends the job at once (`place_lost`), and the hold is read once more before
+//! a result is given, so a job never passes on a place it no longer held. The place goes
+//! into the source's journal before power-on; power-off and release run on every path
+//! (success, failure, timeout, cancel, agent shutdown), and whatever of them fails (or a
+//! lost hold) stays owed in the journal, settled by the source with back-off.
 
 use super::board::{Failure, Script, Steps, fail, run_command};
 use super::{Driver, JobContext, Outcome};
 use crate::config::{ConsoleConfig, DeviceConfig, LabgridPlaceConfig};
+use crate::labgrid::config::PlacePower;
+use crate::labgrid::owed::{Debt, Shared};
+use crate::labgrid::view::{Resource, Snapshot};
 use crate::labgrid::{LabgridClient, LabgridError};
 use crate::placeholders::{Values, expand_argv};
 use crate::serial::Session;
@@ -20,17 +32,27 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often a job asks again for a place someone else holds.
-const ACQUIRE_RETRY: Duration = Duration::from_secs(1);
+/// How often a job asks again for a place someone else holds when no reading of the
+/// coordinator said it is free meanwhile.
+const ACQUIRE_RETRY: Duration = Duration::from_secs(5);
 
 /// The driver of one Labgrid place.
 pub(crate) struct LabgridDriver {
     device: DeviceConfig,
     cfg: Arc<LabgridPlaceConfig>,
     client: Arc<LabgridClient>,
+    shared: Arc<Shared>,
     acquire_timeout: Duration,
     /// The folders `file://` artifacts may come from (`artifacts.file_dirs`).
     file_dirs: Arc<[PathBuf]>,
+}
+
+/// What became of the hold.
+enum Hold {
+    /// Still ours, as far as the coordinator says.
+    Kept,
+    /// Lost: why.
+    Lost(String),
 }
 
 impl LabgridDriver {
@@ -39,6 +61,7 @@ impl LabgridDriver {
         device: DeviceConfig,
         cfg: Arc<LabgridPlaceConfig>,
         client: Arc<LabgridClient>,
+        shared: Arc<Shared>,
         acquire_timeout: Duration,
         file_dirs: Arc<[PathBuf]>,
     ) -> Self {
@@ -46,6 +69,7 @@ impl LabgridDriver {
             device,
             cfg,
             client,
+            shared,
             acquire_timeout,
             file_dirs,
         }
@@ -55,13 +79,15 @@ impl LabgridDriver {
         &self.device.name
     }
 
-    /// Acquires the place, waiting while someone else holds it, up to the acquire timeout
-    /// (and the job's own limit), or until the job is cancelled.
+    /// Acquires the place: waits while someone else holds it, up to the acquire timeout
+    /// (and the job's own limit) or until the job is cancelled; fails at once for what
+    /// waiting does not cure.
     async fn acquire(&self, ctx: &mut JobContext) -> Result<(), Failure> {
         let place = self.place();
         let limit = self.acquire_timeout.min(ctx.timeout);
         let deadline = Instant::now() + limit;
         let mut said = false;
+        let mut readings = self.shared.snapshot.subscribe();
         loop {
             let err = match self.client.acquire(place).await {
                 Ok(()) => {
@@ -74,19 +100,35 @@ impl LabgridDriver {
                 Err(e) => e,
             };
             // Already ours (a release that failed after an earlier job): use it.
-            if err.is_held() && self.held_by_us().await {
+            if err.is_held_by_us() {
                 ctx.log.note(&format!(
                     "Labgrid place {place} is already acquired by this agent"
                 ));
                 return Ok(());
             }
-            if err.is_unknown_place() {
+            let fast = if err.is_unknown_place() {
+                Some(format!("the Labgrid place {place} does not exist"))
+            } else if err.is_unreachable() {
+                Some("the Labgrid coordinator cannot be reached".to_string())
+            } else if err.is_missing_resources() {
+                Some(format!(
+                    "the resources of the Labgrid place {place} are missing (is its exporter running?)"
+                ))
+            } else if !err.is_held() {
+                Some(format!("Labgrid refused to acquire the place {place}"))
+            } else {
+                None
+            };
+            if let Some(what) = fast {
+                // A call that was stopped may still have acquired the place at the
+                // coordinator: give back what may be ours (`release-from` never touches a
+                // place someone else holds).
+                if matches!(err, LabgridError::Run { .. }) {
+                    let _ = self.client.release(place).await;
+                }
                 return Err(fail(
                     ErrorCode::PlaceUnavailable,
-                    format!(
-                        "the Labgrid place {place} does not exist: {}",
-                        err.message()
-                    ),
+                    format!("{what}: {}", err.message()),
                     None,
                 ));
             }
@@ -98,16 +140,9 @@ impl LabgridDriver {
                     err.message()
                 ));
             }
-            // Give up only once the whole wait has passed (one last try at the deadline),
-            // not one retry interval early.
+            // Give up only once the whole wait has passed (one last try at the deadline).
             let now = Instant::now();
             if now >= deadline {
-                // A call that was stopped may still have acquired the place at the
-                // coordinator: give back what may be ours (`release-from` never touches a
-                // place someone else holds).
-                if matches!(err, LabgridError::Run { .. }) {
-                    let _ = self.client.release(place).await;
-                }
                 return Err(fail(
                     ErrorCode::PlaceUnavailable,
                     format!(
@@ -118,23 +153,131 @@ impl LabgridDriver {
                     None,
                 ));
             }
-            tokio::select! {
-                _ = tokio::time::sleep(ACQUIRE_RETRY.min(deadline - now)) => {}
-                _ = ctx.cancel.cancelled() => {
-                    return Err(fail(ErrorCode::Cancelled, format!("the job was cancelled while waiting for the Labgrid place {place}"), None));
+            // Try again when a reading shows the place free, or after a while.
+            let wait = tokio::time::sleep(ACQUIRE_RETRY.min(deadline - now));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    r = readings.changed() => {
+                        if r.is_err() { break; }
+                        let free = readings.borrow_and_update().as_ref().is_some_and(|s| {
+                            s.place(place).is_some_and(|p| p.acquired.is_none())
+                        });
+                        if free { break; }
+                    }
+                    _ = ctx.cancel.cancelled() => {
+                        return Err(fail(ErrorCode::Cancelled, format!("the job was cancelled while waiting for the Labgrid place {place}"), None));
+                    }
                 }
             }
         }
     }
 
-    async fn held_by_us(&self) -> bool {
+    /// What a reading says of our hold (`None`: the reading does not tell).
+    fn hold_in(&self, s: &Snapshot) -> Option<Hold> {
         let me = self.client.identity();
-        match self.client.places().await {
-            Ok(places) => places
-                .iter()
-                .any(|p| p.name == self.place() && p.acquired.as_deref() == Some(me.as_str())),
-            Err(_) => false,
+        let place = self.place();
+        let Some(p) = s.place(place) else {
+            return Some(Hold::Lost(format!(
+                "the Labgrid place {place} is gone from the coordinator"
+            )));
+        };
+        match p.acquired.as_deref() {
+            Some(h) if h == me => {}
+            Some(h) => {
+                return Some(Hold::Lost(format!(
+                    "the Labgrid place {place} is held by {h} now (the agent's hold was lost, e.g. by a Labgrid coordinator restart)"
+                )));
+            }
+            None => {
+                return Some(Hold::Lost(format!(
+                    "the Labgrid place {place} is no longer acquired by this agent (a Labgrid coordinator restart drops every hold)"
+                )));
+            }
         }
+        if s.resources_of(p).next().is_none() {
+            return Some(Hold::Lost(format!(
+                "the resources of the Labgrid place {place} are gone (its exporter stopped)"
+            )));
+        }
+        Some(Hold::Kept)
+    }
+
+    /// Resolves when a reading taken after `since` shows the hold lost.
+    async fn watch_hold(&self, since: tokio::time::Instant) -> String {
+        let mut rx = self.shared.snapshot.subscribe();
+        loop {
+            if let Some(s) = rx.borrow_and_update().clone()
+                && s.at >= since
+                && let Some(Hold::Lost(why)) = self.hold_in(&s)
+            {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Reads the coordinator now and says whether the hold is still ours; a coordinator that
+    /// cannot be read is asked again with back-off for up to a minute (within the acquire
+    /// timeout) before the hold counts as lost.
+    async fn confirm_hold(&self) -> Hold {
+        let limit = self.acquire_timeout.min(Duration::from_secs(60));
+        let end = Instant::now() + limit;
+        let mut tries = 0;
+        loop {
+            match self.client.snapshot().await {
+                Ok(s) => {
+                    let hold = self.hold_in(&s).unwrap_or(Hold::Kept);
+                    self.shared.snapshot.send_replace(Some(Arc::new(s)));
+                    return hold;
+                }
+                Err(e) if Instant::now() >= end => {
+                    return Hold::Lost(format!(
+                        "could not confirm the hold on the Labgrid place {} at the end of the job: {e}",
+                        self.place()
+                    ));
+                }
+                Err(_) => {
+                    tries += 1;
+                    let wait = crate::client::backoff(
+                        tries,
+                        Duration::from_millis(500),
+                        Duration::from_secs(10),
+                    );
+                    tokio::time::sleep(wait.min(end.saturating_duration_since(Instant::now())))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// The console the place's exporter publishes, as its protocol says.
+    async fn exported_console(&self) -> Result<ConsoleConfig, Failure> {
+        let place = self.place();
+        let from_reading = self.shared.latest().and_then(|s| {
+            let p = s.place(place)?;
+            s.serial_of(p).cloned()
+        });
+        let port = match from_reading {
+            Some(r) if r.host.is_some() && r.port.is_some() => r,
+            _ => self.client.serial_port(place).await.map_err(|e| {
+                fail(
+                    ErrorCode::ConsoleLost,
+                    format!("cannot find the console of the Labgrid place {place}: {e}"),
+                    None,
+                )
+            })?,
+        };
+        console_of(&port).map_err(|e| {
+            fail(
+                ErrorCode::ConsoleLost,
+                format!("the console of the Labgrid place {place}: {e}"),
+                None,
+            )
+        })
     }
 
     /// On the acquired place: deploy, console, power on, then the board engine.
@@ -165,17 +308,22 @@ impl LabgridDriver {
         let (console, console_argv) = match &cfg.console {
             Some(c @ ConsoleConfig::Command { argv }) => (c.clone(), Some(expand(argv)?)),
             Some(c) => (c.clone(), None),
-            None => {
-                let address = self.client.serial_port(&place).await.map_err(|e| {
-                    fail(
-                        ErrorCode::ConsoleLost,
-                        format!("cannot find the console of the Labgrid place {place}: {e}"),
-                        None,
-                    )
-                })?;
-                (ConsoleConfig::Telnet { address }, None)
-            }
+            None => (self.exported_console().await?, None),
         };
+        if cfg.power == PlacePower::Labgrid
+            && let Some(s) = self.shared.latest()
+            && let Some(p) = s.place(&place)
+            && !s.has_power(p)
+        {
+            return Err(fail(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "the Labgrid place {place} has no power resource Labgrid can switch ({}); give it one, or set `power: none` for its entry in the agent's config",
+                    crate::labgrid::view::POWER_CLASSES.join(", ")
+                ),
+                None,
+            ));
+        }
         if let Some(d) = &deploy {
             run_command(
                 "deploy",
@@ -191,15 +339,23 @@ impl LabgridDriver {
         let console = crate::serial::open(&console, console_argv, Duration::from_secs(10))
             .await
             .map_err(|e| fail(ErrorCode::ConsoleLost, e.to_string(), None))?;
-        let action = if cfg.power_cycle { "cycle" } else { "on" };
-        ctx.log.note(&format!(
-            "power {action}: labgrid-client -p {place} power {action}"
-        ));
-        *powered = true;
-        self.client
-            .power(&place, action)
-            .await
-            .map_err(|e| fail(ErrorCode::PowerFailed, power_msg(&place, action, &e), None))?;
+        if cfg.power == PlacePower::Labgrid {
+            let action = if cfg.power_cycle { "cycle" } else { "on" };
+            ctx.log.note(&format!(
+                "power {action}: labgrid-client -p {place} power {action}"
+            ));
+            *powered = true;
+            self.shared.journal.set(&place, Debt::Running, true);
+            let t = Instant::now();
+            self.client
+                .power(&place, action)
+                .await
+                .map_err(|e| fail(ErrorCode::PowerFailed, power_msg(&place, action, &e), None))?;
+            out.mark("labgrid_power_on_ms", t);
+        } else {
+            ctx.log
+                .note("power: none (an always-on board): no power step");
+        }
         out.mark("powered_on_ms", started);
         let cancel = ctx.cancel.clone();
         let mut s = Session::new(console, &mut ctx.log, cancel);
@@ -208,24 +364,61 @@ impl LabgridDriver {
         script.run(&mut s, started, out).await
     }
 
-    /// Powers the place off and releases it; errors are logged (the outcome is decided).
-    async fn give_back(&self, ctx: &mut JobContext, powered: bool) {
+    /// Powers the place off and releases it. Only what succeeded is said in the log; what
+    /// failed (or a lost hold) stays owed in the journal for the source to settle.
+    async fn give_back(&self, ctx: &mut JobContext, powered: bool, lost: bool) {
         let place = self.place();
+        if lost {
+            ctx.log.note(&format!(
+                "the hold on Labgrid place {place} was lost: the agent powers it off and releases it once it can (it is not offered until then; a place someone else holds now is left to them)"
+            ));
+            self.shared.owe(place, powered);
+            return;
+        }
+        let mut off_owed = false;
         if powered {
             ctx.log
                 .note(&format!("power off: labgrid-client -p {place} power off"));
             if let Err(e) = self.client.power(place, "off").await {
-                tracing::error!(place, error = %e, "Labgrid power off failed");
-                ctx.log.note(&format!("power off failed: {e}"));
+                tracing::error!(place, error = %e, "Labgrid power off failed; retrying in the background");
+                ctx.log.note(&format!(
+                    "power off failed (retried by the agent until it succeeds; the place is not offered until then): {e}"
+                ));
+                off_owed = true;
             }
+        }
+        if off_owed {
+            self.shared.owe(place, true);
+            return;
         }
         match self.client.release(place).await {
-            Ok(()) => ctx.log.note(&format!("released Labgrid place {place}")),
+            Ok(()) => {
+                self.shared.journal.remove(place);
+                ctx.log.note(&format!("released Labgrid place {place}"));
+            }
             Err(e) => {
-                tracing::error!(place, error = %e, "could not release the Labgrid place; it is released at the next start of the agent");
-                ctx.log.note(&format!("release failed: {e}"));
+                tracing::error!(place, error = %e, "could not release the Labgrid place; retrying in the background");
+                ctx.log.note(&format!(
+                    "release failed (retried by the agent until it succeeds; the place is not offered until then): {e}"
+                ));
+                self.shared.owe(place, false);
             }
         }
+    }
+}
+
+/// The console config for a serial port as its exporter publishes it.
+fn console_of(port: &Resource) -> Result<ConsoleConfig, String> {
+    let (Some(host), Some(p)) = (&port.host, port.port) else {
+        return Err("its NetworkSerialPort has no host and port".into());
+    };
+    let address = format!("{host}:{p}");
+    match port.protocol.as_deref() {
+        None | Some("rfc2217") => Ok(ConsoleConfig::Telnet { address }),
+        Some("raw") => Ok(ConsoleConfig::Tcp { address }),
+        Some(other) => Err(format!(
+            "its NetworkSerialPort speaks `{other}`, which the agent does not know (raw, rfc2217); give the place a `console:`"
+        )),
     }
 }
 
@@ -238,18 +431,12 @@ impl Driver for LabgridDriver {
         "labgrid"
     }
 
-    /// After an agent restart: power off and release the place if this agent holds it.
+    /// After an agent restart: the place is owed a power-off and release (the source
+    /// settles it, retrying until it succeeds).
     fn recover(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            if !self.held_by_us().await {
-                return Ok(());
-            }
-            let off = self.client.power(self.place(), "off").await;
-            self.client
-                .release(self.place())
-                .await
-                .map_err(|e| e.to_string())?;
-            off.map_err(|e| e.to_string())
+            self.shared.owe(self.place(), true);
+            Ok(())
         })
     }
 
@@ -289,15 +476,38 @@ impl Driver for LabgridDriver {
                 Ok(s) => s,
                 Err(f) => return steps.outcome(Err(f), &mut ctx.log),
             };
+            let t = Instant::now();
             if let Err(f) = self.acquire(ctx).await {
                 return steps.outcome(Err(f), &mut ctx.log);
             }
+            steps.mark("labgrid_acquire_ms", t);
+            let since = tokio::time::Instant::now();
             let mut powered = false;
-            let res = self
-                .on_place(ctx, &artifacts, &script, started, &mut powered, &mut steps)
-                .await;
-            // Always: off and released, whatever happened above.
-            self.give_back(ctx, powered).await;
+            let res = tokio::select! {
+                r = self.on_place(ctx, &artifacts, &script, started, &mut powered, &mut steps) => r,
+                why = self.watch_hold(since) => Err(fail(ErrorCode::PlaceLost, why, None)),
+            };
+            // Never a result from a place that is not ours (any more).
+            let lost = match res {
+                Err(ref f) if f.code == ErrorCode::PlaceLost => true,
+                _ => match self.confirm_hold().await {
+                    Hold::Kept => false,
+                    Hold::Lost(why) => {
+                        if let Err(f) = &res {
+                            ctx.log.note(&format!("{}: {}", f.code, f.msg));
+                        }
+                        let t = Instant::now();
+                        self.give_back(ctx, powered, true).await;
+                        steps.mark("labgrid_give_back_ms", t);
+                        return steps
+                            .outcome(Err(fail(ErrorCode::PlaceLost, why, None)), &mut ctx.log);
+                    }
+                },
+            };
+            // Always: off and released (or owed), whatever happened above.
+            let t = Instant::now();
+            self.give_back(ctx, powered, lost).await;
+            steps.mark("labgrid_give_back_ms", t);
             steps.outcome(res, &mut ctx.log)
         })
     }
@@ -307,7 +517,7 @@ impl Driver for LabgridDriver {
 mod tests {
     //! The driver against a stand-in `labgrid-client` (a script that logs its calls and
     //! fails as told): how client failures become job errors, and that the place is given
-    //! back. The real Labgrid is exercised by tests/e2e/labgrid.rs.
+    //! back. The real Labgrid is exercised by tests/e2e/labgrid/.
     use super::*;
     use crate::config::LabgridConfig;
     use crate::joblog::JobLog;
@@ -318,14 +528,21 @@ mod tests {
     const FAKE: &str = r#"#!/bin/sh
 echo "$*" >> "$FAKE_LOG"
 shift 2
-[ "$1" = -p ] || { echo "Place 'b1':"; echo "  acquired: None"; exit 0; }
+if [ "$1" != -p ]; then
+  case "$2" in
+    places) printf "Place 'b1':\n  matches:\n    e/b/*\n  acquired: h/u\n" ;;
+    resources) printf "    Resource 'S' (e/b/NetworkSerialPort[/S]):\n      {'avail': True, 'params': {'host': '127.0.0.1', 'port': %s}}\n" "$FAKE_PORT" ;;
+  esac
+  exit 0
+fi
 place=$2; cmd=$3
 case "$place:$cmd:$4" in
   nope:acquire:*) echo "labgrid-client: Error: place pattern nope matches nothing" >&2; exit 1 ;;
   hang:acquire:*) exec sleep 30 ;;
+  down:acquire:*) echo "Server error: Could not connect to coordinator" >&2; exit 1 ;;
   *:acquire:*) echo "acquired place $place" ;;
   *:show:*) printf "Acquired resource 'S' (e/b/NetworkSerialPort/S):\n  {'params': {'host': '127.0.0.1', 'port': %s}}\n" "$FAKE_PORT" ;;
-  *:power:on) echo "labgrid-client: Error: power on failed: 500 Server Error" >&2; exit 1 ;;
+  b1:power:on) echo "labgrid-client: Error: power on failed: 500 Server Error" >&2; exit 1 ;;
   *) ;;
 esac
 "#;
@@ -370,10 +587,12 @@ esac
         async fn run(&self, place: &str) -> (Outcome, Duration) {
             let place_cfg: LabgridPlaceConfig =
                 yaml_serde::from_str("{name: b1, device_type: qemu-x86_64}").unwrap();
+            let shared = Shared::open(&self.dir.path().join("journal.json")).unwrap();
             let driver = LabgridDriver::new(
                 place_cfg.device(place),
                 Arc::new(place_cfg),
                 self.client.clone(),
+                shared,
                 Duration::from_secs(2),
                 Arc::from(Vec::new()),
             );
@@ -413,10 +632,47 @@ esac
                 "-p b1 acquire",
                 "-p b1 show",
                 "-p b1 power on",
+                "-v places",
+                "-v resources",
                 "-p b1 power off",
                 "-p b1 release-from h/u",
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_coordinator_fails_at_once() {
+        let f = fake().await;
+        let (o, took) = f.run("down").await;
+        assert_eq!(o.error_code, Some(ErrorCode::PlaceUnavailable), "{o:?}");
+        let msg = o.error_msg.unwrap();
+        assert!(msg.contains("cannot be reached"), "{msg}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(f.calls(), ["-p down acquire"]);
+    }
+
+    #[test]
+    fn the_console_follows_the_exported_protocol() {
+        let port = |protocol: Option<&str>| Resource {
+            host: Some("10.0.0.1".into()),
+            port: Some(7001),
+            protocol: protocol.map(str::to_string),
+            ..Default::default()
+        };
+        let addr = "10.0.0.1:7001".to_string();
+        assert!(
+            matches!(console_of(&port(None)), Ok(ConsoleConfig::Telnet { address }) if address == addr)
+        );
+        assert!(matches!(
+            console_of(&port(Some("rfc2217"))),
+            Ok(ConsoleConfig::Telnet { .. })
+        ));
+        assert!(
+            matches!(console_of(&port(Some("raw"))), Ok(ConsoleConfig::Tcp { address }) if address == addr)
+        );
+        let e = console_of(&port(Some("ssh"))).unwrap_err();
+        assert!(e.contains("`ssh`"), "{e}");
+        assert!(console_of(&Resource::default()).is_err());
     }
 
     #[tokio::test]

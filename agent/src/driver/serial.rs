@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
     /// Where the console is.
+    #[serde(deserialize_with = "crate::serial::config::console_map_or_tag")]
     pub console: ConsoleConfig,
     /// Run before powering on (e.g. to switch a USB hub port). Optional.
     #[serde(default)]

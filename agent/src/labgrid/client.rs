@@ -2,6 +2,7 @@
 //! time limit, run with the agent's Labgrid identity (`LG_USERNAME`, `LG_HOSTNAME`), and its
 //! failures become [`LabgridError`]s that say which command failed and what the client said.
 
+use super::view::{Resource, Snapshot, fields, parse_resources};
 use crate::config::LabgridConfig;
 use crate::driver::board::run_program_without;
 use std::collections::BTreeMap;
@@ -44,14 +45,50 @@ impl LabgridError {
         self.to_string()
     }
 
+    /// The client's message, whatever the kind of failure.
+    fn text(&self) -> &str {
+        match self {
+            LabgridError::Run { msg, .. }
+            | LabgridError::Failed { msg, .. }
+            | LabgridError::Output { msg, .. } => msg,
+        }
+    }
+
     /// Whether the client said the place is held by someone else (or by us already).
     pub(crate) fn is_held(&self) -> bool {
         matches!(self, LabgridError::Failed { msg, .. } if msg.contains("already acquired"))
     }
 
+    /// Whether the client said this agent holds the place already.
+    pub(crate) fn is_held_by_us(&self) -> bool {
+        self.text().contains("You have already acquired place")
+    }
+
     /// Whether the client said the place does not exist.
     pub(crate) fn is_unknown_place(&self) -> bool {
         matches!(self, LabgridError::Failed { msg, .. } if msg.contains("matches nothing"))
+    }
+
+    /// Whether the Labgrid coordinator could not be reached (or the client not run): an
+    /// infrastructure failure that waiting on this place does not cure.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        match self {
+            LabgridError::Run { .. } => true,
+            LabgridError::Failed { msg, .. } => {
+                msg.contains("Could not connect to coordinator")
+                    || msg.contains("coordinator is unavailable")
+                    || msg.contains("coordinator became unavailable")
+            }
+            LabgridError::Output { .. } => false,
+        }
+    }
+
+    /// Whether the client said the place's resources are missing (its exporter is gone).
+    pub(crate) fn is_missing_resources(&self) -> bool {
+        let m = self.text();
+        m.contains("has no matching remote resource")
+            || m.contains("Failed to acquire resources")
+            || m.contains("orphaned resource")
     }
 }
 
@@ -64,6 +101,8 @@ pub(crate) struct Place {
     pub tags: BTreeMap<String, String>,
     /// Who holds it (`host/user`), if anyone.
     pub acquired: Option<String>,
+    /// Its resource match patterns (`exporter/group/class[/name]`).
+    pub matches: Vec<String>,
 }
 
 /// How the agent calls `labgrid-client` for one coordinator.
@@ -163,6 +202,27 @@ impl LabgridClient {
         })
     }
 
+    /// Every resource the exporters publish now.
+    pub(crate) async fn resources(&self) -> Result<Vec<Resource>, LabgridError> {
+        let out = self.run(&["-v", "resources"]).await?;
+        parse_resources(&out).map_err(|msg| LabgridError::Output {
+            args: "-v resources".into(),
+            msg,
+        })
+    }
+
+    /// The places and resources now.
+    pub(crate) async fn snapshot(&self) -> Result<Snapshot, LabgridError> {
+        let at = tokio::time::Instant::now();
+        let places = self.places().await?;
+        let resources = self.resources().await?;
+        Ok(Snapshot {
+            at,
+            places,
+            resources,
+        })
+    }
+
     /// Acquires a place for this agent.
     pub(crate) async fn acquire(&self, place: &str) -> Result<(), LabgridError> {
         self.run(&["-p", place, "acquire"]).await.map(drop)
@@ -182,9 +242,8 @@ impl LabgridClient {
         self.run(&["-p", place, "power", action]).await.map(drop)
     }
 
-    /// The `host:port` of the serial port the place's exporter publishes (the place must be
-    /// acquired).
-    pub(crate) async fn serial_port(&self, place: &str) -> Result<String, LabgridError> {
+    /// The serial port the place's exporter publishes (the place must be acquired).
+    pub(crate) async fn serial_port(&self, place: &str) -> Result<Resource, LabgridError> {
         let out = self.run(&["-p", place, "show"]).await?;
         parse_serial_port(&out).map_err(|msg| LabgridError::Output {
             args: format!("-p {place} show"),
@@ -197,6 +256,7 @@ impl LabgridClient {
 /// indented by two spaces (`tags: a=1, b=2`, `acquired: host/user` or `None`).
 pub(crate) fn parse_places(out: &str) -> Result<Vec<Place>, String> {
     let mut places: Vec<Place> = Vec::new();
+    let mut in_matches = false;
     for line in out.lines() {
         if let Some(rest) = line.strip_prefix("Place '") {
             let name = rest
@@ -211,9 +271,14 @@ pub(crate) fn parse_places(out: &str) -> Result<Vec<Place>, String> {
         let Some(field) = line.strip_prefix("  ") else {
             continue;
         };
-        if field.starts_with(' ') {
-            continue; // a list item of the field above (matches, resources)
+        if let Some(item) = field.strip_prefix("  ") {
+            // A list item of the field above (matches, acquired resources).
+            if in_matches && let Some(p) = places.last_mut() {
+                p.matches.push(item.trim().to_string());
+            }
+            continue;
         }
+        in_matches = field.trim_end() == "matches:";
         let Some(p) = places.last_mut() else {
             return Err(format!("a field before any place: `{line}`"));
         };
@@ -231,48 +296,32 @@ pub(crate) fn parse_places(out: &str) -> Result<Vec<Place>, String> {
     Ok(places)
 }
 
-/// Finds the first acquired `NetworkSerialPort` in `labgrid-client show` and its host and
-/// port (printed as a Python dict: `'host': 'NAME'`, `'port': N`).
-pub(crate) fn parse_serial_port(out: &str) -> Result<String, String> {
+/// Finds the first acquired `NetworkSerialPort` in `labgrid-client show`: its host, port
+/// and protocol (printed as a Python dict: `'host': 'NAME'`, `'port': N`).
+pub(crate) fn parse_serial_port(out: &str) -> Result<Resource, String> {
     let mut in_port = false;
-    let (mut host, mut port) = (None, None);
+    let mut r = Resource::default();
     for line in out.lines() {
         if line.starts_with("Acquired resource ") || line.starts_with("Matching resource ") {
-            if in_port && host.is_some() && port.is_some() {
+            if in_port && r.host.is_some() && r.port.is_some() {
                 break;
             }
             in_port = line.contains("/NetworkSerialPort/");
             continue;
         }
-        if !in_port {
-            continue;
-        }
-        if host.is_none() {
-            host = quoted_value(line, "'host': '");
-        }
-        if port.is_none()
-            && let Some(i) = line.find("'port': ")
-        {
-            let digits: String = line[i + 8..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            port = digits.parse::<u16>().ok();
+        if in_port {
+            fields(line, &mut r.host, &mut r.port, &mut r.protocol);
         }
     }
-    match (host, port) {
-        (Some(h), Some(p)) => Ok(format!("{h}:{p}")),
-        _ => Err(
+    if r.host.is_none() || r.port.is_none() {
+        return Err(
             "the place has no acquired NetworkSerialPort with a host and port (does its exporter export a serial port, and is ser2net running?)"
                 .into(),
-        ),
+        );
     }
-}
-
-fn quoted_value(line: &str, key: &str) -> Option<String> {
-    let i = line.find(key)?;
-    let rest = &line[i + key.len()..];
-    rest.find('\'').map(|end| rest[..end].to_string())
+    r.avail = true;
+    r.path[2] = "NetworkSerialPort".into();
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -290,6 +339,8 @@ mod tests {
         assert_eq!(p[0].acquired, None);
         assert_eq!(p[1].acquired.as_deref(), Some("lab-host/labwire-lab-a"));
         assert!(p[1].tags.is_empty());
+        assert_eq!(p[0].matches, ["exp/board-1/*"]);
+        assert_eq!(p[1].matches, ["exp/board-2/*"]);
         assert!(parse_places("  acquired: x\n").is_err());
         assert!(parse_places("").unwrap().is_empty());
     }
@@ -297,7 +348,12 @@ mod tests {
     #[test]
     fn the_serial_port_is_found() {
         let out = "Place 'b':\n  acquired: h/u\nAcquired resource 'NetworkPowerPort' (exp/b/NetworkPowerPort/NetworkPowerPort):\n  {'avail': True,\n   'params': {'host': 'http://127.0.0.1:5/power/{index}/{value}', 'index': 0, 'model': 'simplerest'}}\nAcquired resource 'NetworkSerialPort' (exp/b/NetworkSerialPort/NetworkSerialPort):\n  {'avail': True,\n   'cls': 'NetworkSerialPort',\n   'params': {'extra': {'path': '/dev/pts/3'},\n              'host': '127.0.0.1',\n              'port': 40123,\n              'speed': 115200}}\n";
-        assert_eq!(parse_serial_port(out).unwrap(), "127.0.0.1:40123");
+        let r = parse_serial_port(out).unwrap();
+        assert_eq!(
+            (r.host.as_deref(), r.port),
+            (Some("127.0.0.1"), Some(40123))
+        );
+        assert_eq!(r.protocol, None);
         let e = parse_serial_port("Place 'b':\n  acquired: h/u\n").unwrap_err();
         assert!(e.contains("NetworkSerialPort"), "{e}");
     }

@@ -7,7 +7,7 @@ use crate::device_types::Library;
 use crate::driver::board::config::{
     BootConfig, LoginConfig, default_command_timeout, default_max_download, validate_boot_login,
 };
-use crate::serial::config::{ConsoleConfig, validate_console};
+use crate::serial::config::{ConsoleConfig, some_console, validate_console};
 use anyhow::bail;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -74,9 +74,15 @@ pub struct LabgridPlaceConfig {
     #[serde(default)]
     pub secret_settings: Vec<String>,
     /// Where the console is. Default: the place's serial port as Labgrid's exporter
-    /// publishes it (`NetworkSerialPort`, a telnet/RFC 2217 port).
-    #[serde(default)]
+    /// publishes it (its `NetworkSerialPort`, spoken as its `protocol` says: `rfc2217` as
+    /// telnet, `raw` as plain TCP).
+    #[serde(default, deserialize_with = "some_console")]
     pub console: Option<ConsoleConfig>,
+    /// How the board is powered: `labgrid` (default: `labgrid-client power`; a place
+    /// without a power resource is not offered) or `none` (a board that is always on: the
+    /// power steps are skipped).
+    #[serde(default)]
+    pub power: PlacePower,
     /// Power-cycle at the start of a job (`labgrid-client power cycle`) instead of
     /// `power on`, for a board that may have been left on. Default false.
     #[serde(default)]
@@ -99,6 +105,17 @@ pub struct LabgridPlaceConfig {
     /// Largest artifact the agent downloads for these boards. Default 2 GiB.
     #[serde(default = "default_max_download")]
     pub max_download_bytes: u64,
+}
+
+/// How a place's board is powered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacePower {
+    /// Through Labgrid (`labgrid-client power`).
+    #[default]
+    Labgrid,
+    /// Not at all: the board is always on.
+    None,
 }
 
 impl LabgridPlaceConfig {
@@ -125,8 +142,17 @@ impl LabgridPlaceConfig {
 
 impl LabgridConfig {
     pub(crate) fn validate(&self, key: &str, lib: &Library) -> anyhow::Result<()> {
-        if self.name.is_empty() {
-            bail!("{key}.name: must not be empty");
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || self.name.starts_with('.')
+        {
+            bail!(
+                "{key}.name `{}`: expected letters, digits, `-`, `_` or `.` (it names the agent's journal file of this coordinator)",
+                self.name
+            );
         }
         let (host, port) = self.coordinator.rsplit_once(':').unwrap_or(("", ""));
         if host.is_empty() || port.parse::<u16>().is_err() {
@@ -275,6 +301,44 @@ mod tests {
         ))
         .unwrap_err();
         assert!(format!("{e:#}").contains("labgrid"), "{e:#}");
+    }
+
+    /// Both ways of writing a console load: the map of config/agent.yaml and the YAML tag.
+    #[test]
+    fn a_console_loads_as_a_map_and_as_a_tag() {
+        for console in [
+            "console: {tcp: {address: '127.0.0.1:7001'}}",
+            "console: !tcp {address: '127.0.0.1:7001'}",
+            "console:\n          tcp:\n            address: '127.0.0.1:7001'",
+        ] {
+            let cfg = AgentConfig::parse(&lg(&format!(
+                "    places:\n      - name: b1\n        device_type: qemu-x86_64\n        power: none\n        {console}\n"
+            )))
+            .unwrap_or_else(|e| panic!("{console}: {e:#}"));
+            let p = &cfg.labgrid[0].places[0];
+            assert!(
+                matches!(&p.console, Some(ConsoleConfig::Tcp { address }) if address == "127.0.0.1:7001"),
+                "{console}: {:?}",
+                p.console
+            );
+            assert_eq!(p.power, PlacePower::None);
+        }
+        let cfg = AgentConfig::parse(&lg(
+            "    places:\n      - {name: b1, device_type: qemu-x86_64}\n",
+        ))
+        .unwrap();
+        assert!(cfg.labgrid[0].places[0].console.is_none());
+        assert_eq!(cfg.labgrid[0].places[0].power, PlacePower::Labgrid);
+        let e = AgentConfig::parse(&lg(
+            "    places:\n      - {name: b1, device_type: qemu-x86_64, power: pdu}\n",
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("power"), "{e:#}");
+        let e = AgentConfig::parse(&format!(
+            "{BASE}labgrid:\n  - {{name: ../x, coordinator: 'h:1', places: [{{name: a, device_type: qemu-x86_64}}]}}\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("labgrid[0].name `../x`"), "{e:#}");
     }
 
     /// The commented-out `labgrid:` example of config/agent.yaml is a valid config.

@@ -5,7 +5,9 @@
 
 pub(crate) mod client;
 pub(crate) mod config;
+pub(crate) mod owed;
 pub(crate) mod source;
+pub(crate) mod view;
 
 pub(crate) use client::{LabgridClient, LabgridError};
 pub(crate) use source::LabgridSource;

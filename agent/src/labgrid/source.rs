@@ -1,14 +1,24 @@
-//! A Labgrid coordinator as a device source: it reads the places every `poll_interval`,
-//! keeps those the config names (by name or by tags), and publishes as devices the ones that
-//! are free or held by this agent (a job of ours runs there); places someone else holds are
-//! left out. At start it first gives back what an earlier run of the agent left acquired (a
-//! crash, a SIGKILL): those places are powered off and released.
+//! A Labgrid coordinator as a device source: it reads the places and the exporters'
+//! resources every `poll_interval` (sooner when its journal changes), keeps the places the
+//! config names (by name or by tags), and publishes as devices the ones that are free or
+//! held by this agent (a job of ours runs there) and that have what a job needs: their
+//! exporter's serial port (unless the entry has its own console) and a power resource
+//! (unless `power: none`). Places someone else holds, places whose exporter is gone and
+//! places the agent still owes a power-off or release ([`super::owed`]) are left out.
+//!
+//! Each reading is shared with the jobs on the places (their console, their hold watch).
+//! At start, places held by this agent's identity (a crash, a SIGKILL) join the journal as
+//! owed; a settling task powers owed places off and releases them, with back-off, until it
+//! succeeds.
 
 use super::client::{LabgridClient, Place};
+use super::owed::{Debt, Shared};
+use super::view::Snapshot;
 use crate::config::{AgentConfig, LabgridConfig, LabgridPlaceConfig};
 use crate::device_types::Library;
 use crate::devices::Device;
 use crate::driver::labgrid::LabgridDriver;
+use crate::labgrid::config::PlacePower;
 use crate::sources::DeviceSource;
 use futures::future::BoxFuture;
 use labwire_common::{DeviceInfo, Health};
@@ -27,6 +37,8 @@ pub(crate) struct LabgridSource {
     taken: HashSet<String>,
     /// The folders `file://` artifacts may come from (`artifacts.file_dirs`).
     file_dirs: Arc<[std::path::PathBuf]>,
+    /// What the jobs on the places share with the source.
+    shared: Arc<Shared>,
 }
 
 /// After this many failed reads in a row, the places are withdrawn until the coordinator
@@ -35,14 +47,23 @@ const FAILURES_BEFORE_WITHDRAW: u32 = 3;
 
 impl LabgridSource {
     /// The source of one `labgrid:` entry.
-    pub(crate) fn new(cfg: &LabgridConfig, agent: &AgentConfig, lib: Library) -> Self {
-        LabgridSource {
+    pub(crate) fn new(
+        cfg: &LabgridConfig,
+        agent: &AgentConfig,
+        lib: Library,
+    ) -> anyhow::Result<Self> {
+        let journal = agent
+            .state_dir
+            .join("labgrid")
+            .join(format!("{}.json", cfg.name));
+        Ok(LabgridSource {
             client: Arc::new(LabgridClient::new(cfg, &agent.lab)),
             cfg: cfg.clone(),
             lib,
             taken: agent.devices.iter().map(|d| d.name.clone()).collect(),
             file_dirs: agent.artifacts.file_dirs.clone().into(),
-        }
+            shared: Shared::open(&journal)?,
+        })
     }
 
     /// The config entry a place falls under, if any.
@@ -50,8 +71,8 @@ impl LabgridSource {
         self.cfg.places.iter().find(|c| c.matches(&p.name, &p.tags))
     }
 
-    /// Places of ours that an earlier run of the agent left acquired: powered off and
-    /// released. Returns false if the places could not be read (the caller retries).
+    /// Places of ours that an earlier run of the agent left acquired join the journal as
+    /// owed. Returns false if the places could not be read (the caller retries).
     async fn recover(&self) -> bool {
         let places = match self.client.places().await {
             Ok(p) => p,
@@ -64,18 +85,79 @@ impl LabgridSource {
         for p in places {
             // Every place held by this agent's identity, even one the config no longer
             // names: nobody else acquires as `labwire-LAB` on this host.
-            if p.acquired.as_deref() != Some(me.as_str()) {
-                continue;
-            }
-            tracing::warn!(source = %self.name(), place = %p.name, "place left acquired by an earlier run of this agent; powering it off and releasing it");
-            if let Err(e) = self.client.power(&p.name, "off").await {
-                tracing::error!(place = %p.name, error = %e, "could not power the place off");
-            }
-            if let Err(e) = self.client.release(&p.name).await {
-                tracing::error!(place = %p.name, error = %e, "could not release the place");
+            if p.acquired.as_deref() == Some(me.as_str()) {
+                tracing::warn!(source = %self.name(), place = %p.name, "place left acquired by an earlier run of this agent; it is powered off and released");
+                self.shared.journal.set(&p.name, Debt::Owed, true);
             }
         }
         true
+    }
+
+    /// Powers an owed place off (if `power_off`) and releases it. A place someone else
+    /// holds now is left alone until they release it.
+    async fn settle(&self, place: &str, power_off: bool) -> Result<(), String> {
+        let places = self.client.places().await.map_err(|e| e.to_string())?;
+        let me = self.client.identity();
+        let Some(p) = places.iter().find(|p| p.name == place) else {
+            tracing::warn!(source = %self.name(), place, "an owed place no longer exists at the Labgrid coordinator; forgetting it");
+            return Ok(());
+        };
+        match p.acquired.as_deref() {
+            // Someone else's now: nothing to release; a board left on is powered off
+            // once they release the place.
+            Some(h) if h != me && power_off => {
+                return Err(format!("held by {h} now; powered off once they release it"));
+            }
+            Some(_) if p.acquired.as_deref() != Some(me.as_str()) => return Ok(()),
+            None if !power_off => return Ok(()),
+            None => self
+                .client
+                .acquire(place)
+                .await
+                .map_err(|e| e.to_string())?,
+            Some(_) => {}
+        }
+        if power_off {
+            self.client
+                .power(place, "off")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.client.release(place).await.map_err(|e| e.to_string())
+    }
+
+    /// Settles owed places until `stop`, with back-off while it fails.
+    async fn settle_owed(self: Arc<Self>, stop: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let owed = self.shared.journal.owed();
+            let mut failed = false;
+            for (place, power_off) in owed {
+                match self.settle(&place, power_off).await {
+                    Ok(()) => {
+                        tracing::info!(source = %self.name(), place = %place, power_off, "owed place given back (powered off and released)");
+                        self.shared.journal.remove(&place);
+                        self.shared.poke.notify_one();
+                    }
+                    Err(e) => {
+                        failed = true;
+                        tracing::warn!(source = %self.name(), place = %place, error = %e, failures, "cannot give the owed place back yet; retrying");
+                    }
+                }
+            }
+            let wait = if failed {
+                failures += 1;
+                crate::client::backoff(failures, Duration::from_secs(1), Duration::from_secs(60))
+            } else {
+                failures = 0;
+                Duration::from_secs(3600)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shared.owed_added.notified() => {}
+                _ = stop.cancelled() => return,
+            }
+        }
     }
 
     fn device(&self, place: &str, entry: &LabgridPlaceConfig) -> Option<Arc<Device>> {
@@ -95,6 +177,7 @@ impl LabgridSource {
             config.clone(),
             Arc::new(entry.clone()),
             self.client.clone(),
+            self.shared.clone(),
             self.cfg.acquire_timeout,
             self.file_dirs.clone(),
         );
@@ -108,16 +191,42 @@ impl LabgridSource {
         }))
     }
 
+    /// Why a free place cannot take a job now, if it cannot.
+    fn unfit(&self, s: &Snapshot, p: &Place, entry: &LabgridPlaceConfig) -> Option<String> {
+        if self.shared.journal.is_owed(&p.name) {
+            return Some("the agent still owes it a power-off or release".into());
+        }
+        if s.resources_of(p).next().is_none() {
+            return Some("none of its resources is published (is its exporter running?)".into());
+        }
+        if entry.console.is_none() && s.serial_of(p).is_none() {
+            return Some(
+                "its exporter publishes no NetworkSerialPort (and the entry names no console)"
+                    .into(),
+            );
+        }
+        if entry.power == PlacePower::Labgrid && !s.has_power(p) {
+            return Some(format!(
+                "it has no power resource Labgrid can switch ({}); give it one, or set `power: none` for an always-on board",
+                super::view::POWER_CLASSES.join(", ")
+            ));
+        }
+        None
+    }
+
     /// The devices for the places read now; devices already made are kept as they are.
+    /// `why` keeps the reason each place is left out, to log it once.
     fn devices(
         &self,
-        places: &[Place],
+        s: &Snapshot,
         known: &mut BTreeMap<String, Arc<Device>>,
+        why: &mut BTreeMap<String, String>,
     ) -> Vec<Arc<Device>> {
         let me = self.client.identity();
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        for p in places {
+        let mut left_out = BTreeMap::new();
+        for p in &s.places {
             let Some(entry) = self.entry(p) else { continue };
             if self.taken.contains(&p.name) {
                 tracing::warn!(place = %p.name, "a device of the config file has this place's name; the place is not offered");
@@ -125,6 +234,22 @@ impl LabgridSource {
             }
             let ours = p.acquired.as_deref() == Some(me.as_str());
             if p.acquired.is_some() && !ours {
+                continue;
+            }
+            let unfit = if ours {
+                // A job of ours runs on it (its device is busy), unless it ended owing.
+                self.shared
+                    .journal
+                    .is_owed(&p.name)
+                    .then(|| "the agent still owes it a power-off or release".to_string())
+            } else {
+                self.unfit(s, p, entry)
+            };
+            if let Some(reason) = unfit {
+                if why.get(&p.name) != Some(&reason) {
+                    tracing::warn!(source = %self.name(), place = %p.name, reason = %reason, "Labgrid place not offered");
+                }
+                left_out.insert(p.name.clone(), reason);
                 continue;
             }
             seen.insert(p.name.clone());
@@ -138,6 +263,7 @@ impl LabgridSource {
             }
         }
         known.retain(|name, _| seen.contains(name));
+        *why = left_out;
         out
     }
 
@@ -160,14 +286,17 @@ impl LabgridSource {
                 _ = stop.cancelled() => return,
             }
         }
+        tokio::spawn(self.clone().settle_owed(stop.clone()));
         failures = 0;
         let mut known = BTreeMap::new();
+        let mut why = BTreeMap::new();
         let mut last: Vec<String> = Vec::new();
         loop {
-            match self.client.places().await {
-                Ok(places) => {
+            match self.client.snapshot().await {
+                Ok(snap) => {
                     failures = 0;
-                    let list = self.devices(&places, &mut known);
+                    let list = self.devices(&snap, &mut known, &mut why);
+                    self.shared.snapshot.send_replace(Some(Arc::new(snap)));
                     let names: Vec<String> = list.iter().map(|d| d.info.name.clone()).collect();
                     if names != last {
                         tracing::info!(source = %name, places = ?names, "Labgrid places available");
@@ -177,8 +306,13 @@ impl LabgridSource {
                 }
                 Err(e) => {
                     failures += 1;
+                    self.shared.snapshot.send_replace(None);
                     tracing::warn!(source = %name, error = %e, failures, "cannot read the Labgrid places");
-                    if failures == FAILURES_BEFORE_WITHDRAW && !last.is_empty() {
+                    // Unreachable: nothing can be acquired; withdraw at once. A client
+                    // that failed otherwise gets a few more tries first.
+                    if (e.is_unreachable() || failures >= FAILURES_BEFORE_WITHDRAW)
+                        && !last.is_empty()
+                    {
                         tracing::warn!(source = %name, "withdrawing the places until the Labgrid coordinator answers");
                         last.clear();
                         known.clear();
@@ -188,6 +322,7 @@ impl LabgridSource {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                _ = self.shared.poke.notified() => {}
                 _ = stop.cancelled() => return,
             }
         }

@@ -37,6 +37,41 @@ pub enum ConsoleConfig {
     },
 }
 
+/// Reads a console written as a map (`console: {tcp: {address: ...}}`, as documented) or
+/// with a YAML tag (`console: !tcp {address: ...}`). The derived reader takes a map only
+/// where serde buffers the value first (inside `driver:`), so every `console:` goes here.
+pub(crate) fn console_map_or_tag<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<ConsoleConfig, D::Error> {
+    use serde::de::Error;
+    use yaml_serde::Value;
+    use yaml_serde::value::{Tag, TaggedValue};
+    const KINDS: &str = "one of tty, tcp, telnet, command";
+    let v = match Value::deserialize(d)? {
+        Value::Mapping(m) => {
+            let mut it = m.into_iter();
+            match (it.next(), it.next()) {
+                (Some((Value::String(k), value)), None) if !k.is_empty() => {
+                    Value::Tagged(Box::new(TaggedValue {
+                        tag: Tag::new(k),
+                        value,
+                    }))
+                }
+                _ => return Err(D::Error::custom(format!("expected exactly {KINDS}"))),
+            }
+        }
+        v => v,
+    };
+    ConsoleConfig::deserialize(v).map_err(D::Error::custom)
+}
+
+/// [`console_map_or_tag`] for an optional `console:`.
+pub(crate) fn some_console<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ConsoleConfig>, D::Error> {
+    console_map_or_tag(d).map(Some)
+}
+
 fn default_baud() -> u32 {
     115_200
 }

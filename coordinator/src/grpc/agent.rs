@@ -135,7 +135,7 @@ impl AgentService for AgentApi {
         let r = req.into_inner();
         let session = SessionId::new(r.session);
         self.session_of(&lab, &session).await?;
-        let reported: Option<Vec<_>> = (!r.devices.is_empty())
+        let reported: Option<Vec<_>> = (!r.devices.is_empty() || r.devices_changed)
             .then(|| r.devices.iter().map(convert::device_from_proto).collect());
         let running = held(&r.running);
         let until = self.lease_until();

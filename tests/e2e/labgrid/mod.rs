@@ -3,7 +3,12 @@
 //! `labgrid-coordinator` on 127.0.0.1 (its own port per test), a `labgrid-exporter` exporting
 //! a scripted board's serial port (a pty, published through ser2net as an RFC 2217 port) and
 //! its power switch (a `NetworkPowerPort` of model `simplerest`, served by the board script),
-//! one place matching them, and the agent running jobs on that place.
+//! one place matching them, and the agent running jobs on that place. `holds`: places held
+//! by others, an agent killed or stopped mid-job. `edges`: a raw-TCP serial port, a Labgrid
+//! coordinator restarted and an exporter killed mid-job, the log while a job runs.
+
+mod edges;
+mod holds;
 
 use crate::common;
 
@@ -47,19 +52,23 @@ struct Labgrid {
     venv: PathBuf,
     address: String,
     run: PathBuf,
+    /// The coordinator's folder (its places.yaml) and the exporter's config.
+    home: PathBuf,
     /// The QEMU board's folder, for the QEMU variant.
     qemu: Option<PathBuf>,
-    _exporter: Proc,
+    exporter: Proc,
+    /// Our own ser2net in raw TCP mode, for a `protocol: raw` NetworkSerialPort.
+    _ser2net: Option<Proc>,
     _board: Proc,
-    _coordinator: Proc,
+    coordinator: Proc,
 }
 
 impl Drop for Labgrid {
     fn drop(&mut self) {
         // The exporter stops its ser2net processes on SIGTERM; whatever is left of its
         // process group goes with SIGKILL.
-        let _ = self._exporter.terminate(Duration::from_secs(5));
-        let _ = nix::sys::signal::killpg(self._exporter.pid(), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.exporter.terminate(Duration::from_secs(5));
+        let _ = nix::sys::signal::killpg(self.exporter.pid(), nix::sys::signal::Signal::SIGKILL);
         // The board script is killed without a chance to power QEMU off: do it here.
         if let Some(q) = &self.qemu {
             let _ = Command::new(
@@ -81,6 +90,37 @@ fn lg_client(venv: &Path, address: &str, user: &str, args: &[&str]) -> std::proc
         .stdin(Stdio::null())
         .output()
         .expect("run labgrid-client")
+}
+
+fn ser2net_bin() -> &'static str {
+    if Path::new("/usr/sbin/ser2net").exists() {
+        "/usr/sbin/ser2net"
+    } else {
+        "/usr/bin/ser2net"
+    }
+}
+
+fn start_coordinator(rig: &Rig, venv: &Path, address: &str, home: &Path) -> Proc {
+    spawn(
+        rig,
+        "labgrid-coordinator",
+        Command::new(venv.join("bin/labgrid-coordinator"))
+            .args(["-l", address])
+            .current_dir(home),
+    )
+}
+
+/// The exporter, in its own process group, so that its ser2net children go with it.
+fn start_exporter(rig: &Rig, venv: &Path, address: &str, home: &Path) -> Proc {
+    spawn(
+        rig,
+        "labgrid-exporter",
+        Command::new(venv.join("bin/labgrid-exporter"))
+            .args(["-c", address, "--hostname", "127.0.0.1", "-n", "exp"])
+            .arg(home.join("exporter.yaml"))
+            .current_dir(home)
+            .process_group(0),
+    )
 }
 
 fn spawn(rig: &Rig, name: &str, cmd: &mut Command) -> Proc {
@@ -105,6 +145,16 @@ impl Labgrid {
 
     /// A place on the scripted board, or on the QEMU board built in `qemu`.
     fn start_board(rig: &Rig, qemu: Option<&Path>) -> Labgrid {
+        Labgrid::start_with(rig, qemu, false)
+    }
+
+    /// A place on the scripted board whose serial port is a `NetworkSerialPort` with
+    /// `protocol: raw`: a plain TCP port (our own ser2net in raw mode), not RFC 2217.
+    fn start_raw(rig: &Rig) -> Labgrid {
+        Labgrid::start_with(rig, None, true)
+    }
+
+    fn start_with(rig: &Rig, qemu: Option<&Path>, raw: bool) -> Labgrid {
         let venv = venv();
         let bin = venv.join("bin");
         let address = format!("127.0.0.1:{}", free_port());
@@ -112,13 +162,7 @@ impl Labgrid {
         let run = rig.path("board");
         std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(&run).unwrap();
-        let coordinator = spawn(
-            rig,
-            "labgrid-coordinator",
-            Command::new(bin.join("labgrid-coordinator"))
-                .args(["-l", &address])
-                .current_dir(&home),
-        );
+        let coordinator = start_coordinator(rig, &venv, &address, &home);
         let mut board_cmd = Command::new(bin.join("python3"));
         board_cmd
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/labgrid/board.py"))
@@ -132,11 +176,33 @@ impl Labgrid {
         });
         let tty = std::fs::read_to_string(run.join("tty")).unwrap();
         let power_port = std::fs::read_to_string(run.join("power.port")).unwrap();
+        let power = format!(
+            "  NetworkPowerPort:\n    model: simplerest\n    host: 'http://127.0.0.1:{power_port}/power/{{index}}/{{value}}'\n    index: 0\n"
+        );
+        let mut ser2net = None;
+        let serial = if raw {
+            let port = free_port();
+            ser2net = Some(spawn(
+                rig,
+                "ser2net-raw",
+                Command::new(ser2net_bin()).args([
+                    "-d",
+                    "-n",
+                    "-Y",
+                    &format!("connection: &raw#  accepter: tcp,127.0.0.1,{port}"),
+                    "-Y",
+                    &format!("  connector: serialdev(nouucplock=true),{tty},115200n81,local"),
+                ]),
+            ));
+            format!(
+                "  NetworkSerialPort:\n    host: 127.0.0.1\n    port: {port}\n    protocol: raw\n    speed: 115200\n"
+            )
+        } else {
+            format!("  RawSerialPort:\n    port: {tty}\n    speed: 115200\n")
+        };
         std::fs::write(
             home.join("exporter.yaml"),
-            format!(
-                "board-1:\n  RawSerialPort:\n    port: {tty}\n    speed: 115200\n  NetworkPowerPort:\n    model: simplerest\n    host: 'http://127.0.0.1:{power_port}/power/{{index}}/{{value}}'\n    index: 0\n"
-            ),
+            format!("board-1:\n{serial}{power}"),
         )
         .unwrap();
         let end = Instant::now() + Duration::from_secs(60);
@@ -147,24 +213,17 @@ impl Labgrid {
             assert!(Instant::now() < end, "labgrid-coordinator did not start");
             std::thread::sleep(Duration::from_millis(200));
         }
-        // In its own process group, so that its ser2net children go with it.
-        let exporter = spawn(
-            rig,
-            "labgrid-exporter",
-            Command::new(bin.join("labgrid-exporter"))
-                .args(["-c", &address, "--hostname", "127.0.0.1", "-n", "exp"])
-                .arg(home.join("exporter.yaml"))
-                .current_dir(&home)
-                .process_group(0),
-        );
+        let exporter = start_exporter(rig, &venv, &address, &home);
         let lg = Labgrid {
             venv,
             address,
             run,
+            home,
             qemu: qemu.map(Path::to_path_buf),
-            _exporter: exporter,
+            exporter,
+            _ser2net: ser2net,
             _board: board,
-            _coordinator: coordinator,
+            coordinator,
         };
         lg.client_ok(OTHER_USER, &["-p", "board-1", "create"]);
         lg.client_ok(OTHER_USER, &["-p", "board-1", "add-match", "exp/board-1/*"]);
@@ -184,6 +243,50 @@ impl Labgrid {
             std::thread::sleep(Duration::from_millis(300));
         }
         lg
+    }
+
+    /// Kills the exporter (and its ser2net) with SIGKILL, as a crash would.
+    fn kill_exporter(&mut self) {
+        let _ = nix::sys::signal::killpg(self.exporter.pid(), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.exporter.child.wait();
+    }
+
+    /// Starts the exporter again (as systemd restarts it) and waits until the place's
+    /// resources are back.
+    fn restart_exporter(&mut self, rig: &Rig) {
+        self.kill_exporter();
+        self.exporter = start_exporter(rig, &self.venv, &self.address, &self.home);
+        self.wait_resources();
+    }
+
+    /// Kills the Labgrid coordinator with SIGKILL and starts it again on the same address
+    /// and folder: its places come back, every hold is gone.
+    fn restart_coordinator(&mut self, rig: &Rig) {
+        self.coordinator.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.coordinator.child.wait();
+        self.coordinator = start_coordinator(rig, &self.venv, &self.address, &self.home);
+        let end = Instant::now() + Duration::from_secs(60);
+        while !self.client(OTHER_USER, &["places"]).status.success() {
+            assert!(Instant::now() < end, "labgrid-coordinator did not restart");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until the exporter has published the place's serial port and power switch.
+    fn wait_resources(&self) {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.client(OTHER_USER, &["-v", "resources"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("/NetworkSerialPort") && text.contains("/NetworkPowerPort") {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "the exporter did not publish the board: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// Runs labgrid-client as `user` on host `labwire-test`.
@@ -471,181 +574,6 @@ async fn jobs_run_on_a_labgrid_place_which_is_free_again_afterwards() {
     assert_eq!(lg.power_log(), ["on", "off", "on", "off", "on", "off"]);
     // The place stays on offer.
     assert_eq!(advertised(&mut c, "lab-lg").await, ["board-1"]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_place_held_by_someone_else_is_not_offered_and_a_job_on_it_fails_place_unavailable() {
-    // No retries: `place_unavailable` is an infrastructure error the coordinator would
-    // otherwise retry; here the first attempt's end is what is checked.
-    let rig = Rig::new("retries: {max: 0}\n");
-    let _keep = rig.keep_on_failure();
-    let lg = Labgrid::start(&rig);
-    let _coord = rig.start_coordinator();
-    rig.issue_lab("lab-held");
-    let mut c = rig.client().await;
-
-    // Inventory: a place someone holds is left out, and offered once it is released.
-    lg.client_ok(OTHER_USER, &["-p", "board-1", "acquire"]);
-    lg.agent_config(&rig, "lab-held", "1s", "3s");
-    let agent = rig.start_agent("lab-held");
-    let end = Instant::now() + Duration::from_secs(60);
-    while !read_file(&rig.path("agent-lab-held.log")).contains("registered with the coordinator") {
-        assert!(Instant::now() < end, "the agent did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Several reads of the places later, still nothing on offer.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(advertised(&mut c, "lab-held").await.is_empty());
-    assert_eq!(
-        lg.acquired().as_deref(),
-        Some("labwire-test/alice"),
-        "the agent left it alone"
-    );
-    lg.client_ok(OTHER_USER, &["-p", "board-1", "release"]);
-    wait_advertised(&mut c, "lab-held", &["board-1"]).await;
-    drop(agent);
-
-    // The race: the place was free when the agent last looked, someone takes it before the
-    // job starts. This agent reads the places rarely, so it still offers the place.
-    rig.issue_lab("lab-race");
-    lg.agent_config(&rig, "lab-race", "1h", "5s");
-    let _agent = rig.start_agent("lab-race");
-    wait_advertised(&mut c, "lab-race", &["board-1"]).await;
-    lg.client_ok(OTHER_USER, &["-p", "board-1", "acquire"]);
-    let started = Instant::now();
-    let id = submit_spec(&mut c, job("lg-held", &["echo never"], &[], 120)).await;
-    let n = wait_node(&mut c, id, Duration::from_secs(60), is_done).await;
-    let log = read_log(&mut c, id).await;
-    let d = data(&n);
-    assert_eq!(n.result, v1::NodeResult::Incomplete as i32, "{d:?}\n{log}");
-    assert_eq!(
-        d.get("error_code").and_then(|v| v.as_str()),
-        Some("place_unavailable"),
-        "{d:?}\n{log}"
-    );
-    let msg = d.get("error_msg").and_then(|v| v.as_str()).unwrap_or("");
-    assert!(
-        msg.contains("labwire-test/alice"),
-        "the error names the holder: {msg}"
-    );
-    assert!(
-        log.contains("waiting up to 5s for the Labgrid place board-1"),
-        "{log}"
-    );
-    assert!(
-        started.elapsed() >= Duration::from_secs(5),
-        "the job waited"
-    );
-    // Untouched: still held by the other user, never powered.
-    assert_eq!(lg.acquired().as_deref(), Some("labwire-test/alice"));
-    assert!(lg.power_log().is_empty(), "{:?}", lg.power_log());
-    assert!(!log.contains("power on"), "{log}");
-}
-
-fn read_file(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_place_left_acquired_by_a_killed_agent_is_released_when_it_restarts() {
-    // No retries: the interrupted job must end `agent_restart` here, not run again.
-    let rig = Rig::new("retries: {max: 0}\n");
-    let _keep = rig.keep_on_failure();
-    let lg = Labgrid::start(&rig);
-    let _coord = rig.start_coordinator();
-    rig.issue_lab("lab-kill");
-    lg.agent_config(&rig, "lab-kill", "2s", "30s");
-    let mut agent = rig.start_agent("lab-kill");
-    let mut c = rig.client().await;
-    wait_advertised(&mut c, "lab-kill", &["board-1"]).await;
-
-    let id = submit_spec(
-        &mut c,
-        job("lg-long", &["echo started-long-job", "sleep 600"], &[], 900),
-    )
-    .await;
-    // Mid-job: the place is ours, the board on, the command running.
-    let end = Instant::now() + Duration::from_secs(120);
-    loop {
-        // The agent sends the log in large chunks or at the end; its own copy is live.
-        let log = read_file(&rig.path(&format!("labs/lab-kill/state/jobs/{id}-1/console.log")));
-        // The command's echo, then its output.
-        if log.matches("started-long-job").count() >= 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "the job did not reach its command: {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(lg.acquired().as_deref(), Some(AGENT_ID));
-    assert_eq!(lg.power_log(), ["on"]);
-    agent.signal(nix::sys::signal::Signal::SIGKILL);
-    let _ = agent.child.wait();
-    // Nobody gave it back.
-    assert_eq!(lg.acquired().as_deref(), Some(AGENT_ID));
-
-    let mut agent = rig.start_agent("lab-kill");
-    let end = Instant::now() + Duration::from_secs(60);
-    while lg.acquired().is_some() {
-        assert!(
-            Instant::now() < end,
-            "the restarted agent did not release the place"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert_eq!(
-        lg.power_log(),
-        ["on", "off"],
-        "powered off before the release"
-    );
-    let n = wait_node(&mut c, id, Duration::from_secs(60), is_done).await;
-    let d = data(&n);
-    assert_eq!(n.result, v1::NodeResult::Incomplete as i32, "{d:?}");
-    assert_eq!(
-        d.get("error_code").and_then(|v| v.as_str()),
-        Some("agent_restart"),
-        "{d:?}"
-    );
-    // And the place is on offer again.
-    wait_advertised(&mut c, "lab-kill", &["board-1"]).await;
-
-    // SIGTERM mid-job: the agent drains (3s here), stops the job, powers the place off and
-    // releases it before it exits.
-    let id = submit_spec(
-        &mut c,
-        job("lg-term", &["echo started-term-job", "sleep 600"], &[], 900),
-    )
-    .await;
-    let end = Instant::now() + Duration::from_secs(120);
-    while read_file(&rig.path(&format!("labs/lab-kill/state/jobs/{id}-1/console.log")))
-        .matches("started-term-job")
-        .count()
-        < 2
-    {
-        assert!(
-            Instant::now() < end,
-            "the second job did not reach its command"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(lg.acquired().as_deref(), Some(AGENT_ID));
-    let st = agent
-        .terminate(Duration::from_secs(60))
-        .expect("the agent exits");
-    assert!(st.success(), "{st:?}");
-    assert_eq!(lg.acquired(), None, "released before the agent exited");
-    assert_eq!(lg.power_log(), ["on", "off", "on", "off"]);
-    // The result went out before the agent exited.
-    let n = wait_node(&mut c, id, Duration::from_secs(10), is_done).await;
-    let d = data(&n);
-    assert_eq!(n.result, v1::NodeResult::Incomplete as i32, "{d:?}");
-    assert_eq!(
-        d.get("error_code").and_then(|v| v.as_str()),
-        Some("cancelled"),
-        "{d:?}"
-    );
 }
 
 /// Builds (or reuses) the QEMU test board of tests/board/ (cached in ~/.cache/labwire/board).

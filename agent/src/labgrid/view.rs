@@ -1,0 +1,265 @@
+//! What the agent knows of a Labgrid coordinator at one moment: its places (who holds them,
+//! which resources they match) and the resources its exporters publish now. Read from
+//! `labgrid-client -v places` and `labgrid-client -v resources`; a place's resources are
+//! those whose `exporter/group/class/name` path matches one of its match patterns (shell
+//! globs, as Labgrid's `ResourceMatch` does), so a place whose exporter is gone has none.
+
+use super::client::Place;
+use tokio::time::Instant;
+
+/// One resource an exporter publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Resource {
+    /// Exporter, group, class and name.
+    pub path: [String; 4],
+    /// Whether the exporter says it is available.
+    pub avail: bool,
+    /// `host` of its parameters, if any.
+    pub host: Option<String>,
+    /// `port` of its parameters, if any.
+    pub port: Option<u16>,
+    /// `protocol` of its parameters (a `NetworkSerialPort`'s `raw` or `rfc2217`), if given.
+    pub protocol: Option<String>,
+}
+
+impl Resource {
+    /// The resource's class (`NetworkSerialPort`).
+    pub(crate) fn class(&self) -> &str {
+        &self.path[2]
+    }
+
+    /// Whether `labgrid-client power` can switch the board with it.
+    pub(crate) fn is_power(&self) -> bool {
+        POWER_CLASSES.contains(&self.class())
+    }
+}
+
+/// The exported resource classes Labgrid's `power` command drives.
+pub(crate) const POWER_CLASSES: &[&str] = &[
+    "NetworkPowerPort",
+    "PDUDaemonPort",
+    "NetworkUSBPowerPort",
+    "NetworkSiSPMPowerPort",
+    "NetworkYKUSHPowerPort",
+    "TasmotaPowerPort",
+    "NetworkHIDRelay",
+];
+
+/// The places and resources read at `at`.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    /// When the reading started (anything that happened before is in it).
+    pub at: Instant,
+    /// Every place.
+    pub places: Vec<Place>,
+    /// Every available resource.
+    pub resources: Vec<Resource>,
+}
+
+impl Snapshot {
+    /// The place of this name.
+    pub(crate) fn place(&self, name: &str) -> Option<&Place> {
+        self.places.iter().find(|p| p.name == name)
+    }
+
+    /// The available resources a place matches.
+    pub(crate) fn resources_of<'a>(&'a self, p: &'a Place) -> impl Iterator<Item = &'a Resource> {
+        self.resources
+            .iter()
+            .filter(move |r| r.avail && p.matches.iter().any(|m| path_matches(m, &r.path)))
+    }
+
+    /// The serial port a place's exporter publishes (its first `NetworkSerialPort`).
+    pub(crate) fn serial_of<'a>(&'a self, p: &'a Place) -> Option<&'a Resource> {
+        self.resources_of(p)
+            .find(|r| r.class() == "NetworkSerialPort")
+    }
+
+    /// Whether a place has a resource Labgrid can power it with.
+    pub(crate) fn has_power(&self, p: &Place) -> bool {
+        self.resources_of(p).any(Resource::is_power)
+    }
+}
+
+/// Whether a match pattern (`exporter/group/class[/name]`, maybe followed by ` -> rename`)
+/// matches a resource path.
+pub(crate) fn path_matches(pattern: &str, path: &[String; 4]) -> bool {
+    let pattern = pattern.split(" -> ").next().unwrap_or(pattern).trim();
+    let parts: Vec<&str> = pattern.split('/').collect();
+    if !(3..=4).contains(&parts.len()) {
+        return false;
+    }
+    parts
+        .iter()
+        .zip(path.iter())
+        .all(|(p, v)| glob(p.as_bytes(), v.as_bytes()))
+}
+
+/// Shell-style matching of `*`, `?` and `[...]` (as Python's `fnmatchcase`).
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
+        Some((b'[', rest)) => {
+            let Some(end) = rest.iter().skip(1).position(|&c| c == b']').map(|i| i + 1) else {
+                return s.first() == Some(&b'[') && glob(rest, &s[1..]);
+            };
+            let Some((&c, tail)) = s.split_first() else {
+                return false;
+            };
+            let (neg, set) = match rest[..end].split_first() {
+                Some((b'!', set)) => (true, set),
+                _ => (false, &rest[..end]),
+            };
+            let mut hit = false;
+            let mut i = 0;
+            while i < set.len() {
+                if i + 2 < set.len() && set[i + 1] == b'-' {
+                    hit |= set[i] <= c && c <= set[i + 2];
+                    i += 3;
+                } else {
+                    hit |= set[i] == c;
+                    i += 1;
+                }
+            }
+            hit != neg && glob(&rest[end + 1..], tail)
+        }
+        Some((&c, rest)) => s.first() == Some(&c) && glob(rest, &s[1..]),
+    }
+}
+
+/// Parses `labgrid-client -v resources`: a `Resource 'NAME' (EXP/GROUP/CLASS[/NAME]):` line
+/// per resource, then its fields as a Python dict.
+pub(crate) fn parse_resources(out: &str) -> Result<Vec<Resource>, String> {
+    let mut list: Vec<Resource> = Vec::new();
+    for line in out.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("Resource '") {
+            let path = rest
+                .split_once(" (")
+                .and_then(|(_, p)| p.strip_suffix("):"))
+                .ok_or_else(|| format!("a resource line without its path: `{line}`"))?;
+            let path = path.replace("[/", "/").replace(']', "");
+            let parts: Vec<&str> = path.split('/').collect();
+            let [e, g, c, n] = parts[..] else {
+                return Err(format!(
+                    "a resource path that is not EXP/GROUP/CLASS/NAME: `{line}`"
+                ));
+            };
+            list.push(Resource {
+                path: [e.into(), g.into(), c.into(), n.into()],
+                ..Default::default()
+            });
+            continue;
+        }
+        if t.starts_with("Exporter '") || t.starts_with("Group '") {
+            continue;
+        }
+        let Some(r) = list.last_mut() else { continue };
+        if line.contains("'avail': True") {
+            r.avail = true;
+        }
+        fields(line, &mut r.host, &mut r.port, &mut r.protocol);
+    }
+    Ok(list)
+}
+
+/// Reads `'host': '...'`, `'port': N` and `'protocol': '...'` from a line of a resource's
+/// parameters (the first of each wins: `extra` comes before them only for `path`).
+pub(crate) fn fields(
+    line: &str,
+    host: &mut Option<String>,
+    port: &mut Option<u16>,
+    protocol: &mut Option<String>,
+) {
+    if host.is_none() {
+        *host = quoted_value(line, "'host': '");
+    }
+    if protocol.is_none() {
+        *protocol = quoted_value(line, "'protocol': '");
+    }
+    if port.is_none()
+        && let Some(i) = line.find("'port': ")
+    {
+        let digits: String = line[i + 8..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        *port = digits.parse::<u16>().ok();
+    }
+}
+
+fn quoted_value(line: &str, key: &str) -> Option<String> {
+    let i = line.find(key)?;
+    let rest = &line[i + key.len()..];
+    rest.find('\'').map(|end| rest[..end].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESOURCES: &str = "Exporter 'exp':\n  Group 'board-1' (exp/board-1/*):\n    Resource 'NetworkPowerPort' (exp/board-1/NetworkPowerPort[/NetworkPowerPort]):\n      {'acquired': None,\n       'avail': True,\n       'cls': 'NetworkPowerPort',\n       'params': {'host': 'http://127.0.0.1:5/power/{index}/{value}',\n                  'index': 0,\n                  'model': 'simplerest'}}\n    Resource 'NetworkSerialPort' (exp/board-1/NetworkSerialPort[/NetworkSerialPort]):\n      {'acquired': 'board-1',\n       'avail': True,\n       'cls': 'NetworkSerialPort',\n       'params': {'extra': {'path': '/dev/pts/3', 'proxy': 'h', 'proxy_required': False},\n                  'host': '127.0.0.1',\n                  'port': 40123,\n                  'protocol': 'raw',\n                  'speed': 115200}}\n  Group 'board-2' (exp/board-2/*):\n    Resource 'serial' (exp/board-2/NetworkSerialPort[/serial]):\n      {'acquired': None,\n       'avail': False,\n       'cls': 'NetworkSerialPort',\n       'params': {'host': '10.0.0.2', 'port': 7001}}\n";
+
+    #[test]
+    fn resources_are_parsed_and_matched_to_places() {
+        let r = parse_resources(RESOURCES).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[1].path[3], "NetworkSerialPort");
+        assert_eq!(r[1].host.as_deref(), Some("127.0.0.1"));
+        assert_eq!(r[1].port, Some(40123));
+        assert_eq!(r[1].protocol.as_deref(), Some("raw"));
+        assert!(r[0].is_power() && !r[1].is_power());
+        assert_eq!(r[2].path[2], "NetworkSerialPort");
+        assert!(!r[2].avail);
+        assert_eq!(r[2].protocol, None);
+        let place = |m: &str| Place {
+            name: "p".into(),
+            matches: vec![m.into()],
+            ..Default::default()
+        };
+        let s = Snapshot {
+            at: Instant::now(),
+            places: vec![],
+            resources: r,
+        };
+        let p1 = place("exp/board-1/*");
+        assert_eq!(s.resources_of(&p1).count(), 2);
+        assert!(s.has_power(&p1));
+        assert_eq!(s.serial_of(&p1).and_then(|r| r.port), Some(40123));
+        // Unavailable resources are not the place's; nor are other groups'.
+        let p2 = place("exp/board-2/*");
+        assert!(s.serial_of(&p2).is_none());
+        assert_eq!(
+            s.resources_of(&place("exp/board-?/NetworkPowerPort -> power"))
+                .count(),
+            1
+        );
+        assert_eq!(
+            s.resources_of(&place("*/board-[12]/*/NetworkSerialPort"))
+                .count(),
+            1
+        );
+        assert_eq!(s.resources_of(&place("other/board-1/*")).count(), 0);
+        assert_eq!(s.resources_of(&place("bad")).count(), 0);
+        assert!(parse_resources("    Resource 'x' (a/b):\n").is_err());
+        assert!(parse_resources("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn globs_match_as_fnmatchcase_does() {
+        for (p, s, want) in [
+            ("*", "", true),
+            ("a*c", "abbc", true),
+            ("a?c", "ac", false),
+            ("[!a]x", "bx", true),
+            ("[!a]x", "ax", false),
+            ("[a-c]", "b", true),
+            ("[a-c]", "B", false),
+            ("[", "[", true),
+        ] {
+            assert_eq!(glob(p.as_bytes(), s.as_bytes()), want, "{p} {s}");
+        }
+    }
+}
