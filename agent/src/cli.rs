@@ -49,17 +49,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Parse(args) => labwire_parsers::cli::run(&args),
         Command::CheckConfig { config } => {
             let cfg = AgentConfig::load(&config)?;
-            println!(
+            labwire_common::outln!(
                 "{}: ok (lab `{}`, {} device(s))",
                 config.display(),
                 cfg.lab,
                 cfg.devices.len()
-            );
+            )?;
             for d in &cfg.devices {
-                println!("  {} ({}, {})", d.name, d.device_type, d.driver.kind());
+                labwire_common::outln!("  {} ({}, {})", d.name, d.device_type, d.driver.kind())?;
             }
             for w in cfg.warnings() {
-                println!("warning: {w}");
+                labwire_common::outln!("warning: {w}")?;
             }
             Ok(())
         }
