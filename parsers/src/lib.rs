@@ -61,6 +61,7 @@
 //! report's tree exactly as it is.
 
 pub mod cli;
+pub mod junit;
 mod kmsg;
 mod ktap;
 mod lava;
