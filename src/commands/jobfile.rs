@@ -98,13 +98,16 @@ pub(crate) struct ArtifactRef {
 }
 
 impl ArtifactRef {
-    /// Parses `URL` or `URL#SHA256`, checking the scheme and the digest.
+    /// Parses `URL` or `URL#SHA256`, checking the scheme and the digest. A `#` always
+    /// starts the digest (a URL with a fragment takes the `{url, sha256}` form).
     pub fn parse(s: &str) -> Result<ArtifactRef, String> {
-        let (url, sha) = match s.rsplit_once('#') {
-            Some((u, h)) if h.len() == 64 => (u, Some(h)),
-            _ => (s, None),
-        };
-        Self::new(url, sha)
+        match s.rsplit_once('#') {
+            Some((u, h)) => Self::new(u, Some(h)).and_then(|a| match a.sha256 {
+                Some(_) => Ok(a),
+                None => Err(format!("`{s}`: nothing after `#`; expected URL#SHA256")),
+            }),
+            None => Self::new(s, None),
+        }
     }
 
     fn new(url: &str, sha: Option<&str>) -> Result<ArtifactRef, String> {
