@@ -17,10 +17,15 @@
 //! A subtest whose result line never comes (the kernel crashed, the log was cut) is
 //! `incomplete` with an error; when its plan says more tests were due, the test that was
 //! running is added as an `incomplete` leaf named by its number, with the lines logged
-//! since the last result (often the crash) as its excerpt. Plans are optional; a plan that
-//! is not met makes a passing group `incomplete` and is reported.
+//! since the last result (often the crash) as its excerpt, and so is every later test the
+//! plan promised (named by its number, "missing expected subtest", as kunit.py counts
+//! them; at most [`MAX_MISSING`] per subtest, the rest counted in an issue). Plans are
+//! optional; a plan that is not met makes a passing group `incomplete` and is reported.
 
 mod syntax;
+
+/// Most missing tests listed for one cut subtest (a plan can promise billions).
+pub(crate) const MAX_MISSING: u64 = 1000;
 
 use crate::line::{LeadIn, Line, indent, lossy, strip_printk, trim};
 use crate::prefilter::VERSION;
@@ -580,6 +585,31 @@ impl Ktap {
             let path = b.path.as_ref().unwrap_or(&self.root_path);
             out.emit(id, Some(b.id), path, &leaf, true, no);
             b.children.push(keep, leaf);
+            // The tests the plan promised after it never ran: each is `incomplete` too, as
+            // kunit.py counts them ("missing expected subtest"), up to a bound that a
+            // hostile plan cannot turn into memory.
+            let missing = plan - b.done - 1;
+            let listed = missing.min(MAX_MISSING);
+            for k in 0..listed {
+                let num = b.done + 2 + k;
+                let mut leaf = TestNode::leaf(
+                    b.children.unique_name(keep, num.to_string()),
+                    NodeResult::Incomplete,
+                );
+                leaf.error = Some(format!("missing expected subtest {num} of 1..{plan}"));
+                let id = out.new_id();
+                out.emit(id, Some(b.id), path, &leaf, true, no);
+                b.children.push(keep, leaf);
+            }
+            if missing > listed {
+                out.issues.push(
+                    no,
+                    format!(
+                        "{} more missing subtests of the plan 1..{plan} not listed",
+                        missing - listed
+                    ),
+                );
+            }
         }
         let pidx = self.stack.len() - 1;
         let p = &mut self.stack[pidx];

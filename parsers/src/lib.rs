@@ -424,6 +424,23 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_suite_counts_every_test_its_plan_promised_within_a_bound() {
+        let log = b"KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: s\n    1..5\n    ok 1 a\n[ 1.0] Kernel panic\n";
+        let r = parse_bytes(ParserOptions::default(), log).expect("parser");
+        assert_eq!((r.counts.pass, r.counts.incomplete), (1, 4), "{r:?}");
+        let hostile = b"KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: s\n    1..4000000000\n    ok 1 a\n";
+        let r = parse_bytes(ParserOptions::default(), hostile).expect("parser");
+        assert_eq!(r.counts.incomplete, 1 + ktap::MAX_MISSING);
+        assert!(
+            r.errors
+                .iter()
+                .any(|e| e.message.contains("more missing subtests")),
+            "{:?}",
+            r.errors
+        );
+    }
+
+    #[test]
     fn results_are_handed_out_as_they_complete() {
         let mut p = LogParser::new(ParserOptions::default()).expect("parser");
         p.feed(b"KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: suite\n    1..2\n");
