@@ -5,6 +5,7 @@
 
 mod admin;
 mod export;
+mod generate;
 mod jobfile;
 mod read;
 mod submit;
@@ -160,6 +161,19 @@ enum Command {
     /// Export results in another system's format.
     #[command(subcommand)]
     Export(export::ExportCommand),
+    /// Print a shell completion script for one of the three binaries.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+        /// The binary.
+        #[arg(long, value_enum, default_value = "labwire")]
+        bin: generate::Binary,
+    },
+    /// Write the man pages of the three binaries and their subcommands into a folder.
+    Man {
+        /// The folder (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Runs a parsed command line. A command whose standard output is closed by its reader
@@ -176,12 +190,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => return crate::demo::run(args).await,
         Command::Submit(a) if a.dry_run() => return submit::dry_run(&a),
+        Command::Completions { shell, bin } => {
+            generate::completions(shell, bin)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => {
+            generate::man(&dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let c = &mut cli.conn.connect().await?;
     let json = cli.json;
     match cli.command {
-        Command::Demo(_) => unreachable!("handled above"),
+        Command::Demo(_) | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled above")
+        }
         Command::Submit(a) => return submit::submit(c, a, json).await,
         Command::Node { id } => read::node(c, id).await?,
         Command::Nodes(a) => read::nodes(c, a, json).await?,

@@ -558,7 +558,7 @@ async fn board_jobs_from_options_and_from_a_job_file_pass_on_the_qemu_board() {
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    for want in ["setup", "kernel-boot", "login", "command-1"] {
+    for want in ["setup", "commands", "kernelmsg"] {
         assert!(names.contains(&want), "{names:?}");
     }
 
@@ -592,4 +592,106 @@ async fn board_jobs_from_options_and_from_a_job_file_pass_on_the_qemu_board() {
         .expect("job id");
     let n = wait_node(&mut c, id, Duration::from_secs(5), is_done).await;
     assert_eq!(n.result, v1::NodeResult::Incomplete as i32, "{out}");
+}
+
+#[test]
+fn the_device_type_library_has_kernelci_platforms_and_every_pipeline_platform_resolves() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = labwire_agent::device_types::Library::load(&[] as &[&Path]).expect("library");
+    // Every file of device-types/ is built in, under the name it is filed as.
+    let mut files = 0;
+    for e in std::fs::read_dir(repo.join("device-types")).expect("device-types/") {
+        let p = e.expect("entry").path();
+        if p.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        files += 1;
+        let stem = p.file_stem().and_then(|s| s.to_str()).expect("name");
+        let t = lib
+            .get(stem)
+            .unwrap_or_else(|| panic!("{} is not built in", p.display()));
+        assert!(!t.arch.is_empty(), "{stem}");
+        assert!(
+            t.compatible.is_empty() || t.dtb.is_some() || t.arch == "x86_64",
+            "{stem}: compatible strings without a dtb"
+        );
+    }
+    assert_eq!(lib.names().len(), files, "a name is filed twice");
+    // KernelCI's platforms (config/platforms*.yaml of kernelci-pipeline, except the
+    // `docker`, `kubernetes` and `shell` runtimes, which are no boards): 132 boards.
+    assert!(files >= 132, "only {files} device types");
+    for (name, arch, mach, boot) in [
+        ("bcm2711-rpi-4-b", "arm64", "broadcom", "u-boot"),
+        ("beaglebone-black", "arm", "omap", "u-boot"),
+        ("dragonboard-410c", "arm64", "qcom", "fastboot"),
+        ("acer-R721T-grunt", "x86_64", "x86", "depthcharge"),
+        ("k3-am62p5-sk", "arm64", "ti", "u-boot"),
+        ("qemu-x86_64", "x86_64", "qemu", "qemu"),
+    ] {
+        let t = lib.get(name).unwrap_or_else(|| panic!("no {name}"));
+        assert_eq!(
+            (t.arch.as_str(), t.mach.as_deref(), t.boot_method.as_deref()),
+            (arch, Some(mach), Some(boot)),
+            "{name}"
+        );
+    }
+    // Every platform of the example scheduler config names a device type of the library
+    // (its base_name, else its own name), with the same arch.
+    let text = std::fs::read_to_string(repo.join("config/pipeline.yaml")).expect("pipeline");
+    let v: yaml_serde::Value = yaml_serde::from_str(&text).expect("yaml");
+    let platforms = v["platforms"].as_mapping().expect("platforms:");
+    assert!(!platforms.is_empty());
+    for (k, p) in platforms {
+        let name = k.as_str().expect("name");
+        let field = |f: &str| {
+            p.get(f)
+                .or_else(|| p.get("<<").and_then(|m| m.get(f)))
+                .and_then(|x| x.as_str())
+        };
+        let base = field("base_name").unwrap_or(name);
+        let t = lib
+            .get(base)
+            .unwrap_or_else(|| panic!("platform {name}: no device type `{base}`"));
+        if let Some(arch) = field("arch") {
+            assert_eq!(t.arch, arch, "platform {name}");
+        }
+    }
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_binaries_definitions() {
+    for (bin, word) in [
+        ("labwire", "--artifact"),
+        ("labwire-agent", "--output"),
+        ("labwire-coordinator", "check-config"),
+    ] {
+        let script = run_ok(Command::new(CLIENT).args(["completions", "bash", "--bin", bin]));
+        assert!(
+            script.contains(&format!("_{}", bin.replace('-', "__"))),
+            "{bin}: {script:.300}"
+        );
+        assert!(script.contains(word), "{bin}: no {word}");
+    }
+    let zsh = run_ok(Command::new(CLIENT).args(["completions", "zsh"]));
+    assert!(zsh.starts_with("#compdef labwire"), "{zsh:.200}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listed = run_ok(Command::new(CLIENT).arg("man").arg(dir.path()));
+    for page in [
+        "labwire.1",
+        "labwire-submit.1",
+        "labwire-export-junit.1",
+        "labwire-agent.1",
+        "labwire-agent-parse.1",
+        "labwire-coordinator.1",
+    ] {
+        let p = dir.path().join(page);
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{page}: {e}\n{listed}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text:.200}"
+        );
+        assert!(listed.contains(page), "{listed}");
+    }
+    let submit = std::fs::read_to_string(dir.path().join("labwire-submit.1")).expect("page");
+    assert!(submit.contains("dry\\-run"), "{submit:.2000}");
 }
