@@ -130,8 +130,7 @@ fn test_nodes(
                 name: n.name.clone(),
                 result: convert::result_from_proto(n.result)
                     .unwrap_or(labwire_common::NodeResult::Incomplete),
-                // Nested iteratively would be safer; trees are at most 32 levels deep (the
-                // coordinator's limit), so recursion is bounded.
+                // Recursion is bounded: the coordinator stores trees at most 32 levels deep.
                 tests: test_nodes(n.id, kids),
                 log_excerpt: text("log_excerpt"),
                 measurement: data.get("measurement").and_then(|v| v.as_f64()),
