@@ -74,8 +74,8 @@ fn library_counts(path: &Path) -> anyhow::Result<Counts> {
     Ok(p.finish().counts)
 }
 
-/// One run of `program args`: (seconds, peak RSS in bytes, the last line it printed,
-/// bytes it printed).
+/// One run of `program args`: (seconds, peak RSS in bytes, the last line it printed or its
+/// `tests:` line, bytes it printed).
 fn measure(program: &Path, args: &[&str]) -> anyhow::Result<(f64, f64, String, u64)> {
     let t = Instant::now();
     let mut child = Command::new(program)
@@ -94,7 +94,9 @@ fn measure(program: &Path, args: &[&str]) -> anyhow::Result<(f64, f64, String, u
             break;
         }
         bytes += n as u64;
-        if !line.trim().is_empty() {
+        // The summary's counts line, else the last line (jsonl's summary line).
+        if line.starts_with("tests: ") || (!line.trim().is_empty() && !last.starts_with("tests: "))
+        {
             std::mem::swap(&mut last, &mut line);
         }
     }
