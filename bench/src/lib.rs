@@ -40,6 +40,8 @@ pub enum Scenario {
     Idle,
     /// Parser MB/s and peak RSS on a large generated KTAP log.
     Parsers,
+    /// The `labwire-agent parse` binary on the generated log: MB/s and peak RSS per output.
+    ParseCmd,
     /// A KTAP log through a pty into the agent's console engine and the parser.
     Serial,
     /// The agent's own time per job on the U-Boot board of tests/uboot/ (not in `all`: it
@@ -49,7 +51,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every concrete scenario, in run order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Dispatch,
         Scenario::Throughput,
         Scenario::Queries,
@@ -57,13 +59,17 @@ impl Scenario {
         Scenario::Footprint,
         Scenario::Idle,
         Scenario::Parsers,
+        Scenario::ParseCmd,
         Scenario::Serial,
     ];
 
     /// Whether the scenario runs a coordinator, and so measures its store too (the parser
     /// and serial scenarios do not).
     pub fn uses_store(self) -> bool {
-        !matches!(self, Scenario::Parsers | Scenario::Serial)
+        !matches!(
+            self,
+            Scenario::Parsers | Scenario::ParseCmd | Scenario::Serial
+        )
     }
 }
 
@@ -237,6 +243,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
             Scenario::Footprint => scenarios::footprint::run(opts).await,
             Scenario::Idle => scenarios::idle::run(opts).await,
             Scenario::Parsers => scenarios::parsers::run(opts).await,
+            Scenario::ParseCmd => scenarios::parse_cmd::run(opts).await,
             Scenario::Serial => scenarios::serial::run(opts).await,
             Scenario::Board => scenarios::board::run(opts).await,
         }

@@ -61,6 +61,7 @@ fn every_scenario_runs_at_toy_scale() {
         "footprint",
         "idle",
         "parsers",
+        "parse-cmd",
         "serial",
     ] {
         assert!(scenarios.contains(s), "no figure from {s}: {figs:?}");
@@ -78,7 +79,7 @@ fn every_scenario_runs_at_toy_scale() {
         // Every figure of a scenario with a coordinator says it ran on SQLite (the default);
         // the parsers and serial scenarios have no store.
         let scenario = f["scenario"].as_str().unwrap_or_default();
-        let store = if ["parsers", "serial"].contains(&scenario) {
+        let store = if ["parsers", "parse-cmd", "serial"].contains(&scenario) {
             serde_json::Value::Null
         } else {
             "sqlite".into()

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod cli;
 mod configs;
 mod dashboard;
 mod docs;

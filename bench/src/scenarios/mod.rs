@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod events;
 pub mod footprint;
 pub mod idle;
+pub mod parse_cmd;
 pub mod parsers;
 pub mod queries;
 pub mod serial;
