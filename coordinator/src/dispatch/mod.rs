@@ -18,6 +18,8 @@
 //! queue change are private to this module, so no caller can forget one half.
 
 mod explain;
+pub(crate) mod links;
+pub(crate) mod liveness;
 pub(crate) mod queue;
 mod rules;
 mod state;
@@ -58,6 +60,10 @@ pub(crate) struct Dispatcher {
     started: Instant,
     placement: std::sync::RwLock<Arc<Placement>>,
     state: Mutex<State>,
+    /// Heartbeats' liveness, held until it is written in a batch.
+    pub(crate) liveness: liveness::Liveness,
+    /// The agents' open session streams: the way to a lab between two of its calls.
+    pub(crate) links: links::Links,
 }
 
 impl Dispatcher {
@@ -89,6 +95,7 @@ impl Dispatcher {
             state.queue_job(&j);
         }
         for j in leased {
+            state.attempts.insert(j.id, j.attempt);
             if let (Some(lab), Some(dev)) = (&j.lease_owner, &j.device) {
                 state
                     .leased
@@ -116,6 +123,8 @@ impl Dispatcher {
             started: Instant::now(),
             placement: std::sync::RwLock::new(Arc::new(placement)),
             state: Mutex::new(state),
+            liveness: Default::default(),
+            links: Default::default(),
         })
     }
 
@@ -154,6 +163,24 @@ impl Dispatcher {
         v.free_slots = free_slots;
         v.draining = draining;
         v.last_seen = Instant::now();
+    }
+
+    /// Splits the attempts an agent of `lab` says it runs into those this dispatcher knows
+    /// are leased to it (renewed in memory) and the others (which the store must decide:
+    /// lost, or leased through another replica that this one has not heard of yet).
+    pub(crate) async fn held_by(
+        &self,
+        lab: &LabName,
+        running: &[(NodeId, crate::model::AttemptNo)],
+    ) -> (
+        Vec<(NodeId, crate::model::AttemptNo)>,
+        Vec<(NodeId, crate::model::AttemptNo)>,
+    ) {
+        let st = self.state.lock().await;
+        running.iter().partition(|(job, attempt)| {
+            st.leased.get(job).is_some_and(|(l, _)| l == lab)
+                && st.attempts.get(job) == Some(attempt)
+        })
     }
 
     /// Takes in what the labs connected to other coordinator replicas last advertised (the
@@ -271,11 +298,23 @@ impl Dispatcher {
     }
 
     /// Offers a queued job (new, or back from an expired lease) to the waiting agents; if none
-    /// should take it, it waits in the queue.
-    async fn enqueue(&self, job: &JobRow) {
+    /// should take it, it waits in the queue. Returns the lease it had here before, if any:
+    /// (lab, attempt).
+    async fn enqueue(&self, job: &JobRow) -> Option<(LabName, crate::model::AttemptNo)> {
         let placement = self.placement();
         let mut st = self.state.lock().await;
-        st.leased.remove(&job.id);
+        let before = st.leased.remove(&job.id).map(|(lab, _)| {
+            (
+                lab,
+                st.attempts.get(&job.id).copied().unwrap_or(job.attempt),
+            )
+        });
+        self.offer(&mut st, &placement, job).await;
+        before
+    }
+
+    /// [`Dispatcher::enqueue`]'s offer, under the state lock.
+    async fn offer(&self, st: &mut State, placement: &Placement, job: &JobRow) {
         if let Some(g) = &job.group
             && let Some(v) = st.groups.get_mut(&g.id)
         {
@@ -306,7 +345,7 @@ impl Dispatcher {
             match self.claim(job.id, &w.lab, &w.session, &device).await {
                 Ok(Some(mut claim)) => {
                     let attempt = claim.job.attempt;
-                    Self::note_claim(&mut st, &mut claim, &w.lab, &device, &crit);
+                    Self::note_claim(st, &mut claim, &w.lab, &device, &crit);
                     let Err(back) = w.tx.send(Assignment {
                         claim,
                         device: device.name.clone(),
@@ -399,7 +438,7 @@ impl Dispatcher {
                 }
             }
         }
-        self.enqueue(row).await;
+        let _ = self.enqueue(row).await;
     }
 
     /// Remembers that `lab` refused `job`, so that it goes to another lab first.
@@ -429,18 +468,21 @@ impl Dispatcher {
 
     /// Drops a job from the in-memory queue and leases (it finished, was cancelled or
     /// failed).
-    async fn forget(&self, id: NodeId) {
+    /// Returns the lease it had here, if any: (lab, attempt).
+    async fn forget(&self, id: NodeId) -> Option<(LabName, crate::model::AttemptNo)> {
         let mut st = self.state.lock().await;
         st.unqueue(id);
-        st.leased.remove(&id);
+        let lab = st.leased.remove(&id).map(|(lab, _)| lab);
         st.refused.remove(&id);
-        st.attempts.remove(&id);
+        let attempt = st.attempts.remove(&id);
+        lab.zip(attempt)
     }
 
     /// Forgets a lab whose certificates were revoked: its waiting agents stop waiting (their
     /// AcquireJob returns empty; their next call is refused) and placement no longer counts
     /// on it.
     async fn forget_lab(&self, lab: &LabName) {
+        self.links.drop_lab(lab);
         let mut st = self.state.lock().await;
         st.labs.remove(lab);
         st.waiters.retain(|w| &w.lab != lab);

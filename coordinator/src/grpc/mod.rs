@@ -5,6 +5,7 @@ mod admin;
 mod agent;
 mod events;
 mod nodes;
+mod session;
 
 pub(crate) use admin::AdminApi;
 pub(crate) use agent::AgentApi;
