@@ -1,6 +1,7 @@
 //! The benchmark scenarios; each returns its figures.
 
 pub mod bigstore;
+pub mod cancel;
 pub mod dispatch;
 pub mod events;
 pub mod footprint;
