@@ -63,19 +63,23 @@ pub(super) async fn open(agent: &Arc<Agent>, session: &str) -> Opened {
                 _ = agent.stop.cancelled() => return,
             };
             match next {
-                Ok(Some(m)) => match m.kind {
-                    Some(coordinator_message::Kind::Heartbeat(r)) => {
-                        if ack_tx.send(Ok(r)).await.is_err() {
-                            return;
+                Ok(Some(m)) => {
+                    let answer = match m.kind {
+                        Some(coordinator_message::Kind::Heartbeat(r)) => Some(r),
+                        Some(coordinator_message::Kind::Cancel(c)) => {
+                            tracing::info!(jobs = c.jobs.len(), reason = %c.reason, "the coordinator cancelled jobs");
+                            agent.withdraw(&c.jobs);
+                            None
                         }
+                        // A kind this agent does not know (a newer coordinator).
+                        None => None,
+                    };
+                    if let Some(r) = answer
+                        && ack_tx.send(Ok(r)).await.is_err()
+                    {
+                        return;
                     }
-                    Some(coordinator_message::Kind::Cancel(c)) => {
-                        tracing::info!(jobs = c.jobs.len(), reason = %c.reason, "the coordinator cancelled jobs");
-                        agent.withdraw(&c.jobs);
-                    }
-                    // A kind this agent does not know (a newer coordinator).
-                    None => {}
-                },
+                }
                 Ok(None) => return,
                 Err(s) => {
                     let _ = ack_tx.send(Err(s)).await;

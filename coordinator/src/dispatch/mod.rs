@@ -329,11 +329,11 @@ impl Dispatcher {
                 if tried.contains(&w.id) {
                     continue;
                 }
-                let Some((crit, dev)) = self.fit(&st, &placement, job, w.lab.as_str(), &w.devices)
+                let Some((crit, dev)) = self.fit(st, placement, job, w.lab.as_str(), &w.devices)
                 else {
                     continue;
                 };
-                if !self.best_lab(&st, &placement, job, &crit, w.lab.as_str()) {
+                if !self.best_lab(st, placement, job, &crit, w.lab.as_str()) {
                     continue;
                 }
                 pick = Some((i, dev, crit));
