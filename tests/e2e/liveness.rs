@@ -1,7 +1,8 @@
 //! Liveness held in memory (issue 23), with real processes: heartbeats renew leases in the
 //! coordinator's memory and a writer puts them on disk every `leases.write_interval`. A
 //! coordinator killed with SIGKILL after renewals were accepted but before they were written
-//! loses them; the restart grace covers that, and every job still runs exactly once.
+//! loses them; the restart grace covers that, and every job still runs exactly once. And a
+//! cancel reaches a running agent on its session stream, not at its next heartbeat.
 
 use crate::common;
 
@@ -143,4 +144,51 @@ async fn a_coordinator_killed_before_writing_renewals_runs_every_job_once() {
             as f64
             / 1e6
     );
+}
+
+/// A cancel reaches a running real agent on its session stream at once, not at its next
+/// heartbeat (15 s apart here, the default): the job's command is stopped within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_the_running_agent_before_its_next_heartbeat() {
+    let mut steps = Steps::new();
+    let rig = Rig::new("leases: {duration: 60s, heartbeat: 15s}\n");
+    let _keep = rig.keep_on_failure();
+    let _coord = rig.start_coordinator();
+    rig.issue_lab("lab-a");
+    let marks = rig.path("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let script = format!("touch {}/started; sleep 60", marks.display());
+    let cmd: &[&str] = &["sh", "-c", &script];
+    rig.agent_config("lab-a", &[("dev", cmd, &["stop-me"])], "");
+    let _agent = rig.start_agent("lab-a");
+    let mut c = rig.client().await;
+    let job = submit(&mut c, "stop-me", &["stop-me"], &[]).await;
+
+    steps.at("the job runs");
+    wait_for(Duration::from_secs(30), "the job to start", || {
+        marks.join("started").exists()
+    });
+    let agent_log = rig.path("agent-lab-a.log");
+    wait_for(Duration::from_secs(20), "the session stream", || {
+        std::fs::read_to_string(&agent_log).is_ok_and(|l| l.contains("session stream open"))
+    });
+
+    steps.at("an admin cancels it");
+    let t0 = Instant::now();
+    c.admin
+        .cancel_job(v1::CancelJobRequest {
+            job,
+            reason: "not wanted".into(),
+        })
+        .await
+        .expect("cancel");
+    wait_for(Duration::from_secs(5), "the agent to stop the job", || {
+        std::fs::read_to_string(&agent_log)
+            .is_ok_and(|l| l.contains("the coordinator cancelled jobs"))
+    });
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let n = wait_node(&mut c, job, Duration::from_secs(10), is_done).await;
+    assert_eq!(n.result, v1::NodeResult::Incomplete as i32, "{n:?}");
+    println!("cancel reached the running agent {took:?} after CancelJob (heartbeats 15 s apart)");
 }
