@@ -28,6 +28,8 @@ pub enum Scenario {
     All,
     /// Time from a job's submission to the waiting agent receiving it.
     Dispatch,
+    /// Time from an admin's cancel to the running agent hearing of it.
+    Cancel,
     /// Full job cycles per second with many simulated agents.
     Throughput,
     /// Node queries with filters on a large store.
@@ -51,8 +53,9 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every concrete scenario, in run order.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Dispatch,
+        Scenario::Cancel,
         Scenario::Throughput,
         Scenario::Queries,
         Scenario::Events,
@@ -161,6 +164,9 @@ pub struct Opts {
     /// Dispatch: jobs per run.
     #[arg(long, default_value_t = 200)]
     pub latency_jobs: usize,
+    /// Cancel: cancels per run.
+    #[arg(long, default_value_t = 50)]
+    pub cancels: usize,
     /// Throughput: simulated agents (each its own lab with one device).
     #[arg(long, default_value_t = 50)]
     pub agents: usize,
@@ -227,6 +233,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
         let figs = match s {
             Scenario::All => unreachable!("expanded above"),
             Scenario::Dispatch => scenarios::dispatch::run(opts).await,
+            Scenario::Cancel => scenarios::cancel::run(opts).await,
             Scenario::Throughput => scenarios::throughput::run(opts).await,
             Scenario::Queries | Scenario::Events => {
                 if store.is_none() {
@@ -274,6 +281,7 @@ pub fn check_store_use(list: &[Scenario], store: &StoreChoice) -> anyhow::Result
             let rig = match s {
                 Scenario::Queries | Scenario::Events => "queries/events",
                 Scenario::Dispatch => "dispatch",
+                Scenario::Cancel => "cancel",
                 Scenario::Throughput => "throughput",
                 Scenario::Footprint => "footprint",
                 Scenario::Idle => "idle",
@@ -333,7 +341,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("dispatch, throughput, queries/events, footprint, idle"),
+            e.contains("dispatch, cancel, throughput, queries/events, footprint, idle"),
             "{e}"
         );
         assert!(!e.contains("secret"), "{e}");

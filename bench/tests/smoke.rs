@@ -17,6 +17,8 @@ fn every_scenario_runs_at_toy_scale() {
             "1",
             "--latency-jobs",
             "5",
+            "--cancels",
+            "3",
             "--agents",
             "3",
             "--jobs",
@@ -55,6 +57,7 @@ fn every_scenario_runs_at_toy_scale() {
         figs.iter().filter_map(|f| f["scenario"].as_str()).collect();
     for s in [
         "dispatch",
+        "cancel",
         "throughput",
         "queries",
         "events",

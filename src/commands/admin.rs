@@ -37,6 +37,7 @@ fn health_name(h: i32) -> &'static str {
         labwire_common::Health::Unknown => "unknown",
         labwire_common::Health::Bad => "bad",
         labwire_common::Health::Maintenance => "maintenance",
+        labwire_common::Health::Retired => "retired",
     }
 }
 

@@ -21,6 +21,7 @@ mod http;
 mod kernelci;
 mod labgrid;
 mod lava;
+mod liveness;
 mod migrate;
 mod packages;
 mod reliability;

@@ -4,6 +4,7 @@
 //! running jobs finish (up to `limits.drain_timeout`, then stops them), flushes the outbox.
 
 mod job;
+mod link;
 mod pull;
 mod reload;
 mod sender;

@@ -2,6 +2,7 @@
 
 pub mod bigstore;
 pub mod board;
+pub mod cancel;
 pub mod dispatch;
 pub mod events;
 pub mod footprint;
