@@ -203,7 +203,10 @@ impl Dispatcher {
 
     /// Whether a resume of a device of `lab` waits for its agent; taken once.
     pub(crate) fn take_resume(&self, lab: &LabName) -> bool {
-        self.resumes.lock().map(|mut r| r.remove(lab)).unwrap_or(false)
+        self.resumes
+            .lock()
+            .map(|mut r| r.remove(lab))
+            .unwrap_or(false)
     }
 
     /// Splits the attempts an agent of `lab` says it runs into those this dispatcher knows
