@@ -254,13 +254,18 @@ impl LabgridDriver {
         }
     }
 
-    /// The console the place's exporter publishes, as its protocol says.
-    async fn exported_console(&self) -> Result<ConsoleConfig, Failure> {
+    /// The console the place's exporter publishes, as its protocol says: from the latest
+    /// reading, or (`fresh`, or when the reading does not tell) asked of Labgrid now.
+    async fn exported_console(&self, fresh: bool) -> Result<ConsoleConfig, Failure> {
         let place = self.place();
-        let from_reading = self.shared.latest().and_then(|s| {
-            let p = s.place(place)?;
-            s.serial_of(p).cloned()
-        });
+        let from_reading = (!fresh)
+            .then(|| {
+                self.shared.latest().and_then(|s| {
+                    let p = s.place(place)?;
+                    s.serial_of(p).cloned()
+                })
+            })
+            .flatten();
         let port = match from_reading {
             Some(r) if r.host.is_some() && r.port.is_some() => r,
             _ => self.client.serial_port(place).await.map_err(|e| {
@@ -305,10 +310,11 @@ impl LabgridDriver {
             expand_argv(argv, &values).map_err(|e| fail(ErrorCode::InvalidJob, e, None))
         };
         let deploy = cfg.deploy_command.as_deref().map(expand).transpose()?;
+        let exported = cfg.console.is_none();
         let (console, console_argv) = match &cfg.console {
             Some(c @ ConsoleConfig::Command { argv }) => (c.clone(), Some(expand(argv)?)),
             Some(c) => (c.clone(), None),
-            None => (self.exported_console().await?, None),
+            None => (self.exported_console(false).await?, None),
         };
         if cfg.power == PlacePower::Labgrid
             && let Some(s) = self.shared.latest()
@@ -335,10 +341,22 @@ impl LabgridDriver {
             .await
             .map_err(|e| fail(ErrorCode::DeployFailed, e, None))?;
         }
-        // The console first, so that nothing the board prints at power-on is missed.
-        let console = crate::serial::open(&console, console_argv, Duration::from_secs(10))
+        // The console first, so that nothing the board prints at power-on is missed. An
+        // exporter may have moved the port since the last reading (its ser2net restarted):
+        // an exported console that cannot be opened is looked up again once, fresh.
+        let console = match crate::serial::open(&console, console_argv, Duration::from_secs(10))
             .await
-            .map_err(|e| fail(ErrorCode::ConsoleLost, e.to_string(), None))?;
+        {
+            Ok(c) => c,
+            Err(e) if exported => {
+                tracing::info!(place = %place, error = %e, "the console of the last reading cannot be opened; asking Labgrid again");
+                let fresh = self.exported_console(true).await?;
+                crate::serial::open(&fresh, None, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| fail(ErrorCode::ConsoleLost, e.to_string(), None))?
+            }
+            Err(e) => return Err(fail(ErrorCode::ConsoleLost, e.to_string(), None)),
+        };
         if cfg.power == PlacePower::Labgrid {
             let action = if cfg.power_cycle { "cycle" } else { "on" };
             ctx.log.note(&format!(

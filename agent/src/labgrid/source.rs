@@ -98,9 +98,13 @@ impl LabgridSource {
     async fn settle(&self, place: &str, power_off: bool) -> Result<(), String> {
         let places = self.client.places().await.map_err(|e| e.to_string())?;
         let me = self.client.identity();
+        // A place missing from the list stays owed: a Labgrid coordinator that has just
+        // restarted can list places before its exporters are back, and a board left powered
+        // is worse than a warning every back-off interval until an admin settles it.
         let Some(p) = places.iter().find(|p| p.name == place) else {
-            tracing::warn!(source = %self.name(), place, "an owed place no longer exists at the Labgrid coordinator; forgetting it");
-            return Ok(());
+            return Err(
+                "the Labgrid coordinator does not list the place now; tried again later".into(),
+            );
         };
         match p.acquired.as_deref() {
             // Someone else's now: nothing to release; a board left on is powered off

@@ -306,15 +306,22 @@ impl Labgrid {
     }
 
     /// Who holds the place, as Labgrid says (`host/user`).
+    /// A Labgrid coordinator that has just restarted may list no place for a moment: asked
+    /// again for up to 20 s.
     fn acquired(&self) -> Option<String> {
-        let text = self.client_ok(OTHER_USER, &["-v", "places"]);
-        let line = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("acquired: "))
-            .expect("an acquired: line")
-            .trim()
-            .to_string();
-        (line != "None").then_some(line)
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.client_ok(OTHER_USER, &["-v", "places"]);
+            if let Some(line) = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("acquired: "))
+            {
+                let line = line.trim().to_string();
+                return (line != "None").then_some(line);
+            }
+            assert!(Instant::now() < end, "no acquired: line in\n{text}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// The board's power switches so far (`on`, `off`).
