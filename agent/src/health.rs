@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The `health:` section of agent.yaml.
 #[derive(Debug, Clone, Deserialize)]
@@ -20,18 +21,60 @@ pub struct HealthConfig {
     /// quarantined (bad); 0 never quarantines. Default 3.
     #[serde(default = "default_quarantine_after")]
     pub quarantine_after: u32,
+    /// How often each device with a health check is checked again (0s: only at agent
+    /// start, after a resume and after a quarantine). Default 24h.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// The health checks: one per device type or per device (a device's own wins).
+    #[serde(default)]
+    pub checks: Vec<HealthCheck>,
+}
+
+/// One health check: a small job the agent runs itself on a device, through the device's
+/// own driver (power, boot, login, commands).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// The device it checks, or
+    #[serde(default)]
+    pub device: Option<String>,
+    /// every device of this type.
+    #[serde(default)]
+    pub device_type: Option<String>,
+    /// The commands run after the login; each must exit 0.
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// Artifacts by role (kernel, ramdisk, ...): URLs fetched under the agent's usual rules.
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, String>,
+    /// Job parameters, as a submitter would give them.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// The time limit of the check. Default 10m.
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             quarantine_after: default_quarantine_after(),
+            interval: default_interval(),
+            checks: Vec::new(),
         }
     }
 }
 
 fn default_quarantine_after() -> u32 {
     3
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 impl HealthConfig {
@@ -43,7 +86,51 @@ impl HealthConfig {
                 self.quarantine_after
             );
         }
+        if !self.interval.is_zero() && self.interval < Duration::from_secs(60) {
+            anyhow::bail!(
+                "health.interval: expected 0s (never) or at least 1m, got {:?}",
+                self.interval
+            );
+        }
+        for (i, c) in self.checks.iter().enumerate() {
+            let key = format!("health.checks[{i}]");
+            match (&c.device, &c.device_type) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => anyhow::bail!("{key}: give exactly one of `device` and `device_type`"),
+            }
+            if c.timeout.is_zero() || c.timeout > Duration::from_secs(24 * 3600) {
+                anyhow::bail!("{key}.timeout: expected 1s to 24h, got {:?}", c.timeout);
+            }
+            for (role, url) in &c.artifacts {
+                labwire_common::names::check(role)
+                    .map_err(|e| anyhow::anyhow!("{key}.artifacts: role `{role}`: {e}"))?;
+                if url.is_empty() {
+                    anyhow::bail!("{key}.artifacts.{role}: empty URL");
+                }
+            }
+        }
+        for (i, a) in self.checks.iter().enumerate() {
+            for b in &self.checks[..i] {
+                if (a.device.is_some() && a.device == b.device)
+                    || (a.device_type.is_some() && a.device_type == b.device_type)
+                {
+                    anyhow::bail!("health.checks[{i}]: a second check for the same device or type");
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The check for a device: its own, else its type's.
+    pub fn check_for(&self, device: &str, device_type: &str) -> Option<&HealthCheck> {
+        self.checks
+            .iter()
+            .find(|c| c.device.as_deref() == Some(device))
+            .or_else(|| {
+                self.checks
+                    .iter()
+                    .find(|c| c.device_type.as_deref() == Some(device_type))
+            })
     }
 }
 
@@ -145,6 +232,40 @@ impl HealthBook {
         let h = DeviceHealth {
             last_check: before.last_check,
             ..Default::default()
+        };
+        self.set(device, h, &before)
+    }
+
+    /// An admin resumed a device that has a health check: its streak starts over, but a
+    /// quarantined device stays bad until the check (run next) passes.
+    pub fn resume_pending_check(&mut self, device: &str) -> bool {
+        let before = self.get(device);
+        let mut h = before.clone();
+        h.failure_streak = 0;
+        if !h.health.usable() {
+            h.reason = format!(
+                "resumed by an admin; bad until a health check passes (was: {})",
+                labwire_common::names::shorten(&before.reason, 200)
+            );
+        }
+        self.set(device, h, &before)
+    }
+
+    /// A health check ended at `now` (seconds since the epoch): passing makes the device
+    /// good, failing makes it bad with `failure` as the reason.
+    pub fn check_ended(&mut self, device: &str, failure: Option<String>, now: i64) -> bool {
+        let before = self.get(device);
+        let h = match failure {
+            None => DeviceHealth {
+                last_check: now,
+                ..Default::default()
+            },
+            Some(reason) => DeviceHealth {
+                health: Health::Bad,
+                reason,
+                last_check: now,
+                failure_streak: before.failure_streak,
+            },
         };
         self.set(device, h, &before)
     }
