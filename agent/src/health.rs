@@ -2,9 +2,10 @@
 //! the reason), its infrastructure-failure streak and the time of its last health check,
 //! kept in `STATE_DIR/health.json` so that a quarantine survives an agent restart. A device
 //! whose last `health.quarantine_after` jobs ended with infrastructure error codes is
-//! quarantined (bad) by itself and offered no more; it comes back when an admin resumes it
-//! (`labwire device resume`). The coordinator lays an admin's maintenance or retirement over
-//! what the agent reports.
+//! quarantined (bad) by itself and offered no more; it comes back after a passing health
+//! check (`health.checks`, run by `daemon::health_check`), or, without one, when an admin
+//! resumes it (`labwire device resume`). The coordinator lays an admin's maintenance or
+//! retirement over what the agent reports.
 
 use labwire_common::{ErrorCode, Health};
 use serde::{Deserialize, Serialize};
@@ -102,7 +103,7 @@ impl HealthConfig {
                 anyhow::bail!("{key}.timeout: expected 1s to 24h, got {:?}", c.timeout);
             }
             for (role, url) in &c.artifacts {
-                labwire_common::names::check(role)
+                crate::fetch::check_role(role)
                     .map_err(|e| anyhow::anyhow!("{key}.artifacts: role `{role}`: {e}"))?;
                 if url.is_empty() {
                     anyhow::bail!("{key}.artifacts.{role}: empty URL");
@@ -327,6 +328,49 @@ mod tests {
             b.job_ended("b2", Some((&power, "x")), 0);
         }
         assert_eq!(b.get("b2").health, Health::Good);
+    }
+
+    #[test]
+    fn checks_are_validated_and_a_device_s_own_check_wins() {
+        let parse = |y: &str| -> anyhow::Result<HealthConfig> {
+            let c: HealthConfig = yaml_serde::from_str(y)?;
+            c.validate()?;
+            Ok(c)
+        };
+        let c =
+            parse("checks:\n- {device_type: t, commands: [a]}\n- {device: d1, commands: [b]}\n")
+                .unwrap();
+        assert_eq!(c.check_for("d1", "t").unwrap().commands, ["b"]);
+        assert_eq!(c.check_for("d2", "t").unwrap().commands, ["a"]);
+        assert!(c.check_for("d2", "u").is_none());
+        for (y, want) in [
+            (
+                "checks: [{commands: [a]}]",
+                "exactly one of `device` and `device_type`",
+            ),
+            ("checks: [{device: a, device_type: t}]", "exactly one"),
+            ("checks: [{device: a, timeout: 0s}]", "checks[0].timeout"),
+            ("interval: 5s", "health.interval"),
+            ("checks: [{device: a}, {device: a}]", "a second check"),
+            (
+                "checks: [{device: a, artifacts: {'../x': 'file:///k'}}]",
+                "role `../x`",
+            ),
+        ] {
+            let e = format!("{:#}", parse(y).unwrap_err());
+            assert!(e.contains(want), "{y}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = HealthBook::open(dir.path());
+        assert!(b.check_ended("d1", Some("health check failed: x".into()), 5));
+        assert!(b.resume_pending_check("d1"));
+        assert_eq!(b.get("d1").health, Health::Bad);
+        assert!(b.check_ended("d1", None, 9));
+        let h = b.get("d1");
+        assert_eq!(
+            (h.health, h.last_check, h.reason.as_str()),
+            (Health::Good, 9, "")
+        );
     }
 
     #[test]

@@ -285,6 +285,7 @@ mod tests {
             log_excerpt: None,
             measurement: None,
             units: None,
+            error: None,
         });
         assert_eq!(
             failure_reason(&o).as_deref(),
