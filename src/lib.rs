@@ -11,10 +11,40 @@ pub mod commands;
 mod demo;
 mod demo_uboot;
 mod kcidb;
-mod output;
+pub mod output;
 mod report;
 
 use std::io::IsTerminal;
+
+/// The version all three binaries print: the package version and, when built from a git
+/// checkout, the revision (`0.1.0 (git 1a2b3c4d5e6f)`; see `build.rs`).
+pub const VERSION: &str = env!("LABWIRE_VERSION");
+
+/// Parses the command line of a binary, with [`VERSION`] as its `--version`. Exits with
+/// clap's message on a bad command line.
+pub fn parse_args<C: clap::Parser>() -> C {
+    let matches = C::command().version(VERSION).get_matches();
+    C::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The exit status of a binary whose command returned `r`: a command whose standard output
+/// was closed by its reader (`| head`) ends quietly with success; any other error is printed
+/// after `name: error:`.
+pub fn exit_status(
+    name: &str,
+    r: anyhow::Result<std::process::ExitCode>,
+) -> std::process::ExitCode {
+    match r {
+        Ok(code) => code,
+        Err(e) if output::closed(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed standard error leaves nowhere to say it.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "{name}: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// Installs the process-wide rustls crypto provider (ring). Every binary and TLS test calls
 /// this first: the workspace uses one provider only.

@@ -1,11 +1,11 @@
 //! `labwire report CHECKOUT`: the per-checkout summary of the KernelCI e-mail report, read
 //! over gRPC and rendered by the coordinator's report module (the same text the coordinator
-//! mails), as text or markdown.
+//! mails), as text or markdown, or as JSON.
 
 use crate::client::Clients;
 use anyhow::{Context, bail};
 use labwire_coordinator::model::{Node, NodeKind};
-use labwire_coordinator::report::{Format, Report};
+use labwire_coordinator::report::Report;
 use labwire_proto::v1;
 
 /// A node and every node of its tree below it, as coordinator model nodes. A root node's
@@ -50,11 +50,33 @@ pub(crate) async fn fetch_subtree(c: &mut Clients, id: i64) -> anyhow::Result<(N
     Ok((root, nodes))
 }
 
-/// The report of checkout `id` in `format`.
-pub(crate) async fn report(c: &mut Clients, id: i64, format: Format) -> anyhow::Result<String> {
+/// The report of checkout `id`.
+pub(crate) async fn build(c: &mut Clients, id: i64) -> anyhow::Result<Report> {
     let (root, nodes) = fetch_subtree(c, id).await?;
     if root.kind != NodeKind::Checkout {
         bail!("node {id} is a {}, not a checkout", root.kind);
     }
-    Ok(Report::build(&root, &nodes).render(format))
+    Ok(Report::build(&root, &nodes))
+}
+
+/// A report as JSON (the fields of `labwire report --json`, see docs/cli.md).
+pub(crate) fn to_json(r: &Report) -> serde_json::Value {
+    let result = |r: &Option<labwire_common::NodeResult>| r.map(|r| r.as_str());
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    serde_json::json!({
+        "checkout": r.checkout.0, "state": r.state.as_str(),
+        "tree": r.tree, "branch": r.branch, "describe": some(&r.describe),
+        "commit": r.commit, "url": some(&r.url),
+        "builds": r.builds.iter().map(|(name, res)| serde_json::json!({
+            "name": name, "result": result(res),
+        })).collect::<Vec<_>>(),
+        "jobs": r.jobs.iter().map(|j| serde_json::json!({
+            "id": j.id.0, "name": j.name, "state": j.state.as_str(), "result": result(&j.result),
+            "error_code": j.error_code, "place": j.place, "tests": j.total,
+            "failures": j.failures,
+        })).collect::<Vec<_>>(),
+        "failures": r.failures.iter().map(|f| serde_json::json!({
+            "job": f.job, "path": f.path, "result": f.result.as_str(),
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -50,7 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let cfg = AgentConfig::load(&config)?;
             let sources = cfg.labgrid.len() + cfg.lava.len();
-            println!(
+            labwire_common::outln!(
                 "{}: ok (lab `{}`, {} device(s) in the file{})",
                 config.display(),
                 cfg.lab,
@@ -60,27 +60,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     String::new()
                 }
-            );
+            )?;
             for d in &cfg.devices {
-                println!("  {} ({}, {})", d.name, d.device_type, d.driver.kind());
+                labwire_common::outln!("  {} ({}, {})", d.name, d.device_type, d.driver.kind())?;
             }
             for lg in &cfg.labgrid {
-                println!(
+                labwire_common::outln!(
                     "  from sources: labgrid:{} at {}: the free places of {} place entr{} (read when the agent runs)",
                     lg.name,
                     lg.coordinator,
                     lg.places.len(),
                     if lg.places.len() == 1 { "y" } else { "ies" }
-                );
+                )?;
             }
             for l in &cfg.lava {
-                println!(
+                labwire_common::outln!(
                     "  from sources: lava:{}: the devices of that LAVA server (read when the agent runs)",
                     l.name
-                );
+                )?;
             }
             for w in cfg.warnings() {
-                println!("warning: {w}");
+                labwire_common::outln!("warning: {w}")?;
             }
             Ok(())
         }

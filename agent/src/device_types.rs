@@ -1,6 +1,7 @@
 //! The device-type library: YAML files describing each device type (arch, mach, boot method,
-//! dtb, compatible, features). The files of the labwire sources are built in; directories named
-//! in the agent config add to them or override them.
+//! dtb, compatible, features). Every file of the sources' device-types/ is built in (among
+//! them one per KernelCI platform); directories named in the agent config add to them or
+//! override them.
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -126,36 +127,8 @@ impl DeviceType {
     }
 }
 
-const BUILT_IN: &[(&str, &str)] = &[
-    (
-        "qemu-x86_64.yaml",
-        include_str!("../../device-types/qemu-x86_64.yaml"),
-    ),
-    (
-        "qemu-arm64.yaml",
-        include_str!("../../device-types/qemu-arm64.yaml"),
-    ),
-    (
-        "lab-host.yaml",
-        include_str!("../../device-types/lab-host.yaml"),
-    ),
-    (
-        "bcm2711-rpi-4-b.yaml",
-        include_str!("../../device-types/bcm2711-rpi-4-b.yaml"),
-    ),
-    (
-        "beaglebone-black.yaml",
-        include_str!("../../device-types/beaglebone-black.yaml"),
-    ),
-    (
-        "qemu-arm64-uboot.yaml",
-        include_str!("../../device-types/qemu-arm64-uboot.yaml"),
-    ),
-    (
-        "x86-pc-grub.yaml",
-        include_str!("../../device-types/x86-pc-grub.yaml"),
-    ),
-];
+// The files of device-types/ (listed by build.rs).
+include!(concat!(env!("OUT_DIR"), "/device_types.rs"));
 
 /// The device types known to an agent, by name.
 #[derive(Debug, Clone, Default)]
@@ -215,6 +188,11 @@ impl Library {
     /// A device type by name.
     pub fn get(&self, name: &str) -> Option<&DeviceType> {
         self.types.get(name)
+    }
+
+    /// Every device type, by name.
+    pub fn all(&self) -> impl Iterator<Item = &DeviceType> {
+        self.types.values()
     }
 
     /// Every name, sorted.

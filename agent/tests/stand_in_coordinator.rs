@@ -56,6 +56,19 @@ impl AgentService for StandIn {
         Ok(Response::new(v1::HeartbeatResponse::default()))
     }
 
+    type SessionStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>,
+    >;
+
+    /// Like a coordinator from before the session stream: the agent heartbeats with
+    /// Heartbeat instead.
+    async fn session(
+        &self,
+        _: Request<tonic::Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        Err(Status::unimplemented("no session stream here"))
+    }
+
     async fn acquire_job(
         &self,
         req: Request<v1::AcquireJobRequest>,

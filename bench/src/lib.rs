@@ -28,6 +28,8 @@ pub enum Scenario {
     All,
     /// Time from a job's submission to the waiting agent receiving it.
     Dispatch,
+    /// Time from an admin's cancel to the running agent hearing of it.
+    Cancel,
     /// Full job cycles per second with many simulated agents.
     Throughput,
     /// Node queries with filters on a large store.
@@ -40,6 +42,8 @@ pub enum Scenario {
     Idle,
     /// Parser MB/s and peak RSS on a large generated KTAP log.
     Parsers,
+    /// The `labwire-agent parse` binary on the generated log: MB/s and peak RSS per output.
+    ParseCmd,
     /// A KTAP log through a pty into the agent's console engine and the parser.
     Serial,
     /// The agent's own time per job on the U-Boot board of tests/uboot/ (not in `all`: it
@@ -49,21 +53,26 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every concrete scenario, in run order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Dispatch,
+        Scenario::Cancel,
         Scenario::Throughput,
         Scenario::Queries,
         Scenario::Events,
         Scenario::Footprint,
         Scenario::Idle,
         Scenario::Parsers,
+        Scenario::ParseCmd,
         Scenario::Serial,
     ];
 
     /// Whether the scenario runs a coordinator, and so measures its store too (the parser
     /// and serial scenarios do not).
     pub fn uses_store(self) -> bool {
-        !matches!(self, Scenario::Parsers | Scenario::Serial)
+        !matches!(
+            self,
+            Scenario::Parsers | Scenario::ParseCmd | Scenario::Serial
+        )
     }
 }
 
@@ -155,6 +164,9 @@ pub struct Opts {
     /// Dispatch: jobs per run.
     #[arg(long, default_value_t = 200)]
     pub latency_jobs: usize,
+    /// Cancel: cancels per run.
+    #[arg(long, default_value_t = 50)]
+    pub cancels: usize,
     /// Throughput: simulated agents (each its own lab with one device).
     #[arg(long, default_value_t = 50)]
     pub agents: usize,
@@ -221,6 +233,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
         let figs = match s {
             Scenario::All => unreachable!("expanded above"),
             Scenario::Dispatch => scenarios::dispatch::run(opts).await,
+            Scenario::Cancel => scenarios::cancel::run(opts).await,
             Scenario::Throughput => scenarios::throughput::run(opts).await,
             Scenario::Queries | Scenario::Events => {
                 if store.is_none() {
@@ -237,6 +250,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
             Scenario::Footprint => scenarios::footprint::run(opts).await,
             Scenario::Idle => scenarios::idle::run(opts).await,
             Scenario::Parsers => scenarios::parsers::run(opts).await,
+            Scenario::ParseCmd => scenarios::parse_cmd::run(opts).await,
             Scenario::Serial => scenarios::serial::run(opts).await,
             Scenario::Board => scenarios::board::run(opts).await,
         }
@@ -267,6 +281,7 @@ pub fn check_store_use(list: &[Scenario], store: &StoreChoice) -> anyhow::Result
             let rig = match s {
                 Scenario::Queries | Scenario::Events => "queries/events",
                 Scenario::Dispatch => "dispatch",
+                Scenario::Cancel => "cancel",
                 Scenario::Throughput => "throughput",
                 Scenario::Footprint => "footprint",
                 Scenario::Idle => "idle",
@@ -326,7 +341,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("dispatch, throughput, queries/events, footprint, idle"),
+            e.contains("dispatch, cancel, throughput, queries/events, footprint, idle"),
             "{e}"
         );
         assert!(!e.contains("secret"), "{e}");

@@ -97,17 +97,51 @@ impl SimAgent {
         Ok(r.into_inner().assignment)
     }
 
-    /// Starts the job and reports it passed with `tests` child tests.
-    pub async fn finish(&mut self, a: &v1::Assignment, tests: usize) -> anyhow::Result<()> {
-        let job = a.job;
+    /// Opens the session stream (its `hello` sent), as the real agent does after Register:
+    /// the sender for further messages and what the coordinator sends.
+    pub async fn open_stream(
+        &self,
+    ) -> anyhow::Result<(
+        tokio::sync::mpsc::Sender<v1::AgentMessage>,
+        tonic::Streaming<v1::CoordinatorMessage>,
+    )> {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tx.send(v1::AgentMessage {
+            kind: Some(v1::agent_message::Kind::Hello(v1::SessionHello {
+                session: self.session.clone(),
+            })),
+        })
+        .await
+        .context("queueing the hello")?;
+        let outbound =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let down = self
+            .client
+            .clone()
+            .session(outbound)
+            .await
+            .with_context(|| format!("lab {}: Session failed", self.lab))?
+            .into_inner();
+        Ok((tx, down))
+    }
+
+    /// Tells the coordinator the job started on its device.
+    pub async fn start(&mut self, a: &v1::Assignment) -> anyhow::Result<()> {
         self.client
             .start_job(v1::StartJobRequest {
                 session: self.session.clone(),
-                job,
+                job: a.job,
                 device: a.device.clone(),
             })
             .await
             .with_context(|| format!("lab {}: StartJob failed", self.lab))?;
+        Ok(())
+    }
+
+    /// Starts the job and reports it passed with `tests` child tests.
+    pub async fn finish(&mut self, a: &v1::Assignment, tests: usize) -> anyhow::Result<()> {
+        let job = a.job;
+        self.start(a).await?;
         let tests = (0..tests)
             .map(|i| v1::TestResult {
                 name: format!("test_{i}"),

@@ -17,6 +17,8 @@ fn every_scenario_runs_at_toy_scale() {
             "1",
             "--latency-jobs",
             "5",
+            "--cancels",
+            "3",
             "--agents",
             "3",
             "--jobs",
@@ -55,12 +57,14 @@ fn every_scenario_runs_at_toy_scale() {
         figs.iter().filter_map(|f| f["scenario"].as_str()).collect();
     for s in [
         "dispatch",
+        "cancel",
         "throughput",
         "queries",
         "events",
         "footprint",
         "idle",
         "parsers",
+        "parse-cmd",
         "serial",
     ] {
         assert!(scenarios.contains(s), "no figure from {s}: {figs:?}");
@@ -78,7 +82,7 @@ fn every_scenario_runs_at_toy_scale() {
         // Every figure of a scenario with a coordinator says it ran on SQLite (the default);
         // the parsers and serial scenarios have no store.
         let scenario = f["scenario"].as_str().unwrap_or_default();
-        let store = if ["parsers", "serial"].contains(&scenario) {
+        let store = if ["parsers", "parse-cmd", "serial"].contains(&scenario) {
             serde_json::Value::Null
         } else {
             "sqlite".into()

@@ -158,6 +158,20 @@ pub struct LeaseConfig {
     /// `incomplete` with `error_code=lease_expired`. Default 2.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// How often the liveness that heartbeats bring (lease renewals, the lab's last call)
+    /// is written to the store, in one transaction; in between it is held in memory. Default
+    /// `2s`, or a quarter of `duration` when that is shorter; at most a third of `duration`,
+    /// so that a renewal is on disk long before its lease could run out there.
+    #[serde(default, with = "humantime_serde")]
+    pub write_interval: Option<Duration>,
+}
+
+impl LeaseConfig {
+    /// How often held liveness is written: `write_interval`, or its default.
+    pub fn write_every(&self) -> Duration {
+        self.write_interval
+            .unwrap_or_else(|| (self.duration / 4).min(Duration::from_secs(2)))
+    }
 }
 
 impl Default for LeaseConfig {
@@ -166,6 +180,7 @@ impl Default for LeaseConfig {
             duration: default_lease(),
             heartbeat: default_heartbeat(),
             max_retries: default_max_retries(),
+            write_interval: None,
         }
     }
 }
@@ -288,6 +303,15 @@ impl CoordinatorConfig {
             bail!(
                 "leases.heartbeat ({}) must be more than 0 and at most a third of leases.duration ({})",
                 humantime::format_duration(self.leases.heartbeat),
+                humantime::format_duration(self.leases.duration)
+            );
+        }
+        if let Some(w) = self.leases.write_interval
+            && (w < Duration::from_millis(10) || w * 3 > self.leases.duration)
+        {
+            bail!(
+                "leases.write_interval ({}) must be at least 10ms and at most a third of leases.duration ({})",
+                humantime::format_duration(w),
                 humantime::format_duration(self.leases.duration)
             );
         }

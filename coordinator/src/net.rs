@@ -139,6 +139,8 @@ struct Entry {
     epoch: Instant,
     /// Cancelled to close the connection.
     close: CancellationToken,
+    /// Who authenticated on it (a lab), so that all its connections can be closed at once.
+    owner: OnceLock<String>,
 }
 
 impl Entry {
@@ -264,6 +266,7 @@ impl Tracker {
             idle_since: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
             epoch: self.epoch,
             close: CancellationToken::new(),
+            owner: OnceLock::new(),
         });
         // A stale entry under the same address belongs to a socket already gone.
         if let Some(old) = conns.insert(peer, entry.clone()) {
@@ -305,6 +308,30 @@ impl Tracker {
 
     fn find(&self, peer: &SocketAddr) -> Option<Arc<Entry>> {
         lock(&self.conns).get(peer).cloned()
+    }
+
+    /// Notes that the connection from `peer` authenticated as `owner` (a lab). A connection
+    /// keeps its first owner: TLS identifies the peer once per connection.
+    pub fn mark_owner(&self, peer: SocketAddr, owner: &str) {
+        if let Some(e) = lock(&self.conns).get(&peer)
+            && e.owner.get().is_none()
+        {
+            let _ = e.owner.set(owner.to_string());
+        }
+    }
+
+    /// Closes every connection that authenticated as `owner` (its lab was revoked): calls
+    /// under way on them fail, and the peer must connect again. Returns how many.
+    pub fn close_owned_by(&self, owner: &str) -> usize {
+        let conns = lock(&self.conns);
+        let mut n = 0;
+        for e in conns.values() {
+            if e.owner.get().is_some_and(|o| o == owner) && !e.close.is_cancelled() {
+                e.close.cancel();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Accepts the next connection this port admits. Accept errors (out of file descriptors,
@@ -399,7 +426,7 @@ impl<S> Conn<S> {
         if self.entry.close.is_cancelled() || self.closed.as_mut().poll(cx).is_ready() {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
-                "closed to make room for a new connection (connections.max_per_port)",
+                "closed by the coordinator (to make room under connections.max_per_port, or its lab was revoked)",
             ));
         }
         while self.timer.as_mut().poll(cx).is_ready() {
@@ -426,7 +453,7 @@ impl<S> Conn<S> {
         if self.entry.close.is_cancelled() {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
-                "closed to make room for a new connection (connections.max_per_port)",
+                "closed by the coordinator (to make room under connections.max_per_port, or its lab was revoked)",
             ));
         }
         Ok(())
@@ -694,5 +721,31 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(t.admit(addr(2)).is_some());
         assert_eq!(read.await.expect("join"), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_owner_loses_every_connection_at_once() {
+        let t = Tracker::with_max("test", 8, Duration::from_secs(300));
+        let (_client, server) = tokio::io::duplex(64);
+        let entry = t.admit(addr(1)).expect("room");
+        let other = t.admit(addr(2)).expect("room");
+        let mut conn = t.wrap(server, addr(1), entry.clone());
+        t.mark_owner(addr(1), "lab-a");
+        // A connection keeps its first owner.
+        t.mark_owner(addr(1), "lab-b");
+        t.mark_owner(addr(2), "lab-b");
+        let _busy = Busy::start(entry);
+        let read = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            conn.read(&mut buf).await.unwrap_err().kind()
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(t.close_owned_by("lab-a"), 1);
+        assert_eq!(read.await.expect("join"), io::ErrorKind::ConnectionAborted);
+        assert!(
+            !other.close.is_cancelled(),
+            "another lab's connection stays"
+        );
+        assert_eq!(t.close_owned_by("lab-a"), 0);
     }
 }

@@ -1,15 +1,38 @@
 //! The `parse` command: stream a log file (or standard input) through the parser and print
-//! one JSON report.
+//! its results in one of four shapes: the whole report as JSON, one JSON line per test as
+//! it is found (constant memory), JUnit XML, or a short summary. Output is buffered; a
+//! reader that goes away (`| head`) ends the command quietly (the error it returns is
+//! recognised by [`labwire_common::stdout::closed`]).
 
-use crate::{Format, LogParser, ParserOptions, PatternSpec};
+use crate::{Completed, Format, LogParser, ParseReport, ParserOptions, PatternSpec};
 use anyhow::Context;
 use labwire_common::NodeResult;
+use labwire_common::stdout::WriteError;
+use serde::Serialize;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
 /// Size of the reads from the input.
 pub const READ_SIZE: usize = 64 * 1024;
+
+/// Size of the output buffer.
+const WRITE_SIZE: usize = 64 * 1024;
+
+/// What `parse` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    /// One JSON document: result, counts, the tree of tests, errors (built in memory).
+    #[default]
+    Json,
+    /// One JSON object per line: each test as soon as its result is known
+    /// (`"type": "test"`), then one `"type": "summary"` line. Constant memory.
+    Jsonl,
+    /// JUnit XML (GitLab, Jenkins): a testsuite per top-level test (built in memory).
+    Junit,
+    /// A few lines of text: the result, the counts, the parser's issues. Constant memory.
+    Summary,
+}
 
 /// Arguments of `labwire-agent parse`.
 #[derive(Debug, Clone, clap::Args)]
@@ -17,6 +40,10 @@ pub struct ParseArgs {
     /// What to look for: `auto` finds KTAP/TAP, LAVA signals and kernel messages together.
     #[arg(long, value_enum, default_value_t = Format::Auto)]
     pub format: Format,
+    /// What to print: the report as JSON, JSON lines as tests are found, JUnit XML, or a
+    /// summary.
+    #[arg(long, short, value_enum, default_value_t = Output::Json)]
+    pub output: Output,
     /// A regular expression with named groups `test_case_id` and `result` (optionally
     /// `measurement` and `units`), matched against each line. Needed by `--format pattern`;
     /// with `--format auto` it runs alongside the other detectors.
@@ -43,7 +70,8 @@ fn parse_result_map(s: &str) -> Result<(String, NodeResult), String> {
 }
 
 impl ParseArgs {
-    /// The parser options these arguments ask for.
+    /// The parser options these arguments ask for: the tree is kept only for the outputs
+    /// that print it, and completed results are queued only for `jsonl`.
     pub fn options(&self) -> ParserOptions {
         ParserOptions {
             format: self.format,
@@ -51,22 +79,27 @@ impl ParseArgs {
                 regex: re.clone(),
                 result_map: self.result_map.clone(),
             }),
-            keep_tree: true,
-            progress: false,
+            keep_tree: matches!(self.output, Output::Json | Output::Junit),
+            progress: self.output == Output::Jsonl,
         }
     }
 }
 
-/// Runs the command, printing the report on standard output.
+/// Runs the command, printing on standard output through a buffer.
 pub fn run(args: &ParseArgs) -> anyhow::Result<()> {
     let stdout = io::stdout();
-    let mut lock = stdout.lock();
-    run_to(args, &mut lock)
+    let mut out = BufWriter::with_capacity(WRITE_SIZE, stdout.lock());
+    run_to(args, &mut out)
 }
 
-/// Runs the command, writing the report to `out`. Fails (naming the file) when the input
-/// cannot be read, and on a bad or missing `--pattern`; whatever the tests' results, a
-/// parsed log is a success.
+/// An error writing the output: a closed pipe stays recognisable.
+fn write_err(e: io::Error) -> anyhow::Error {
+    anyhow::Error::new(WriteError::from(e)).context("cannot write the output")
+}
+
+/// Runs the command, writing to `out`. Fails (naming the file) when the input cannot be
+/// read, and on a bad or missing `--pattern`; whatever the tests' results, a parsed log is
+/// a success.
 pub fn run_to(args: &ParseArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let mut parser = LogParser::new(args.options())?;
     let stdin = args.file.as_os_str() == "-";
@@ -80,6 +113,8 @@ pub fn run_to(args: &ParseArgs, out: &mut impl Write) -> anyhow::Result<()> {
     } else {
         Box::new(File::open(&args.file).with_context(|| format!("cannot open {name}"))?)
     };
+    let jsonl = args.output == Output::Jsonl;
+    let mut batch: Vec<Completed> = Vec::new();
     let mut buf = vec![0u8; READ_SIZE];
     loop {
         let n = match input.read(&mut buf) {
@@ -89,10 +124,129 @@ pub fn run_to(args: &ParseArgs, out: &mut impl Write) -> anyhow::Result<()> {
             Err(e) => return Err(e).with_context(|| format!("cannot read {name}")),
         };
         parser.feed(&buf[..n]);
+        if jsonl {
+            parser.drain_completed_into(&mut batch);
+            write_tests(out, &batch).map_err(write_err)?;
+            batch.clear();
+        }
     }
-    let report = parser.finish();
-    serde_json::to_writer_pretty(&mut *out, &report).context("cannot write the report")?;
-    out.write_all(b"\n").context("cannot write the report")?;
-    out.flush().context("cannot write the report")?;
+    let (report, rest) = parser.finish_with_completed();
+    match args.output {
+        Output::Json => serde_json::to_writer_pretty(&mut *out, &report).map_err(io::Error::from),
+        Output::Jsonl => write_tests(out, &rest).and_then(|()| write_summary_line(out, &report)),
+        Output::Junit => crate::junit::write(&mut *out, &name_of(args), &report.tests),
+        Output::Summary => write_summary(out, &report),
+    }
+    .and_then(|()| {
+        if args.output == Output::Json {
+            out.write_all(b"\n")?;
+        }
+        out.flush()
+    })
+    .map_err(write_err)
+}
+
+/// The name of the JUnit document: the log file's name, or `log` for standard input.
+fn name_of(args: &ParseArgs) -> String {
+    if args.file.as_os_str() == "-" {
+        return "log".to_string();
+    }
+    args.file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "log".to_string())
+}
+
+/// One `jsonl` line: a test whose result is known.
+#[derive(Serialize)]
+struct TestLine<'a> {
+    /// Always `test`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: u64,
+    parent: Option<u64>,
+    #[serde(serialize_with = "names")]
+    path: &'a [crate::Name],
+    name: &'a str,
+    result: NodeResult,
+    leaf: bool,
+    line: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_excerpt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measurement: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    units: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+fn names<S: serde::Serializer>(path: &&[crate::Name], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(path.iter().map(|n| n.as_str()))
+}
+
+/// Writes one line per completed test.
+fn write_tests(out: &mut impl Write, batch: &[Completed]) -> io::Result<()> {
+    for c in batch {
+        let d = c.node.details.as_deref();
+        let line = TestLine {
+            kind: "test",
+            id: c.id,
+            parent: c.parent,
+            path: &c.path,
+            name: c.node.name.as_str(),
+            result: c.node.result,
+            leaf: c.leaf,
+            line: c.line,
+            log_excerpt: d.and_then(|d| d.log_excerpt.as_deref()),
+            measurement: d.and_then(|d| d.measurement),
+            units: d.and_then(|d| d.units.as_deref()),
+            error: d.and_then(|d| d.error.as_deref()),
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// The last `jsonl` line: result, counts and issues.
+fn write_summary_line(out: &mut impl Write, r: &ParseReport) -> io::Result<()> {
+    #[derive(Serialize)]
+    struct SummaryLine<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        result: NodeResult,
+        counts: &'a crate::Counts,
+        errors: &'a [crate::ParseIssue],
+    }
+    let line = SummaryLine {
+        kind: "summary",
+        result: r.result,
+        counts: &r.counts,
+        errors: &r.errors,
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
+}
+
+/// The `summary` output: result, counts, issues.
+fn write_summary(out: &mut impl Write, r: &ParseReport) -> io::Result<()> {
+    let c = &r.counts;
+    writeln!(out, "result: {}", r.result.as_str())?;
+    writeln!(
+        out,
+        "tests: {} (pass {}, fail {}, skip {}, incomplete {})",
+        c.total(),
+        c.pass,
+        c.fail,
+        c.skip,
+        c.incomplete
+    )?;
+    if !r.errors.is_empty() {
+        writeln!(out, "issues: {}", r.errors.len())?;
+        for e in &r.errors {
+            writeln!(out, "  line {}: {}", e.line, e.message)?;
+        }
+    }
     Ok(())
 }

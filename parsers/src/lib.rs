@@ -61,6 +61,7 @@
 //! report's tree exactly as it is.
 
 pub mod cli;
+pub mod junit;
 mod kmsg;
 mod ktap;
 mod lava;
@@ -420,6 +421,23 @@ mod tests {
                 .is_some_and(|e| e.message.ends_with("more issues not shown"))
         );
         assert_eq!(r.result, NodeResult::Incomplete);
+    }
+
+    #[test]
+    fn a_cut_suite_counts_every_test_its_plan_promised_within_a_bound() {
+        let log = b"KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: s\n    1..5\n    ok 1 a\n[ 1.0] Kernel panic\n";
+        let r = parse_bytes(ParserOptions::default(), log).expect("parser");
+        assert_eq!((r.counts.pass, r.counts.incomplete), (1, 4), "{r:?}");
+        let hostile = b"KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: s\n    1..4000000000\n    ok 1 a\n";
+        let r = parse_bytes(ParserOptions::default(), hostile).expect("parser");
+        assert_eq!(r.counts.incomplete, 1 + ktap::MAX_MISSING);
+        assert!(
+            r.errors
+                .iter()
+                .any(|e| e.message.contains("more missing subtests")),
+            "{:?}",
+            r.errors
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Results for people and other systems: `report` (a checkout's summary) and `export kcidb`
-//! (KCIDB I/O schema v5 JSON).
+//! Results for people and other systems: `report` (a checkout's summary), `export kcidb`
+//! (KCIDB I/O schema v5 JSON) and `export junit` (a job's tests as JUnit XML).
 
 use crate::client::Clients;
 use crate::output::{out, outln};
@@ -28,25 +28,42 @@ pub(super) enum ExportCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// A job's tests as JUnit XML, for CI systems that read it (GitLab, Jenkins): a
+    /// testsuite per test directly under the job, a testcase per leaf test.
+    Junit {
+        /// The job's node id.
+        job: i64,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
-/// `labwire report CHECKOUT`: the checkout's summary as text or markdown.
+/// `labwire report CHECKOUT`: the checkout's summary as text or markdown, or as JSON.
 pub(super) async fn report(
     c: &mut Clients,
     checkout: i64,
     format: labwire_coordinator::report::Format,
+    json: bool,
 ) -> anyhow::Result<()> {
-    out!("{}", crate::report::report(c, checkout, format).await?)
+    let r = crate::report::build(c, checkout).await?;
+    if json {
+        return super::read::print_json(&crate::report::to_json(&r));
+    }
+    out!("{}", r.render(format))
 }
 
 /// `labwire export ...`.
 pub(super) async fn export(c: &mut Clients, e: ExportCommand) -> anyhow::Result<()> {
-    let ExportCommand::Kcidb {
-        since,
-        origin,
-        http_url,
-        output,
-    } = e;
+    let (since, origin, http_url, output) = match e {
+        ExportCommand::Kcidb {
+            since,
+            origin,
+            http_url,
+            output,
+        } => (since, origin, http_url, output),
+        ExportCommand::Junit { job, output } => return junit(c, job, output).await,
+    };
     let opts = crate::kcidb::Options {
         origin,
         http_base: http_url,
@@ -71,6 +88,57 @@ pub(super) async fn export(c: &mut Clients, e: ExportCommand) -> anyhow::Result<
         }
         None => outln!("{text}"),
     }
+}
+
+/// `labwire export junit JOB`: the job's tests as JUnit XML.
+async fn junit(c: &mut Clients, job: i64, output: Option<PathBuf>) -> anyhow::Result<()> {
+    let (root, kids) = super::fetch_tree(c, job).await?;
+    if root.kind != v1::NodeKind::Job as i32 {
+        anyhow::bail!("node {job} is not a job");
+    }
+    let tests = test_nodes(root.id, &kids);
+    let mut xml = Vec::new();
+    labwire_parsers::junit::write(&mut xml, &format!("{} ({job})", root.name), &tests)
+        .context("cannot write JUnit XML")?;
+    match output {
+        Some(f) => std::fs::write(&f, xml).with_context(|| format!("cannot write {}", f.display())),
+        None => Ok(crate::output::write_bytes(&xml)?),
+    }
+}
+
+/// The tests below node `id` as a result tree, in id order (the order they were found). A
+/// test without a result counts as `incomplete`.
+fn test_nodes(
+    id: i64,
+    kids: &std::collections::HashMap<i64, Vec<v1::Node>>,
+) -> Vec<labwire_common::TestNode> {
+    let Some(children) = kids.get(&id) else {
+        return Vec::new();
+    };
+    let mut children: Vec<&v1::Node> = children.iter().collect();
+    children.sort_by_key(|n| n.id);
+    children
+        .into_iter()
+        .map(|n| {
+            let data = n
+                .data
+                .as_ref()
+                .map(convert::struct_to_map)
+                .unwrap_or_default();
+            let text = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            labwire_common::TestNode {
+                name: n.name.clone(),
+                result: convert::result_from_proto(n.result)
+                    .unwrap_or(labwire_common::NodeResult::Incomplete),
+                // Recursion is bounded: the coordinator stores trees at most 32 levels deep.
+                tests: test_nodes(n.id, kids),
+                log_excerpt: text("log_excerpt"),
+                measurement: data.get("measurement").and_then(|v| v.as_f64()),
+                units: text("units"),
+                error: text("error_msg"),
+            }
+        })
+        .collect()
 }
 
 /// A `--since` value: RFC 3339 or an age before now.

@@ -6,6 +6,8 @@
 mod admin;
 mod device;
 mod export;
+mod generate;
+mod jobfile;
 mod read;
 mod submit;
 
@@ -29,6 +31,10 @@ pub struct Cli {
     /// Connection settings.
     #[command(flatten)]
     conn: Conn,
+    /// Print data as JSON (fields in docs/cli.md) instead of text: nodes, node, tree, labs,
+    /// jobs, jobs explain, events, report, submit, cancel.
+    #[arg(long, global = true)]
+    json: bool,
     /// What to do.
     #[command(subcommand)]
     command: Command,
@@ -81,7 +87,7 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Queue a job.
     Submit(submit::SubmitArgs),
-    /// Print one node as JSON.
+    /// Print one node as JSON (always JSON).
     Node {
         /// The node id.
         id: i64,
@@ -101,7 +107,8 @@ enum Command {
         #[arg(long)]
         attempt: Option<i32>,
     },
-    /// Print events as JSON lines, from a sequence number; with --follow, keep printing.
+    /// Print events as JSON lines (always JSON), from a sequence number; with --follow, keep
+    /// printing.
     Events {
         /// Print events after this sequence number.
         #[arg(long, default_value_t = 0)]
@@ -110,8 +117,12 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
-    /// List labs (admin).
-    Labs,
+    /// List labs (admin); with --devices, each lab's devices.
+    Labs {
+        /// List every lab's devices: type, driver, health, busy, tags.
+        #[arg(long)]
+        devices: bool,
+    },
     /// List jobs with their queue state (admin); `jobs explain JOB` tells why a job is (not)
     /// placed in each lab.
     #[command(args_conflicts_with_subcommands = true)]
@@ -155,6 +166,19 @@ enum Command {
     /// Export results in another system's format.
     #[command(subcommand)]
     Export(export::ExportCommand),
+    /// Print a shell completion script for one of the three binaries.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+        /// The binary.
+        #[arg(long, value_enum, default_value = "labwire")]
+        bin: generate::Binary,
+    },
+    /// Write the man pages of the three binaries and their subcommands into a folder.
+    Man {
+        /// The folder (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Runs a parsed command line. A command whose standard output is closed by its reader
@@ -168,28 +192,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Calls the subcommand's function.
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Demo(args) = cli.command {
-        return crate::demo::run(args).await;
+    match cli.command {
+        Command::Demo(args) => return crate::demo::run(args).await,
+        Command::Submit(a) if a.dry_run() => return submit::dry_run(&a),
+        Command::Completions { shell, bin } => {
+            generate::completions(shell, bin)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => {
+            generate::man(&dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     let c = &mut cli.conn.connect().await?;
+    let json = cli.json;
     match cli.command {
-        Command::Demo(_) => unreachable!("handled above"),
-        Command::Submit(a) => return submit::submit(c, a).await,
+        Command::Demo(_) | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled above")
+        }
+        Command::Submit(a) => return submit::submit(c, a, json).await,
         Command::Node { id } => read::node(c, id).await?,
-        Command::Nodes(a) => read::nodes(c, a).await?,
-        Command::Tree { id } => read::tree(c, id).await?,
-        Command::Log { job, attempt } => read::log(c, job, attempt).await?,
+        Command::Nodes(a) => read::nodes(c, a, json).await?,
+        Command::Tree { id } => read::tree(c, id, json).await?,
+        Command::Log { job, attempt } => {
+            if json {
+                bail!("`log` writes the job's log as it is; --json does not apply");
+            }
+            read::log(c, job, attempt).await?
+        }
         Command::Events { after, follow } => read::events(c, after, follow).await?,
-        Command::Labs => admin::labs(c).await?,
+        Command::Labs { devices } => admin::labs(c, devices, json).await?,
         Command::Jobs {
             action: Some(admin::JobsAction::Explain { job }),
             ..
-        } => admin::explain(c, job).await?,
-        Command::Jobs { status, limit, .. } => admin::jobs(c, status.as_deref(), limit).await?,
+        } => admin::explain(c, job, json).await?,
+        Command::Jobs { status, limit, .. } => {
+            admin::jobs(c, status.as_deref(), limit, json).await?
+        }
         Command::Device(d) => device::device(c, d).await?,
-        Command::Cancel { job, reason } => admin::cancel(c, job, reason).await?,
-        Command::Revoke { lab } => admin::revoke(c, lab).await?,
-        Command::Report { checkout, format } => export::report(c, checkout, format).await?,
+        Command::Cancel { job, reason } => admin::cancel(c, job, reason, json).await?,
+        Command::Revoke { lab } => admin::revoke(c, lab, json).await?,
+        Command::Report { checkout, format } => export::report(c, checkout, format, json).await?,
         Command::Export(e) => export::export(c, e).await?,
     }
     Ok(ExitCode::SUCCESS)

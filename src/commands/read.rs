@@ -45,8 +45,9 @@ pub(super) async fn node(c: &mut Clients, id: i64) -> anyhow::Result<()> {
     outln!("{}", serde_json::to_string_pretty(&node_json(&n))?)
 }
 
-/// `labwire nodes`: one page of matching nodes as a table; the next cursor on stderr.
-pub(super) async fn nodes(c: &mut Clients, a: NodesArgs) -> anyhow::Result<()> {
+/// `labwire nodes`: one page of matching nodes as a table, the next cursor on stderr; with
+/// `json`, `{"nodes": [NODE...], "next_cursor": ID or null}`.
+pub(super) async fn nodes(c: &mut Clients, a: NodesArgs, json: bool) -> anyhow::Result<()> {
     let req = v1::QueryNodesRequest {
         kind: a.kind.as_deref().map(kind_enum).transpose()?.unwrap_or(0),
         state: a.state.as_deref().map(state_enum).transpose()?.unwrap_or(0),
@@ -61,6 +62,11 @@ pub(super) async fn nodes(c: &mut Clients, a: NodesArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let page = c.nodes.query_nodes(req).await?.into_inner();
+    if json {
+        let nodes: Vec<_> = page.nodes.iter().map(node_json).collect();
+        let next = (page.next_cursor != 0).then_some(page.next_cursor);
+        return print_json(&serde_json::json!({"nodes": nodes, "next_cursor": next}));
+    }
     outln!(
         "{:<8} {:<9} {:<40} {:<10} RESULT",
         "ID",
@@ -84,10 +90,49 @@ pub(super) async fn nodes(c: &mut Clients, a: NodesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `labwire tree ID`: the node and its descendants.
-pub(super) async fn tree(c: &mut Clients, id: i64) -> anyhow::Result<()> {
+/// `labwire tree ID`: the node and its descendants; with `json`, the node as JSON with its
+/// children under `children`, recursively.
+pub(super) async fn tree(c: &mut Clients, id: i64, json: bool) -> anyhow::Result<()> {
     let (root, kids) = fetch_tree(c, id).await?;
+    if json {
+        return print_json(&tree_json(&root, &kids));
+    }
     out!("{}", render_tree(&root, &kids))
+}
+
+/// Prints a JSON value, pretty, on standard output.
+pub(super) fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    outln!("{}", serde_json::to_string_pretty(v)?)
+}
+
+/// A tree as JSON: each node's fields (see [`node_json`]) plus `children`, in id order.
+pub(super) fn tree_json(
+    root: &v1::Node,
+    children: &HashMap<i64, Vec<v1::Node>>,
+) -> serde_json::Value {
+    // Iterative, children first, so that a deep tree cannot exhaust the stack.
+    let mut order = vec![root];
+    let mut i = 0;
+    while i < order.len() {
+        if let Some(kids) = children.get(&order[i].id) {
+            order.extend(kids.iter());
+        }
+        i += 1;
+    }
+    let mut built: HashMap<i64, serde_json::Value> = HashMap::new();
+    for n in order.iter().rev() {
+        let mut v = node_json(n);
+        let mut kids: Vec<&v1::Node> = children
+            .get(&n.id)
+            .map(|k| k.iter().collect())
+            .unwrap_or_default();
+        kids.sort_by_key(|k| k.id);
+        let kids: Vec<serde_json::Value> =
+            kids.iter().filter_map(|k| built.remove(&k.id)).collect();
+        v["children"] = serde_json::Value::Array(kids);
+        built.insert(n.id, v);
+    }
+    built.remove(&root.id).unwrap_or_default()
 }
 
 /// `labwire log JOB`: the log, byte for byte, as it streams in.
@@ -165,7 +210,7 @@ pub fn result_name(n: &v1::Node) -> &'static str {
 }
 
 /// A node as JSON with KernelCI field names.
-fn node_json(n: &v1::Node) -> serde_json::Value {
+pub(super) fn node_json(n: &v1::Node) -> serde_json::Value {
     let t = |t: &Option<prost_types::Timestamp>| {
         t.as_ref()
             .and_then(convert::from_timestamp)

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod cli;
 mod configs;
 mod dashboard;
 mod docs;
@@ -20,6 +21,7 @@ mod http;
 mod kernelci;
 mod labgrid;
 mod lava;
+mod liveness;
 mod migrate;
 mod packages;
 mod reliability;

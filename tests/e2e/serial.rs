@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Builds (or reuses) the board: kernel and initramfs. Cached across runs.
-fn board_dir() -> PathBuf {
+pub(crate) fn board_dir() -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::var("LABWIRE_BOARD_DIR")
         .map(PathBuf::from)
@@ -28,7 +28,13 @@ fn board_dir() -> PathBuf {
 }
 
 /// A serial device on the QEMU board; each device has its own run folder (its own QEMU).
-fn serial_device(rig: &Rig, name: &str, tag: &str, board: &Path, password: &str) -> String {
+pub(crate) fn serial_device(
+    rig: &Rig,
+    name: &str,
+    tag: &str,
+    board: &Path,
+    password: &str,
+) -> String {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let run = rig.path(&format!("run-{name}"));
     std::fs::create_dir_all(&run).unwrap();
@@ -53,7 +59,7 @@ fn serial_device(rig: &Rig, name: &str, tag: &str, board: &Path, password: &str)
 }
 
 /// An agent config with `devices`; the jobs' `file://` artifacts come from `board`.
-fn serial_agent(rig: &Rig, lab: &str, devices: &str, board: &Path) -> PathBuf {
+pub(crate) fn serial_agent(rig: &Rig, lab: &str, devices: &str, board: &Path) -> PathBuf {
     let bundle = rig.path(&format!("labs/{lab}"));
     let yaml = format!(
         "lab: {lab}\ncoordinator:\n  url: {}\n  ca: {b}/ca.pem\n  cert: {b}/agent.pem\n  key: {b}/agent.key\nstate_dir: {b}/state\nlimits: {{drain_timeout: 20s}}\nartifacts: {{file_dirs: [\"{}\"]}}\ndevices:\n{devices}",

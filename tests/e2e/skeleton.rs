@@ -153,7 +153,7 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
         }
     }
 
-    // A revoked lab: refused at once, even on a connection opened before the revocation.
+    // A revoked lab: its connections are closed at once, and a new one is refused.
     steps.at("A revoked lab");
     let mut gone = rig.agent_client(Some(&revoked)).await.unwrap();
     gone.register(reg())
@@ -169,7 +169,11 @@ async fn refusals_are_clear_and_good_clients_keep_working() {
         .unwrap()
         .into_inner();
     assert_eq!(r.certificates, 1);
-    let e = gone.register(reg()).await.unwrap_err();
+    let mut e = gone.register(reg()).await.unwrap_err();
+    if e.code() == tonic::Code::Unavailable {
+        // The call met the connection the revocation closed; the next one connects again.
+        e = gone.register(reg()).await.unwrap_err();
+    }
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("revoked"), "{e:?}");
 

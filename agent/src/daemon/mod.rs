@@ -5,6 +5,7 @@
 
 mod health_check;
 mod job;
+mod link;
 mod pull;
 mod reload;
 mod sender;

@@ -1,8 +1,10 @@
 //! The agent's session with the coordinator: Register, then Heartbeats that renew the
-//! leases of the jobs it holds and advertise its devices; a forgotten session is registered
-//! again at once.
+//! leases of the jobs it holds and advertise its devices, sent on the session stream
+//! ([`super::link`]) when the coordinator has one, else as calls; a forgotten session is
+//! registered again at once.
 
 use super::{Agent, health_check};
+use super::link::{self, Link, Opened};
 use crate::client::backoff;
 use labwire_proto::v1;
 use std::sync::Arc;
@@ -11,6 +13,10 @@ use std::time::Duration;
 /// Registers, then heartbeats; registers again whenever the coordinator forgot the session.
 pub(super) async fn keep_session(agent: Arc<Agent>) {
     let mut failures = 0u32;
+    // The open session stream, and whether the coordinator has one (asked again after each
+    // Register: the agent may have moved to another replica).
+    let mut stream: Option<Link> = None;
+    let mut streams = true;
     loop {
         let session = agent.lock().session.clone();
         let wait = match session {
@@ -36,6 +42,8 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                             tracing::warn!(config = %agent.cfg.lab, certificate = %r.lab, "the certificate names another lab than the config; the certificate wins");
                         }
                         agent.withdraw(&r.lost_jobs);
+                        stream = None;
+                        streams = true;
                         let hb = Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(100)));
                         {
                             let mut st = agent.lock();
@@ -77,18 +85,49 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                 let names: std::collections::HashSet<String> =
                     devices.iter().map(|d| d.name.clone()).collect();
                 let req = v1::HeartbeatRequest {
-                    session,
+                    session: session.clone(),
                     running,
                     devices,
                     free_slots: agent.free_slots(),
                     draining: agent.draining.is_cancelled(),
                     devices_changed: advertise,
                 };
-                match agent
-                    .coordinator
-                    .call(|mut c| async move { c.heartbeat(req).await })
-                    .await
-                {
+                if stream.as_ref().is_some_and(|l| l.session != session) {
+                    stream = None;
+                }
+                if stream.is_none() && streams {
+                    match link::open(&agent, &session).await {
+                        Opened::Link(l) => {
+                            tracing::debug!("session stream open");
+                            stream = Some(l);
+                        }
+                        Opened::Unsupported => {
+                            tracing::info!(
+                                "the coordinator has no session stream; heartbeats go as calls"
+                            );
+                            streams = false;
+                        }
+                        Opened::Failed(s) => {
+                            tracing::debug!(code = ?s.code(), error = %s.message(), "cannot open the session stream now");
+                        }
+                    }
+                }
+                let answer = match stream.as_mut() {
+                    Some(l) => {
+                        let within = agent.lock().heartbeat.max(Duration::from_secs(5));
+                        let r = l.heartbeat(req, within).await;
+                        if r.is_err() {
+                            stream = None;
+                        }
+                        r
+                    }
+                    None => agent
+                        .coordinator
+                        .call(|mut c| async move { c.heartbeat(req).await })
+                        .await
+                        .map(|r| r.into_inner()),
+                };
+                match answer {
                     Ok(resp) => {
                         failures = 0;
                         if advertise {
@@ -103,7 +142,7 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                             }
                             agent.bump();
                         }
-                        let r = resp.into_inner();
+                        let r = resp;
                         agent.withdraw(&r.cancel);
                         let mut changed = false;
                         for d in &r.resumed {

@@ -2,10 +2,12 @@
 
 pub mod bigstore;
 pub mod board;
+pub mod cancel;
 pub mod dispatch;
 pub mod events;
 pub mod footprint;
 pub mod idle;
+pub mod parse_cmd;
 pub mod parsers;
 pub mod queries;
 pub mod serial;

@@ -32,16 +32,16 @@ fn init(
     token_file: Option<&Path>,
 ) -> anyhow::Result<()> {
     let token = ca_init(cfg, dns, ip)?;
-    println!(
+    labwire_common::outln!(
         "CA and server certificate written to {}",
         cfg.pki_dir().display()
-    );
+    )?;
     match token_file {
         Some(f) => {
             pki::write_private(f, &token)?;
-            println!("admin token written to {}", f.display());
+            labwire_common::outln!("admin token written to {}", f.display())?;
         }
-        None => println!("admin token (shown once; keep it safe): {token}"),
+        None => labwire_common::outln!("admin token (shown once; keep it safe): {token}")?,
     }
     Ok(())
 }
@@ -50,7 +50,7 @@ fn init(
 fn issue_agent(cfg: &CoordinatorConfig, lab: &str, out: Option<PathBuf>) -> anyhow::Result<()> {
     let out = out.unwrap_or_else(|| PathBuf::from(lab));
     let issued = ca_issue_agent(cfg, lab, &out)?;
-    println!(
+    labwire_common::outln!(
         "lab `{lab}`: certificate {} (valid until {}) written to {}/\n\
          copy that folder to the lab host and put its files in /etc/labwire/ \
          (install -m 0640 -g labwire-agent ...), add devices to agent.yaml, \
@@ -58,7 +58,7 @@ fn issue_agent(cfg: &CoordinatorConfig, lab: &str, out: Option<PathBuf>) -> anyh
         issued.fingerprint,
         issued.not_after.format("%Y-%m-%d"),
         out.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -72,10 +72,10 @@ fn revoke(cfg: &CoordinatorConfig, lab: &str) -> anyhow::Result<()> {
         let jobs = w.requeue_lab_jobs(&name)?;
         Ok((w.revoke_lab(lab)?, jobs.len()))
     })?;
-    println!(
+    labwire_common::outln!(
         "lab `{lab}`: {certs} certificate(s) revoked, {jobs} job(s) back in the queue \
          (a running coordinator offers them to other labs at once)"
-    );
+    )?;
     Ok(())
 }
 

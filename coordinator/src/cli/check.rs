@@ -48,11 +48,11 @@ pub(super) fn check_config(
 ) -> anyhow::Result<()> {
     let (mut pipeline, mut placement) = (Vec::new(), Vec::new());
     if files.is_empty() {
-        println!(
+        labwire_common::outln!(
             "{}: ok",
             own.map(|p| p.display().to_string())
                 .unwrap_or_else(|| "coordinator config (defaults)".into())
-        );
+        )?;
         pipeline.extend(cfg.pipeline.iter().cloned());
         placement.extend(cfg.placement.iter().cloned());
     }
@@ -60,7 +60,7 @@ pub(super) fn check_config(
         match config_kind(f)? {
             ConfigKind::Coordinator => {
                 let c = CoordinatorConfig::load(f)?;
-                println!("{}: ok (coordinator config)", f.display());
+                labwire_common::outln!("{}: ok (coordinator config)", f.display())?;
                 for p in c.pipeline.iter().chain(c.placement.iter()) {
                     if !p.exists() {
                         anyhow::bail!(
@@ -78,10 +78,10 @@ pub(super) fn check_config(
     if !pipeline.is_empty() {
         let loaded = crate::pipeline_config::PipelineConfig::load_files(&pipeline)?;
         for w in &loaded.warnings {
-            println!("note: {w}");
+            labwire_common::outln!("note: {w}")?;
         }
         let c = &loaded.config;
-        println!(
+        labwire_common::outln!(
             "{}: ok (scheduler config: {} jobs, {} platforms, {} runtimes, {} scheduler entries)",
             pipeline
                 .iter()
@@ -92,17 +92,17 @@ pub(super) fn check_config(
             c.platforms.len(),
             c.runtimes.len(),
             c.scheduler.len()
-        );
+        )?;
     }
     for p in &placement {
         let pl = crate::placement::Placement::load(p)?;
-        println!(
+        labwire_common::outln!(
             "{}: ok (placement: {} labs, {} preferences, {} pins)",
             p.display(),
             pl.labs.len(),
             pl.preferences.len(),
             pl.pins.len()
-        );
+        )?;
     }
     Ok(())
 }

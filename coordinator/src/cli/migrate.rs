@@ -25,26 +25,26 @@ pub(super) async fn run(cfg: &CoordinatorConfig, from: Option<&str>) -> anyhow::
         .with_context(|| format!("cannot open the store {loc}"))?;
     let applied = store.read_blocking(crate::store::migrations::apply)?;
     if applied.is_empty() {
-        println!("{loc}: schema up to date");
+        labwire_common::say!("{loc}: schema up to date");
     } else {
-        println!("{loc}: applied {}", applied.join(", "));
+        labwire_common::say!("{loc}: applied {}", applied.join(", "));
     }
     if let Some(src) = src {
         let source = Store::connect(&src, crate::clock::Clock::system(), Schema::Migrate)
             .with_context(|| format!("cannot open {src}"))?;
-        println!("copying {src} into {loc} (one transaction: all or nothing)");
+        labwire_common::say!("copying {src} into {loc} (one transaction: all or nothing)");
         let target = store.clone();
         let copied = tokio::task::spawn_blocking(move || {
             crate::store::copy::copy_all(&source, &target, |table, n, done| {
                 if done {
-                    println!("  {table}: {n} rows");
+                    labwire_common::say!("  {table}: {n} rows");
                 } else {
-                    println!("  {table}: {n} rows so far...");
+                    labwire_common::say!("  {table}: {n} rows so far...");
                 }
             })
         })
         .await??;
-        println!("copied {copied} rows from {src} into {loc}");
+        labwire_common::say!("copied {copied} rows from {src} into {loc}");
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ fn create(cfg: &CoordinatorConfig, name: &str, scopes: &[String]) -> anyhow::Res
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = open_store(cfg)?;
     let token = store.write_blocking(|w| w.create_token(name, &scopes))?;
-    println!("{token}");
+    labwire_common::outln!("{token}")?;
     Ok(())
 }
 
@@ -31,9 +31,9 @@ fn create(cfg: &CoordinatorConfig, name: &str, scopes: &[String]) -> anyhow::Res
 fn list(cfg: &CoordinatorConfig) -> anyhow::Result<()> {
     let store = open_store(cfg)?;
     let tokens = store.read_blocking(crate::store::labs::list_tokens)?;
-    println!("{:<24} {:<20} {:<22} STATE", "NAME", "SCOPES", "CREATED");
+    labwire_common::outln!("{:<24} {:<20} {:<22} STATE", "NAME", "SCOPES", "CREATED")?;
     for t in tokens {
-        println!("{}", row(&t));
+        labwire_common::outln!("{}", row(&t))?;
     }
     Ok(())
 }
@@ -60,6 +60,6 @@ fn row(t: &TokenInfo) -> String {
 fn revoke(cfg: &CoordinatorConfig, name: &str) -> anyhow::Result<()> {
     let store = open_store(cfg)?;
     store.write_blocking(|w| w.revoke_token(name))?;
-    println!("token `{name}` revoked");
+    labwire_common::outln!("token `{name}` revoked")?;
     Ok(())
 }

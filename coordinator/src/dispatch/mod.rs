@@ -18,6 +18,8 @@
 //! queue change are private to this module, so no caller can forget one half.
 
 mod explain;
+pub(crate) mod links;
+pub(crate) mod liveness;
 pub(crate) mod queue;
 mod rules;
 mod state;
@@ -58,6 +60,13 @@ pub(crate) struct Dispatcher {
     started: Instant,
     placement: std::sync::RwLock<Arc<Placement>>,
     state: Mutex<State>,
+    /// Heartbeats' liveness, held until it is written in a batch.
+    pub(crate) liveness: liveness::Liveness,
+    /// The agents' open session streams: the way to a lab between two of its calls.
+    pub(crate) links: links::Links,
+    /// Labs with a device an admin resumed through this replica: their next heartbeat
+    /// reads the store for it (a heartbeat otherwise writes nothing).
+    resumes: std::sync::Mutex<std::collections::HashSet<LabName>>,
 }
 
 impl Dispatcher {
@@ -89,6 +98,7 @@ impl Dispatcher {
             state.queue_job(&j);
         }
         for j in leased {
+            state.attempts.insert(j.id, j.attempt);
             if let (Some(lab), Some(dev)) = (&j.lease_owner, &j.device) {
                 state
                     .leased
@@ -116,6 +126,9 @@ impl Dispatcher {
             started: Instant::now(),
             placement: std::sync::RwLock::new(Arc::new(placement)),
             state: Mutex::new(state),
+            liveness: Default::default(),
+            links: Default::default(),
+            resumes: Default::default(),
         })
     }
 
@@ -179,6 +192,39 @@ impl Dispatcher {
         for w in st.waiters.iter_mut().filter(|w| &w.lab == lab) {
             w.devices.iter_mut().for_each(patch);
         }
+    }
+
+    /// Notes that an admin resumed a device of `lab`, for its agent's next heartbeat.
+    pub(crate) fn note_resume(&self, lab: &LabName) {
+        if let Ok(mut r) = self.resumes.lock() {
+            r.insert(lab.clone());
+        }
+    }
+
+    /// Whether a resume of a device of `lab` waits for its agent; taken once.
+    pub(crate) fn take_resume(&self, lab: &LabName) -> bool {
+        self.resumes
+            .lock()
+            .map(|mut r| r.remove(lab))
+            .unwrap_or(false)
+    }
+
+    /// Splits the attempts an agent of `lab` says it runs into those this dispatcher knows
+    /// are leased to it (renewed in memory) and the others (which the store must decide:
+    /// lost, or leased through another replica that this one has not heard of yet).
+    pub(crate) async fn held_by(
+        &self,
+        lab: &LabName,
+        running: &[(NodeId, crate::model::AttemptNo)],
+    ) -> (
+        Vec<(NodeId, crate::model::AttemptNo)>,
+        Vec<(NodeId, crate::model::AttemptNo)>,
+    ) {
+        let st = self.state.lock().await;
+        running.iter().partition(|(job, attempt)| {
+            st.leased.get(job).is_some_and(|(l, _)| l == lab)
+                && st.attempts.get(job) == Some(attempt)
+        })
     }
 
     /// Takes in what the labs connected to other coordinator replicas last advertised (the
@@ -296,11 +342,23 @@ impl Dispatcher {
     }
 
     /// Offers a queued job (new, or back from an expired lease) to the waiting agents; if none
-    /// should take it, it waits in the queue.
-    async fn enqueue(&self, job: &JobRow) {
+    /// should take it, it waits in the queue. Returns the lease it had here before, if any:
+    /// (lab, attempt).
+    async fn enqueue(&self, job: &JobRow) -> Option<(LabName, crate::model::AttemptNo)> {
         let placement = self.placement();
         let mut st = self.state.lock().await;
-        st.leased.remove(&job.id);
+        let before = st.leased.remove(&job.id).map(|(lab, _)| {
+            (
+                lab,
+                st.attempts.get(&job.id).copied().unwrap_or(job.attempt),
+            )
+        });
+        self.offer(&mut st, &placement, job).await;
+        before
+    }
+
+    /// [`Dispatcher::enqueue`]'s offer, under the state lock.
+    async fn offer(&self, st: &mut State, placement: &Placement, job: &JobRow) {
         if let Some(g) = &job.group
             && let Some(v) = st.groups.get_mut(&g.id)
         {
@@ -315,11 +373,11 @@ impl Dispatcher {
                 if tried.contains(&w.id) {
                     continue;
                 }
-                let Some((crit, dev)) = self.fit(&st, &placement, job, w.lab.as_str(), &w.devices)
+                let Some((crit, dev)) = self.fit(st, placement, job, w.lab.as_str(), &w.devices)
                 else {
                     continue;
                 };
-                if !self.best_lab(&st, &placement, job, &crit, w.lab.as_str()) {
+                if !self.best_lab(st, placement, job, &crit, w.lab.as_str()) {
                     continue;
                 }
                 pick = Some((i, dev, crit));
@@ -331,7 +389,7 @@ impl Dispatcher {
             match self.claim(job.id, &w.lab, &w.session, &device).await {
                 Ok(Some(mut claim)) => {
                     let attempt = claim.job.attempt;
-                    Self::note_claim(&mut st, &mut claim, &w.lab, &device, &crit);
+                    Self::note_claim(st, &mut claim, &w.lab, &device, &crit);
                     let Err(back) = w.tx.send(Assignment {
                         claim,
                         device: device.name.clone(),
@@ -424,7 +482,7 @@ impl Dispatcher {
                 }
             }
         }
-        self.enqueue(row).await;
+        let _ = self.enqueue(row).await;
     }
 
     /// Remembers that `lab` refused `job`, so that it goes to another lab first.
@@ -454,18 +512,21 @@ impl Dispatcher {
 
     /// Drops a job from the in-memory queue and leases (it finished, was cancelled or
     /// failed).
-    async fn forget(&self, id: NodeId) {
+    /// Returns the lease it had here, if any: (lab, attempt).
+    async fn forget(&self, id: NodeId) -> Option<(LabName, crate::model::AttemptNo)> {
         let mut st = self.state.lock().await;
         st.unqueue(id);
-        st.leased.remove(&id);
+        let lab = st.leased.remove(&id).map(|(lab, _)| lab);
         st.refused.remove(&id);
-        st.attempts.remove(&id);
+        let attempt = st.attempts.remove(&id);
+        lab.zip(attempt)
     }
 
     /// Forgets a lab whose certificates were revoked: its waiting agents stop waiting (their
     /// AcquireJob returns empty; their next call is refused) and placement no longer counts
     /// on it.
     async fn forget_lab(&self, lab: &LabName) {
+        self.links.drop_lab(lab);
         let mut st = self.state.lock().await;
         st.labs.remove(lab);
         st.waiters.retain(|w| &w.lab != lab);

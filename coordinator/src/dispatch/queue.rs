@@ -17,6 +17,7 @@ use crate::store::Write;
 use crate::store::jobs::ResultReport;
 use crate::store::timeouts::TimeoutSweep;
 use crate::store::{JobRow, LeaseSweep, NewJob, QueueChange, ReportOutcome, RetryPolicy, Store};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The job queue: the store's queue and the dispatcher's copy of it, changed together.
@@ -39,14 +40,47 @@ impl JobQueue {
         T: Send + 'static,
         F: FnOnce(&mut Write<'_>) -> Result<T> + Send + 'static,
     {
-        let (out, changes) = self.store.write_queue(f).await?;
-        for change in changes {
-            match change {
-                QueueChange::Queued(row) => self.dispatcher.enqueue(&row).await,
-                QueueChange::Ended(id) => self.dispatcher.forget(id).await,
-            }
+        Ok(self.write_noting(f).await?.0)
+    }
+
+    /// Like [`JobQueue::write`]; then every lab whose lease the changes ended is told at once,
+    /// on its session streams, to stop that attempt (`reason`: why, for its log). An agent
+    /// without a stream hears it at its next heartbeat.
+    pub(crate) async fn write_and_cancel<T, F>(&self, reason: &str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Write<'_>) -> Result<T> + Send + 'static,
+    {
+        let (out, ended) = self.write_noting(f).await?;
+        let mut by_lab: HashMap<LabName, Vec<(NodeId, AttemptNo)>> = HashMap::new();
+        for (job, lab, attempt) in ended {
+            by_lab.entry(lab).or_default().push((job, attempt));
+        }
+        for (lab, jobs) in by_lab {
+            let streams = self.dispatcher.links.cancel(&lab, &jobs, reason);
+            tracing::debug!(lab = %lab, jobs = jobs.len(), streams, reason, "cancel sent to the lab");
         }
         Ok(out)
+    }
+
+    /// [`JobQueue::write`], returning also the leases the changes ended: (job, lab, attempt).
+    async fn write_noting<T, F>(&self, f: F) -> Result<(T, Vec<(NodeId, LabName, AttemptNo)>)>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Write<'_>) -> Result<T> + Send + 'static,
+    {
+        let (out, changes) = self.store.write_queue(f).await?;
+        let mut ended = Vec::new();
+        for change in changes {
+            let (id, before) = match change {
+                QueueChange::Queued(row) => (row.id, self.dispatcher.enqueue(&row).await),
+                QueueChange::Ended(id) => (id, self.dispatcher.forget(id).await),
+            };
+            if let Some((lab, attempt)) = before {
+                ended.push((id, lab, attempt));
+            }
+        }
+        Ok((out, ended))
     }
 
     /// Queues a job (SubmitJob): its node and queue entry, then an offer to the waiting
@@ -57,7 +91,8 @@ impl JobQueue {
 
     /// Cancels a job (CancelJob): it leaves the queue and its node ends `incomplete`.
     pub(crate) async fn cancel(&self, id: NodeId, reason: String) -> Result<Node> {
-        self.write(move |w| w.cancel_job(id, &reason)).await
+        self.write_and_cancel("cancelled", move |w| w.cancel_job(id, &reason))
+            .await
     }
 
     /// A lab's agent refuses a job it was handed: the job goes back to the queue, and to
@@ -103,15 +138,20 @@ impl JobQueue {
         self.write(move |w| w.report_result(report, &retry)).await
     }
 
-    /// Puts the expired leases back in the queue (or ends their jobs).
+    /// Puts the expired leases back in the queue (or ends their jobs), except those renewed
+    /// in memory and not written yet.
     pub(crate) async fn sweep_leases(&self, max_retries: i32) -> Result<LeaseSweep> {
-        self.write(move |w| w.sweep_expired_leases(max_retries))
-            .await
+        let renewed = self.dispatcher.liveness.renewed(chrono::Utc::now());
+        self.write_and_cancel("lease_lost", move |w| {
+            w.sweep_expired_leases_except(max_retries, &renewed)
+        })
+        .await
     }
 
     /// Applies the timeout, holdoff and closing rules; a job that timed out leaves the queue.
     pub(crate) async fn sweep_timeouts(&self) -> Result<TimeoutSweep> {
-        self.write(|w| w.sweep_timeouts()).await
+        self.write_and_cancel("timeout", |w| w.sweep_timeouts())
+            .await
     }
 
     /// Closes the queue entries whose node had ended already (run when the services start).

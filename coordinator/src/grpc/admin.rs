@@ -125,7 +125,8 @@ impl AdminService for AdminApi {
         let lab = LabName::new(req.into_inner().lab);
         let (certs, requeued) = self.shared.queue.revoke(lab.clone()).await?;
         self.shared.end_sessions(&lab);
-        tracing::warn!(lab = %lab, certificates = certs, jobs = requeued.len(), "lab revoked");
+        let closed = self.shared.auth.lab_revoked(&lab);
+        tracing::warn!(lab = %lab, certificates = certs, jobs = requeued.len(), connections_closed = closed, "lab revoked");
         Ok(Response::new(v1::RevokeLabResponse {
             certificates: certs as u32,
             jobs_requeued: requeued.len() as u32,

@@ -24,20 +24,34 @@ impl AgentApi {
     }
 
     fn lease_until(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now()
-            + chrono::Duration::from_std(self.shared.config.leases.duration)
-                .unwrap_or(chrono::Duration::seconds(60))
+        lease_until(&self.shared)
     }
 
     async fn session_of(&self, lab: &LabName, session: &SessionId) -> Result<Session, Status> {
-        let s = self.shared.session(session)?;
-        if &s.lab != lab {
-            return Err(Status::permission_denied(format!(
-                "session `{session}` belongs to another lab"
-            )));
-        }
-        Ok(s)
+        session_of(&self.shared, lab, session)
     }
+}
+
+/// When a lease granted or renewed now runs out.
+pub(super) fn lease_until(shared: &crate::shared::Shared) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+        + chrono::Duration::from_std(shared.config.leases.duration)
+            .unwrap_or(chrono::Duration::seconds(60))
+}
+
+/// The session `session`, checked to be one of `lab`'s.
+pub(super) fn session_of(
+    shared: &crate::shared::Shared,
+    lab: &LabName,
+    session: &SessionId,
+) -> Result<Session, Status> {
+    let s = shared.session(session)?;
+    if &s.lab != lab {
+        return Err(Status::permission_denied(format!(
+            "session `{session}` belongs to another lab"
+        )));
+    }
+    Ok(s)
 }
 
 fn job_ref(r: Option<&v1::JobRef>) -> Result<(NodeId, AttemptNo), Status> {
@@ -46,7 +60,7 @@ fn job_ref(r: Option<&v1::JobRef>) -> Result<(NodeId, AttemptNo), Status> {
 }
 
 /// The jobs an agent says it holds, as (job, attempt).
-fn held(refs: &[v1::JobRef]) -> Vec<(NodeId, AttemptNo)> {
+pub(super) fn held(refs: &[v1::JobRef]) -> Vec<(NodeId, AttemptNo)> {
     refs.iter()
         .filter(|j| j.job > 0)
         .map(|j| (NodeId(j.job), AttemptNo(j.attempt)))
@@ -54,7 +68,7 @@ fn held(refs: &[v1::JobRef]) -> Vec<(NodeId, AttemptNo)> {
 }
 
 /// Jobs as the agent names them.
-fn job_refs(jobs: Vec<(NodeId, AttemptNo)>) -> Vec<v1::JobRef> {
+pub(super) fn job_refs(jobs: Vec<(NodeId, AttemptNo)>) -> Vec<v1::JobRef> {
     jobs.into_iter()
         .map(|(j, a)| v1::JobRef {
             job: j.0,
@@ -63,7 +77,7 @@ fn job_refs(jobs: Vec<(NodeId, AttemptNo)>) -> Vec<v1::JobRef> {
         .collect()
 }
 
-fn devices_json(devices: &[labwire_common::DeviceInfo]) -> serde_json::Value {
+pub(super) fn devices_json(devices: &[labwire_common::DeviceInfo]) -> serde_json::Value {
     serde_json::to_value(devices).unwrap_or_default()
 }
 
@@ -81,6 +95,9 @@ impl AgentService for AgentApi {
         let until = self.lease_until();
         let max_retries = self.shared.config.leases.max_retries as i32;
         let (lab2, slots) = (lab.clone(), r.free_slots);
+        // What the agent holds is renewed in this transaction; renewals held in memory from
+        // its previous session are superseded.
+        self.shared.dispatcher.liveness.forget_renewals(&lab);
         // One transaction; the sweep in it never fails on one bad row (it is repaired), and
         // the queue changes reach the dispatcher once it commits. The devices come back with
         // the health that counts (an admin's maintenance over the agent's word).
@@ -133,49 +150,20 @@ impl AgentService for AgentApi {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let lab = self.shared.auth.lab(&req).await?;
         let r = req.into_inner();
-        let session = SessionId::new(r.session);
-        self.session_of(&lab, &session).await?;
-        let reported: Option<Vec<_>> = (!r.devices.is_empty() || r.devices_changed)
-            .then(|| r.devices.iter().map(convert::device_from_proto).collect());
-        let running = held(&r.running);
-        let until = self.lease_until();
-        let slots = r.free_slots;
-        let lab2 = lab.clone();
-        // The devices, when advertised, come back with the health that counts.
-        let (lost, devices, resumed) = self
-            .shared
-            .store
-            .write(move |w| {
-                let devices = match reported {
-                    Some(d) => Some(w.report_health(&lab2, &d)?),
-                    None => None,
-                };
-                w.touch_lab(
-                    &lab2,
-                    devices.as_deref().map(devices_json).as_ref(),
-                    Some(slots),
-                )?;
-                let resumed = w.take_resumed(&lab2)?;
-                Ok((w.renew_leases(&lab2, &running, until)?, devices, resumed))
-            })
-            .await?;
-        if let Ok(mut map) = self.shared.sessions.write()
-            && let Some(s) = map.get_mut(&session)
-        {
-            if let Some(d) = &devices {
-                s.devices = d.clone();
-            }
-            s.free_slots = r.free_slots;
-        }
-        self.shared
-            .dispatcher
-            .update_lab(&lab, devices, r.free_slots, r.draining)
-            .await;
-        Ok(Response::new(v1::HeartbeatResponse {
-            cancel: job_refs(lost),
-            lease_until: Some(convert::timestamp(until)),
-            resumed,
-        }))
+        Ok(Response::new(
+            super::session::heartbeat(&self.shared, &lab, r).await?,
+        ))
+    }
+
+    type SessionStream = super::session::SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<tonic::Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let lab = self.shared.auth.lab(&req).await?;
+        let stream = super::session::open(self.shared.clone(), lab, req.into_inner()).await?;
+        Ok(Response::new(stream))
     }
 
     async fn acquire_job(

@@ -68,6 +68,9 @@ pub(crate) async fn set_device_health(
         .dispatcher
         .set_device_health(&lab, &r.device, to, shown)
         .await;
+    if admin.is_none() {
+        shared.dispatcher.note_resume(&lab);
+    }
     if let Ok(mut map) = shared.sessions.write() {
         for s in map.values_mut().filter(|s| s.lab == lab) {
             for d in s.devices.iter_mut().filter(|d| d.name == r.device) {

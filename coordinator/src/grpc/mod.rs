@@ -6,6 +6,7 @@ mod agent;
 mod events;
 mod health;
 mod nodes;
+mod session;
 
 pub(crate) use admin::AdminApi;
 pub(crate) use agent::AgentApi;

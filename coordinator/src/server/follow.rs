@@ -9,6 +9,34 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Writes the liveness that heartbeats leave in memory (lease renewals, labs' last calls)
+/// every `leases.write_interval`, in one transaction each time (see `dispatch::liveness`).
+/// The last write is made by [`super::serve`] after the server stopped.
+pub(super) async fn write_liveness(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.config.leases.write_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        match shared.dispatcher.liveness.write(&shared.store).await {
+            Ok(w) if w.renewed + w.lost + w.labs > 0 => {
+                tracing::debug!(
+                    labs = w.labs,
+                    renewed = w.renewed,
+                    lost = w.lost,
+                    "liveness written"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the agents' liveness; kept for the next try")
+            }
+        }
+    }
+}
+
 /// On PostgreSQL, every few seconds: what the labs connected to other replicas advertised,
 /// for placement.
 pub(super) async fn refresh_remote_labs(shared: Arc<Shared>) {
@@ -84,18 +112,41 @@ pub(super) async fn refresh_stats(shared: Arc<Shared>) {
     }
 }
 
-/// Watches for revoked labs, whoever revoked them (RevokeLab here or on another replica,
-/// `labwire-coordinator ca revoke` from another process): for each newly revoked lab, the
-/// dispatcher forgets it, its waiting agents stop waiting, its sessions end, and the jobs it
-/// held are offered again at once.
+/// Watches for revoked labs and certificates, whoever revoked them (RevokeLab here or on
+/// another replica, `labwire-coordinator ca revoke` from another process): revoked
+/// certificates leave the authentication cache and their labs' connections are closed; for
+/// each newly revoked lab, the dispatcher forgets it, its waiting agents stop waiting, its
+/// sessions end, and the jobs it held are offered again at once.
 ///
 /// `before` are the labs revoked when the dispatcher loaded the queue.
 pub(super) async fn watch_revocations(shared: Arc<Shared>, before: Vec<String>) {
     let mut changed = shared.store.labs_changed();
     let mut known: BTreeSet<String> = before.into_iter().collect();
+    let mut known_certs: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
-        match shared.store.read(crate::store::labs::revoked_labs).await {
-            Ok(now) => {
+        let read = shared
+            .store
+            .read(|c| {
+                Ok((
+                    crate::store::labs::revoked_labs(c)?,
+                    crate::store::labs::revoked_certs(c)?,
+                ))
+            })
+            .await;
+        match read {
+            Ok((now, certs)) => {
+                let certs: BTreeSet<(String, String)> = certs.into_iter().collect();
+                let fresh: Vec<(String, String)> =
+                    certs.difference(&known_certs).cloned().collect();
+                if !fresh.is_empty() {
+                    let closed = shared.auth.revoked(&fresh);
+                    tracing::debug!(
+                        certificates = fresh.len(),
+                        connections_closed = closed,
+                        "revoked certificates left the authentication cache"
+                    );
+                }
+                known_certs = certs;
                 let now: BTreeSet<String> = now.into_iter().collect();
                 for lab in now.difference(&known) {
                     let lab = LabName::new(lab.clone());

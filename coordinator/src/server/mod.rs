@@ -140,6 +140,7 @@ pub async fn serve_with_http(
     let mut upkeep = tokio::task::JoinSet::new();
     upkeep.spawn(follow::refresh_stats(shared.clone()));
     upkeep.spawn(follow::watch_revocations(shared.clone(), revoked));
+    upkeep.spawn(follow::write_liveness(shared.clone()));
     if store.backend() == Backend::Postgres {
         upkeep.spawn(follow::follow_jobs(shared.clone(), follow_from));
         upkeep.spawn(follow::refresh_remote_labs(shared.clone()));
@@ -150,6 +151,8 @@ pub async fn serve_with_http(
 
     let addr = listener.local_addr()?;
     let conns = crate::net::Tracker::new("gRPC", &cfg.connections, ports);
+    // A revoked lab's connections are closed.
+    shared.auth.track_connections(conns.clone());
     let router = Server::builder()
         .layer(conns.layer())
         .tls_config(tls)?
@@ -202,6 +205,15 @@ pub async fn serve_with_http(
     })
     .await;
     services.abort_all();
+    // What heartbeats left in memory reaches the store before the process ends.
+    match shared.dispatcher.liveness.write(&shared.store).await {
+        Ok(w) => tracing::info!(
+            labs = w.labs,
+            renewed = w.renewed,
+            "liveness written at shutdown"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot write the agents' liveness at shutdown"),
+    }
     res.context("the gRPC server failed")?;
     tracing::info!("coordinator stopped");
     Ok(())

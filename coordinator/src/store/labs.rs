@@ -157,6 +157,17 @@ pub(crate) fn revoked_labs(conn: &Connection) -> Result<Vec<String>> {
     )
 }
 
+/// Every certificate that is refused because it or its lab was revoked, as (fingerprint,
+/// lab).
+pub(crate) fn revoked_certs(conn: &Connection) -> Result<Vec<(String, String)>> {
+    conn.query_map(
+        "SELECT c.fingerprint, c.lab FROM lab_certs c JOIN labs l ON l.name = c.lab \
+         WHERE c.revoked_at IS NOT NULL OR l.revoked_at IS NOT NULL",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
 /// What a lab's agent last advertised (heartbeats update it), for the placement of other
 /// replicas.
 #[derive(Debug, Clone)]
@@ -289,6 +300,22 @@ impl Write<'_> {
             "UPDATE labs SET last_seen = ?2, devices = COALESCE(?3, devices), \
                  free_slots = COALESCE(?4, free_slots) WHERE name = ?1",
             params![lab, micros(self.now), devices, free_slots],
+        )?;
+        Ok(())
+    }
+
+    /// Records a lab's call made at `at` with `free_slots` (liveness written in batches, see
+    /// `dispatch::liveness`); an older call never overwrites a newer one.
+    pub(crate) fn touch_lab_at(
+        &mut self,
+        lab: &LabName,
+        at: DateTime<Utc>,
+        free_slots: u32,
+    ) -> Result<()> {
+        self.tx.execute(
+            "UPDATE labs SET last_seen = ?2, free_slots = ?3 \
+             WHERE name = ?1 AND (last_seen IS NULL OR last_seen < ?2)",
+            params![lab, micros(at), free_slots],
         )?;
         Ok(())
     }

@@ -296,7 +296,7 @@ async fn handle(
             let kci = id.clone();
             let cancelled = shared
                 .queue
-                .write(move |w| {
+                .write_and_cancel("cancelled", move |w| {
                     let r = w.kernelci_cancel(&kci, &reason)?;
                     w.move_kernelci_cursor(&ts)?;
                     Ok(r)

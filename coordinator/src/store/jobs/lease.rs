@@ -192,13 +192,27 @@ impl Write<'_> {
     /// A row that cannot be processed (its node ended outside the queue, damaged data) does
     /// not fail the sweep: it is logged, left out and repaired ([`Write::guarded`]).
     pub(crate) fn sweep_expired_leases(&mut self, max_retries: i32) -> Result<LeaseSweep> {
+        self.sweep_expired_leases_except(max_retries, &[])
+    }
+
+    /// Like [`Write::sweep_expired_leases`], leaving `renewed` alone: leases this
+    /// coordinator renewed in memory and has not written yet (`dispatch::liveness`).
+    pub(crate) fn sweep_expired_leases_except(
+        &mut self,
+        max_retries: i32,
+        renewed: &[NodeId],
+    ) -> Result<LeaseSweep> {
         let expired: Vec<i64> = self.tx.query_map(
             "SELECT node_id FROM jobs WHERE status = 'leased' AND lease_expires < ?1",
             params![micros(self.now)],
             |r| r.get(0),
         )?;
         let mut sweep = LeaseSweep::default();
-        for id in expired.into_iter().map(NodeId) {
+        for id in expired
+            .into_iter()
+            .map(NodeId)
+            .filter(|id| !renewed.contains(id))
+        {
             match self.guarded(id, |w| w.expire_lease(id, max_retries))? {
                 Some(Some(row)) => sweep.requeued.push(row),
                 Some(None) => sweep.failed.push(id),

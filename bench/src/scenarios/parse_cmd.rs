@@ -1,0 +1,219 @@
+//! The `parse` command: the real `labwire-agent` binary (next to `labwire-bench` in the
+//! target folder, or `LABWIRE_AGENT_BIN`) parses the generated KTAP log (the 8 MiB block of
+//! `labwire_parsers::testgen` repeated to `--log-mb` MB, written to a temporary file) with
+//! `--output jsonl` and `--output summary`, its standard output read (and counted) by this
+//! process through a pipe. Per output: MB/s (median of `--runs`, wall time from start to
+//! exit) and peak RSS of the child (`wait4`'s `ru_maxrss`); the counts the binary prints
+//! must equal the parser library's on the same file. When `kunit.py` is present
+//! (`KUNIT_PY=/path/to/linux/tools/testing/kunit/kunit.py`), it parses the first 20 MB of
+//! the same log in the same run (`kunit.py parse FILE`), for the ratio.
+
+use crate::Opts;
+use crate::report::{Figure, Goal, median, spread};
+use anyhow::{Context, bail};
+use labwire_parsers::{Counts, LogParser, ParserOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// The program to measure and the arguments before `parse`: the `labwire-agent` binary
+/// (`LABWIRE_AGENT_BIN`, or next to `labwire-bench`); when it was not built (the smoke
+/// test builds only this package), `labwire-bench agent`, which runs the same command code.
+fn agent_bin() -> anyhow::Result<(PathBuf, Vec<&'static str>)> {
+    if let Some(p) = std::env::var_os("LABWIRE_AGENT_BIN") {
+        return Ok((PathBuf::from(p), Vec::new()));
+    }
+    let me = crate::self_exe()?;
+    let p = me
+        .parent()
+        .context("labwire-bench has no folder")?
+        .join("labwire-agent");
+    if p.exists() {
+        return Ok((p, Vec::new()));
+    }
+    eprintln!(
+        "parse-cmd: {} not found (cargo build --release --bin labwire-agent); measuring `labwire-bench agent parse` instead",
+        p.display()
+    );
+    Ok((me, vec!["agent"]))
+}
+
+/// Writes `mb` MB of generated log to `path`: the 8 MiB block over and over.
+fn write_log(path: &Path, mb: usize) -> anyhow::Result<()> {
+    let block = labwire_parsers::testgen::generate(8 * 1024 * 1024);
+    let total = mb * 1_000_000;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(block.len());
+        f.write_all(&block[..n])?;
+        left -= n;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// The library's counts on `path` (streaming, tree off).
+fn library_counts(path: &Path) -> anyhow::Result<Counts> {
+    let mut p = LogParser::new(ParserOptions {
+        keep_tree: false,
+        progress: false,
+        ..ParserOptions::default()
+    })?;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        p.feed(&buf[..n]);
+    }
+    Ok(p.finish().counts)
+}
+
+/// One run of `program args`: (seconds, peak RSS in bytes, the last line it printed or its
+/// `tests:` line, bytes it printed).
+fn measure(program: &Path, args: &[&str]) -> anyhow::Result<(f64, f64, String, u64)> {
+    let t = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    let out = child.stdout.take().context("no stdout")?;
+    let mut reader = BufReader::with_capacity(1 << 20, out);
+    let (mut last, mut line, mut bytes) = (String::new(), String::new(), 0u64);
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        // The summary's counts line, else the last line (jsonl's summary line).
+        if line.starts_with("tests: ") || (!line.trim().is_empty() && !last.starts_with("tests: "))
+        {
+            std::mem::swap(&mut last, &mut line);
+        }
+    }
+    let pid = i32::try_from(child.id()).context("pid")?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value, filled in by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; `status` and `usage` are valid for writing.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let secs = t.elapsed().as_secs_f64();
+    if r != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    let st = std::process::ExitStatus::from_raw(status);
+    if !st.success() {
+        bail!("{} {args:?} failed: {st}", program.display());
+    }
+    Ok((secs, usage.ru_maxrss as f64 * 1024.0, last, bytes))
+}
+
+/// The counts in `summary` output (`tests: N (pass P, fail F, skip S, incomplete I)`).
+fn summary_counts(text: &str) -> Option<Counts> {
+    let inner = text.split_once('(')?.1.trim_end().trim_end_matches(')');
+    let mut c = Counts::default();
+    for part in inner.split(", ") {
+        let (k, v) = part.split_once(' ')?;
+        let v: u64 = v.parse().ok()?;
+        match k {
+            "pass" => c.pass = v,
+            "fail" => c.fail = v,
+            "skip" => c.skip = v,
+            "incomplete" => c.incomplete = v,
+            _ => return None,
+        }
+    }
+    Some(c)
+}
+
+/// Runs the scenario.
+pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
+    let (agent, pre) = agent_bin()?;
+    let args = |output: &'static str, file: &str| -> Vec<String> {
+        pre.iter()
+            .map(|s| s.to_string())
+            .chain(["parse", "--output", output, file].map(String::from))
+            .collect()
+    };
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("generated.log");
+    write_log(&log, o.log_mb)?;
+    let log_s = log.to_str().context("temporary path is not UTF-8")?;
+    let want = library_counts(&log)?;
+    let mb = o.log_mb as f64;
+    let mut figs = Vec::new();
+    for output in ["jsonl", "summary"] {
+        let (mut rates, mut peaks) = (Vec::new(), Vec::new());
+        let mut printed = 0;
+        for _ in 0..o.runs.max(1) {
+            let a = args(output, log_s);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let (secs, peak, last, bytes) = measure(&agent, &a)?;
+            let got = if output == "jsonl" {
+                let v: serde_json::Value =
+                    serde_json::from_str(&last).context("the last jsonl line is not JSON")?;
+                serde_json::from_value::<Counts>(v["counts"].clone())
+                    .context("the summary line has no counts")?
+            } else {
+                summary_counts(&last).context("no `tests:` line in the summary")?
+            };
+            anyhow::ensure!(
+                got == want,
+                "--output {output} counted {got:?}, the library {want:?}"
+            );
+            rates.push(mb / secs);
+            peaks.push(peak / 1e6);
+            printed = bytes;
+        }
+        let peak = peaks.iter().cloned().fold(0.0, f64::max);
+        figs.push(
+            Figure::new("parse-cmd", &format!("labwire-agent parse --output {output}"), median(&rates), "MB/s", Some(Goal::AtLeast(300.0)))
+                .note(format!(
+                    "{}: median of {} runs on the {} MB generated log (runs: {} MB/s), output read through a pipe ({} MB printed); counts equal the library's: {} tests",
+                    agent.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+                    rates.len(),
+                    o.log_mb,
+                    spread(&rates),
+                    printed / 1_000_000,
+                    want.total()
+                )),
+        );
+        figs.push(
+            Figure::new(
+                "parse-cmd",
+                &format!("labwire-agent parse --output {output} peak RSS"),
+                peak,
+                "MB",
+                Some(Goal::Below(64.0)),
+            )
+            .note("the highest ru_maxrss of the child over the runs"),
+        );
+    }
+    if let Some(kunit) = std::env::var_os("KUNIT_PY") {
+        let small = dir.path().join("generated-20mb.log");
+        write_log(&small, 20)?;
+        let small_s = small.to_str().context("path")?;
+        let (secs, peak, _, _) = measure(
+            Path::new("python3"),
+            &[&kunit.to_string_lossy(), "parse", small_s],
+        )
+        .context("kunit.py parse failed")?;
+        let a = args("jsonl", small_s);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (ours, _, _, _) = measure(&agent, &a)?;
+        figs.push(
+            Figure::new("parse-cmd", "kunit.py parse (20 MB)", 20.0 / secs, "MB/s", None)
+                .note(format!("peak RSS {:.0} MB; labwire-agent parse --output jsonl on the same file: {:.0} MB/s, {:.0}x", peak / 1e6, 20.0 / ours, secs / ours)),
+        );
+    }
+    Ok(figs)
+}
