@@ -6,6 +6,7 @@
 mod admin;
 mod device;
 mod export;
+mod lab_report;
 mod read;
 mod submit;
 
@@ -145,9 +146,15 @@ enum Command {
     },
     /// Print a checkout's summary: tree, branch, describe, commit; each job's result, tests
     /// and failures; then the failing tests.
+    ///
+    /// `labwire report lab LAB --since 7d` (admin): a lab's availability report.
+    #[command(args_conflicts_with_subcommands = true)]
     Report {
         /// The checkout node id.
-        checkout: i64,
+        checkout: Option<i64>,
+        /// `lab LAB`: a lab's report instead.
+        #[command(subcommand)]
+        what: Option<ReportCommand>,
         /// text or markdown.
         #[arg(long, default_value = "text")]
         format: labwire_coordinator::report::Format,
@@ -155,6 +162,15 @@ enum Command {
     /// Export results in another system's format.
     #[command(subcommand)]
     Export(export::ExportCommand),
+}
+
+/// `labwire report ...` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum ReportCommand {
+    /// A lab's report over a period: per device and device type, the time good, bad, in
+    /// maintenance, retired and offline, jobs, infrastructure-failure rate, mean boot time;
+    /// the worst first.
+    Lab(lab_report::LabReportArgs),
 }
 
 /// Runs a parsed command line. A command whose standard output is closed by its reader
@@ -189,7 +205,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Device(d) => device::device(c, d).await?,
         Command::Cancel { job, reason } => admin::cancel(c, job, reason).await?,
         Command::Revoke { lab } => admin::revoke(c, lab).await?,
-        Command::Report { checkout, format } => export::report(c, checkout, format).await?,
+        Command::Report {
+            what: Some(ReportCommand::Lab(a)),
+            ..
+        } => lab_report::lab_report(c, a).await?,
+        Command::Report {
+            checkout: Some(checkout),
+            format,
+            ..
+        } => export::report(c, checkout, format).await?,
+        Command::Report { .. } => anyhow::bail!("report: expected CHECKOUT or `lab LAB`"),
         Command::Export(e) => export::export(c, e).await?,
     }
     Ok(ExitCode::SUCCESS)
