@@ -11,7 +11,7 @@ use labwire_proto::v1;
 
 /// The lab report's output formats.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub(super) enum LabFormat {
+pub(crate) enum LabFormat {
     /// Markdown tables.
     Markdown,
     /// One JSON document.
@@ -20,7 +20,7 @@ pub(super) enum LabFormat {
 
 /// `labwire report lab` arguments.
 #[derive(Debug, Args)]
-pub(super) struct LabReportArgs {
+pub(crate) struct LabReportArgs {
     /// The lab.
     lab: String,
     /// The period up to now: `7d`, `24h`, `30m` (at most 366 days).

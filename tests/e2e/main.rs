@@ -18,6 +18,7 @@ mod hostile_queue;
 mod hostile_results;
 mod http;
 mod kernelci;
+mod lab_report;
 mod labgrid;
 mod lava;
 mod migrate;
