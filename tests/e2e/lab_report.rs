@@ -28,7 +28,7 @@ fn cli_with(rig: &Rig, token: &str, args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_report_counts_jobs_and_maintenance_worst_first() {
     let mut steps = Steps::new();
-    let rig = Rig::new("leases: {duration: 30s, heartbeat: 500ms}\n");
+    let rig = Rig::new("leases: {duration: 30s, heartbeat: 500ms}\nhttp: {listen: 127.0.0.1:0}\n");
     let _keep = rig.keep_on_failure();
     let _coord = rig.start_coordinator();
     rig.issue_lab("lab-r");
@@ -105,6 +105,31 @@ async fn lab_report_counts_jobs_and_maintenance_worst_first() {
     let d2_row = md.lines().position(|l| l.starts_with("| d2 |"));
     let d1_row = md.lines().position(|l| l.starts_with("| d1 |"));
     assert!(d2_row.is_some() && d2_row < d1_row, "{md}");
+
+    steps.at("the labs page draws each device's last week as an SVG timeline");
+    let page = rig
+        .http_client()
+        .get(format!("{}/ui/labs", rig.http_url()))
+        .bearer_auth(&rig.admin_token)
+        .send()
+        .await
+        .expect("labs page")
+        .text()
+        .await
+        .expect("labs page text");
+    // d2: offline (before the lab registered), good, then maintenance, as three bars.
+    let row = page
+        .split("<tr>")
+        .find(|r| r.contains("<td>d2</td>"))
+        .unwrap_or_else(|| panic!("no row for d2: {page}"));
+    let svg = &row[row.find("<svg").expect("an svg")..row.find("</svg>").expect("its end")];
+    let kinds: Vec<_> = svg
+        .split("class=\"t-")
+        .skip(1)
+        .map(|r| r.split('"').next().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds, ["offline", "good", "maintenance"], "{svg}");
+    assert!(!page.contains("<script src=\"http"), "no script library");
 
     steps.at("refused: a read token, an unknown lab, a bad --since");
     let read = rig.create_token("viewer", "read");

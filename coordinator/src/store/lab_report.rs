@@ -102,8 +102,37 @@ pub(crate) struct LabReport {
     pub(crate) devices: Vec<Availability>,
     /// Per device type, the worst first.
     pub(crate) device_types: Vec<Availability>,
-    /// One line per change in the period, oldest first: (device, when, to), for timelines.
+    /// One line per change in the period, oldest first: (device, when, to).
     pub(crate) changes: Vec<(String, DateTime<Utc>, Health)>,
+    /// Per device, its period cut in spans of one health (`None`: offline), in order, for
+    /// the dashboard's timeline.
+    pub(crate) timelines: BTreeMap<String, Vec<Span>>,
+}
+
+/// A stretch of time in one health.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Span {
+    /// Its start.
+    pub(crate) from: DateTime<Utc>,
+    /// Its end.
+    pub(crate) to: DateTime<Utc>,
+    /// The health (`None`: offline).
+    pub(crate) health: Option<Health>,
+}
+
+/// Adds a span to a timeline, merged with the last one when the health is the same.
+fn push_span(t: &mut Vec<Span>, from: i64, to: i64, health: Option<Health>) {
+    if to <= from {
+        return;
+    }
+    match t.last_mut() {
+        Some(l) if l.health == health && micros(l.to) == from => l.to = from_micros(to),
+        _ => t.push(Span {
+            from: from_micros(from),
+            to: from_micros(to),
+            health,
+        }),
+    }
 }
 
 /// Sorts the worst first.
@@ -170,6 +199,7 @@ pub(crate) fn lab_report(
     let mut walk: BTreeMap<String, (Option<Health>, i64)> = BTreeMap::new();
     let (from_us, end_us) = (micros(from), micros(end));
     let mut changes = Vec::new();
+    let mut timelines: BTreeMap<String, Vec<Span>> = BTreeMap::new();
     for (device, at, h) in log {
         let h = Health::parse(&h).ok_or_else(|| corrupt("device health", format!("`{h}`")))?;
         if at > micros(from) {
@@ -182,6 +212,12 @@ pub(crate) fn lab_report(
                 .entry(device.clone())
                 .or_default()
                 .credit(*cur, at_c - *cursor);
+            push_span(
+                timelines.entry(device.clone()).or_default(),
+                *cursor,
+                at_c,
+                *cur,
+            );
             *cursor = at_c;
         }
         *cur = Some(h);
@@ -191,6 +227,9 @@ pub(crate) fn lab_report(
         let (cur, cursor) = walk.get(name).copied().unwrap_or((None, from_us));
         a.credit(cur, end_us.saturating_sub(cursor).max(0));
         a.credit(None, (micros(to) - end_us).max(0));
+        let t = timelines.entry(name.clone()).or_default();
+        push_span(t, cursor, end_us, cur);
+        push_span(t, end_us.max(cursor), micros(to), None);
     }
     let jobs = conn.query_map(
         "SELECT j.device, n.data FROM jobs j JOIN nodes n ON n.id = j.node_id \
@@ -240,6 +279,7 @@ pub(crate) fn lab_report(
         devices,
         device_types,
         changes,
+        timelines,
     }))
 }
 

@@ -124,6 +124,23 @@ fn figures_from_known_health_changes_and_jobs() {
     // The changes in the period, for the timeline.
     assert_eq!(r.changes.len(), 4);
     assert_eq!(r.changes[0], ("board-b".to_string(), t(1), Health::Good));
+    // board-a's timeline: good, bad, maintenance, good, offline, end to end.
+    let spans: Vec<_> = r.timelines["board-a"]
+        .iter()
+        .map(|s| (s.from, s.to, s.health))
+        .collect();
+    assert_eq!(
+        spans,
+        [
+            (t(0), t(2), Some(Health::Good)),
+            (t(2), t(3), Some(Health::Bad)),
+            (t(3), t(5), Some(Health::Maintenance)),
+            (t(5), t(11), Some(Health::Good)),
+            (t(11), t(12), None),
+        ]
+    );
+    let b: Vec<_> = r.timelines["board-b"].iter().map(|s| s.health).collect();
+    assert_eq!(b, [None, Some(Health::Good), None]);
     // An unknown lab.
     let none = store
         .read_blocking(|c| lab_report(c, "nope", t(0), t(12), Duration::hours(1)))
