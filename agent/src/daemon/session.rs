@@ -3,8 +3,8 @@
 //! ([`super::link`]) when the coordinator has one, else as calls; a forgotten session is
 //! registered again at once.
 
-use super::{Agent, health_check};
 use super::link::{self, Link, Opened};
+use super::{Agent, health_check};
 use crate::client::backoff;
 use labwire_proto::v1;
 use std::sync::Arc;
