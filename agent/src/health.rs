@@ -2,15 +2,17 @@
 //! the reason), its infrastructure-failure streak and the time of its last health check,
 //! kept in `STATE_DIR/health.json` so that a quarantine survives an agent restart. A device
 //! whose last `health.quarantine_after` jobs ended with infrastructure error codes is
-//! quarantined (bad) by itself and offered no more; it comes back when an admin resumes it
-//! (`labwire device resume`). The coordinator lays an admin's maintenance or retirement over
-//! what the agent reports.
+//! quarantined (bad) by itself and offered no more; it comes back after a passing health
+//! check (`health.checks`, run by `daemon::health_check`), or, without one, when an admin
+//! resumes it (`labwire device resume`). The coordinator lays an admin's maintenance or
+//! retirement over what the agent reports.
 
 use labwire_common::{ErrorCode, Health};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The `health:` section of agent.yaml.
 #[derive(Debug, Clone, Deserialize)]
@@ -20,18 +22,60 @@ pub struct HealthConfig {
     /// quarantined (bad); 0 never quarantines. Default 3.
     #[serde(default = "default_quarantine_after")]
     pub quarantine_after: u32,
+    /// How often each device with a health check is checked again (0s: only at agent
+    /// start, after a resume and after a quarantine). Default 24h.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// The health checks: one per device type or per device (a device's own wins).
+    #[serde(default)]
+    pub checks: Vec<HealthCheck>,
+}
+
+/// One health check: a small job the agent runs itself on a device, through the device's
+/// own driver (power, boot, login, commands).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// The device it checks, or
+    #[serde(default)]
+    pub device: Option<String>,
+    /// every device of this type.
+    #[serde(default)]
+    pub device_type: Option<String>,
+    /// The commands run after the login; each must exit 0.
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// Artifacts by role (kernel, ramdisk, ...): URLs fetched under the agent's usual rules.
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, String>,
+    /// Job parameters, as a submitter would give them.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// The time limit of the check. Default 10m.
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             quarantine_after: default_quarantine_after(),
+            interval: default_interval(),
+            checks: Vec::new(),
         }
     }
 }
 
 fn default_quarantine_after() -> u32 {
     3
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 impl HealthConfig {
@@ -43,7 +87,51 @@ impl HealthConfig {
                 self.quarantine_after
             );
         }
+        if !self.interval.is_zero() && self.interval < Duration::from_secs(60) {
+            anyhow::bail!(
+                "health.interval: expected 0s (never) or at least 1m, got {:?}",
+                self.interval
+            );
+        }
+        for (i, c) in self.checks.iter().enumerate() {
+            let key = format!("health.checks[{i}]");
+            match (&c.device, &c.device_type) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => anyhow::bail!("{key}: give exactly one of `device` and `device_type`"),
+            }
+            if c.timeout.is_zero() || c.timeout > Duration::from_secs(24 * 3600) {
+                anyhow::bail!("{key}.timeout: expected 1s to 24h, got {:?}", c.timeout);
+            }
+            for (role, url) in &c.artifacts {
+                crate::fetch::check_role(role)
+                    .map_err(|e| anyhow::anyhow!("{key}.artifacts: role `{role}`: {e}"))?;
+                if url.is_empty() {
+                    anyhow::bail!("{key}.artifacts.{role}: empty URL");
+                }
+            }
+        }
+        for (i, a) in self.checks.iter().enumerate() {
+            for b in &self.checks[..i] {
+                if (a.device.is_some() && a.device == b.device)
+                    || (a.device_type.is_some() && a.device_type == b.device_type)
+                {
+                    anyhow::bail!("health.checks[{i}]: a second check for the same device or type");
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The check for a device: its own, else its type's.
+    pub fn check_for(&self, device: &str, device_type: &str) -> Option<&HealthCheck> {
+        self.checks
+            .iter()
+            .find(|c| c.device.as_deref() == Some(device))
+            .or_else(|| {
+                self.checks
+                    .iter()
+                    .find(|c| c.device_type.as_deref() == Some(device_type))
+            })
     }
 }
 
@@ -149,6 +237,40 @@ impl HealthBook {
         self.set(device, h, &before)
     }
 
+    /// An admin resumed a device that has a health check: its streak starts over, but a
+    /// quarantined device stays bad until the check (run next) passes.
+    pub fn resume_pending_check(&mut self, device: &str) -> bool {
+        let before = self.get(device);
+        let mut h = before.clone();
+        h.failure_streak = 0;
+        if !h.health.usable() {
+            h.reason = format!(
+                "resumed by an admin; bad until a health check passes (was: {})",
+                labwire_common::names::shorten(&before.reason, 200)
+            );
+        }
+        self.set(device, h, &before)
+    }
+
+    /// A health check ended at `now` (seconds since the epoch): passing makes the device
+    /// good, failing makes it bad with `failure` as the reason.
+    pub fn check_ended(&mut self, device: &str, failure: Option<String>, now: i64) -> bool {
+        let before = self.get(device);
+        let h = match failure {
+            None => DeviceHealth {
+                last_check: now,
+                ..Default::default()
+            },
+            Some(reason) => DeviceHealth {
+                health: Health::Bad,
+                reason,
+                last_check: now,
+                failure_streak: before.failure_streak,
+            },
+        };
+        self.set(device, h, &before)
+    }
+
     fn set(&mut self, device: &str, h: DeviceHealth, before: &DeviceHealth) -> bool {
         if &h == before {
             return false;
@@ -206,6 +328,49 @@ mod tests {
             b.job_ended("b2", Some((&power, "x")), 0);
         }
         assert_eq!(b.get("b2").health, Health::Good);
+    }
+
+    #[test]
+    fn checks_are_validated_and_a_device_s_own_check_wins() {
+        let parse = |y: &str| -> anyhow::Result<HealthConfig> {
+            let c: HealthConfig = yaml_serde::from_str(y)?;
+            c.validate()?;
+            Ok(c)
+        };
+        let c =
+            parse("checks:\n- {device_type: t, commands: [a]}\n- {device: d1, commands: [b]}\n")
+                .unwrap();
+        assert_eq!(c.check_for("d1", "t").unwrap().commands, ["b"]);
+        assert_eq!(c.check_for("d2", "t").unwrap().commands, ["a"]);
+        assert!(c.check_for("d2", "u").is_none());
+        for (y, want) in [
+            (
+                "checks: [{commands: [a]}]",
+                "exactly one of `device` and `device_type`",
+            ),
+            ("checks: [{device: a, device_type: t}]", "exactly one"),
+            ("checks: [{device: a, timeout: 0s}]", "checks[0].timeout"),
+            ("interval: 5s", "health.interval"),
+            ("checks: [{device: a}, {device: a}]", "a second check"),
+            (
+                "checks: [{device: a, artifacts: {'../x': 'file:///k'}}]",
+                "role `../x`",
+            ),
+        ] {
+            let e = format!("{:#}", parse(y).unwrap_err());
+            assert!(e.contains(want), "{y}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = HealthBook::open(dir.path());
+        assert!(b.check_ended("d1", Some("health check failed: x".into()), 5));
+        assert!(b.resume_pending_check("d1"));
+        assert_eq!(b.get("d1").health, Health::Bad);
+        assert!(b.check_ended("d1", None, 9));
+        let h = b.get("d1");
+        assert_eq!(
+            (h.health, h.last_check, h.reason.as_str()),
+            (Health::Good, 9, "")
+        );
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(500);
 
 /// What is queued for the outbox, shared with the flusher task.
 struct Pending {
-    outbox: Arc<Outbox>,
+    /// None for a log kept on the agent only (a health check's).
+    outbox: Option<Arc<Outbox>>,
     job: i64,
     attempt: i32,
     /// Bytes already handed to the outbox.
@@ -66,6 +67,11 @@ impl Pending {
 
     fn send(&mut self, data: Vec<u8>) {
         let len = data.len() as u64;
+        let Some(outbox) = &self.outbox else {
+            self.sent += len;
+            self.since = None;
+            return;
+        };
         let item = Item::Log(v1::AppendLogRequest {
             job: Some(v1::JobRef {
                 job: self.job,
@@ -74,7 +80,7 @@ impl Pending {
             offset: self.sent,
             data,
         });
-        match self.outbox.push(self.job, self.attempt, item) {
+        match outbox.push(self.job, self.attempt, item) {
             Ok(()) => self.sent += len,
             Err(e) => tracing::error!(job = self.job, error = %e, "cannot queue a log chunk"),
         }
@@ -128,6 +134,21 @@ impl JobLog {
     pub fn create(
         dir: &Path,
         outbox: Arc<Outbox>,
+        job: i64,
+        attempt: i32,
+        parser: Option<LogParser>,
+    ) -> std::io::Result<Self> {
+        Self::open(dir, Some(outbox), job, attempt, parser)
+    }
+
+    /// Creates `console.log` in `dir` for a log kept on the agent only (a health check's).
+    pub fn local(dir: &Path, parser: Option<LogParser>) -> std::io::Result<Self> {
+        Self::open(dir, None, 0, 0, parser)
+    }
+
+    fn open(
+        dir: &Path,
+        outbox: Option<Arc<Outbox>>,
         job: i64,
         attempt: i32,
         parser: Option<LogParser>,

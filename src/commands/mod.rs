@@ -8,6 +8,7 @@ mod device;
 mod export;
 mod generate;
 mod jobfile;
+mod lab_report;
 mod read;
 mod submit;
 
@@ -156,9 +157,15 @@ enum Command {
     },
     /// Print a checkout's summary: tree, branch, describe, commit; each job's result, tests
     /// and failures; then the failing tests.
+    ///
+    /// `labwire report lab LAB --since 7d` (admin): a lab's availability report.
+    #[command(args_conflicts_with_subcommands = true)]
     Report {
         /// The checkout node id.
-        checkout: i64,
+        checkout: Option<i64>,
+        /// `lab LAB`: a lab's report instead.
+        #[command(subcommand)]
+        what: Option<ReportCommand>,
         /// text or markdown.
         #[arg(long, default_value = "text")]
         format: labwire_coordinator::report::Format,
@@ -179,6 +186,15 @@ enum Command {
         /// The folder (created if missing).
         dir: PathBuf,
     },
+}
+
+/// `labwire report ...` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum ReportCommand {
+    /// A lab's report over a period: per device and device type, the time good, bad, in
+    /// maintenance, retired and offline, jobs, infrastructure-failure rate, mean boot time;
+    /// the worst first.
+    Lab(lab_report::LabReportArgs),
 }
 
 /// Runs a parsed command line. A command whose standard output is closed by its reader
@@ -233,7 +249,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Device(d) => device::device(c, d).await?,
         Command::Cancel { job, reason } => admin::cancel(c, job, reason, json).await?,
         Command::Revoke { lab } => admin::revoke(c, lab, json).await?,
-        Command::Report { checkout, format } => export::report(c, checkout, format, json).await?,
+        Command::Report {
+            what: Some(ReportCommand::Lab(a)),
+            ..
+        } => lab_report::lab_report(c, a, json).await?,
+        Command::Report {
+            checkout: Some(checkout),
+            format,
+            ..
+        } => export::report(c, checkout, format, json).await?,
+        Command::Report { .. } => anyhow::bail!("report: expected CHECKOUT or `lab LAB`"),
         Command::Export(e) => export::export(c, e).await?,
     }
     Ok(ExitCode::SUCCESS)

@@ -419,3 +419,145 @@ devices:
     let log = read_log(&mut c, waiting).await;
     assert!(log.contains("Linux version"), "no kernel boot in the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_whose_kernel_panics_fails_its_health_check_until_repaired() {
+    let mut steps = Steps::new();
+    let board = board_dir();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rig = Rig::new("leases: {duration: 30s, heartbeat: 1s}\nretries: {max: 0}\n");
+    let _keep = rig.keep_on_failure();
+    let _coord = rig.start_coordinator();
+    let bundle = rig.issue_lab("check-lab");
+    // The board's kernel panics while this file exists (a bad kernel on its boot medium).
+    let broken = rig.path("kernel-broken");
+    std::fs::write(&broken, "").unwrap();
+    let run = rig.path("run-q1");
+    std::fs::create_dir_all(&run).unwrap();
+    let power_on = rig.path("power-on.sh");
+    std::fs::write(
+        &power_on,
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then set -- \"$@\" labwire.panic=1; fi\nexec '{}/tests/board/run-qemu.sh' \"$@\"\n",
+            broken.display(),
+            repo.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &power_on,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let file = |f: &str| format!("file://{}", board.join(f).display());
+    let state = bundle.join("state");
+    let yaml = format!(
+        r#"lab: check-lab
+coordinator: {{url: {url}, ca: {b}/ca.pem, cert: {b}/agent.pem, key: {b}/agent.key}}
+state_dir: {state}
+limits: {{drain_timeout: 20s}}
+artifacts: {{file_dirs: ["{board}"]}}
+health:
+  interval: 24h
+  checks:
+    - device_type: qemu-x86_64
+      artifacts: {{kernel: "{kernel}", ramdisk: "{ramdisk}"}}
+      commands: ["uname -r", "test -d /proc/self"]
+      timeout: 3m
+devices:
+  - name: q1
+    device_type: qemu-x86_64
+    tags: [q]
+    settings: {{board: "{board}"}}
+    driver:
+      type: serial
+      console: {{tty: {{path: "{run}/console"}}}}
+      power_on_command: ["{power_on}", --kernel, "{{artifacts.kernel}}", --initrd, "{{artifacts.ramdisk}}", "{{device.board}}"]
+      power_off_command: ["{repo}/tests/board/stop-qemu.sh", "{{device.board}}"]
+      command_env: {{LABWIRE_BOARD_RUNDIR: "{run}"}}
+      boot: {{timeout: 90s}}
+      login: {{username: root, password: labwire, shell_prompt: 'root@labwire-board:~# ', timeout: 40s}}
+"#,
+        url = rig.url(),
+        b = bundle.display(),
+        state = state.display(),
+        board = board.display(),
+        kernel = file("vmlinuz"),
+        ramdisk = file("initramfs.cpio.gz"),
+        run = run.display(),
+        power_on = power_on.display(),
+        repo = repo.display(),
+    );
+    std::fs::write(bundle.join("agent.yaml"), yaml).unwrap();
+    let _agent = rig.start_agent("check-lab");
+    let mut c = rig.client().await;
+
+    steps.at("the check at agent start boots a panicking kernel: the board goes bad");
+    let d = wait_health(&rig, "check-lab/q1", "bad", Duration::from_secs(180));
+    let reason = d["reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.starts_with("health check failed: kernel_panic"),
+        "{d}"
+    );
+    let result: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state.join("health/q1/result.json")).expect("the check's record"),
+    )
+    .unwrap();
+    assert_eq!(result["passed"], false, "{result}");
+    assert_eq!(result["error_code"], "kernel_panic", "{result}");
+    let log = std::fs::read_to_string(state.join("health/q1/console.log")).unwrap();
+    assert!(log.contains("Kernel panic - not syncing"), "{log}");
+
+    steps.at("a bad board is not offered: a queued job waits and explain says why");
+    let spec = v1::JobSpec {
+        name: "after-check".into(),
+        criteria: Some(v1::Criteria {
+            driver: "serial".into(),
+            tags: vec!["q".into()],
+            ..Default::default()
+        }),
+        artifacts: [
+            (
+                "kernel".to_string(),
+                v1::Artifact {
+                    url: file("vmlinuz"),
+                    sha256: String::new(),
+                },
+            ),
+            (
+                "ramdisk".to_string(),
+                v1::Artifact {
+                    url: file("initramfs.cpio.gz"),
+                    sha256: String::new(),
+                },
+            ),
+        ]
+        .into(),
+        commands: vec!["uname -r".into()],
+        timeout_seconds: 240,
+        ..Default::default()
+    };
+    let waiting = submit_spec(&mut c, spec).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = wait_node(&mut c, waiting, Duration::from_secs(5), |_| true).await;
+    assert!(!is_done(&n), "ran on a bad board: {n:?}");
+    let why = explain(&mut c, waiting, "check-lab").await;
+    assert!(
+        why.contains("q1 is bad: health check failed: kernel_panic"),
+        "{why}"
+    );
+
+    steps.at("repaired and resumed: the check passes, the board is good, the job runs");
+    std::fs::remove_file(&broken).unwrap();
+    cli(&rig, &["device", "resume", "check-lab/q1"]);
+    let d = wait_health(&rig, "check-lab/q1", "good", Duration::from_secs(180));
+    assert_ne!(d["last_check"], result["ended"], "{d}");
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("health/q1/result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result["passed"], true, "{result}");
+    let log = std::fs::read_to_string(state.join("health/q1/console.log")).unwrap();
+    assert!(log.contains("Linux version"), "{log}");
+    let n = wait_node(&mut c, waiting, Duration::from_secs(240), is_done).await;
+    assert_eq!(n.result, v1::NodeResult::Pass as i32, "{n:?}");
+}

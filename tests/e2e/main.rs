@@ -19,6 +19,7 @@ mod hostile_queue;
 mod hostile_results;
 mod http;
 mod kernelci;
+mod lab_report;
 mod labgrid;
 mod lava;
 mod liveness;

@@ -225,6 +225,17 @@ pub(super) async fn run_job(
         .health_book()
         .job_ended(&device.info.name, error, quarantine_after)
     {
+        // A quarantined device with a health check is checked at once: it comes back
+        // only after a passing check.
+        if !agent.health_book().get(&device.info.name).health.usable()
+            && agent
+                .cfg
+                .health
+                .check_for(&device.info.name, &device.info.device_type)
+                .is_some()
+        {
+            agent.lock().checks_due.insert(device.info.name.clone());
+        }
         agent.health_changed();
     }
     push(Item::Result(v1::ReportResultRequest {
@@ -240,7 +251,9 @@ pub(super) async fn run_job(
 
 /// The parser a job asks for (`spec.parser`: auto by default, `none` for none). The pattern
 /// parser takes its expression from the job parameter `parser_pattern`.
-fn make_parser(spec: &v1::JobSpec) -> Result<Option<labwire_parsers::LogParser>, String> {
+pub(super) fn make_parser(
+    spec: &v1::JobSpec,
+) -> Result<Option<labwire_parsers::LogParser>, String> {
     use labwire_parsers::{Format, LogParser, ParserOptions, PatternSpec};
     let format = match spec.parser.as_str() {
         "" | "auto" => Format::Auto,
@@ -272,7 +285,7 @@ fn make_parser(spec: &v1::JobSpec) -> Result<Option<labwire_parsers::LogParser>,
 /// Adds the parser's results to the driver's outcome. Parsed test failures make the job
 /// `fail`; a parsed test left incomplete (a crash, a cut log) makes it `incomplete` with
 /// `error_code=test_incomplete`; an infrastructure failure the driver reported stays as it is.
-fn merge_report(outcome: &mut Outcome, report: labwire_parsers::ParseReport) {
+pub(super) fn merge_report(outcome: &mut Outcome, report: labwire_parsers::ParseReport) {
     if !report.errors.is_empty() {
         let errors: Vec<serde_json::Value> = report
             .errors

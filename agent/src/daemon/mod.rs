@@ -3,6 +3,7 @@
 //! and delivers everything through the outbox. On shutdown it drains: stops pulling, lets
 //! running jobs finish (up to `limits.drain_timeout`, then stops them), flushes the outbox.
 
+mod health_check;
 mod job;
 mod link;
 mod pull;
@@ -70,6 +71,9 @@ struct State {
     devs: HashMap<String, DevState>,
     polls: usize,
     running: HashMap<(i64, i32), RunningJob>,
+    /// The devices whose health check must run before they take another job (agent start,
+    /// resume, quarantine, interval): not offered meanwhile.
+    checks_due: std::collections::HashSet<String>,
 }
 
 /// The running agent.
@@ -122,7 +126,9 @@ impl Agent {
     /// Whether a device may take jobs: its back end says so (a LAVA device type with usable
     /// devices) and the agent has not quarantined it.
     fn usable(&self, d: &Device) -> bool {
-        d.info.health.usable() && self.health_book().get(&d.info.name).health.usable()
+        d.info.health.usable()
+            && self.health_book().get(&d.info.name).health.usable()
+            && !self.lock().checks_due.contains(&d.info.name)
     }
 
     /// Advertises the devices at once (a device's health changed) and wakes the pull loop.
@@ -236,6 +242,17 @@ pub async fn run(
         ..Default::default()
     };
     install_devices(&mut state);
+    // Every device with a health check is checked before it takes its first job.
+    state.checks_due = state
+        .devices
+        .iter()
+        .filter(|d| {
+            cfg.health
+                .check_for(&d.info.name, &d.info.device_type)
+                .is_some()
+        })
+        .map(|d| d.info.name.clone())
+        .collect();
     let (n_devices, max_jobs) = (state.devices.len(), state.max_jobs);
     let agent = Arc::new(Agent {
         outbox,
@@ -264,6 +281,7 @@ pub async fn run(
     let session = tokio::spawn(keep_session(agent.clone()));
     let mut jobs = JoinSet::new();
     let puller = tokio::spawn(pull_loop(agent.clone(), resumed));
+    let checker = tokio::spawn(health_check::check_loop(agent.clone()));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     shutdown.cancelled().await;
@@ -305,6 +323,7 @@ pub async fn run(
         );
     }
     agent.stop.cancel();
+    let _ = checker.await;
     let _ = sender.await;
     let _ = session.await;
     tracing::info!("agent stopped");

@@ -137,7 +137,7 @@ fn withdraw_polls(
     for (h, names) in open.values() {
         if let Some(gone) = names
             .iter()
-            .find(|n| !st.devices.iter().any(|d| &d.info.name == *n))
+            .find(|n| !st.devices.iter().any(|d| &d.info.name == *n) || st.checks_due.contains(*n))
         {
             tracing::info!(device = %gone, "device withdrawn: ending the request for work that offers it");
             h.abort();

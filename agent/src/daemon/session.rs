@@ -3,8 +3,8 @@
 //! ([`super::link`]) when the coordinator has one, else as calls; a forgotten session is
 //! registered again at once.
 
-use super::Agent;
 use super::link::{self, Link, Opened};
+use super::{Agent, health_check};
 use crate::client::backoff;
 use labwire_proto::v1;
 use std::sync::Arc;
@@ -146,7 +146,7 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                         agent.withdraw(&r.cancel);
                         let mut changed = false;
                         for d in &r.resumed {
-                            changed |= agent.health_book().resume(d);
+                            changed |= health_check::resumed(&agent, d);
                         }
                         if changed {
                             agent.health_changed();

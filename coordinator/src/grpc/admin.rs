@@ -155,6 +155,14 @@ impl AdminService for AdminApi {
         crate::grpc::health::set_device_health(&self.shared, &who.name, r).await
     }
 
+    async fn lab_report(
+        &self,
+        req: Request<v1::LabReportRequest>,
+    ) -> Result<Response<v1::LabReportResponse>, Status> {
+        self.shared.auth.token(&req, Scope::Admin).await?;
+        crate::grpc::health::lab_report(&self.shared, req.into_inner()).await
+    }
+
     async fn explain_job(
         &self,
         req: Request<v1::ExplainJobRequest>,

@@ -2,7 +2,8 @@
 //! (`AdminService.SetDeviceHealth`). The say is stored ([`crate::store::health`]) and laid over
 //! whatever the lab's agent reports from then on; the dispatcher stops (or starts again)
 //! placing jobs on the device at once. A job running on the device finishes first, unless
-//! the admin asked for `now`: then it is cancelled.
+//! the admin asked for `now`: then it is cancelled. Also the lab report
+//! (`AdminService.LabReport`), read from the health log and the finished jobs.
 
 use crate::model::LabName;
 use crate::shared::SharedRef;
@@ -111,5 +112,57 @@ pub(crate) async fn set_device_health(
         health: convert::health_to_proto(to) as i32,
         previous: convert::health_to_proto(from) as i32,
         cancelled_jobs: cancelled,
+    }))
+}
+
+/// The longest period a lab report covers.
+const MAX_REPORT_SECONDS: i64 = 366 * 24 * 3600;
+
+fn availability(a: &crate::store::lab_report::Availability) -> v1::DeviceAvailability {
+    v1::DeviceAvailability {
+        name: a.name.clone(),
+        device_type: a.device_type.clone(),
+        good_seconds: a.good_s,
+        bad_seconds: a.bad_s,
+        maintenance_seconds: a.maintenance_s,
+        retired_seconds: a.retired_s,
+        offline_seconds: a.offline_s,
+        jobs: a.jobs,
+        infra_failures: a.infra_failures,
+        boot_ms_mean: a.boot_ms_mean().unwrap_or(0.0),
+        boot_samples: a.boot_samples,
+    }
+}
+
+/// `LabReport`: the lab's figures over the last `since_seconds`. A lab silent for longer
+/// than the horizon of [`crate::shared::Shared::connected_labs`] counts as offline since.
+pub(crate) async fn lab_report(
+    shared: &SharedRef,
+    r: v1::LabReportRequest,
+) -> Result<Response<v1::LabReportResponse>, Status> {
+    name("lab", &r.lab)?;
+    if !(1..=MAX_REPORT_SECONDS).contains(&r.since_seconds) {
+        return Err(Status::invalid_argument(format!(
+            "since_seconds: expected 1 to {MAX_REPORT_SECONDS}"
+        )));
+    }
+    let to = shared.store.clock().now();
+    let from = to - chrono::Duration::seconds(r.since_seconds);
+    let horizon = shared.config.leases.heartbeat * 2 + std::time::Duration::from_secs(5);
+    let horizon = chrono::Duration::from_std(horizon)
+        .map_err(|e| Status::internal(format!("heartbeat horizon: {e}")))?;
+    let lab = r.lab.clone();
+    let rep = shared
+        .store
+        .read(move |c| crate::store::lab_report::lab_report(c, &lab, from, to, horizon))
+        .await?
+        .ok_or_else(|| Status::not_found(format!("no lab `{}`", r.lab)))?;
+    Ok(Response::new(v1::LabReportResponse {
+        lab: r.lab,
+        from: Some(convert::timestamp(rep.from)),
+        to: Some(convert::timestamp(rep.to)),
+        last_seen: rep.last_seen.map(convert::timestamp),
+        devices: rep.devices.iter().map(availability).collect(),
+        device_types: rep.device_types.iter().map(availability).collect(),
     }))
 }

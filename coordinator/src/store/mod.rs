@@ -20,6 +20,7 @@ pub mod events;
 pub(crate) mod health;
 pub(crate) mod jobs;
 pub(crate) mod kernelci;
+pub(crate) mod lab_report;
 pub(crate) mod labs;
 pub(crate) mod leader;
 mod location;

@@ -1,6 +1,8 @@
 //! `GET /ui/labs`: every lab with its connection, queue-wait estimate and free slots, and its
 //! devices by type with their health (its reason, the last health check, the
-//! infrastructure-failure streak) and the job each one runs.
+//! infrastructure-failure streak), the job each one runs and its availability over the
+//! last week as a server-rendered SVG timeline (one coloured bar per stretch of one health,
+//! from the lab report's figures in [`crate::store::lab_report`]).
 
 use super::view::{Time, secs};
 use super::{Page, fail, last_seq, page_auth, show};
@@ -46,6 +48,45 @@ struct Device {
     streak: u32,
     /// The job it runs, if busy.
     job: Option<i64>,
+    /// Its availability over the period, e.g. `97.5 %`.
+    available: String,
+    /// The bars of its timeline.
+    timeline: Vec<Bar>,
+}
+
+/// One stretch of one health in a device's timeline, in SVG units (0 to [`WIDTH`]).
+#[derive(Serialize)]
+struct Bar {
+    x: String,
+    w: String,
+    /// `good`, `bad`, `maintenance`, `retired`, `unknown` or `offline`.
+    health: &'static str,
+    /// From when to when, for the tooltip.
+    title: String,
+}
+
+/// The timeline's width in SVG units.
+const WIDTH: f64 = 300.0;
+/// The period the timelines cover.
+const PERIOD_DAYS: i64 = 7;
+
+fn bars(spans: &[crate::store::lab_report::Span], from: i64, to: i64) -> Vec<Bar> {
+    let len = (to - from).max(1) as f64;
+    let at = |t: chrono::DateTime<chrono::Utc>| (t.timestamp() - from) as f64 / len * WIDTH;
+    spans
+        .iter()
+        .map(|s| Bar {
+            x: format!("{:.2}", at(s.from)),
+            w: format!("{:.2}", (at(s.to) - at(s.from)).max(0.5)),
+            health: s.health.map_or("offline", |h| h.as_str()),
+            title: format!(
+                "{} {} to {}",
+                s.health.map_or("offline", |h| h.as_str()),
+                s.from.format("%Y-%m-%d %H:%M"),
+                s.to.format("%Y-%m-%d %H:%M")
+            ),
+        })
+        .collect()
 }
 
 /// `GET /ui/labs`.
@@ -53,16 +94,31 @@ pub(super) async fn page(State(shared): State<SharedRef>, headers: HeaderMap) ->
     let who = page_auth(&shared, &headers).await?;
     let seq = last_seq(&shared).await;
     let overview = lab_overview(&shared).await.map_err(fail)?;
-    let (leased, stats) = shared
+    let to = shared.store.clock().now();
+    let from = to - chrono::Duration::days(PERIOD_DAYS);
+    let horizon = chrono::Duration::from_std(
+        shared.config.leases.heartbeat * 2 + std::time::Duration::from_secs(5),
+    )
+    .unwrap_or(chrono::Duration::seconds(35));
+    let names: Vec<String> = overview.iter().map(|o| o.row.name.clone()).collect();
+    let (leased, stats, reports) = shared
         .store
-        .read(|c| {
+        .read(move |c| {
+            let mut reports = HashMap::new();
+            for n in names {
+                if let Some(r) = crate::store::lab_report::lab_report(c, &n, from, to, horizon)? {
+                    reports.insert(n, r);
+                }
+            }
             Ok((
                 crate::store::jobs::list_jobs(c, Some(crate::store::JobStatus::Leased), 10_000)?,
                 crate::store::jobs::job_stats(c)?,
+                reports,
             ))
         })
         .await
         .map_err(fail)?;
+    let (from_s, to_s) = (from.timestamp(), to.timestamp());
     // (lab, device) → the job it runs.
     let busy: HashMap<(String, String), NodeId> = leased
         .iter()
@@ -90,7 +146,10 @@ pub(super) async fn page(State(shared): State<SharedRef>, headers: HeaderMap) ->
                     "no runs yet".into()
                 };
                 let mut by_type: BTreeMap<&str, Vec<Device>> = BTreeMap::new();
+                let report = reports.get(&row.name);
                 for d in devices {
+                    let a = report.and_then(|r| r.devices.iter().find(|a| a.name == d.name));
+                    let spans = report.and_then(|r| r.timelines.get(&d.name));
                     by_type.entry(&d.device_type).or_default().push(Device {
                         name: d.name.clone(),
                         driver: d.driver.clone(),
@@ -102,6 +161,9 @@ pub(super) async fn page(State(shared): State<SharedRef>, headers: HeaderMap) ->
                             .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
                         streak: d.failure_streak,
                         job: busy.get(&(row.name.clone(), d.name.clone())).map(|j| j.0),
+                        available: a
+                            .map_or("-".into(), |a| format!("{:.1} %", 100.0 * a.availability())),
+                        timeline: spans.map_or(Vec::new(), |s| bars(s, from_s, to_s)),
                     });
                 }
                 Lab {
