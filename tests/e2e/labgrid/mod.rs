@@ -262,6 +262,22 @@ impl Labgrid {
     /// Kills the Labgrid coordinator with SIGKILL and starts it again on the same address
     /// and folder: its places come back, every hold is gone.
     fn restart_coordinator(&mut self, rig: &Rig) {
+        // Labgrid's coordinator writes its places to places.yaml every 15 s: a kill before
+        // that loses them (as it would in a lab). The test kills it after they are written.
+        let listed = self.client_ok(OTHER_USER, &["places"]);
+        let names: Vec<&str> = listed.split_whitespace().collect();
+        let end = Instant::now() + Duration::from_secs(40);
+        loop {
+            let saved = std::fs::read_to_string(self.home.join("places.yaml")).unwrap_or_default();
+            if names.iter().all(|n| saved.contains(n)) {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "labgrid-coordinator did not save {names:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
         self.coordinator.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = self.coordinator.child.wait();
         self.coordinator = start_coordinator(rig, &self.venv, &self.address, &self.home);
