@@ -30,15 +30,9 @@ fn lab_state(l: &v1::Lab) -> &'static str {
     }
 }
 
-/// A device's health word.
-fn health_name(h: i32) -> &'static str {
-    match convert::health_from_proto(h) {
-        labwire_common::Health::Good => "good",
-        labwire_common::Health::Unknown => "unknown",
-        labwire_common::Health::Bad => "bad",
-        labwire_common::Health::Maintenance => "maintenance",
-        labwire_common::Health::Retired => "retired",
-    }
+/// A device's health word, as the proto's number says it.
+pub(super) fn health_name(h: i32) -> &'static str {
+    convert::health_from_proto(h).as_str()
 }
 
 /// A timestamp as RFC 3339, if set.

@@ -1,6 +1,7 @@
 //! `labwire device ...` (admin): the devices of the labs with their health, and an admin's
 //! say over one: `maintenance`, `retire`, `resume`.
 
+use super::admin::health_name;
 use crate::client::Clients;
 use crate::output::outln;
 use anyhow::bail;
@@ -102,11 +103,6 @@ pub(super) async fn device(c: &mut Clients, cmd: DeviceCommand) -> anyhow::Resul
         outln!("its agent clears its own quarantine of it at its next heartbeat")?;
     }
     Ok(())
-}
-
-/// A protobuf health's lower-case name.
-fn health_name(h: i32) -> &'static str {
-    labwire_proto::convert::health_from_proto(h).as_str()
 }
 
 async fn list(c: &mut Clients, only: Option<String>, json: bool) -> anyhow::Result<()> {
