@@ -96,6 +96,19 @@ pub struct Agent {
     health: Mutex<crate::health::HealthBook>,
 }
 
+impl State {
+    /// The coordinator accepted `names`: those still offered (a source may have withdrawn
+    /// a device while the call ran) may go into requests for work.
+    fn accepted(&mut self, names: std::collections::HashSet<String>) {
+        let now: std::collections::HashSet<&str> =
+            self.devices.iter().map(|d| d.info.name.as_str()).collect();
+        self.advertised_names = names
+            .into_iter()
+            .filter(|n| now.contains(n.as_str()))
+            .collect();
+    }
+}
+
 impl Agent {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         match self.state.lock() {

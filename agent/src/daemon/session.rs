@@ -49,14 +49,7 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                             let mut st = agent.lock();
                             st.session = Some(r.session.clone());
                             st.heartbeat = hb;
-                            // Only what is still offered (a source may have withdrawn a
-                            // device while the call ran).
-                            let now: std::collections::HashSet<&str> =
-                                st.devices.iter().map(|d| d.info.name.as_str()).collect();
-                            st.advertised_names = names
-                                .into_iter()
-                                .filter(|n| now.contains(n.as_str()))
-                                .collect();
+                            st.accepted(names);
                         }
                         agent.bump();
                         tracing::info!(lab = %r.lab, session = %r.session, url = %agent.coordinator.url(), "registered with the coordinator");
@@ -131,21 +124,12 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                     Ok(resp) => {
                         failures = 0;
                         if advertise {
-                            {
-                                let mut st = agent.lock();
-                                let now: std::collections::HashSet<&str> =
-                                    st.devices.iter().map(|d| d.info.name.as_str()).collect();
-                                st.advertised_names = names
-                                    .into_iter()
-                                    .filter(|n| now.contains(n.as_str()))
-                                    .collect();
-                            }
+                            agent.lock().accepted(names);
                             agent.bump();
                         }
-                        let r = resp;
-                        agent.withdraw(&r.cancel);
+                        agent.withdraw(&resp.cancel);
                         let mut changed = false;
-                        for d in &r.resumed {
+                        for d in &resp.resumed {
                             changed |= health_check::resumed(&agent, d);
                         }
                         if changed {
