@@ -4,6 +4,7 @@
 //! reader that goes away (`| head`) ends the command quietly (the error it returns is
 //! recognised by [`labwire_common::stdout::closed`]).
 
+use crate::jsonl::TestLines;
 use crate::{Completed, Format, LogParser, ParseReport, ParserOptions, PatternSpec};
 use anyhow::Context;
 use labwire_common::NodeResult;
@@ -115,6 +116,7 @@ pub fn run_to(args: &ParseArgs, out: &mut impl Write) -> anyhow::Result<()> {
     };
     let jsonl = args.output == Output::Jsonl;
     let mut batch: Vec<Completed> = Vec::new();
+    let mut lines = TestLines::default();
     let mut buf = vec![0u8; READ_SIZE];
     loop {
         let n = match input.read(&mut buf) {
@@ -126,14 +128,16 @@ pub fn run_to(args: &ParseArgs, out: &mut impl Write) -> anyhow::Result<()> {
         parser.feed(&buf[..n]);
         if jsonl {
             parser.drain_completed_into(&mut batch);
-            write_tests(out, &batch).map_err(write_err)?;
+            lines.write(out, &batch).map_err(write_err)?;
             batch.clear();
         }
     }
     let (report, rest) = parser.finish_with_completed();
     match args.output {
         Output::Json => serde_json::to_writer_pretty(&mut *out, &report).map_err(io::Error::from),
-        Output::Jsonl => write_tests(out, &rest).and_then(|()| write_summary_line(out, &report)),
+        Output::Jsonl => lines
+            .write(out, &rest)
+            .and_then(|()| write_summary_line(out, &report)),
         Output::Junit => crate::junit::write(&mut *out, &name_of(args), &report.tests),
         Output::Summary => write_summary(out, &report),
     }
@@ -155,58 +159,6 @@ fn name_of(args: &ParseArgs) -> String {
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_else(|| "log".to_string())
-}
-
-/// One `jsonl` line: a test whose result is known.
-#[derive(Serialize)]
-struct TestLine<'a> {
-    /// Always `test`.
-    #[serde(rename = "type")]
-    kind: &'static str,
-    id: u64,
-    parent: Option<u64>,
-    #[serde(serialize_with = "names")]
-    path: &'a [crate::Name],
-    name: &'a str,
-    result: NodeResult,
-    leaf: bool,
-    line: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log_excerpt: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    measurement: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    units: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-}
-
-fn names<S: serde::Serializer>(path: &&[crate::Name], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(path.iter().map(|n| n.as_str()))
-}
-
-/// Writes one line per completed test.
-fn write_tests(out: &mut impl Write, batch: &[Completed]) -> io::Result<()> {
-    for c in batch {
-        let d = c.node.details.as_deref();
-        let line = TestLine {
-            kind: "test",
-            id: c.id,
-            parent: c.parent,
-            path: &c.path,
-            name: c.node.name.as_str(),
-            result: c.node.result,
-            leaf: c.leaf,
-            line: c.line,
-            log_excerpt: d.and_then(|d| d.log_excerpt.as_deref()),
-            measurement: d.and_then(|d| d.measurement),
-            units: d.and_then(|d| d.units.as_deref()),
-            error: d.and_then(|d| d.error.as_deref()),
-        };
-        serde_json::to_writer(&mut *out, &line)?;
-        out.write_all(b"\n")?;
-    }
-    Ok(())
 }
 
 /// The last `jsonl` line: result, counts and issues.

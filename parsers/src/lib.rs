@@ -61,6 +61,7 @@
 //! report's tree exactly as it is.
 
 pub mod cli;
+mod jsonl;
 pub mod junit;
 mod kmsg;
 mod ktap;

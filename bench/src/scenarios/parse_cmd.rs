@@ -12,7 +12,7 @@ use crate::Opts;
 use crate::report::{Figure, Goal, median, spread};
 use anyhow::{Context, bail};
 use labwire_parsers::{Counts, LogParser, ParserOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,9 +74,23 @@ fn library_counts(path: &Path) -> anyhow::Result<Counts> {
     Ok(p.finish().counts)
 }
 
-/// One run of `program args`: (seconds, peak RSS in bytes, the last line it printed or its
-/// `tests:` line, bytes it printed).
-fn measure(program: &Path, args: &[&str]) -> anyhow::Result<(f64, f64, String, u64)> {
+/// One run of a program.
+struct Run {
+    /// Wall time from start to exit.
+    secs: f64,
+    /// The child's CPU time (user and system): what the command costs when other work
+    /// shares the cores and stretches the wall time.
+    cpu: f64,
+    /// Peak RSS in bytes.
+    peak: f64,
+    /// The last line it printed, or its `tests:` line.
+    last: String,
+    /// Bytes it printed.
+    bytes: u64,
+}
+
+/// One run of `program args`.
+fn measure(program: &Path, args: &[&str]) -> anyhow::Result<Run> {
     let t = Instant::now();
     let mut child = Command::new(program)
         .args(args)
@@ -84,22 +98,31 @@ fn measure(program: &Path, args: &[&str]) -> anyhow::Result<(f64, f64, String, u
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", program.display()))?;
-    let out = child.stdout.take().context("no stdout")?;
-    let mut reader = BufReader::with_capacity(1 << 20, out);
-    let (mut last, mut line, mut bytes) = (String::new(), String::new(), 0u64);
+    let mut out = child.stdout.take().context("no stdout")?;
+    // Read like `cat > /dev/null` would, so that the reader costs next to nothing: raw
+    // chunks, the bytes counted, only the last MiB kept for the line wanted at the end.
+    let (mut buf, mut tail, mut bytes) = (vec![0u8; 1 << 20], Vec::new(), 0u64);
     loop {
-        line.clear();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 {
-            break;
-        }
+        let n = match out.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
         bytes += n as u64;
-        // The summary's counts line, else the last line (jsonl's summary line).
-        if line.starts_with("tests: ") || (!line.trim().is_empty() && !last.starts_with("tests: "))
-        {
-            std::mem::swap(&mut last, &mut line);
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > 2 << 20 {
+            tail.drain(..tail.len() - (1 << 20));
         }
     }
+    // The summary's counts line, else the last line (jsonl's summary line).
+    let text = String::from_utf8_lossy(&tail);
+    let last = text
+        .lines()
+        .find(|l| l.starts_with("tests: "))
+        .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
+        .unwrap_or_default()
+        .to_string();
     let pid = i32::try_from(child.id()).context("pid")?;
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value, filled in by wait4.
@@ -114,7 +137,14 @@ fn measure(program: &Path, args: &[&str]) -> anyhow::Result<(f64, f64, String, u
     if !st.success() {
         bail!("{} {args:?} failed: {st}", program.display());
     }
-    Ok((secs, usage.ru_maxrss as f64 * 1024.0, last, bytes))
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Run {
+        secs,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        peak: usage.ru_maxrss as f64 * 1024.0,
+        last,
+        bytes,
+    })
 }
 
 /// The counts in `summary` output (`tests: N (pass P, fail F, skip S, incomplete I)`).
@@ -152,12 +182,18 @@ pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
     let mb = o.log_mb as f64;
     let mut figs = Vec::new();
     for output in ["jsonl", "summary"] {
-        let (mut rates, mut peaks) = (Vec::new(), Vec::new());
+        let (mut rates, mut cpu_rates, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
         let mut printed = 0;
         for _ in 0..o.runs.max(1) {
             let a = args(output, log_s);
             let a: Vec<&str> = a.iter().map(String::as_str).collect();
-            let (secs, peak, last, bytes) = measure(&agent, &a)?;
+            let Run {
+                secs,
+                cpu,
+                peak,
+                last,
+                bytes,
+            } = measure(&agent, &a)?;
             let got = if output == "jsonl" {
                 let v: serde_json::Value =
                     serde_json::from_str(&last).context("the last jsonl line is not JSON")?;
@@ -171,6 +207,7 @@ pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
                 "--output {output} counted {got:?}, the library {want:?}"
             );
             rates.push(mb / secs);
+            cpu_rates.push(mb / cpu.max(1e-6));
             peaks.push(peak / 1e6);
             printed = bytes;
         }
@@ -178,12 +215,14 @@ pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
         figs.push(
             Figure::new("parse-cmd", &format!("labwire-agent parse --output {output}"), median(&rates), "MB/s", Some(Goal::AtLeast(300.0)))
                 .note(format!(
-                    "{}: median of {} runs on the {} MB generated log (runs: {} MB/s), output read through a pipe ({} MB printed); counts equal the library's: {} tests",
+                    "{}: median of {} runs on the {} MB generated log (runs: {} MB/s), output read through a pipe ({} MB printed); per CPU second of the command (user+system) {:.0} MB/s (runs: {}); counts equal the library's: {} tests",
                     agent.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
                     rates.len(),
                     o.log_mb,
                     spread(&rates),
                     printed / 1_000_000,
+                    median(&cpu_rates),
+                    spread(&cpu_rates),
                     want.total()
                 )),
         );
@@ -202,14 +241,14 @@ pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
         let small = dir.path().join("generated-20mb.log");
         write_log(&small, 20)?;
         let small_s = small.to_str().context("path")?;
-        let (secs, peak, _, _) = measure(
+        let Run { secs, peak, .. } = measure(
             Path::new("python3"),
             &[&kunit.to_string_lossy(), "parse", small_s],
         )
         .context("kunit.py parse failed")?;
         let a = args("jsonl", small_s);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let (ours, _, _, _) = measure(&agent, &a)?;
+        let ours = measure(&agent, &a)?.secs;
         figs.push(
             Figure::new("parse-cmd", "kunit.py parse (20 MB)", 20.0 / secs, "MB/s", None)
                 .note(format!("peak RSS {:.0} MB; labwire-agent parse --output jsonl on the same file: {:.0} MB/s, {:.0}x", peak / 1e6, 20.0 / ours, secs / ours)),
