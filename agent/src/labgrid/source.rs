@@ -1,19 +1,21 @@
-//! A Labgrid coordinator as a device source: it reads the places and the exporters'
-//! resources every `poll_interval` (sooner when its journal changes), keeps the places the
+//! A Labgrid coordinator as a device source: it keeps a session with the coordinator
+//! ([`super::link`]), whose update stream says at once when a place is acquired or released
+//! and when an exporter's resources come or go. On each change it keeps the places the
 //! config names (by name or by tags), and publishes as devices the ones that are free or
 //! held by this agent (a job of ours runs there) and that have what a job needs: their
 //! exporter's serial port (unless the entry has its own console) and a power resource
 //! (unless `power: none`). Places someone else holds, places whose exporter is gone and
-//! places the agent still owes a power-off or release ([`super::owed`]) are left out.
+//! places the agent still owes a power-off or release ([`super::owed`]) are left out; with
+//! no session (the coordinator cannot be reached) every place is withdrawn.
 //!
-//! Each reading is shared with the jobs on the places (their console, their hold watch).
+//! The reading is shared with the jobs on the places (their console, their hold watch).
 //! At start, places held by this agent's identity (a crash, a SIGKILL) join the journal as
 //! owed; a settling task powers owed places off and releases them, with back-off, until it
 //! succeeds.
 
-use super::client::{LabgridClient, Place};
+use super::client::LabgridClient;
 use super::owed::{Debt, Shared};
-use super::view::Snapshot;
+use super::view::{Place, Snapshot};
 use crate::config::{AgentConfig, LabgridConfig, LabgridPlaceConfig};
 use crate::device_types::Library;
 use crate::devices::Device;
@@ -40,10 +42,6 @@ pub(crate) struct LabgridSource {
     /// What the jobs on the places share with the source.
     shared: Arc<Shared>,
 }
-
-/// After this many failed reads in a row, the places are withdrawn until the coordinator
-/// answers again (jobs would only fail with `place_unavailable`).
-const FAILURES_BEFORE_WITHDRAW: u32 = 3;
 
 impl LabgridSource {
     /// The source of one `labgrid:` entry.
@@ -72,31 +70,28 @@ impl LabgridSource {
     }
 
     /// Places of ours that an earlier run of the agent left acquired join the journal as
-    /// owed. Returns false if the places could not be read (the caller retries).
-    async fn recover(&self) -> bool {
-        let places = match self.client.places().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(source = %self.name(), error = %e, "cannot read the Labgrid places");
-                return false;
-            }
-        };
+    /// owed: read from the first reading of the session.
+    fn recover(&self, s: &Snapshot) {
         let me = self.client.identity();
-        for p in places {
+        for p in &s.places {
             // Every place held by this agent's identity, even one the config no longer
             // names: nobody else acquires as `labwire-LAB` on this host.
-            if p.acquired.as_deref() == Some(me.as_str()) {
+            if p.acquired.as_deref() == Some(me.as_str()) && !self.shared.journal.is_owed(&p.name) {
                 tracing::warn!(source = %self.name(), place = %p.name, "place left acquired by an earlier run of this agent; it is powered off and released");
                 self.shared.journal.set(&p.name, Debt::Owed, true);
             }
         }
-        true
     }
 
     /// Powers an owed place off (if `power_off`) and releases it. A place someone else
     /// holds now is left alone until they release it.
     async fn settle(&self, place: &str, power_off: bool) -> Result<(), String> {
-        let places = self.client.places().await.map_err(|e| e.to_string())?;
+        self.client.sync().await.map_err(|e| e.to_string())?;
+        let snap = self
+            .shared
+            .latest()
+            .ok_or("no session with the Labgrid coordinator")?;
+        let places = &snap.places;
         let me = self.client.identity();
         // A place missing from the list stays owed: a Labgrid coordinator that has just
         // restarted can list places before its exporters are back, and a board left powered
@@ -273,63 +268,50 @@ impl LabgridSource {
 
     async fn follow(self: Arc<Self>, tx: watch::Sender<Vec<Arc<Device>>>, stop: CancellationToken) {
         let name = self.name();
-        let mut failures = 0u32;
-        // Recovery first: until it has run, nothing is offered.
-        loop {
-            if self.recover().await {
-                break;
-            }
-            failures += 1;
-            let wait = crate::client::backoff(
-                failures,
-                Duration::from_secs(1),
-                self.cfg.poll_interval.max(Duration::from_secs(1)),
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled() => return,
-            }
-        }
-        tokio::spawn(self.clone().settle_owed(stop.clone()));
-        failures = 0;
+        let mut readings = self.shared.snapshot.subscribe();
+        // The session: it keeps the shared reading current until `stop`.
+        let session = {
+            let me = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { me.client.follow(&me.shared, &stop).await })
+        };
         let mut known = BTreeMap::new();
         let mut why = BTreeMap::new();
-        let mut last: Vec<String> = Vec::new();
+        let mut last: Option<Vec<String>> = None;
+        let mut recovered = false;
         loop {
-            match self.client.snapshot().await {
-                Ok(snap) => {
-                    failures = 0;
+            let snap = readings.borrow_and_update().clone();
+            match snap {
+                Some(snap) => {
+                    // Recovery first: until it has run, nothing is offered.
+                    if !recovered {
+                        recovered = true;
+                        self.recover(&snap);
+                        tokio::spawn(self.clone().settle_owed(stop.clone()));
+                    }
                     let list = self.devices(&snap, &mut known, &mut why);
-                    self.shared.snapshot.send_replace(Some(Arc::new(snap)));
                     let names: Vec<String> = list.iter().map(|d| d.info.name.clone()).collect();
-                    if names != last {
+                    if last.as_ref() != Some(&names) {
                         tracing::info!(source = %name, places = ?names, "Labgrid places available");
-                        last = names;
+                        last = Some(names);
                         tx.send_replace(list);
                     }
                 }
-                Err(e) => {
-                    failures += 1;
-                    self.shared.snapshot.send_replace(None);
-                    tracing::warn!(source = %name, error = %e, failures, "cannot read the Labgrid places");
-                    // Unreachable: nothing can be acquired; withdraw at once. A client
-                    // that failed otherwise gets a few more tries first.
-                    if (e.is_unreachable() || failures >= FAILURES_BEFORE_WITHDRAW)
-                        && !last.is_empty()
-                    {
-                        tracing::warn!(source = %name, "withdrawing the places until the Labgrid coordinator answers");
-                        last.clear();
-                        known.clear();
-                        tx.send_replace(Vec::new());
-                    }
+                None if last.as_ref().is_some_and(|l| !l.is_empty()) => {
+                    tracing::warn!(source = %name, "withdrawing the places until the session with the Labgrid coordinator is open again");
+                    last = Some(Vec::new());
+                    known.clear();
+                    tx.send_replace(Vec::new());
                 }
+                None => {}
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                r = readings.changed() => if r.is_err() { break },
                 _ = self.shared.poke.notified() => {}
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
             }
         }
+        let _ = session.await;
     }
 }
 
