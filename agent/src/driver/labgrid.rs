@@ -349,6 +349,7 @@ impl LabgridDriver {
         // The console first, so that nothing the board prints at power-on is missed. An
         // exporter may have moved the port since the last reading (its ser2net restarted):
         // an exported console that cannot be opened is looked up again once, fresh.
+        let t = Instant::now();
         let console = match crate::serial::open(&console, console_argv, Duration::from_secs(10))
             .await
         {
@@ -362,6 +363,7 @@ impl LabgridDriver {
             }
             Err(e) => return Err(fail(ErrorCode::ConsoleLost, e.to_string(), None)),
         };
+        out.mark("labgrid_console_ms", t);
         if cfg.power == PlacePower::Labgrid {
             let action = if cfg.power_cycle { "cycle" } else { "on" };
             ctx.log.note(&format!(
@@ -389,7 +391,8 @@ impl LabgridDriver {
 
     /// Powers the place off and releases it. Only what succeeded is said in the log; what
     /// failed (or a lost hold) stays owed in the journal for the source to settle.
-    async fn give_back(&self, ctx: &mut JobContext, powered: bool, lost: bool) {
+    /// Records `labgrid_power_off_ms` and `labgrid_release_ms` in `out`.
+    async fn give_back(&self, ctx: &mut JobContext, powered: bool, lost: bool, out: &mut Steps) {
         let place = self.place();
         if lost {
             ctx.log.note(&format!(
@@ -402,7 +405,10 @@ impl LabgridDriver {
         if powered {
             ctx.log
                 .note(&format!("power off: labgrid-client -p {place} power off"));
-            if let Err(e) = self.client.power(place, "off").await {
+            let t = Instant::now();
+            let r = self.client.power(place, "off").await;
+            out.mark("labgrid_power_off_ms", t);
+            if let Err(e) = r {
                 tracing::error!(place, error = %e, "Labgrid power off failed; retrying in the background");
                 ctx.log.note(&format!(
                     "power off failed (retried by the agent until it succeeds; the place is not offered until then): {e}"
@@ -414,7 +420,10 @@ impl LabgridDriver {
             self.shared.owe(place, true);
             return;
         }
-        match self.client.release(place).await {
+        let t = Instant::now();
+        let r = self.client.release(place).await;
+        out.mark("labgrid_release_ms", t);
+        match r {
             Ok(()) => {
                 self.shared.journal.remove(place);
                 ctx.log.note(&format!("released Labgrid place {place}"));
@@ -513,14 +522,19 @@ impl Driver for LabgridDriver {
             // Never a result from a place that is not ours (any more).
             let lost = match res {
                 Err(ref f) if f.code == ErrorCode::PlaceLost => true,
-                _ => match self.confirm_hold().await {
+                _ => match {
+                    let t = Instant::now();
+                    let hold = self.confirm_hold().await;
+                    steps.mark("labgrid_confirm_ms", t);
+                    hold
+                } {
                     Hold::Kept => false,
                     Hold::Lost(why) => {
                         if let Err(f) = &res {
                             ctx.log.note(&format!("{}: {}", f.code, f.msg));
                         }
                         let t = Instant::now();
-                        self.give_back(ctx, powered, true).await;
+                        self.give_back(ctx, powered, true, &mut steps).await;
                         steps.mark("labgrid_give_back_ms", t);
                         return steps
                             .outcome(Err(fail(ErrorCode::PlaceLost, why, None)), &mut ctx.log);
@@ -529,7 +543,7 @@ impl Driver for LabgridDriver {
             };
             // Always: off and released (or owed), whatever happened above.
             let t = Instant::now();
-            self.give_back(ctx, powered, lost).await;
+            self.give_back(ctx, powered, lost, &mut steps).await;
             steps.mark("labgrid_give_back_ms", t);
             steps.outcome(res, &mut ctx.log)
         })

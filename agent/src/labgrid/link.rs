@@ -98,6 +98,7 @@ fn place_of(p: pb::Place) -> Place {
     Place {
         name: p.name,
         tags: p.tags.into_iter().collect(),
+        held_resources: p.acquired_resources.len(),
         acquired: p.acquired.filter(|a| !a.is_empty()),
         matches: p
             .matches

@@ -101,19 +101,39 @@ impl LabgridSource {
                 "the Labgrid coordinator does not list the place now; tried again later".into(),
             );
         };
+        // Labgrid's power drivers need the place's resources: while its exporter is away,
+        // nothing can switch the board; wait for it.
+        let published = snap.resources_of(p).next().is_some();
+        let away = || {
+            "its resources are not published now (is its exporter running?); powered off once they are back".to_string()
+        };
         match p.acquired.as_deref() {
             // Someone else's now: nothing to release; a board left on is powered off
             // once they release the place.
             Some(h) if h != me && power_off => {
                 return Err(format!("held by {h} now; powered off once they release it"));
             }
-            Some(_) if p.acquired.as_deref() != Some(me.as_str()) => return Ok(()),
+            Some(h) if h != me => return Ok(()),
             None if !power_off => return Ok(()),
+            None if !published => return Err(away()),
             None => self
                 .client
                 .acquire(place)
                 .await
                 .map_err(|e| e.to_string())?,
+            Some(_) if power_off && !published => return Err(away()),
+            // Ours, but acquired while its exporter was away: it holds no resource and
+            // Labgrid gives it none later. Acquire it again to get them.
+            Some(_) if power_off && p.held_resources == 0 => {
+                self.client
+                    .release(place)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.client
+                    .acquire(place)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             Some(_) => {}
         }
         if power_off {

@@ -18,6 +18,8 @@ pub(crate) struct Place {
     pub acquired: Option<String>,
     /// Its resource match patterns (`exporter/group/class[/name]`).
     pub matches: Vec<String>,
+    /// How many resources it holds while acquired.
+    pub held_resources: usize,
 }
 
 /// One resource an exporter publishes.
