@@ -123,7 +123,7 @@ impl LabgridDriver {
             };
             if let Some(what) = fast {
                 // A call that was stopped may still have acquired the place at the
-                // coordinator: give back what may be ours (`release-from` never touches a
+                // coordinator: give back what may be ours (a release `fromuser` never touches a
                 // place someone else holds).
                 if err.may_have_acted() {
                     let _ = self.client.release(place).await;
@@ -134,10 +134,11 @@ impl LabgridDriver {
                     None,
                 ));
             }
+            let holder = self.holder().unwrap_or_else(|| "someone else".into());
             if !said {
                 said = true;
                 ctx.log.note(&format!(
-                    "waiting up to {} for the Labgrid place {place}: {}",
+                    "waiting up to {} for the Labgrid place {place}, held by {holder}: {}",
                     humantime::format_duration(limit),
                     err.message()
                 ));
@@ -148,7 +149,7 @@ impl LabgridDriver {
                 return Err(fail(
                     ErrorCode::PlaceUnavailable,
                     format!(
-                        "could not acquire the Labgrid place {place} within {}: {}",
+                        "could not acquire the Labgrid place {place} within {}: held by {holder}: {}",
                         humantime::format_duration(limit),
                         err.message()
                     ),
@@ -220,6 +221,13 @@ impl LabgridDriver {
                 return std::future::pending().await;
             }
         }
+    }
+
+    /// Who holds the place, as the latest reading says.
+    fn holder(&self) -> Option<String> {
+        self.shared
+            .latest()
+            .and_then(|s| s.place(self.place()).and_then(|p| p.acquired.clone()))
     }
 
     /// Whether the latest reading shows the place held by this agent.
