@@ -528,27 +528,21 @@ impl Driver for LabgridDriver {
                 why = self.watch_hold(since) => Err(fail(ErrorCode::PlaceLost, why, None)),
             };
             // Never a result from a place that is not ours (any more).
-            let lost = match res {
-                Err(ref f) if f.code == ErrorCode::PlaceLost => true,
-                _ => match {
-                    let t = Instant::now();
-                    let hold = self.confirm_hold().await;
-                    steps.mark("labgrid_confirm_ms", t);
-                    hold
-                } {
-                    Hold::Kept => false,
-                    Hold::Lost(why) => {
-                        if let Err(f) = &res {
-                            ctx.log.note(&format!("{}: {}", f.code, f.msg));
-                        }
-                        let t = Instant::now();
-                        self.give_back(ctx, powered, true, &mut steps).await;
-                        steps.mark("labgrid_give_back_ms", t);
-                        return steps
-                            .outcome(Err(fail(ErrorCode::PlaceLost, why, None)), &mut ctx.log);
+            let lost = matches!(res, Err(ref f) if f.code == ErrorCode::PlaceLost);
+            if !lost {
+                let t = Instant::now();
+                let hold = self.confirm_hold().await;
+                steps.mark("labgrid_confirm_ms", t);
+                if let Hold::Lost(why) = hold {
+                    if let Err(f) = &res {
+                        ctx.log.note(&format!("{}: {}", f.code, f.msg));
                     }
-                },
-            };
+                    let t = Instant::now();
+                    self.give_back(ctx, powered, true, &mut steps).await;
+                    steps.mark("labgrid_give_back_ms", t);
+                    return steps.outcome(Err(fail(ErrorCode::PlaceLost, why, None)), &mut ctx.log);
+                }
+            }
             // Always: off and released (or owed), whatever happened above.
             let t = Instant::now();
             self.give_back(ctx, powered, lost, &mut steps).await;

@@ -419,6 +419,7 @@ mod tests {
                 name: None,
             }],
             acquired: Some("h/u".into()),
+            acquired_resources: vec!["exp/b1/NetworkSerialPort/serial".into()],
         };
         s.apply(pb::UpdateResponse {
             kind: Some(Kind::Resource(serial)),
@@ -431,6 +432,7 @@ mod tests {
         assert_eq!(p.acquired.as_deref(), Some("h/u"));
         assert_eq!(p.tags["board"], "bbb");
         assert_eq!(p.matches, ["exp/b1/*"]);
+        assert_eq!(p.held_resources, 1);
         let r = snap.serial_of(p).unwrap();
         assert_eq!(r.path, ["exp", "b1", "NetworkSerialPort", "serial"]);
         assert_eq!(
