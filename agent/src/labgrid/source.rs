@@ -32,15 +32,26 @@ use tokio_util::sync::CancellationToken;
 
 /// One Labgrid coordinator's places.
 pub(crate) struct LabgridSource {
-    cfg: LabgridConfig,
+    /// The source's name (`labgrid:NAME`).
+    name: String,
+    /// What SIGHUP may change without a new session.
+    settings: std::sync::RwLock<Arc<Settings>>,
+    /// Bumped by each [`LabgridSource::update`]: the devices are made anew.
+    generation: std::sync::atomic::AtomicU64,
     client: Arc<LabgridClient>,
-    lib: Library,
-    /// Names of the devices of the config file: a place of the same name is not offered.
-    taken: HashSet<String>,
     /// The folders `file://` artifacts may come from (`artifacts.file_dirs`).
     file_dirs: Arc<[std::path::PathBuf]>,
     /// What the jobs on the places share with the source.
     shared: Arc<Shared>,
+}
+
+/// The part of a source's config that a reload replaces in place.
+struct Settings {
+    /// The `labgrid:` entry.
+    cfg: LabgridConfig,
+    lib: Library,
+    /// Names of the devices of the config file: a place of the same name is not offered.
+    taken: HashSet<String>,
 }
 
 impl LabgridSource {
@@ -55,18 +66,60 @@ impl LabgridSource {
             .join("labgrid")
             .join(format!("{}.json", cfg.name));
         Ok(LabgridSource {
+            name: format!("labgrid:{}", cfg.name),
             client: Arc::new(LabgridClient::new(cfg, &agent.lab)),
-            cfg: cfg.clone(),
-            lib,
-            taken: agent.devices.iter().map(|d| d.name.clone()).collect(),
+            settings: std::sync::RwLock::new(Arc::new(Settings {
+                cfg: cfg.clone(),
+                lib,
+                taken: agent.devices.iter().map(|d| d.name.clone()).collect(),
+            })),
+            generation: std::sync::atomic::AtomicU64::new(0),
             file_dirs: agent.artifacts.file_dirs.clone().into(),
             shared: Shared::open(&journal)?,
         })
     }
 
-    /// The config entry a place falls under, if any.
-    fn entry(&self, p: &Place) -> Option<&LabgridPlaceConfig> {
-        self.cfg.places.iter().find(|c| c.matches(&p.name, &p.tags))
+    fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether `cfg` can replace this source's entry in place: the same coordinator, the
+    /// same identity and client, so the same session, journal and holds.
+    pub(crate) fn same_session(&self, cfg: &LabgridConfig) -> bool {
+        let s = self.settings();
+        let old = &s.cfg;
+        old.name == cfg.name
+            && old.coordinator == cfg.coordinator
+            && old.client == cfg.client
+            && old.env == cfg.env
+            && old.user == cfg.user
+            && old.host == cfg.host
+            && old.command_timeout == cfg.command_timeout
+    }
+
+    /// Whether `cfg` is the entry this source follows now.
+    pub(crate) fn is(&self, cfg: &LabgridConfig) -> bool {
+        format!("{:?}", self.settings().cfg) == format!("{cfg:?}")
+    }
+
+    /// SIGHUP: the places, their settings and `acquire_timeout` of `cfg` (which must be
+    /// [`Self::same_session`]) apply from now on: the devices are made anew (a job in
+    /// flight keeps the device it started with).
+    pub(crate) fn update(&self, cfg: &LabgridConfig, agent: &AgentConfig, lib: Library) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Settings {
+            cfg: cfg.clone(),
+            lib,
+            taken: agent.devices.iter().map(|d| d.name.clone()).collect(),
+        });
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.poke.notify_one();
     }
 
     /// Places of ours that an earlier run of the agent left acquired join the journal as
@@ -179,8 +232,13 @@ impl LabgridSource {
         }
     }
 
-    fn device(&self, place: &str, entry: &LabgridPlaceConfig) -> Option<Arc<Device>> {
-        let dt = self.lib.get(&entry.device_type)?;
+    fn device(
+        &self,
+        set: &Settings,
+        place: &str,
+        entry: &LabgridPlaceConfig,
+    ) -> Option<Arc<Device>> {
+        let dt = set.lib.get(&entry.device_type)?;
         let config = entry.device(place);
         let info = DeviceInfo {
             name: place.to_string(),
@@ -197,7 +255,7 @@ impl LabgridSource {
             Arc::new(entry.clone()),
             self.client.clone(),
             self.shared.clone(),
-            self.cfg.acquire_timeout,
+            set.cfg.acquire_timeout,
             self.file_dirs.clone(),
         );
         Some(Arc::new(Device {
@@ -241,13 +299,16 @@ impl LabgridSource {
         known: &mut BTreeMap<String, Arc<Device>>,
         why: &mut BTreeMap<String, String>,
     ) -> Vec<Arc<Device>> {
+        let set = self.settings();
         let me = self.client.identity();
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut left_out = BTreeMap::new();
         for p in &s.places {
-            let Some(entry) = self.entry(p) else { continue };
-            if self.taken.contains(&p.name) {
+            let Some(entry) = set.cfg.places.iter().find(|c| c.matches(&p.name, &p.tags)) else {
+                continue;
+            };
+            if set.taken.contains(&p.name) {
                 tracing::warn!(place = %p.name, "a device of the config file has this place's name; the place is not offered");
                 continue;
             }
@@ -273,7 +334,7 @@ impl LabgridSource {
             }
             seen.insert(p.name.clone());
             if !known.contains_key(&p.name)
-                && let Some(d) = self.device(&p.name, entry)
+                && let Some(d) = self.device(&set, &p.name, entry)
             {
                 known.insert(p.name.clone(), d);
             }
@@ -299,8 +360,16 @@ impl LabgridSource {
         let mut why = BTreeMap::new();
         let mut last: Option<Vec<String>> = None;
         let mut recovered = false;
+        let mut generation = 0;
         loop {
             let snap = readings.borrow_and_update().clone();
+            // A reload: the devices are made anew with the new settings and published.
+            let g = self.generation.load(std::sync::atomic::Ordering::Relaxed);
+            if g != generation {
+                generation = g;
+                known.clear();
+                last = None;
+            }
             match snap {
                 Some(snap) => {
                     // Recovery first: until it has run, nothing is offered.
@@ -337,7 +406,7 @@ impl LabgridSource {
 
 impl DeviceSource for LabgridSource {
     fn name(&self) -> String {
-        format!("labgrid:{}", self.cfg.name)
+        self.name.clone()
     }
 
     fn run(

@@ -7,12 +7,14 @@
 //! scripted and the QEMU board. `holds`: places held by others, an agent killed or stopped
 //! mid-job. `edges`: a raw-TCP serial port with the figures, a Labgrid coordinator
 //! restarted mid-job, the log while a job runs. `moves`: a second board on a second
-//! exporter; the first one's exporter killed mid-job, the job moves.
+//! exporter; the first one's exporter killed mid-job, the job moves. `reload`: SIGHUP and
+//! the `labgrid:` section.
 
 mod edges;
 mod holds;
 mod jobs;
 mod moves;
+mod reload;
 
 use crate::common;
 
