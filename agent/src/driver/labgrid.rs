@@ -23,7 +23,7 @@ use super::{Driver, JobContext, Outcome};
 use crate::config::{ConsoleConfig, DeviceConfig, LabgridPlaceConfig};
 use crate::labgrid::config::PlacePower;
 use crate::labgrid::owed::{Debt, Shared};
-use crate::labgrid::view::{Resource, Snapshot};
+use crate::labgrid::view::{Snapshot, console_of};
 use crate::labgrid::{LabgridClient, LabgridError};
 use crate::placeholders::{Values, expand_argv};
 use crate::serial::Session;
@@ -447,21 +447,6 @@ impl LabgridDriver {
     }
 }
 
-/// The console config for a serial port as its exporter publishes it.
-fn console_of(port: &Resource) -> Result<ConsoleConfig, String> {
-    let (Some(host), Some(p)) = (&port.host, port.port) else {
-        return Err("its NetworkSerialPort has no host and port".into());
-    };
-    let address = format!("{host}:{p}");
-    match port.protocol.as_deref() {
-        None | Some("rfc2217") => Ok(ConsoleConfig::Telnet { address }),
-        Some("raw") => Ok(ConsoleConfig::Tcp { address }),
-        Some(other) => Err(format!(
-            "its NetworkSerialPort speaks `{other}`, which the agent does not know (raw, rfc2217); give the place a `console:`"
-        )),
-    }
-}
-
 fn power_msg(place: &str, action: &str, e: &LabgridError) -> String {
     format!("Labgrid could not power {action} the place {place}: {e}")
 }
@@ -609,29 +594,5 @@ mod tests {
         assert!(msg.contains("cannot be reached"), "{msg}");
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
         assert!(shared.journal.owed().is_empty());
-    }
-
-    #[test]
-    fn the_console_follows_the_exported_protocol() {
-        let port = |protocol: Option<&str>| Resource {
-            host: Some("10.0.0.1".into()),
-            port: Some(7001),
-            protocol: protocol.map(str::to_string),
-            ..Default::default()
-        };
-        let addr = "10.0.0.1:7001".to_string();
-        assert!(
-            matches!(console_of(&port(None)), Ok(ConsoleConfig::Telnet { address }) if address == addr)
-        );
-        assert!(matches!(
-            console_of(&port(Some("rfc2217"))),
-            Ok(ConsoleConfig::Telnet { .. })
-        ));
-        assert!(
-            matches!(console_of(&port(Some("raw"))), Ok(ConsoleConfig::Tcp { address }) if address == addr)
-        );
-        let e = console_of(&port(Some("ssh"))).unwrap_err();
-        assert!(e.contains("`ssh`"), "{e}");
-        assert!(console_of(&Resource::default()).is_err());
     }
 }

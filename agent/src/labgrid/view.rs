@@ -4,6 +4,7 @@
 //! `exporter/group/class/name` path matches one of its match patterns (shell globs, as
 //! Labgrid's `ResourceMatch` does), so a place whose exporter is gone has none.
 
+use crate::serial::config::ConsoleConfig;
 use std::collections::BTreeMap;
 use tokio::time::Instant;
 
@@ -93,6 +94,21 @@ impl Snapshot {
     /// Whether a place has a resource Labgrid can power it with.
     pub(crate) fn has_power(&self, p: &Place) -> bool {
         self.resources_of(p).any(Resource::is_power)
+    }
+}
+
+/// The console config for a serial port as its exporter publishes it.
+pub(crate) fn console_of(port: &Resource) -> Result<ConsoleConfig, String> {
+    let (Some(host), Some(p)) = (&port.host, port.port) else {
+        return Err("its NetworkSerialPort has no host and port".into());
+    };
+    let address = format!("{host}:{p}");
+    match port.protocol.as_deref() {
+        None | Some("rfc2217") => Ok(ConsoleConfig::Telnet { address }),
+        Some("raw") => Ok(ConsoleConfig::Tcp { address }),
+        Some(other) => Err(format!(
+            "its NetworkSerialPort speaks `{other}`, which the agent does not know (raw, rfc2217); give the place a `console:`"
+        )),
     }
 }
 
@@ -223,5 +239,29 @@ mod tests {
         ] {
             assert_eq!(glob(p.as_bytes(), s.as_bytes()), want, "{p} {s}");
         }
+    }
+
+    #[test]
+    fn the_console_follows_the_exported_protocol() {
+        let port = |protocol: Option<&str>| Resource {
+            host: Some("10.0.0.1".into()),
+            port: Some(7001),
+            protocol: protocol.map(str::to_string),
+            ..Default::default()
+        };
+        let addr = "10.0.0.1:7001".to_string();
+        assert!(
+            matches!(console_of(&port(None)), Ok(ConsoleConfig::Telnet { address }) if address == addr)
+        );
+        assert!(matches!(
+            console_of(&port(Some("rfc2217"))),
+            Ok(ConsoleConfig::Telnet { .. })
+        ));
+        assert!(
+            matches!(console_of(&port(Some("raw"))), Ok(ConsoleConfig::Tcp { address }) if address == addr)
+        );
+        let e = console_of(&port(Some("ssh"))).unwrap_err();
+        assert!(e.contains("`ssh`"), "{e}");
+        assert!(console_of(&Resource::default()).is_err());
     }
 }
