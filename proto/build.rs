@@ -1,5 +1,6 @@
 //! Compiles the .proto files with protox (pure Rust, no system protoc) and generates the
-//! prost messages and tonic services. The encoded descriptor set is kept for gRPC reflection.
+//! prost messages and tonic services, and the client of the Labgrid coordinator's protocol.
+//! The encoded descriptor set of labwire's own API is kept for gRPC reflection.
 
 use prost::Message;
 use std::path::PathBuf;
@@ -16,5 +17,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+    // The part of the Labgrid coordinator's protocol the agent speaks (a client only).
+    let labgrid = "proto/labgrid/coordinator.proto";
+    println!("cargo:rerun-if-changed={labgrid}");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(protox::compile([labgrid], ["proto"])?)?;
     Ok(())
 }

@@ -37,24 +37,35 @@ pub trait DeviceSource: Send + Sync + 'static {
     }
 }
 
-/// The device sources that a config names. SIGHUP reloads the `lava:` entries
-/// ([`lava`]); the `labgrid:` entries are read at start only.
-pub fn build(cfg: &AgentConfig) -> anyhow::Result<Vec<Arc<dyn DeviceSource>>> {
+/// The device sources that a config names: its `lava:` entries and the `labgrid` sources
+/// made by [`labgrid`]. SIGHUP reloads the `lava:` entries ([`lava`]) and updates the
+/// `labgrid:` ones in place where their session stays the same.
+pub(crate) fn build(
+    cfg: &AgentConfig,
+    labgrid: &[Arc<crate::labgrid::LabgridSource>],
+) -> anyhow::Result<Vec<Arc<dyn DeviceSource>>> {
     let mut out: Vec<Arc<dyn DeviceSource>> = Vec::new();
     for l in lava(cfg)? {
         out.push(l);
     }
-    if !cfg.labgrid.is_empty() {
-        let lib = cfg.library()?;
-        for lg in &cfg.labgrid {
-            out.push(Arc::new(crate::labgrid::LabgridSource::new(
-                lg,
-                cfg,
-                lib.clone(),
-            )?));
-        }
+    for lg in labgrid {
+        out.push(lg.clone());
     }
     Ok(out)
+}
+
+/// The sources of the `labgrid:` entries, in the file's order.
+pub(crate) fn labgrid(
+    cfg: &AgentConfig,
+) -> anyhow::Result<Vec<Arc<crate::labgrid::LabgridSource>>> {
+    if cfg.labgrid.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lib = cfg.library()?;
+    cfg.labgrid
+        .iter()
+        .map(|lg| crate::labgrid::LabgridSource::new(lg, cfg, lib.clone()).map(Arc::new))
+        .collect()
 }
 
 /// The sources of the `lava:` entries, in the file's order.

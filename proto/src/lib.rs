@@ -8,6 +8,11 @@ pub mod v1 {
     tonic::include_proto!("labwire.v1");
 }
 
+/// The Labgrid coordinator's protocol, as far as the agent speaks it (package `labgrid`).
+pub mod labgrid {
+    tonic::include_proto!("labgrid");
+}
+
 pub mod codec;
 pub mod convert;
 

@@ -53,6 +53,8 @@ struct State {
     sources: std::collections::BTreeMap<String, CancellationToken>,
     /// The `lava:` entries the running LAVA sources were built from.
     lava: Vec<crate::lava::LavaConfig>,
+    /// The running Labgrid sources (SIGHUP updates them in place).
+    labgrid: Vec<Arc<crate::labgrid::LabgridSource>>,
     /// `limits.max_jobs` of the config file, if set.
     max_jobs_cfg: Option<usize>,
     /// At most this many jobs at once.
@@ -221,7 +223,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let lib = cfg.library()?;
     let configured = devices::build(&cfg, &lib)?;
-    let sources = sources::build(&cfg)?;
+    let labgrid = sources::labgrid(&cfg)?;
+    let sources = sources::build(&cfg, &labgrid)?;
     crate::state::private_dir(&cfg.state_dir)?;
     crate::state::private_dir(&crate::state::jobs_dir(&cfg.state_dir))?;
     // TFTP folders of jobs that an agent killed mid-job left behind (no job of a board is
@@ -283,6 +286,7 @@ pub async fn run(
     tokio::spawn(upkeep::prune_periodically(agent.clone()));
     tracing::info!(lab = %agent.cfg.lab, devices = n_devices, max_jobs, sources = sources.len(), "agent starting");
     agent.lock().lava = agent.cfg.lava.clone();
+    agent.lock().labgrid = labgrid;
     for source in sources {
         start_source(&agent, source);
     }

@@ -1,6 +1,7 @@
 //! The device list: the devices of the config file and those the sources found, merged
-//! into the offered list; SIGHUP reloads the file's devices, limits, `state.keep_jobs` and
-//! `lava:` entries (the `labgrid:` ones need a restart, and the log says so).
+//! into the offered list; SIGHUP reloads the file's devices, limits, `state.keep_jobs`,
+//! `lava:` entries and `labgrid:` entries (in place, where the entry's session stays the
+//! same; the log names any that need a restart).
 
 use super::{Agent, State};
 use crate::config::AgentConfig;
@@ -86,11 +87,14 @@ async fn follow_source(
     }
 }
 
-/// Reloads the device list, limits and `lava:` entries from `path` on every SIGHUP. Jobs in
-/// flight keep their device until they end; a device removed from the file is no longer
-/// offered; a `lava:` entry that changed is followed anew (its devices are read again); a
-/// bad file is refused (logged) and the running configuration kept. The lab, the
-/// coordinator link, the state directory and the `labgrid:` entries need a restart.
+/// Reloads the device list, limits, `lava:` and `labgrid:` entries from `path` on every
+/// SIGHUP. Jobs in flight keep their device until they end; a device removed from the file
+/// is no longer offered; a `lava:` entry that changed is followed anew (its devices are read
+/// again); a `labgrid:` entry whose coordinator, identity, client and `command_timeout` are
+/// unchanged takes its new places and settings in place (its session, journal and holds
+/// stay); a bad file is refused (logged) and the running configuration kept. The lab, the
+/// coordinator link, the state directory, and `labgrid:` entries added, removed or with a
+/// new session need a restart (the log names them).
 pub(super) async fn reload_on_sighup(agent: Arc<Agent>, path: std::path::PathBuf) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -104,13 +108,13 @@ pub(super) async fn reload_on_sighup(agent: Arc<Agent>, path: std::path::PathBuf
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
         match reload(&agent, &path) {
-            Ok(r) if r.labgrid_changed => {
-                // Not "reloaded": a running Labgrid source owns its journal and the holds
-                // of its jobs; replacing it under them is left to a restart.
-                tracing::warn!(config = %path.display(), devices = r.devices, lava_restarted = ?r.lava_restarted, lava_kept = r.lava_kept, "SIGHUP: configuration reloaded EXCEPT the `labgrid:` entries, which changed and are NOT applied: restart the agent to apply them");
+            Ok(r) if !r.labgrid_not_applied.is_empty() => {
+                // Not "reloaded": a running Labgrid source owns its session, its journal
+                // and the holds of its jobs; replacing it under them is left to a restart.
+                tracing::warn!(config = %path.display(), devices = r.devices, lava_restarted = ?r.lava_restarted, lava_kept = r.lava_kept, labgrid_applied = ?r.labgrid_applied, labgrid_not_applied = ?r.labgrid_not_applied, "SIGHUP: configuration reloaded EXCEPT these `labgrid:` entries, which are NOT applied: restart the agent to apply them");
             }
             Ok(r) => {
-                tracing::info!(config = %path.display(), devices = r.devices, lava_restarted = ?r.lava_restarted, lava_kept = r.lava_kept, "SIGHUP: configuration reloaded");
+                tracing::info!(config = %path.display(), devices = r.devices, lava_restarted = ?r.lava_restarted, lava_kept = r.lava_kept, labgrid_applied = ?r.labgrid_applied, "SIGHUP: configuration reloaded");
             }
             Err(e) => {
                 tracing::error!(config = %path.display(), error = %format!("{e:#}"), "SIGHUP: configuration refused; keeping the running one")
@@ -128,8 +132,10 @@ pub(super) struct Reloaded {
     pub(super) lava_restarted: Vec<String>,
     /// `lava:` entries left running as they were.
     pub(super) lava_kept: usize,
-    /// The `labgrid:` entries differ from the running ones (not applied).
-    pub(super) labgrid_changed: bool,
+    /// `labgrid:` entries whose new settings apply now.
+    pub(super) labgrid_applied: Vec<String>,
+    /// `labgrid:` entries that changed and need a restart, each with why.
+    pub(super) labgrid_not_applied: Vec<String>,
 }
 
 pub(super) fn reload(agent: &Arc<Agent>, path: &std::path::Path) -> anyhow::Result<Reloaded> {
@@ -140,7 +146,10 @@ pub(super) fn reload(agent: &Arc<Agent>, path: &std::path::Path) -> anyhow::Resu
     {
         anyhow::bail!("`lab`, `coordinator` and `state_dir` cannot change without a restart");
     }
-    let devices = devices::build(&cfg, &cfg.library()?)?;
+    let lib = cfg.library()?;
+    let devices = devices::build(&cfg, &lib)?;
+    let labgrid_applied;
+    let labgrid_not_applied;
     // Built before anything changes, so that a bad entry refuses the whole file.
     let lava = sources::lava(&cfg)?;
     let n = devices.len();
@@ -170,6 +179,7 @@ pub(super) fn reload(agent: &Arc<Agent>, path: &std::path::Path) -> anyhow::Resu
             }
         }
         st.lava = cfg.lava.clone();
+        (labgrid_applied, labgrid_not_applied) = update_labgrid(&st.labgrid, &cfg, &lib);
         install_devices(&mut st);
     }
     agent.bump();
@@ -178,6 +188,42 @@ pub(super) fn reload(agent: &Arc<Agent>, path: &std::path::Path) -> anyhow::Resu
         devices: n,
         lava_restarted: restarted,
         lava_kept: kept,
-        labgrid_changed: format!("{:?}", cfg.labgrid) != format!("{:?}", agent.cfg.labgrid),
+        labgrid_applied,
+        labgrid_not_applied,
     })
+}
+
+/// Gives each running Labgrid source its entry of `cfg` where the session stays the same;
+/// returns the entries applied and those that need a restart (with why).
+fn update_labgrid(
+    running: &[Arc<crate::labgrid::LabgridSource>],
+    cfg: &AgentConfig,
+    lib: &crate::device_types::Library,
+) -> (Vec<String>, Vec<String>) {
+    let (mut applied, mut not_applied) = (Vec::new(), Vec::new());
+    for e in &cfg.labgrid {
+        let name = format!("labgrid:{}", e.name);
+        match running.iter().find(|s| s.name() == name) {
+            Some(s) if s.is(e) => {}
+            Some(s) if s.same_session(e) => {
+                s.update(e, cfg, lib.clone());
+                applied.push(e.name.clone());
+            }
+            Some(_) => not_applied.push(format!(
+                "{}: its coordinator, client, env, user, host or command_timeout changed",
+                e.name
+            )),
+            None => not_applied.push(format!("{}: added", e.name)),
+        }
+    }
+    for s in running {
+        if !cfg
+            .labgrid
+            .iter()
+            .any(|e| s.name() == format!("labgrid:{}", e.name))
+        {
+            not_applied.push(format!("{}: removed", s.name()));
+        }
+    }
+    (applied, not_applied)
 }

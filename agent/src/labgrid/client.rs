@@ -1,17 +1,23 @@
-//! A typed wrapper around `labgrid-client`: every call is an argument list (no shell) with a
-//! time limit, run with the agent's Labgrid identity (`LG_USERNAME`, `LG_HOSTNAME`), and its
-//! failures become [`LabgridError`]s that say which command failed and what the client said.
+//! How the agent talks to one Labgrid coordinator. Places and resources, acquire and
+//! release go over the coordinator's own gRPC protocol ([`super::link`]: one long-lived
+//! session whose update stream keeps the agent's view current). Power goes through
+//! Labgrid's own client, `labgrid-client power`, because Labgrid's power drivers run on the
+//! client side: every call is an argument list (no shell) with a time limit, run with the
+//! agent's Labgrid identity (`LG_USERNAME`, `LG_HOSTNAME`). Failures of both become
+//! [`LabgridError`]s that say which call failed and what Labgrid said.
 
-use super::view::{Resource, Snapshot, fields, parse_resources};
+use super::link::Link;
+use super::owed::Shared;
 use crate::config::LabgridConfig;
 use crate::driver::board::run_program_without;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-/// Why a `labgrid-client` call failed.
+/// Why a call to Labgrid failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LabgridError {
-    /// The program could not be started, or did not finish in time.
+    /// `labgrid-client` could not be started, or did not finish in time.
     #[error("labgrid-client {args}: {msg}")]
     Run {
         /// The arguments after the program.
@@ -19,7 +25,7 @@ pub(crate) enum LabgridError {
         /// What went wrong.
         msg: String,
     },
-    /// The client ran and failed; `msg` is what it printed.
+    /// `labgrid-client` ran and failed; `msg` is what it printed.
     #[error("labgrid-client {args} failed ({status}): {msg}")]
     Failed {
         /// The arguments after the program.
@@ -29,85 +35,91 @@ pub(crate) enum LabgridError {
         /// The client's message (its last lines).
         msg: String,
     },
-    /// The client's output is not what this version of the agent understands.
-    #[error("labgrid-client {args}: unexpected output: {msg}")]
-    Output {
-        /// The arguments after the program.
-        args: String,
-        /// What was wrong.
+    /// The agent has no session with the Labgrid coordinator now (it cannot be reached,
+    /// or the session is being opened again).
+    #[error("Labgrid coordinator {what}: {msg}")]
+    Down {
+        /// What the agent asked for.
+        what: String,
+        /// Why there is no answer.
+        msg: String,
+    },
+    /// The Labgrid coordinator answered a request with an error.
+    #[error("Labgrid coordinator {what}: {msg} ({code:?})")]
+    Rpc {
+        /// What the agent asked for.
+        what: String,
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The coordinator's message.
         msg: String,
     },
 }
 
 impl LabgridError {
-    /// The client's message, for job errors.
+    /// The error as a sentence, for job errors.
     pub(crate) fn message(&self) -> String {
         self.to_string()
     }
 
-    /// The client's message, whatever the kind of failure.
-    fn text(&self) -> &str {
-        match self {
-            LabgridError::Run { msg, .. }
-            | LabgridError::Failed { msg, .. }
-            | LabgridError::Output { msg, .. } => msg,
-        }
-    }
-
-    /// Whether the client said the place is held by someone else (or by us already).
+    /// Whether the coordinator said the place is held (by someone else).
     pub(crate) fn is_held(&self) -> bool {
-        matches!(self, LabgridError::Failed { msg, .. } if msg.contains("already acquired"))
+        matches!(self, LabgridError::Rpc { code: tonic::Code::FailedPrecondition, msg, .. } if msg.contains("already acquired"))
     }
 
-    /// Whether the client said this agent holds the place already.
-    pub(crate) fn is_held_by_us(&self) -> bool {
-        self.text().contains("You have already acquired place")
-    }
-
-    /// Whether the client said the place does not exist.
+    /// Whether the coordinator said the place does not exist.
     pub(crate) fn is_unknown_place(&self) -> bool {
-        matches!(self, LabgridError::Failed { msg, .. } if msg.contains("matches nothing"))
+        matches!(self, LabgridError::Rpc { code: tonic::Code::InvalidArgument, msg, .. } if msg.contains("does not exist"))
     }
 
     /// Whether the Labgrid coordinator could not be reached (or the client not run): an
     /// infrastructure failure that waiting on this place does not cure.
     pub(crate) fn is_unreachable(&self) -> bool {
         match self {
-            LabgridError::Run { .. } => true,
+            LabgridError::Run { .. } | LabgridError::Down { .. } => true,
+            LabgridError::Rpc { code, msg, .. } => {
+                matches!(
+                    code,
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                ) || msg.contains("does not have a valid session")
+            }
             LabgridError::Failed { msg, .. } => {
                 msg.contains("Could not connect to coordinator")
                     || msg.contains("coordinator is unavailable")
                     || msg.contains("coordinator became unavailable")
             }
-            LabgridError::Output { .. } => false,
         }
     }
 
-    /// Whether the client said the place's resources are missing (its exporter is gone).
+    /// Whether the call may have done its work although it failed (it was cut off): an
+    /// acquire that timed out may hold the place at the coordinator.
+    pub(crate) fn may_have_acted(&self) -> bool {
+        matches!(
+            self,
+            LabgridError::Run { .. }
+                | LabgridError::Rpc {
+                    code: tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown,
+                    ..
+                }
+        )
+    }
+
+    /// Whether the coordinator said the place's resources could not be acquired (its
+    /// exporter is gone, or a resource is still held for another place).
     pub(crate) fn is_missing_resources(&self) -> bool {
-        let m = self.text();
-        m.contains("has no matching remote resource")
-            || m.contains("Failed to acquire resources")
-            || m.contains("orphaned resource")
+        matches!(self, LabgridError::Rpc { msg, .. } if msg.contains("Failed to acquire resources"))
     }
 }
 
-/// A place as `labgrid-client -v places` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct Place {
-    /// Its name.
-    pub name: String,
-    /// Its tags.
-    pub tags: BTreeMap<String, String>,
-    /// Who holds it (`host/user`), if anyone.
-    pub acquired: Option<String>,
-    /// Its resource match patterns (`exporter/group/class[/name]`).
-    pub matches: Vec<String>,
-}
-
-/// How the agent calls `labgrid-client` for one coordinator.
-#[derive(Debug, Clone)]
+/// How the agent talks to one Labgrid coordinator.
 pub(crate) struct LabgridClient {
+    /// The gRPC session with the coordinator.
+    link: Link,
     program: Vec<String>,
     coordinator: String,
     env: BTreeMap<String, String>,
@@ -125,16 +137,19 @@ impl LabgridClient {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "localhost".into())
         });
+        let user = cfg.user.clone().unwrap_or_else(|| format!("labwire-{lab}"));
         let mut env = cfg.env.clone();
-        env.insert(
-            "LG_USERNAME".into(),
-            cfg.user.clone().unwrap_or_else(|| format!("labwire-{lab}")),
-        );
+        env.insert("LG_USERNAME".into(), user.clone());
         env.insert("LG_HOSTNAME".into(), host.clone());
         LabgridClient {
+            link: Link::new(
+                &cfg.coordinator,
+                format!("{host}/{user}"),
+                cfg.command_timeout,
+            ),
             program: cfg.client.clone(),
             coordinator: cfg.coordinator.clone(),
-            user: env["LG_USERNAME"].clone(),
+            user,
             env,
             host,
             timeout: cfg.command_timeout,
@@ -146,7 +161,38 @@ impl LabgridClient {
         format!("{}/{}", self.host, self.user)
     }
 
-    /// Runs the client with `args` (after `-x COORDINATOR`); returns its standard output.
+    /// Keeps a session with the coordinator until `stop`, publishing what it says into
+    /// `shared.snapshot` (`None` while there is no session).
+    pub(crate) async fn follow(&self, shared: &Shared, stop: &CancellationToken) {
+        self.link.follow(&shared.snapshot, stop).await
+    }
+
+    /// Waits until every update the coordinator queued before now is in `shared.snapshot`.
+    pub(crate) async fn sync(&self) -> Result<(), LabgridError> {
+        self.link.sync().await
+    }
+
+    /// Acquires a place for this agent; once it returns, the place shows as ours in the
+    /// shared reading.
+    pub(crate) async fn acquire(&self, place: &str) -> Result<(), LabgridError> {
+        self.link.acquire(place).await?;
+        self.link.sync().await
+    }
+
+    /// Releases a place if (and only if) this agent holds it; a place someone else holds
+    /// is left alone. Once it returns, the shared reading shows it.
+    pub(crate) async fn release(&self, place: &str) -> Result<(), LabgridError> {
+        self.link.release(place, &self.identity()).await?;
+        self.link.sync().await
+    }
+
+    /// Switches a place's power (`on`, `off` or `cycle`) with `labgrid-client power`.
+    pub(crate) async fn power(&self, place: &str, action: &str) -> Result<(), LabgridError> {
+        self.run(&["-p", place, "power", action]).await.map(drop)
+    }
+
+    /// Runs `labgrid-client` with `args` (after `-x COORDINATOR`); returns its standard
+    /// output.
     async fn run(&self, args: &[&str]) -> Result<String, LabgridError> {
         let mut argv = self.program.clone();
         argv.push("-x".into());
@@ -192,136 +238,6 @@ impl LabgridClient {
             },
         })
     }
-
-    /// Every place with its tags and who holds it.
-    pub(crate) async fn places(&self) -> Result<Vec<Place>, LabgridError> {
-        let out = self.run(&["-v", "places"]).await?;
-        parse_places(&out).map_err(|msg| LabgridError::Output {
-            args: "-v places".into(),
-            msg,
-        })
-    }
-
-    /// Every resource the exporters publish now.
-    pub(crate) async fn resources(&self) -> Result<Vec<Resource>, LabgridError> {
-        let out = self.run(&["-v", "resources"]).await?;
-        parse_resources(&out).map_err(|msg| LabgridError::Output {
-            args: "-v resources".into(),
-            msg,
-        })
-    }
-
-    /// The places and resources now.
-    pub(crate) async fn snapshot(&self) -> Result<Snapshot, LabgridError> {
-        let at = tokio::time::Instant::now();
-        let places = self.places().await?;
-        let resources = self.resources().await?;
-        Ok(Snapshot {
-            at,
-            places,
-            resources,
-        })
-    }
-
-    /// Acquires a place for this agent.
-    pub(crate) async fn acquire(&self, place: &str) -> Result<(), LabgridError> {
-        self.run(&["-p", place, "acquire"]).await.map(drop)
-    }
-
-    /// Releases a place if (and only if) this agent holds it; a place someone else holds
-    /// is left alone.
-    pub(crate) async fn release(&self, place: &str) -> Result<(), LabgridError> {
-        let id = self.identity();
-        self.run(&["-p", place, "release-from", &id])
-            .await
-            .map(drop)
-    }
-
-    /// Switches a place's power: `on`, `off` or `cycle`.
-    pub(crate) async fn power(&self, place: &str, action: &str) -> Result<(), LabgridError> {
-        self.run(&["-p", place, "power", action]).await.map(drop)
-    }
-
-    /// The serial port the place's exporter publishes (the place must be acquired).
-    pub(crate) async fn serial_port(&self, place: &str) -> Result<Resource, LabgridError> {
-        let out = self.run(&["-p", place, "show"]).await?;
-        parse_serial_port(&out).map_err(|msg| LabgridError::Output {
-            args: format!("-p {place} show"),
-            msg,
-        })
-    }
-}
-
-/// Parses `labgrid-client -v places`: a `Place 'NAME':` line per place, then its fields
-/// indented by two spaces (`tags: a=1, b=2`, `acquired: host/user` or `None`).
-pub(crate) fn parse_places(out: &str) -> Result<Vec<Place>, String> {
-    let mut places: Vec<Place> = Vec::new();
-    let mut in_matches = false;
-    for line in out.lines() {
-        if let Some(rest) = line.strip_prefix("Place '") {
-            let name = rest
-                .strip_suffix("':")
-                .ok_or_else(|| format!("a place line without its end: `{line}`"))?;
-            places.push(Place {
-                name: name.to_string(),
-                ..Default::default()
-            });
-            continue;
-        }
-        let Some(field) = line.strip_prefix("  ") else {
-            continue;
-        };
-        if let Some(item) = field.strip_prefix("  ") {
-            // A list item of the field above (matches, acquired resources).
-            if in_matches && let Some(p) = places.last_mut() {
-                p.matches.push(item.trim().to_string());
-            }
-            continue;
-        }
-        in_matches = field.trim_end() == "matches:";
-        let Some(p) = places.last_mut() else {
-            return Err(format!("a field before any place: `{line}`"));
-        };
-        if let Some(v) = field.strip_prefix("acquired: ") {
-            let v = v.trim();
-            p.acquired = (v != "None" && !v.is_empty()).then(|| v.to_string());
-        } else if let Some(v) = field.strip_prefix("tags: ") {
-            for kv in v.split(", ") {
-                if let Some((k, v)) = kv.split_once('=') {
-                    p.tags.insert(k.trim().to_string(), v.trim().to_string());
-                }
-            }
-        }
-    }
-    Ok(places)
-}
-
-/// Finds the first acquired `NetworkSerialPort` in `labgrid-client show`: its host, port
-/// and protocol (printed as a Python dict: `'host': 'NAME'`, `'port': N`).
-pub(crate) fn parse_serial_port(out: &str) -> Result<Resource, String> {
-    let mut in_port = false;
-    let mut r = Resource::default();
-    for line in out.lines() {
-        if line.starts_with("Acquired resource ") || line.starts_with("Matching resource ") {
-            if in_port && r.host.is_some() && r.port.is_some() {
-                break;
-            }
-            in_port = line.contains("/NetworkSerialPort/");
-            continue;
-        }
-        if in_port {
-            fields(line, &mut r.host, &mut r.port, &mut r.protocol);
-        }
-    }
-    if r.host.is_none() || r.port.is_none() {
-        return Err(
-            "the place has no acquired NetworkSerialPort with a host and port (does its exporter export a serial port, and is ser2net running?)"
-                .into(),
-        );
-    }
-    r.avail = true;
-    r.path[2] = "NetworkSerialPort".into();
-    Ok(r)
 }
 
 #[cfg(test)]
@@ -329,32 +245,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn places_are_parsed() {
-        let out = "Place 'board-1':\n  tags: board=scripted, rack=2\n  matches:\n    exp/board-1/*\n  acquired: None\n  acquired resources:\n  created: 2026-11-23 17:00:00\n  changed: 2026-11-23 17:00:00\nPlace 'board-2':\n  matches:\n    exp/board-2/*\n  acquired: lab-host/labwire-lab-a\n  acquired resources:\n    exp/board-2/NetworkSerialPort/NetworkSerialPort\n  allowed: lab-host/labwire-lab-a\n  created: 2026-11-23 17:00:00\n  changed: 2026-11-23 17:00:00\n";
-        let p = parse_places(out).unwrap();
-        assert_eq!(p.len(), 2);
-        assert_eq!(p[0].name, "board-1");
-        assert_eq!(p[0].tags["board"], "scripted");
-        assert_eq!(p[0].tags["rack"], "2");
-        assert_eq!(p[0].acquired, None);
-        assert_eq!(p[1].acquired.as_deref(), Some("lab-host/labwire-lab-a"));
-        assert!(p[1].tags.is_empty());
-        assert_eq!(p[0].matches, ["exp/board-1/*"]);
-        assert_eq!(p[1].matches, ["exp/board-2/*"]);
-        assert!(parse_places("  acquired: x\n").is_err());
-        assert!(parse_places("").unwrap().is_empty());
-    }
-
-    #[test]
-    fn the_serial_port_is_found() {
-        let out = "Place 'b':\n  acquired: h/u\nAcquired resource 'NetworkPowerPort' (exp/b/NetworkPowerPort/NetworkPowerPort):\n  {'avail': True,\n   'params': {'host': 'http://127.0.0.1:5/power/{index}/{value}', 'index': 0, 'model': 'simplerest'}}\nAcquired resource 'NetworkSerialPort' (exp/b/NetworkSerialPort/NetworkSerialPort):\n  {'avail': True,\n   'cls': 'NetworkSerialPort',\n   'params': {'extra': {'path': '/dev/pts/3'},\n              'host': '127.0.0.1',\n              'port': 40123,\n              'speed': 115200}}\n";
-        let r = parse_serial_port(out).unwrap();
-        assert_eq!(
-            (r.host.as_deref(), r.port),
-            (Some("127.0.0.1"), Some(40123))
+    fn coordinator_errors_are_classified() {
+        let rpc = |code, msg: &str| LabgridError::Rpc {
+            what: "acquire b1".into(),
+            code,
+            msg: msg.into(),
+        };
+        let held = rpc(
+            tonic::Code::FailedPrecondition,
+            "Place b1 is already acquired",
         );
-        assert_eq!(r.protocol, None);
-        let e = parse_serial_port("Place 'b':\n  acquired: h/u\n").unwrap_err();
-        assert!(e.contains("NetworkSerialPort"), "{e}");
+        assert!(held.is_held() && !held.is_unreachable() && !held.is_missing_resources());
+        let gone = rpc(tonic::Code::InvalidArgument, "Place nope does not exist");
+        assert!(gone.is_unknown_place() && !gone.is_held());
+        let res = rpc(
+            tonic::Code::FailedPrecondition,
+            "Failed to acquire resources for place b1",
+        );
+        assert!(res.is_missing_resources() && !res.is_held());
+        let session = rpc(
+            tonic::Code::FailedPrecondition,
+            "Peer ipv4:127.0.0.1:5 does not have a valid session",
+        );
+        assert!(session.is_unreachable());
+        let cut = rpc(tonic::Code::DeadlineExceeded, "timeout");
+        assert!(cut.is_unreachable() && cut.may_have_acted());
+        assert!(!held.may_have_acted());
+        let down = LabgridError::Down {
+            what: "acquire b1".into(),
+            msg: "no session".into(),
+        };
+        assert!(down.is_unreachable() && !down.may_have_acted());
+        assert!(down.message().contains("acquire b1: no session"));
     }
 }

@@ -13,20 +13,21 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// One Labgrid coordinator and the places of it that the agent may use. The agent talks to
-/// it with `labgrid-client` (read the places, acquire, power, find the console, release);
-/// each matching place that is free becomes a device of the lab.
+/// One Labgrid coordinator and the places of it that the agent may use. The agent follows
+/// it over its gRPC protocol (places, resources, acquire, release) and powers boards with
+/// `labgrid-client power`; each matching place that is free becomes a device of the lab.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabgridConfig {
     /// A name for this coordinator in logs (`labgrid:NAME`), unique in the file.
     pub name: String,
-    /// The coordinator's address, `HOST:PORT` (`labgrid-client -x`).
+    /// The coordinator's address, `HOST:PORT` (as `labgrid-client -x` takes it).
     pub coordinator: String,
-    /// The client program and any leading arguments. Default `[labgrid-client]`.
+    /// The client program (for power) and any leading arguments. Default
+    /// `[labgrid-client]`.
     #[serde(default = "default_labgrid_client")]
     pub client: Vec<String>,
-    /// Extra environment for the client (e.g. `LG_PROXY`).
+    /// Extra environment for `labgrid-client power`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// The Labgrid user the agent acquires places as (`LG_USERNAME`). Default `labwire-LAB`.
@@ -37,14 +38,16 @@ pub struct LabgridConfig {
     /// host's name.
     #[serde(default)]
     pub host: Option<String>,
-    /// How often the places are read. Default `10s`.
+    /// No longer used (the agent follows the coordinator's update stream); accepted so that
+    /// configs written for earlier versions load. Default `10s`.
     #[serde(default = "default_labgrid_poll", with = "humantime_serde")]
     pub poll_interval: Duration,
     /// How long a job waits for a place that someone else holds before it fails with
     /// `place_unavailable`. Default `2m`.
     #[serde(default = "default_labgrid_acquire", with = "humantime_serde")]
     pub acquire_timeout: Duration,
-    /// How long one `labgrid-client` call may take. Default `30s`.
+    /// How long one request to the coordinator, or one `labgrid-client power` call, may
+    /// take. Default `30s`.
     #[serde(default = "default_labgrid_command", with = "humantime_serde")]
     pub command_timeout: Duration,
     /// Which places to use, each with what it offers.

@@ -1,11 +1,27 @@
 //! What the agent knows of a Labgrid coordinator at one moment: its places (who holds them,
-//! which resources they match) and the resources its exporters publish now. Read from
-//! `labgrid-client -v places` and `labgrid-client -v resources`; a place's resources are
-//! those whose `exporter/group/class/name` path matches one of its match patterns (shell
-//! globs, as Labgrid's `ResourceMatch` does), so a place whose exporter is gone has none.
+//! which resources they match) and the resources its exporters publish now, as the
+//! coordinator's update stream ([`super::link`]) says. A place's resources are those whose
+//! `exporter/group/class/name` path matches one of its match patterns (shell globs, as
+//! Labgrid's `ResourceMatch` does), so a place whose exporter is gone has none.
 
-use super::client::Place;
+use crate::serial::config::ConsoleConfig;
+use std::collections::BTreeMap;
 use tokio::time::Instant;
+
+/// A place of the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Place {
+    /// Its name.
+    pub name: String,
+    /// Its tags.
+    pub tags: BTreeMap<String, String>,
+    /// Who holds it (`host/user`), if anyone.
+    pub acquired: Option<String>,
+    /// Its resource match patterns (`exporter/group/class[/name]`).
+    pub matches: Vec<String>,
+    /// How many resources it holds while acquired.
+    pub held_resources: usize,
+}
 
 /// One resource an exporter publishes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -45,14 +61,14 @@ pub(crate) const POWER_CLASSES: &[&str] = &[
     "NetworkHIDRelay",
 ];
 
-/// The places and resources read at `at`.
+/// The places and resources as the coordinator said at `at`.
 #[derive(Debug, Clone)]
 pub(crate) struct Snapshot {
-    /// When the reading started (anything that happened before is in it).
+    /// When the coordinator's last change was applied.
     pub at: Instant,
     /// Every place.
     pub places: Vec<Place>,
-    /// Every available resource.
+    /// Every resource (available or not).
     pub resources: Vec<Resource>,
 }
 
@@ -78,6 +94,21 @@ impl Snapshot {
     /// Whether a place has a resource Labgrid can power it with.
     pub(crate) fn has_power(&self, p: &Place) -> bool {
         self.resources_of(p).any(Resource::is_power)
+    }
+}
+
+/// The console config for a serial port as its exporter publishes it.
+pub(crate) fn console_of(port: &Resource) -> Result<ConsoleConfig, String> {
+    let (Some(host), Some(p)) = (&port.host, port.port) else {
+        return Err("its NetworkSerialPort has no host and port".into());
+    };
+    let address = format!("{host}:{p}");
+    match port.protocol.as_deref() {
+        None | Some("rfc2217") => Ok(ConsoleConfig::Telnet { address }),
+        Some("raw") => Ok(ConsoleConfig::Tcp { address }),
+        Some(other) => Err(format!(
+            "its NetworkSerialPort speaks `{other}`, which the agent does not know (raw, rfc2217); give the place a `console:`"
+        )),
     }
 }
 
@@ -129,91 +160,40 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
     }
 }
 
-/// Parses `labgrid-client -v resources`: a `Resource 'NAME' (EXP/GROUP/CLASS[/NAME]):` line
-/// per resource, then its fields as a Python dict.
-pub(crate) fn parse_resources(out: &str) -> Result<Vec<Resource>, String> {
-    let mut list: Vec<Resource> = Vec::new();
-    for line in out.lines() {
-        let t = line.trim_start();
-        if let Some(rest) = t.strip_prefix("Resource '") {
-            let path = rest
-                .split_once(" (")
-                .and_then(|(_, p)| p.strip_suffix("):"))
-                .ok_or_else(|| format!("a resource line without its path: `{line}`"))?;
-            let path = path.replace("[/", "/").replace(']', "");
-            let parts: Vec<&str> = path.split('/').collect();
-            let [e, g, c, n] = parts[..] else {
-                return Err(format!(
-                    "a resource path that is not EXP/GROUP/CLASS/NAME: `{line}`"
-                ));
-            };
-            list.push(Resource {
-                path: [e.into(), g.into(), c.into(), n.into()],
-                ..Default::default()
-            });
-            continue;
-        }
-        if t.starts_with("Exporter '") || t.starts_with("Group '") {
-            continue;
-        }
-        let Some(r) = list.last_mut() else { continue };
-        if line.contains("'avail': True") {
-            r.avail = true;
-        }
-        fields(line, &mut r.host, &mut r.port, &mut r.protocol);
-    }
-    Ok(list)
-}
-
-/// Reads `'host': '...'`, `'port': N` and `'protocol': '...'` from a line of a resource's
-/// parameters (the first of each wins: `extra` comes before them only for `path`).
-pub(crate) fn fields(
-    line: &str,
-    host: &mut Option<String>,
-    port: &mut Option<u16>,
-    protocol: &mut Option<String>,
-) {
-    if host.is_none() {
-        *host = quoted_value(line, "'host': '");
-    }
-    if protocol.is_none() {
-        *protocol = quoted_value(line, "'protocol': '");
-    }
-    if port.is_none()
-        && let Some(i) = line.find("'port': ")
-    {
-        let digits: String = line[i + 8..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        *port = digits.parse::<u16>().ok();
-    }
-}
-
-fn quoted_value(line: &str, key: &str) -> Option<String> {
-    let i = line.find(key)?;
-    let rest = &line[i + key.len()..];
-    rest.find('\'').map(|end| rest[..end].to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const RESOURCES: &str = "Exporter 'exp':\n  Group 'board-1' (exp/board-1/*):\n    Resource 'NetworkPowerPort' (exp/board-1/NetworkPowerPort[/NetworkPowerPort]):\n      {'acquired': None,\n       'avail': True,\n       'cls': 'NetworkPowerPort',\n       'params': {'host': 'http://127.0.0.1:5/power/{index}/{value}',\n                  'index': 0,\n                  'model': 'simplerest'}}\n    Resource 'NetworkSerialPort' (exp/board-1/NetworkSerialPort[/NetworkSerialPort]):\n      {'acquired': 'board-1',\n       'avail': True,\n       'cls': 'NetworkSerialPort',\n       'params': {'extra': {'path': '/dev/pts/3', 'proxy': 'h', 'proxy_required': False},\n                  'host': '127.0.0.1',\n                  'port': 40123,\n                  'protocol': 'raw',\n                  'speed': 115200}}\n  Group 'board-2' (exp/board-2/*):\n    Resource 'serial' (exp/board-2/NetworkSerialPort[/serial]):\n      {'acquired': None,\n       'avail': False,\n       'cls': 'NetworkSerialPort',\n       'params': {'host': '10.0.0.2', 'port': 7001}}\n";
+    fn res(path: [&str; 4], avail: bool, port: Option<u16>) -> Resource {
+        Resource {
+            path: path.map(str::to_string),
+            avail,
+            host: port.map(|_| "127.0.0.1".to_string()),
+            port,
+            protocol: None,
+        }
+    }
 
     #[test]
-    fn resources_are_parsed_and_matched_to_places() {
-        let r = parse_resources(RESOURCES).unwrap();
-        assert_eq!(r.len(), 3);
-        assert_eq!(r[1].path[3], "NetworkSerialPort");
-        assert_eq!(r[1].host.as_deref(), Some("127.0.0.1"));
-        assert_eq!(r[1].port, Some(40123));
-        assert_eq!(r[1].protocol.as_deref(), Some("raw"));
+    fn resources_are_matched_to_places() {
+        let r = vec![
+            res(
+                ["exp", "board-1", "NetworkPowerPort", "NetworkPowerPort"],
+                true,
+                None,
+            ),
+            res(
+                ["exp", "board-1", "NetworkSerialPort", "NetworkSerialPort"],
+                true,
+                Some(40123),
+            ),
+            res(
+                ["exp", "board-2", "NetworkSerialPort", "serial"],
+                false,
+                Some(7001),
+            ),
+        ];
         assert!(r[0].is_power() && !r[1].is_power());
-        assert_eq!(r[2].path[2], "NetworkSerialPort");
-        assert!(!r[2].avail);
-        assert_eq!(r[2].protocol, None);
         let place = |m: &str| Place {
             name: "p".into(),
             matches: vec![m.into()],
@@ -243,8 +223,6 @@ mod tests {
         );
         assert_eq!(s.resources_of(&place("other/board-1/*")).count(), 0);
         assert_eq!(s.resources_of(&place("bad")).count(), 0);
-        assert!(parse_resources("    Resource 'x' (a/b):\n").is_err());
-        assert!(parse_resources("").unwrap().is_empty());
     }
 
     #[test]
@@ -261,5 +239,29 @@ mod tests {
         ] {
             assert_eq!(glob(p.as_bytes(), s.as_bytes()), want, "{p} {s}");
         }
+    }
+
+    #[test]
+    fn the_console_follows_the_exported_protocol() {
+        let port = |protocol: Option<&str>| Resource {
+            host: Some("10.0.0.1".into()),
+            port: Some(7001),
+            protocol: protocol.map(str::to_string),
+            ..Default::default()
+        };
+        let addr = "10.0.0.1:7001".to_string();
+        assert!(
+            matches!(console_of(&port(None)), Ok(ConsoleConfig::Telnet { address }) if address == addr)
+        );
+        assert!(matches!(
+            console_of(&port(Some("rfc2217"))),
+            Ok(ConsoleConfig::Telnet { .. })
+        ));
+        assert!(
+            matches!(console_of(&port(Some("raw"))), Ok(ConsoleConfig::Tcp { address }) if address == addr)
+        );
+        let e = console_of(&port(Some("ssh"))).unwrap_err();
+        assert!(e.contains("`ssh`"), "{e}");
+        assert!(console_of(&Resource::default()).is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! Holds on a real Labgrid place: a place someone else holds is not offered and a job that
-//! finds it held waits, then fails untouched; an agent killed mid-job gives the place back
+//! Holds on a real Labgrid place: a place someone else holds is not offered, and a job
+//! that finds it held (taken while the job downloaded its artifacts) waits, then fails
+//! untouched; an agent killed mid-job gives the place back
 //! (powered off) when it restarts, with the attempt's log whole at the coordinator; one
 //! stopped with SIGTERM gives it back before it exits.
 
@@ -18,14 +19,14 @@ async fn a_place_held_by_someone_else_is_not_offered_and_a_job_on_it_fails_place
 
     // Inventory: a place someone holds is left out, and offered once it is released.
     lg.client_ok(OTHER_USER, &["-p", "board-1", "acquire"]);
-    lg.agent_config(&rig, "lab-held", "1s", "3s");
-    let agent = rig.start_agent("lab-held");
+    lg.agent_config(&rig, "lab-held", "10s", "5s");
+    let _agent = rig.start_agent("lab-held");
     let end = Instant::now() + Duration::from_secs(60);
     while !read_file(&rig.path("agent-lab-held.log")).contains("registered with the coordinator") {
         assert!(Instant::now() < end, "the agent did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Several reads of the places later, still nothing on offer.
+    // A while later, still nothing on offer.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(advertised(&mut c, "lab-held").await.is_empty());
     assert_eq!(
@@ -35,17 +36,40 @@ async fn a_place_held_by_someone_else_is_not_offered_and_a_job_on_it_fails_place
     );
     lg.client_ok(OTHER_USER, &["-p", "board-1", "release"]);
     wait_advertised(&mut c, "lab-held", &["board-1"]).await;
-    drop(agent);
 
-    // The race: the place was free when the agent last looked, someone takes it before the
-    // job starts. This agent reads the places rarely, so it still offers the place.
-    rig.issue_lab("lab-race");
-    lg.agent_config(&rig, "lab-race", "1h", "5s");
-    let _agent = rig.start_agent("lab-race");
-    wait_advertised(&mut c, "lab-race", &["board-1"]).await;
+    // Someone takes the place while a job on it downloads its artifacts (the place is
+    // acquired only after that): the job finds it held, waits, then fails untouched. The
+    // test's HTTP server holds the download until the other user has the place.
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/kernel", server.local_addr().unwrap());
+    let (asked_tx, asked) = tokio::sync::oneshot::channel::<()>();
+    let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, _) = server.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf).await;
+        let _ = asked_tx.send(());
+        let _ = go_rx.await;
+        let _ = conn
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nkernel")
+            .await;
+    });
+    let mut spec = job("lg-held", &["echo never"], &[], 120);
+    spec.artifacts = [(
+        "kernel".to_string(),
+        v1::Artifact {
+            url,
+            sha256: String::new(),
+        },
+    )]
+    .into();
+    let id = submit_spec(&mut c, spec).await;
+    asked.await.expect("the agent downloads the artifact");
     lg.client_ok(OTHER_USER, &["-p", "board-1", "acquire"]);
     let started = Instant::now();
-    let id = submit_spec(&mut c, job("lg-held", &["echo never"], &[], 120)).await;
+    let _ = go.send(());
+
     let n = wait_node(&mut c, id, Duration::from_secs(60), is_done).await;
     let log = read_log(&mut c, id).await;
     let d = data(&n);

@@ -3,12 +3,18 @@
 //! `labgrid-coordinator` on 127.0.0.1 (its own port per test), a `labgrid-exporter` exporting
 //! a scripted board's serial port (a pty, published through ser2net as an RFC 2217 port) and
 //! its power switch (a `NetworkPowerPort` of model `simplerest`, served by the board script),
-//! one place matching them, and the agent running jobs on that place. `holds`: places held
-//! by others, an agent killed or stopped mid-job. `edges`: a raw-TCP serial port, a Labgrid
-//! coordinator restarted and an exporter killed mid-job, the log while a job runs.
+//! one place matching them, and the agent running jobs on that place. `jobs`: jobs on the
+//! scripted and the QEMU board. `holds`: places held by others, an agent killed or stopped
+//! mid-job. `edges`: a raw-TCP serial port with the figures, a Labgrid coordinator
+//! restarted mid-job, the log while a job runs. `moves`: a second board on a second
+//! exporter; the first one's exporter killed mid-job, the job moves. `reload`: SIGHUP and
+//! the `labgrid:` section.
 
 mod edges;
 mod holds;
+mod jobs;
+mod moves;
+mod reload;
 
 use crate::common;
 
@@ -111,12 +117,12 @@ fn start_coordinator(rig: &Rig, venv: &Path, address: &str, home: &Path) -> Proc
 }
 
 /// The exporter, in its own process group, so that its ser2net children go with it.
-fn start_exporter(rig: &Rig, venv: &Path, address: &str, home: &Path) -> Proc {
+fn start_exporter(rig: &Rig, venv: &Path, address: &str, home: &Path, name: &str) -> Proc {
     spawn(
         rig,
-        "labgrid-exporter",
+        &format!("labgrid-exporter-{name}"),
         Command::new(venv.join("bin/labgrid-exporter"))
-            .args(["-c", address, "--hostname", "127.0.0.1", "-n", "exp"])
+            .args(["-c", address, "--hostname", "127.0.0.1", "-n", name])
             .arg(home.join("exporter.yaml"))
             .current_dir(home)
             .process_group(0),
@@ -135,6 +141,101 @@ fn spawn(rig: &Rig, name: &str, cmd: &mut Command) -> Proc {
         child,
         name: name.into(),
     }
+}
+
+/// Starts a board (scripted, or QEMU) in `run`; returns it, the raw-mode ser2net (`raw`)
+/// and the exporter config lines of its serial port and power switch. `suffix` names its
+/// logs apart.
+fn start_board_proc(
+    rig: &Rig,
+    venv: &Path,
+    run: &Path,
+    qemu: Option<&Path>,
+    raw: bool,
+    suffix: &str,
+) -> (Proc, Option<Proc>, String) {
+    let mut board_cmd = Command::new(venv.join("bin/python3"));
+    board_cmd
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/labgrid/board.py"))
+        .arg(run);
+    if let Some(q) = qemu {
+        board_cmd.arg("--qemu").arg(q);
+    }
+    let board = spawn(rig, &format!("board{suffix}"), &mut board_cmd);
+    wait_for(Duration::from_secs(20), "the board's pty", || {
+        run.join("power.port").exists()
+    });
+    let tty = std::fs::read_to_string(run.join("tty")).unwrap();
+    let power_port = std::fs::read_to_string(run.join("power.port")).unwrap();
+    let power = format!(
+        "  NetworkPowerPort:\n    model: simplerest\n    host: 'http://127.0.0.1:{power_port}/power/{{index}}/{{value}}'\n    index: 0\n"
+    );
+    let mut ser2net = None;
+    let serial = if raw {
+        let port = free_port();
+        ser2net = Some(spawn(
+            rig,
+            &format!("ser2net-raw{suffix}"),
+            Command::new(ser2net_bin()).args([
+                "-d",
+                "-n",
+                "-Y",
+                &format!("connection: &raw#  accepter: tcp,127.0.0.1,{port}"),
+                "-Y",
+                &format!("  connector: serialdev(nouucplock=true),{tty},115200n81,local"),
+            ]),
+        ));
+        format!(
+            "  NetworkSerialPort:\n    host: 127.0.0.1\n    port: {port}\n    protocol: raw\n    speed: 115200\n"
+        )
+    } else {
+        format!("  RawSerialPort:\n    port: {tty}\n    speed: 115200\n")
+    };
+    (board, ser2net, format!("{serial}{power}"))
+}
+
+/// A second board, `board-2`, published by its own exporter `exp2` (see
+/// [`Labgrid::add_board`]). Its processes stop when it is dropped.
+struct Second {
+    run: PathBuf,
+    home: PathBuf,
+    exporter: Proc,
+    _board: Proc,
+}
+
+impl Second {
+    /// Kills its exporter (and its ser2net) with SIGKILL, as a crash would.
+    fn kill_exporter(&mut self) {
+        let _ = nix::sys::signal::killpg(self.exporter.pid(), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.exporter.child.wait();
+    }
+
+    /// Starts its exporter again; `lg.wait_resources()` then waits for it.
+    fn restart_exporter(&mut self, rig: &Rig, lg: &Labgrid) {
+        self.kill_exporter();
+        self.exporter = start_exporter(rig, &lg.venv, &lg.address, &self.home, "exp2");
+    }
+
+    /// The board's power switches so far.
+    fn power_log(&self) -> Vec<String> {
+        power_log(&self.run)
+    }
+}
+
+impl Drop for Second {
+    fn drop(&mut self) {
+        let _ = self.exporter.terminate(Duration::from_secs(5));
+        self.kill_exporter();
+    }
+}
+
+/// The power switches (`on`, `off`) in a board's power.log.
+fn power_log(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("power.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect()
 }
 
 impl Labgrid {
@@ -156,55 +257,14 @@ impl Labgrid {
 
     fn start_with(rig: &Rig, qemu: Option<&Path>, raw: bool) -> Labgrid {
         let venv = venv();
-        let bin = venv.join("bin");
         let address = format!("127.0.0.1:{}", free_port());
         let home = rig.path("labgrid");
         let run = rig.path("board");
         std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(&run).unwrap();
         let coordinator = start_coordinator(rig, &venv, &address, &home);
-        let mut board_cmd = Command::new(bin.join("python3"));
-        board_cmd
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/labgrid/board.py"))
-            .arg(&run);
-        if let Some(q) = qemu {
-            board_cmd.arg("--qemu").arg(q);
-        }
-        let board = spawn(rig, "board", &mut board_cmd);
-        wait_for(Duration::from_secs(20), "the board's pty", || {
-            run.join("power.port").exists()
-        });
-        let tty = std::fs::read_to_string(run.join("tty")).unwrap();
-        let power_port = std::fs::read_to_string(run.join("power.port")).unwrap();
-        let power = format!(
-            "  NetworkPowerPort:\n    model: simplerest\n    host: 'http://127.0.0.1:{power_port}/power/{{index}}/{{value}}'\n    index: 0\n"
-        );
-        let mut ser2net = None;
-        let serial = if raw {
-            let port = free_port();
-            ser2net = Some(spawn(
-                rig,
-                "ser2net-raw",
-                Command::new(ser2net_bin()).args([
-                    "-d",
-                    "-n",
-                    "-Y",
-                    &format!("connection: &raw#  accepter: tcp,127.0.0.1,{port}"),
-                    "-Y",
-                    &format!("  connector: serialdev(nouucplock=true),{tty},115200n81,local"),
-                ]),
-            ));
-            format!(
-                "  NetworkSerialPort:\n    host: 127.0.0.1\n    port: {port}\n    protocol: raw\n    speed: 115200\n"
-            )
-        } else {
-            format!("  RawSerialPort:\n    port: {tty}\n    speed: 115200\n")
-        };
-        std::fs::write(
-            home.join("exporter.yaml"),
-            format!("board-1:\n{serial}{power}"),
-        )
-        .unwrap();
+        let (board, ser2net, resources) = start_board_proc(rig, &venv, &run, qemu, raw, "");
+        std::fs::write(home.join("exporter.yaml"), format!("board-1:\n{resources}")).unwrap();
         let end = Instant::now() + Duration::from_secs(60);
         while !lg_client(&venv, &address, OTHER_USER, &["places"])
             .status
@@ -213,7 +273,7 @@ impl Labgrid {
             assert!(Instant::now() < end, "labgrid-coordinator did not start");
             std::thread::sleep(Duration::from_millis(200));
         }
-        let exporter = start_exporter(rig, &venv, &address, &home);
+        let exporter = start_exporter(rig, &venv, &address, &home, "exp");
         let lg = Labgrid {
             venv,
             address,
@@ -255,7 +315,7 @@ impl Labgrid {
     /// resources are back.
     fn restart_exporter(&mut self, rig: &Rig) {
         self.kill_exporter();
-        self.exporter = start_exporter(rig, &self.venv, &self.address, &self.home);
+        self.exporter = start_exporter(rig, &self.venv, &self.address, &self.home, "exp");
         self.wait_resources();
     }
 
@@ -294,7 +354,9 @@ impl Labgrid {
         loop {
             let out = self.client(OTHER_USER, &["-v", "resources"]);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if text.contains("/NetworkSerialPort") && text.contains("/NetworkPowerPort") {
+            if text.contains("exp/board-1/NetworkSerialPort")
+                && text.contains("exp/board-1/NetworkPowerPort")
+            {
                 return;
             }
             assert!(
@@ -342,11 +404,41 @@ impl Labgrid {
 
     /// The board's power switches so far (`on`, `off`).
     fn power_log(&self) -> Vec<String> {
-        std::fs::read_to_string(self.run.join("power.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
-            .collect()
+        power_log(&self.run)
+    }
+
+    /// A second place, `board-2` (tagged `board=scripted` like `board-1`), on a second
+    /// scripted board published by a second exporter, `exp2`.
+    fn add_board(&self, rig: &Rig) -> Second {
+        let run = rig.path("board-2");
+        let home = rig.path("labgrid-2");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        let (board, _, resources) = start_board_proc(rig, &self.venv, &run, None, false, "-2");
+        std::fs::write(home.join("exporter.yaml"), format!("board-2:\n{resources}")).unwrap();
+        let exporter = start_exporter(rig, &self.venv, &self.address, &home, "exp2");
+        let second = Second {
+            run,
+            home,
+            exporter,
+            _board: board,
+        };
+        self.client_ok(OTHER_USER, &["-p", "board-2", "create"]);
+        self.client_ok(
+            OTHER_USER,
+            &["-p", "board-2", "add-match", "exp2/board-2/*"],
+        );
+        self.client_ok(OTHER_USER, &["-p", "board-2", "set-tags", "board=scripted"]);
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.client(OTHER_USER, &["-p", "board-2", "show"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("/NetworkSerialPort/") && text.contains("/NetworkPowerPort/") {
+                return second;
+            }
+            assert!(Instant::now() < end, "exp2 did not publish board-2: {text}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// Whether the QEMU board's QEMU runs.
@@ -490,199 +582,4 @@ async fn tree(c: &mut labwire::client::Clients, root: i64) -> Vec<(String, i32)>
 
 fn has(tree: &[(String, i32)], path: &str, result: v1::NodeResult) -> bool {
     tree.iter().any(|(p, r)| p == path && *r == result as i32)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_run_on_a_labgrid_place_which_is_free_again_afterwards() {
-    let rig = Rig::new("");
-    let _keep = rig.keep_on_failure();
-    let lg = Labgrid::start(&rig);
-    let _coord = rig.start_coordinator();
-    rig.issue_lab("lab-lg");
-    lg.agent_config(&rig, "lab-lg", "2s", "30s");
-    let _agent = rig.start_agent("lab-lg");
-    let mut c = rig.client().await;
-    wait_advertised(&mut c, "lab-lg", &["board-1"]).await;
-
-    // A passing job: KTAP from the board, a parameter full of shell metacharacters.
-    let hostile = "$(touch /tmp/labwire-lg-pwned) `id` ; echo 'x' \"y\"";
-    let ktap = "printf 'KTAP version 1\\n1..2\\nok 1 lg_first\\nok 2 lg_second\\n'";
-    let id = submit_spec(
-        &mut c,
-        job(
-            "lg-pass",
-            &[
-                "echo hello from the board",
-                "printf '%s\\n' {params.msg}",
-                ktap,
-            ],
-            &[("msg", hostile)],
-            120,
-        ),
-    )
-    .await;
-    let n = wait_node(&mut c, id, Duration::from_secs(120), is_done).await;
-    let log = read_log(&mut c, id).await;
-    let d = data(&n);
-    assert_eq!(n.result, v1::NodeResult::Pass as i32, "{d:?}\n{log}");
-    assert!(log.contains("Linux version 6.1.0-labwire"), "{log}");
-    assert!(
-        log.contains("acquired Labgrid place board-1 as labwire-test/labwire-agent-test"),
-        "{log}"
-    );
-    assert!(log.contains("console: telnet 127.0.0.1:"), "{log}");
-    assert!(log.contains("hello from the board"), "{log}");
-    assert!(
-        log.contains(hostile),
-        "the parameter reached the board literally: {log}"
-    );
-    assert!(log.contains("released Labgrid place board-1"), "{log}");
-    assert!(!Path::new("/tmp/labwire-lg-pwned").exists());
-    assert_eq!(d.get("device").and_then(|v| v.as_str()), Some("board-1"));
-    let t = tree(&mut c, id).await;
-    for (path, want) in [
-        ("setup.kernel-boot", v1::NodeResult::Pass),
-        ("setup.login", v1::NodeResult::Pass),
-        ("commands.command-1", v1::NodeResult::Pass),
-        ("commands.command-3", v1::NodeResult::Pass),
-    ] {
-        assert!(has(&t, path, want), "{path} in {t:?}");
-    }
-    assert!(
-        t.iter()
-            .any(|(p, r)| p.ends_with("lg_second") && *r == v1::NodeResult::Pass as i32),
-        "{t:?}\n{log}"
-    );
-    assert_eq!(lg.acquired(), None, "the place is free after the job");
-    assert_eq!(lg.power_log(), ["on", "off"]);
-
-    // A failing command: `fail`, and the place is given back all the same.
-    let id = submit_spec(
-        &mut c,
-        job(
-            "lg-fail",
-            &["echo before", "exit_code_3() { return 3; }; exit_code_3"],
-            &[],
-            120,
-        ),
-    )
-    .await;
-    let n = wait_node(&mut c, id, Duration::from_secs(120), is_done).await;
-    let log = read_log(&mut c, id).await;
-    assert_eq!(
-        n.result,
-        v1::NodeResult::Fail as i32,
-        "{:?}\n{log}",
-        data(&n)
-    );
-    let t = tree(&mut c, id).await;
-    assert!(has(&t, "commands.command-2", v1::NodeResult::Fail), "{t:?}");
-    assert_eq!(
-        lg.acquired(),
-        None,
-        "the place is free after the failed job"
-    );
-    assert_eq!(lg.power_log(), ["on", "off", "on", "off"]);
-    // A command that outlives the job's time limit: `test_timeout`, and the place is given
-    // back.
-    let id = submit_spec(&mut c, job("lg-timeout", &["sleep 600"], &[], 10)).await;
-    let n = wait_node(&mut c, id, Duration::from_secs(60), is_done).await;
-    let d = data(&n);
-    assert_eq!(
-        d.get("error_code").and_then(|v| v.as_str()),
-        Some("test_timeout"),
-        "{d:?}"
-    );
-    assert_eq!(lg.acquired(), None, "the place is free after the timeout");
-    assert_eq!(lg.power_log(), ["on", "off", "on", "off", "on", "off"]);
-    // The place stays on offer.
-    assert_eq!(advertised(&mut c, "lab-lg").await, ["board-1"]);
-}
-
-/// Builds (or reuses) the QEMU test board of tests/board/ (cached in ~/.cache/labwire/board).
-fn qemu_board() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::var("LABWIRE_BOARD_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
-                .join(".cache/labwire/board")
-        });
-    let st = Command::new(repo.join("tests/board/build.sh"))
-        .arg(&dir)
-        .status()
-        .expect("run tests/board/build.sh");
-    assert!(st.success(), "building the test board failed");
-    dir
-}
-
-/// The QEMU board behind Labgrid: the job's kernel and ramdisk are staged by the place's
-/// deploy command (as into a TFTP folder), Labgrid powers QEMU on, a real Linux kernel boots
-/// on the console the exporter publishes, the agent logs in and runs KTAP tests.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_kernel_boots_on_a_labgrid_place() {
-    let board = qemu_board();
-    let rig = Rig::new("leases: {duration: 30s, heartbeat: 2s}\n");
-    let _keep = rig.keep_on_failure();
-    let lg = Labgrid::start_board(&rig, Some(&board));
-    let _coord = rig.start_coordinator();
-    rig.issue_lab("lab-qemu");
-    let deploy = lg.run.join("deploy");
-    let place = format!(
-        r#"device_type: qemu-x86_64
-        tags: [lg]
-        deploy_command: [sh, -c, 'mkdir -p "$3" && cp "$1" "$3/kernel" && cp "$2" "$3/ramdisk"', sh, '{{artifacts.kernel}}', '{{artifacts.ramdisk}}', "{deploy}"]
-        boot: {{timeout: 120s}}
-        login: {{username: root, password: labwire, shell_prompt: 'root@labwire-board:~# ', timeout: 60s}}"#,
-        deploy = deploy.display()
-    );
-    lg.agent_config_with(&rig, "lab-qemu", "2s", "30s", &place);
-    // The job's kernel and ramdisk are file:// URLs into the board's folder.
-    let cfg = rig.path("labs/lab-qemu/agent.yaml");
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "artifacts: {{file_dirs: [\"{}\"]}}\n",
-        board.display()
-    ));
-    std::fs::write(&cfg, text).unwrap();
-    let _agent = rig.start_agent("lab-qemu");
-    let mut c = rig.client().await;
-    wait_advertised(&mut c, "lab-qemu", &["board-1"]).await;
-
-    let file = |f: &str| v1::Artifact {
-        url: format!("file://{}", board.join(f).display()),
-        sha256: String::new(),
-    };
-    let mut spec = job("lg-qemu", &["labwire-ktap-pass", "uname -r"], &[], 300);
-    spec.artifacts = [
-        ("kernel".to_string(), file("vmlinuz")),
-        ("ramdisk".to_string(), file("initramfs.cpio.gz")),
-    ]
-    .into();
-    let id = submit_spec(&mut c, spec).await;
-    let n = wait_node(&mut c, id, Duration::from_secs(300), is_done).await;
-    let log = read_log(&mut c, id).await;
-    assert_eq!(
-        n.result,
-        v1::NodeResult::Pass as i32,
-        "{:?}\n{log}",
-        data(&n)
-    );
-    assert!(log.contains("Linux version"), "{log}");
-    assert!(log.contains("console: telnet 127.0.0.1:"), "{log}");
-    assert!(
-        deploy.join("kernel").exists(),
-        "the deploy command staged the kernel"
-    );
-    let t = tree(&mut c, id).await;
-    assert!(has(&t, "setup.login", v1::NodeResult::Pass), "{t:?}");
-    assert!(
-        t.iter()
-            .any(|(p, r)| p.ends_with("labwire_pass.test_three")
-                && *r == v1::NodeResult::Pass as i32),
-        "{t:?}"
-    );
-    assert_eq!(lg.acquired(), None, "the place is free after the job");
-    assert_eq!(lg.power_log(), ["on", "off"]);
-    assert!(!lg.qemu_running(), "QEMU is off after the job");
 }
