@@ -79,6 +79,12 @@ pub struct CoordinatorConfig {
     /// Reports.
     #[serde(default)]
     pub reports: crate::pipeline::config::ReportConfig,
+    /// Health alerts to the labs' contacts.
+    #[serde(default)]
+    pub alerts: crate::pipeline::config::AlertConfig,
+    /// Settings per lab, by lab name (`contacts:` for health alerts).
+    #[serde(default)]
+    pub labs: std::collections::BTreeMap<String, crate::pipeline::config::LabSettings>,
     /// Limits on the connections of each port (gRPC and HTTP).
     #[serde(default)]
     pub connections: crate::net::ConnectionLimits,
@@ -266,6 +272,8 @@ impl Default for CoordinatorConfig {
             timeouts: Default::default(),
             trigger: Default::default(),
             reports: Default::default(),
+            alerts: Default::default(),
+            labs: Default::default(),
             connections: Default::default(),
             results: Default::default(),
             kernelci: Default::default(),
@@ -325,6 +333,7 @@ impl CoordinatorConfig {
             bail!("public_url `{}` must start with https://", self.public_url);
         }
         crate::pipeline::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
+        crate::pipeline::config::validate_alerts(&self.alerts, &self.labs, &self.reports)?;
         self.connections.validate()?;
         self.results.validate()?;
         self.kernelci.validate()?;
