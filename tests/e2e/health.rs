@@ -5,6 +5,9 @@
 
 use crate::common;
 
+#[path = "health_alerts.rs"]
+mod alerts;
+
 use common::*;
 use labwire_proto::v1;
 use std::path::Path;
