@@ -82,9 +82,6 @@ pub struct CoordinatorConfig {
     /// Health alerts to the labs' contacts.
     #[serde(default)]
     pub alerts: crate::pipeline::config::AlertConfig,
-    /// Settings per lab, by lab name (`contacts:` for health alerts).
-    #[serde(default)]
-    pub labs: std::collections::BTreeMap<String, crate::pipeline::config::LabSettings>,
     /// Limits on the connections of each port (gRPC and HTTP).
     #[serde(default)]
     pub connections: crate::net::ConnectionLimits,
@@ -273,7 +270,6 @@ impl Default for CoordinatorConfig {
             trigger: Default::default(),
             reports: Default::default(),
             alerts: Default::default(),
-            labs: Default::default(),
             connections: Default::default(),
             results: Default::default(),
             kernelci: Default::default(),
@@ -333,7 +329,7 @@ impl CoordinatorConfig {
             bail!("public_url `{}` must start with https://", self.public_url);
         }
         crate::pipeline::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
-        crate::pipeline::config::validate_alerts(&self.alerts, &self.labs, &self.reports)?;
+        crate::pipeline::config::validate_alerts(&self.alerts, &self.reports)?;
         self.connections.validate()?;
         self.results.validate()?;
         self.kernelci.validate()?;

@@ -39,8 +39,8 @@ async fn a_bad_device_and_a_silent_lab_are_mailed_to_the_labs_contacts_once() {
         "leases: {{duration: 6s, heartbeat: 500ms}}\n\
          reports:\n  email: {{smtp_host: 127.0.0.1, smtp_port: {smtp_port}, security: none, \
          from: ci@example.org, to: [reports@example.org]}}\n\
-         alerts: {{interval: 200ms, lab_unreachable_after: 6s, contacts: [farm@example.org]}}\n\
-         labs:\n  lab-m: {{contacts: [admin@lab-m.example.org]}}\n"
+         alerts:\n  interval: 200ms\n  lab_unreachable_after: 6s\n  \
+         contacts: [farm@example.org]\n  labs: {{lab-m: {{contacts: [admin@lab-m.example.org]}}}}\n"
     ));
     let _keep = rig.keep_on_failure();
     let mut coord = rig.start_coordinator();

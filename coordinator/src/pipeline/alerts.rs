@@ -1,5 +1,5 @@
 //! Health alerts: the leader looks at the store every `alerts.interval` and mails a lab's
-//! contacts (`labs.LAB.contacts`, and `alerts.contacts` for every lab) when one of its
+//! contacts (`alerts.labs.LAB.contacts`, and `alerts.contacts` for every lab) when one of its
 //! devices is `bad` (the reason, since when, the last check) and when the lab's agent has
 //! not called for `alerts.lab_unreachable_after`. Mails go through the SMTP server and
 //! sender of `reports.email`.
@@ -11,7 +11,7 @@
 //! board gets one mail, and the next one, if it is still bad after the pause, counts the
 //! flaps in between.
 
-use super::config::{AlertConfig, EmailConfig, LabSettings};
+use super::config::{AlertConfig, EmailConfig};
 use crate::store::Store;
 use crate::store::alerts::{
     AlertKind, BadDevice, alerted, bad_devices, last_alert, silent_labs, times_bad_since,
@@ -20,7 +20,6 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use lettre::message::header::ContentType;
 use lettre::{AsyncTransport, Message};
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +31,6 @@ pub(crate) struct Alerter {
     pub(crate) email: EmailConfig,
     /// `alerts:`.
     pub(crate) alerts: AlertConfig,
-    /// `labs:`.
-    pub(crate) labs: BTreeMap<String, LabSettings>,
 }
 
 /// One alert to mail.
@@ -58,13 +55,14 @@ pub(crate) struct Alert {
 impl Alerter {
     /// Whether any lab has someone to alert.
     pub(crate) fn has_contacts(&self) -> bool {
-        !self.alerts.contacts.is_empty() || self.labs.values().any(|l| !l.contacts.is_empty())
+        !self.alerts.contacts.is_empty()
+            || self.alerts.labs.values().any(|l| !l.contacts.is_empty())
     }
 
     /// The contacts of `lab`: its own, then every lab's, without repeats.
     fn contacts(&self, lab: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        let own = self.labs.get(lab).map(|l| l.contacts.as_slice());
+        let own = self.alerts.labs.get(lab).map(|l| l.contacts.as_slice());
         for c in own.unwrap_or_default().iter().chain(&self.alerts.contacts) {
             if !out.contains(c) {
                 out.push(c.clone());

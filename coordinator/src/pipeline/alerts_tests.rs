@@ -6,9 +6,10 @@
 use super::*;
 use crate::clock::Clock;
 use crate::model::LabName;
-use crate::pipeline::config::SmtpSecurity;
+use crate::pipeline::config::{LabSettings, SmtpSecurity};
 use crate::store::temp_store_with_clock;
 use labwire_common::{DeviceInfo, Health};
+use std::collections::BTreeMap;
 
 fn alerter() -> Alerter {
     let mut labs = BTreeMap::new();
@@ -31,9 +32,9 @@ fn alerter() -> Alerter {
         },
         alerts: AlertConfig {
             contacts: vec!["farm@example.org".into(), "admin@lab-a.example.org".into()],
+            labs,
             ..Default::default()
         },
-        labs,
     }
 }
 
@@ -158,7 +159,7 @@ fn one_alert_per_incident_and_none_while_a_device_flaps() {
     // A lab without contacts gets no alert (and nothing is recorded for it).
     let mut quiet = a.clone();
     quiet.alerts.contacts.clear();
-    quiet.labs.clear();
+    quiet.alerts.labs.clear();
     assert!(!quiet.has_contacts());
     let log = store.read_blocking(crate::store::alerts::alerts).unwrap();
     assert_eq!(log.len(), 2, "{log:?}");

@@ -153,9 +153,9 @@ pub struct EmailConfig {
     pub format: crate::report::Format,
 }
 
-/// Health alerts (`alerts:`): mails to a lab's contacts (`labs: {LAB: {contacts: [...]}}`)
-/// and to `alerts.contacts` when a device goes bad or a lab is unreachable, sent through
-/// the SMTP server and sender of `reports.email`.
+/// Health alerts (`alerts:`): mails to a lab's contacts (`alerts.labs.LAB.contacts`) and to
+/// `alerts.contacts` when a device goes bad or a lab is unreachable, sent through the SMTP
+/// server and sender of `reports.email`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
@@ -172,6 +172,9 @@ pub struct AlertConfig {
     /// Addresses that get the alerts of every lab (the coordinator's admins).
     #[serde(default)]
     pub contacts: Vec<String>,
+    /// Each lab's own contacts, by lab name.
+    #[serde(default)]
+    pub labs: std::collections::BTreeMap<String, LabSettings>,
 }
 
 impl Default for AlertConfig {
@@ -181,11 +184,12 @@ impl Default for AlertConfig {
             repeat_after: default_repeat_after(),
             interval: default_alert_interval(),
             contacts: Vec::new(),
+            labs: Default::default(),
         }
     }
 }
 
-/// One lab's settings (`labs: {LAB: ...}` in coordinator.yaml).
+/// One lab's alert settings (`alerts.labs.LAB`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabSettings {
@@ -194,12 +198,9 @@ pub struct LabSettings {
     pub contacts: Vec<String>,
 }
 
-/// Checks `alerts:` and `labs:`; errors name the key.
-pub fn validate_alerts(
-    alerts: &AlertConfig,
-    labs: &std::collections::BTreeMap<String, LabSettings>,
-    reports: &ReportConfig,
-) -> anyhow::Result<()> {
+/// Checks `alerts:`; errors name the key.
+pub fn validate_alerts(alerts: &AlertConfig, reports: &ReportConfig) -> anyhow::Result<()> {
+    let labs = &alerts.labs;
     if alerts.interval < Duration::from_millis(50) {
         bail!("alerts.interval must be at least 50ms");
     }
@@ -214,7 +215,7 @@ pub fn validate_alerts(
     let per_lab = labs.iter().flat_map(|(lab, s)| {
         s.contacts
             .iter()
-            .map(move |c| (format!("labs.{lab}.contacts"), c))
+            .map(move |c| (format!("alerts.labs.{lab}.contacts"), c))
     });
     for (key, addr) in all.chain(per_lab) {
         any = true;
@@ -224,13 +225,13 @@ pub fn validate_alerts(
     }
     for lab in labs.keys() {
         if labwire_common::names::check(lab).is_err() {
-            bail!("labs: `{lab}` is not a lab name");
+            bail!("alerts.labs: `{lab}` is not a lab name");
         }
     }
     if any && reports.email.is_none() {
         bail!(
             "alerts are mailed through the SMTP server of reports.email: set reports.email, \
-             or remove alerts.contacts and labs.*.contacts"
+             or remove alerts.contacts and alerts.labs"
         );
     }
     Ok(())
@@ -395,5 +396,32 @@ mod tests {
             err("reports:\n  email: {smtp_host: m, from: a@example.org, to: [b@example.org], security: ssl}\n")
                 .contains("security")
         );
+    }
+
+    #[test]
+    fn alert_settings_parse_and_refuse_bad_values() {
+        let mail = "reports:\n  email: {smtp_host: m, from: a@example.org, to: [b@example.org]}\n";
+        let c = CoordinatorConfig::parse(&format!(
+            "{mail}alerts:\n  lab_unreachable_after: 5m\n  contacts: [farm@example.org]\n  \
+             labs: {{lab-1: {{contacts: ['Lab One <one@example.org>']}}}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.alerts.lab_unreachable_after.as_secs(), 300);
+        assert_eq!(c.alerts.repeat_after.as_secs(), 3600);
+        assert_eq!(c.alerts.labs["lab-1"].contacts.len(), 1);
+        let d = CoordinatorConfig::parse("").unwrap();
+        assert_eq!(d.alerts.lab_unreachable_after.as_secs(), 900);
+        assert!(
+            err("alerts: {labs: {lab-1: {contacts: [x@example.org]}}}\n").contains("reports.email")
+        );
+        assert!(
+            err(&format!(
+                "{mail}alerts: {{labs: {{lab-1: {{contacts: [nobody]}}}}}}\n"
+            ))
+            .contains("alerts.labs.lab-1.contacts: `nobody`")
+        );
+        assert!(err(&format!("{mail}alerts: {{contacts: ['a b']}}\n")).contains("alerts.contacts"));
+        assert!(err("alerts: {lab_unreachable_after: 10ms}\n").contains("lab_unreachable_after"));
+        assert!(err("alerts: {labs: {lab-1: {phone: 1}}}\n").contains("unknown field `phone`"));
     }
 }

@@ -84,7 +84,6 @@ pub(crate) fn start_leader(
         let alerter = alerts::Alerter {
             email: email.clone(),
             alerts: cfg.alerts.clone(),
-            labs: cfg.labs.clone(),
         };
         if alerter.has_contacts() {
             set.spawn(alerts::run(shared.store.clone(), alerter, stop.clone()));
