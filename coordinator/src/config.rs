@@ -170,6 +170,13 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
+    /// How long after its last call a lab counts as silent (offline): two heartbeat
+    /// intervals and 5 s.
+    pub fn silent_after(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.heartbeat * 2 + Duration::from_secs(5))
+            .unwrap_or(chrono::Duration::MAX)
+    }
+
     /// How often held liveness is written: `write_interval`, or its default.
     pub fn write_every(&self) -> Duration {
         self.write_interval

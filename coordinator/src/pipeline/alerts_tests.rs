@@ -75,14 +75,14 @@ fn one_alert_per_incident_and_none_while_a_device_flaps() {
         .write_blocking(|w| w.register_lab_cert("lab-a", "aa", None))
         .unwrap();
     store
-        .write_blocking(|w| w.touch_lab(&lab, None, None))
+        .write_blocking(|w| w.touch_lab(&lab, None, None, chrono::Duration::seconds(35)))
         .unwrap();
     // Each report is a call of the lab's agent: the lab is not silent.
     let report = |h: Health, why: &'static str| {
         store
             .write_blocking(move |w| {
                 let lab = LabName::new("lab-a");
-                w.touch_lab(&lab, None, None)?;
+                w.touch_lab(&lab, None, None, chrono::Duration::seconds(35))?;
                 w.report_health(&lab, &[dev(h, why)])
             })
             .unwrap();
@@ -180,7 +180,7 @@ fn a_silent_lab_is_alerted_once_and_not_after_the_coordinators_own_downtime() {
         .write_blocking(|w| w.register_lab_cert("lab-a", "aa", None))
         .unwrap();
     store
-        .write_blocking(move |w| w.touch_lab(&lab, None, None))
+        .write_blocking(move |w| w.touch_lab(&lab, None, None, chrono::Duration::seconds(35)))
         .unwrap();
     let due = |started: DateTime<Utc>| {
         let (a, now) = (a.clone(), clock.now());

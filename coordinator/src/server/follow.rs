@@ -20,7 +20,12 @@ pub(super) async fn write_liveness(shared: Arc<Shared>) {
             _ = tick.tick() => {}
             _ = shared.shutdown.cancelled() => return,
         }
-        match shared.dispatcher.liveness.write(&shared.store).await {
+        match shared
+            .dispatcher
+            .liveness
+            .write(&shared.store, shared.config.leases.silent_after())
+            .await
+        {
             Ok(w) if w.renewed + w.lost + w.labs > 0 => {
                 tracing::debug!(
                     labs = w.labs,

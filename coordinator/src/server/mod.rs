@@ -206,7 +206,12 @@ pub async fn serve_with_http(
     .await;
     services.abort_all();
     // What heartbeats left in memory reaches the store before the process ends.
-    match shared.dispatcher.liveness.write(&shared.store).await {
+    match shared
+        .dispatcher
+        .liveness
+        .write(&shared.store, shared.config.leases.silent_after())
+        .await
+    {
         Ok(w) => tracing::info!(
             labs = w.labs,
             renewed = w.renewed,
