@@ -7,6 +7,8 @@ use crate::common;
 
 #[path = "health_alerts.rs"]
 mod alerts;
+#[path = "health_replicas.rs"]
+mod replicas;
 
 use common::*;
 use labwire_proto::v1;
