@@ -14,7 +14,7 @@
 use super::config::{AlertConfig, EmailConfig};
 use crate::store::Store;
 use crate::store::alerts::{
-    AlertKind, BadDevice, alerted, bad_devices, last_alert, silent_labs, times_bad_since,
+    AlertKey, AlertKind, BadDevice, alerted, bad_devices, last_alert, silent_labs, times_bad_since,
 };
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -50,6 +50,18 @@ pub(crate) struct Alert {
     pub(crate) subject: String,
     /// The text.
     pub(crate) body: String,
+}
+
+impl Alert {
+    /// What identifies it in the store.
+    pub(crate) fn key(&self) -> AlertKey<'_> {
+        AlertKey {
+            kind: self.kind,
+            lab: &self.lab,
+            device: &self.device,
+            incident: self.incident,
+        }
+    }
 }
 
 impl Alerter {
@@ -263,11 +275,7 @@ async fn send(store: &Store, email: &EmailConfig, alert: Alert) {
     }
     let a = alert.clone();
     let r = store
-        .write(move |w| {
-            w.record_alert(
-                a.kind, &a.lab, &a.device, a.incident, outcome, &a.to, &a.subject,
-            )
-        })
+        .write(move |w| w.record_alert(a.key(), outcome, &a.to, &a.subject))
         .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "cannot record a mailed health alert");

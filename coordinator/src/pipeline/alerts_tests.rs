@@ -55,11 +55,7 @@ fn dev(h: Health, reason: &str) -> DeviceInfo {
 fn record(store: &Store, alerts: &[Alert]) {
     for a in alerts.iter().cloned() {
         store
-            .write_blocking(move |w| {
-                w.record_alert(
-                    a.kind, &a.lab, &a.device, a.incident, "sent", &a.to, &a.subject,
-                )
-            })
+            .write_blocking(move |w| w.record_alert(a.key(), "sent", &a.to, &a.subject))
             .unwrap();
     }
 }

@@ -27,6 +27,19 @@ impl AlertKind {
     }
 }
 
+/// What identifies an incident's alert.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AlertKey<'a> {
+    /// Device bad or lab unreachable.
+    pub(crate) kind: AlertKind,
+    /// The lab.
+    pub(crate) lab: &'a str,
+    /// The device (`""` for a lab).
+    pub(crate) device: &'a str,
+    /// The start of the incident.
+    pub(crate) incident: DateTime<Utc>,
+}
+
 /// A device whose health is `bad`, as the alert mail describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BadDevice {
@@ -161,10 +174,7 @@ impl Write<'_> {
     /// it for good. An incident recorded before is left as it is.
     pub(crate) fn record_alert(
         &mut self,
-        kind: AlertKind,
-        lab: &str,
-        device: &str,
-        incident: DateTime<Utc>,
+        key: AlertKey<'_>,
         outcome: &str,
         recipients: &[String],
         subject: &str,
@@ -174,10 +184,10 @@ impl Write<'_> {
              recipients, subject) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
              ON CONFLICT (kind, lab, device, incident) DO NOTHING",
             params![
-                kind.as_str(),
-                lab,
-                device,
-                micros(incident),
+                key.kind.as_str(),
+                key.lab,
+                key.device,
+                micros(key.incident),
                 micros(self.now),
                 outcome,
                 recipients.join(", "),
