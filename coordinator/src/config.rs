@@ -79,6 +79,9 @@ pub struct CoordinatorConfig {
     /// Reports.
     #[serde(default)]
     pub reports: crate::pipeline::config::ReportConfig,
+    /// Health alerts to the labs' contacts.
+    #[serde(default)]
+    pub alerts: crate::pipeline::config::AlertConfig,
     /// Limits on the connections of each port (gRPC and HTTP).
     #[serde(default)]
     pub connections: crate::net::ConnectionLimits,
@@ -167,6 +170,13 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
+    /// How long after its last call a lab counts as silent (offline): two heartbeat
+    /// intervals and 5 s.
+    pub fn silent_after(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.heartbeat * 2 + Duration::from_secs(5))
+            .unwrap_or(chrono::Duration::MAX)
+    }
+
     /// How often held liveness is written: `write_interval`, or its default.
     pub fn write_every(&self) -> Duration {
         self.write_interval
@@ -266,6 +276,7 @@ impl Default for CoordinatorConfig {
             timeouts: Default::default(),
             trigger: Default::default(),
             reports: Default::default(),
+            alerts: Default::default(),
             connections: Default::default(),
             results: Default::default(),
             kernelci: Default::default(),
@@ -325,6 +336,7 @@ impl CoordinatorConfig {
             bail!("public_url `{}` must start with https://", self.public_url);
         }
         crate::pipeline::config::validate(&self.timeouts, &self.trigger, &self.reports)?;
+        crate::pipeline::config::validate_alerts(&self.alerts, &self.reports)?;
         self.connections.validate()?;
         self.results.validate()?;
         self.kernelci.validate()?;

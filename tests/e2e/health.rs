@@ -5,6 +5,11 @@
 
 use crate::common;
 
+#[path = "health_alerts.rs"]
+mod alerts;
+#[path = "health_replicas.rs"]
+mod replicas;
+
 use common::*;
 use labwire_proto::v1;
 use std::path::Path;

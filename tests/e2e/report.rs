@@ -16,8 +16,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 /// A minimal SMTP server on 127.0.0.1: hands over the data of every message it accepts;
-/// the first `refuse` messages get a permanent refusal (554) after their data.
-async fn smtp_sink(refuse: usize) -> (u16, mpsc::UnboundedReceiver<(Vec<String>, String)>) {
+/// the first `refuse` messages get a permanent refusal (554) after their data. Shared with
+/// the health alert test.
+pub(crate) async fn smtp_sink(
+    refuse: usize,
+) -> (u16, mpsc::UnboundedReceiver<(Vec<String>, String)>) {
     let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

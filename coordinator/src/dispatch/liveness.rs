@@ -140,8 +140,13 @@ impl Liveness {
     }
 
     /// Writes what is held, in one transaction. On failure it is kept for the next write
-    /// (newer calls since then win).
-    pub(crate) async fn write(&self, store: &Store) -> Result<Written> {
+    /// (newer calls since then win). A lab's call more than `silent_after` after its last
+    /// one ends a silence ([`crate::store::Write::touch_lab_at`]).
+    pub(crate) async fn write(
+        &self,
+        store: &Store,
+        silent_after: chrono::Duration,
+    ) -> Result<Written> {
         let (labs, renewals) = {
             let mut p = self.lock();
             if p.labs.is_empty() && p.renewals.is_empty() {
@@ -153,7 +158,7 @@ impl Liveness {
         let res = store
             .write(move |w| {
                 for (lab, seen) in &l2 {
-                    w.touch_lab_at(lab, seen.at, seen.free_slots)?;
+                    w.touch_lab_at(lab, seen.at, seen.free_slots, silent_after)?;
                 }
                 let mut renewed = 0;
                 let mut lost = Vec::new();
@@ -264,7 +269,10 @@ mod tests {
         store
             .write_blocking(move |w| w.cancel_job(b, "gone"))
             .unwrap();
-        let written = live.write(&store).await.unwrap();
+        let written = live
+            .write(&store, chrono::Duration::seconds(35))
+            .await
+            .unwrap();
         assert_eq!(
             written,
             Written {
@@ -280,6 +288,11 @@ mod tests {
         assert_eq!(live.take_lost(&lab, &running), vec![(b, AttemptNo(1))]);
         assert!(live.take_lost(&lab, &running).is_empty());
         // Nothing held: a write is a no-op.
-        assert_eq!(live.write(&store).await.unwrap(), Written::default());
+        assert_eq!(
+            live.write(&store, chrono::Duration::seconds(35))
+                .await
+                .unwrap(),
+            Written::default()
+        );
     }
 }

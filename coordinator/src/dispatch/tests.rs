@@ -39,7 +39,9 @@ async fn setup(placement: &str) -> (crate::store::TestStore, Store, Dispatcher) 
     for name in ["lab-a", "lab-b"] {
         let l = name.to_string();
         store
-            .write_blocking(move |w| w.touch_lab(&lab(&l), None, None))
+            .write_blocking(move |w| {
+                w.touch_lab(&lab(&l), None, None, chrono::Duration::seconds(35))
+            })
             .unwrap();
     }
     let d = Dispatcher::load(
@@ -81,7 +83,12 @@ async fn other_replicas_labs_and_jobs_are_seen() {
     store
         .write(move |w| {
             w.register_lab_cert("lab-c", "fp-c", None)?;
-            w.touch_lab(&lab("lab-c"), Some(&json), Some(1))
+            w.touch_lab(
+                &lab("lab-c"),
+                Some(&json),
+                Some(1),
+                chrono::Duration::seconds(35),
+            )
         })
         .await
         .unwrap();

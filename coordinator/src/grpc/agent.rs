@@ -101,12 +101,18 @@ impl AgentService for AgentApi {
         // One transaction; the sweep in it never fails on one bad row (it is repaired), and
         // the queue changes reach the dispatcher once it commits. The devices come back with
         // the health that counts (an admin's maintenance over the agent's word).
+        let silent_after = self.shared.config.leases.silent_after();
         let (lost, devices) = self
             .shared
             .queue
             .write(move |w| {
                 let devices = w.report_health(&lab2, &devices)?;
-                w.touch_lab(&lab2, Some(&devices_json(&devices)), Some(slots))?;
+                w.touch_lab(
+                    &lab2,
+                    Some(&devices_json(&devices)),
+                    Some(slots),
+                    silent_after,
+                )?;
                 let lost = w.renew_leases(&lab2, &held, until)?;
                 // Leases of this lab that the agent no longer holds (it restarted and lost
                 // them) expire now: the job goes back to the queue as a retry.

@@ -26,6 +26,29 @@ fn name(field: &str, v: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Sets a device's health in this replica's picture (the dispatcher's and the agent
+/// sessions'), so that placement here follows it at once.
+pub(crate) async fn apply_health(
+    shared: &SharedRef,
+    lab: &LabName,
+    device: &str,
+    to: Health,
+    reason: &str,
+) {
+    shared
+        .dispatcher
+        .set_device_health(lab, device, to, reason)
+        .await;
+    if let Ok(mut map) = shared.sessions.write() {
+        for s in map.values_mut().filter(|s| &s.lab == lab) {
+            for d in s.devices.iter_mut().filter(|d| d.name == device) {
+                d.health = to;
+                d.health_reason = reason.to_string();
+            }
+        }
+    }
+}
+
 /// Applies an admin's `SetDeviceHealth`; `who` is the token's name, for the log.
 pub(crate) async fn set_device_health(
     shared: &SharedRef,
@@ -65,20 +88,9 @@ pub(crate) async fn set_device_health(
         .await?;
     let lab = LabName::new(r.lab.clone());
     let shown = if admin.is_some() { reason.as_str() } else { "" };
-    shared
-        .dispatcher
-        .set_device_health(&lab, &r.device, to, shown)
-        .await;
+    apply_health(shared, &lab, &r.device, to, shown).await;
     if admin.is_none() {
         shared.dispatcher.note_resume(&lab);
-    }
-    if let Ok(mut map) = shared.sessions.write() {
-        for s in map.values_mut().filter(|s| s.lab == lab) {
-            for d in s.devices.iter_mut().filter(|d| d.name == r.device) {
-                d.health = to;
-                d.health_reason = shown.to_string();
-            }
-        }
     }
     tracing::warn!(lab = %lab, device = %r.device, from = %from, to = %to, by = who, reason = %reason, "device health set by an admin");
     let mut cancelled = Vec::new();

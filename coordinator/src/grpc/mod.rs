@@ -4,7 +4,7 @@
 mod admin;
 mod agent;
 mod events;
-mod health;
+pub(crate) mod health;
 mod nodes;
 mod session;
 

@@ -32,6 +32,7 @@ pub(super) async fn heartbeat(
     let dispatcher = &shared.dispatcher;
     let until = lease_until(shared);
     let slots = r.free_slots;
+    let silent_after = shared.config.leases.silent_after();
     // Liveness stays in memory and is written in batches (dispatch::liveness): the attempts
     // the dispatcher knows are this lab's are renewed there. The store decides the rest
     // (lost, or leased through another replica this one has not heard of yet); a changed
@@ -53,7 +54,7 @@ pub(super) async fn heartbeat(
                     None => None,
                 };
                 if let Some(d) = &devices {
-                    w.touch_lab(&lab2, Some(&devices_json(d)), Some(slots))?;
+                    w.touch_lab(&lab2, Some(&devices_json(d)), Some(slots), silent_after)?;
                 }
                 let resumed = w.take_resumed(&lab2)?;
                 Ok((w.renew_leases(&lab2, &unsure, until)?, devices, resumed))

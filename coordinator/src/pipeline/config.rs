@@ -153,6 +153,90 @@ pub struct EmailConfig {
     pub format: crate::report::Format,
 }
 
+/// Health alerts (`alerts:`): mails to a lab's contacts (`alerts.labs.LAB.contacts`) and to
+/// `alerts.contacts` when a device goes bad or a lab is unreachable, sent through the SMTP
+/// server and sender of `reports.email`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Mail when a lab's agent has not called for this long. Default `15m`.
+    #[serde(default = "default_unreachable", with = "humantime_serde")]
+    pub lab_unreachable_after: Duration,
+    /// At most one alert per device (and per lab) within this long, so that a device that
+    /// flaps is mailed once, not at every flap. Default `1h`.
+    #[serde(default = "default_repeat_after", with = "humantime_serde")]
+    pub repeat_after: Duration,
+    /// How often the devices and labs are looked at. Default `30s`.
+    #[serde(default = "default_alert_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Addresses that get the alerts of every lab (the coordinator's admins).
+    #[serde(default)]
+    pub contacts: Vec<String>,
+    /// Each lab's own contacts, by lab name.
+    #[serde(default)]
+    pub labs: std::collections::BTreeMap<String, LabSettings>,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            lab_unreachable_after: default_unreachable(),
+            repeat_after: default_repeat_after(),
+            interval: default_alert_interval(),
+            contacts: Vec::new(),
+            labs: Default::default(),
+        }
+    }
+}
+
+/// One lab's alert settings (`alerts.labs.LAB`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSettings {
+    /// Who gets the lab's health alerts.
+    #[serde(default)]
+    pub contacts: Vec<String>,
+}
+
+/// Checks `alerts:`; errors name the key.
+pub fn validate_alerts(alerts: &AlertConfig, reports: &ReportConfig) -> anyhow::Result<()> {
+    let labs = &alerts.labs;
+    if alerts.interval < Duration::from_millis(50) {
+        bail!("alerts.interval must be at least 50ms");
+    }
+    if alerts.lab_unreachable_after < Duration::from_secs(1) {
+        bail!("alerts.lab_unreachable_after must be at least 1s");
+    }
+    let mut any = false;
+    let all = alerts
+        .contacts
+        .iter()
+        .map(|c| ("alerts.contacts".to_string(), c));
+    let per_lab = labs.iter().flat_map(|(lab, s)| {
+        s.contacts
+            .iter()
+            .map(move |c| (format!("alerts.labs.{lab}.contacts"), c))
+    });
+    for (key, addr) in all.chain(per_lab) {
+        any = true;
+        if addr.parse::<lettre::message::Mailbox>().is_err() {
+            bail!("{key}: `{addr}` is not an e-mail address");
+        }
+    }
+    for lab in labs.keys() {
+        if labwire_common::names::check(lab).is_err() {
+            bail!("alerts.labs: `{lab}` is not a lab name");
+        }
+    }
+    if any && reports.email.is_none() {
+        bail!(
+            "alerts are mailed through the SMTP server of reports.email: set reports.email, \
+             or remove alerts.contacts and alerts.labs"
+        );
+    }
+    Ok(())
+}
+
 /// How the SMTP connection is protected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -189,6 +273,15 @@ fn default_git() -> PathBuf {
 }
 fn default_git_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_unreachable() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_repeat_after() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_alert_interval() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_smtp_port() -> u16 {
     587
@@ -303,5 +396,32 @@ mod tests {
             err("reports:\n  email: {smtp_host: m, from: a@example.org, to: [b@example.org], security: ssl}\n")
                 .contains("security")
         );
+    }
+
+    #[test]
+    fn alert_settings_parse_and_refuse_bad_values() {
+        let mail = "reports:\n  email: {smtp_host: m, from: a@example.org, to: [b@example.org]}\n";
+        let c = CoordinatorConfig::parse(&format!(
+            "{mail}alerts:\n  lab_unreachable_after: 5m\n  contacts: [farm@example.org]\n  \
+             labs: {{lab-1: {{contacts: ['Lab One <one@example.org>']}}}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.alerts.lab_unreachable_after.as_secs(), 300);
+        assert_eq!(c.alerts.repeat_after.as_secs(), 3600);
+        assert_eq!(c.alerts.labs["lab-1"].contacts.len(), 1);
+        let d = CoordinatorConfig::parse("").unwrap();
+        assert_eq!(d.alerts.lab_unreachable_after.as_secs(), 900);
+        assert!(
+            err("alerts: {labs: {lab-1: {contacts: [x@example.org]}}}\n").contains("reports.email")
+        );
+        assert!(
+            err(&format!(
+                "{mail}alerts: {{labs: {{lab-1: {{contacts: [nobody]}}}}}}\n"
+            ))
+            .contains("alerts.labs.lab-1.contacts: `nobody`")
+        );
+        assert!(err(&format!("{mail}alerts: {{contacts: ['a b']}}\n")).contains("alerts.contacts"));
+        assert!(err("alerts: {lab_unreachable_after: 10ms}\n").contains("lab_unreachable_after"));
+        assert!(err("alerts: {labs: {lab-1: {phone: 1}}}\n").contains("unknown field `phone`"));
     }
 }

@@ -75,7 +75,7 @@ pub(crate) async fn send_report(
 }
 
 /// Whether a sending error is an SMTP 5xx answer: final for that message.
-fn permanent(e: &anyhow::Error) -> bool {
+pub(crate) fn permanent(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<lettre::transport::smtp::Error>()
             .is_some_and(|s| s.is_permanent())

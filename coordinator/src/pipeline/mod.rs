@@ -1,7 +1,9 @@
 //! The pipeline services that run inside the coordinator next to dispatch: the scheduler
 //! (events become jobs), the trigger (new commits become `checkout` nodes), the timeout
-//! service (timeouts, holdoffs, closing) and the e-mailed checkout reports.
+//! service (timeouts, holdoffs, closing), the e-mailed checkout reports and the health
+//! alerts.
 
+pub(crate) mod alerts;
 pub(crate) mod config;
 pub(crate) mod kernelci;
 pub(crate) mod mail;
@@ -56,7 +58,8 @@ pub(crate) fn check(shared: &SharedRef) -> anyhow::Result<()> {
 
 /// Starts the pipeline services the config turns on, on the replica that leads: the timeout
 /// service always, the trigger when trees are configured, the report mailer when
-/// `reports.email` is set, the KernelCI follower when `kernelci.pull_lab` is set. Each stops when `stop` is cancelled.
+/// `reports.email` is set, the health alerter when some lab has contacts, the KernelCI
+/// follower when `kernelci.pull_lab` is set. Each stops when `stop` is cancelled.
 pub(crate) fn start_leader(
     shared: &SharedRef,
     stop: &tokio_util::sync::CancellationToken,
@@ -78,6 +81,13 @@ pub(crate) fn start_leader(
     if let Some(email) = &cfg.reports.email {
         mail::transport(email)?;
         set.spawn(mail::run(shared.store.clone(), email.clone(), stop.clone()));
+        let alerter = alerts::Alerter {
+            email: email.clone(),
+            alerts: cfg.alerts.clone(),
+        };
+        if alerter.has_contacts() {
+            set.spawn(alerts::run(shared.store.clone(), alerter, stop.clone()));
+        }
     }
     if let Some(k) = &cfg.kernelci.pull_lab {
         kernelci::start(shared, k, stop, set)?;

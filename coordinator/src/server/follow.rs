@@ -20,7 +20,12 @@ pub(super) async fn write_liveness(shared: Arc<Shared>) {
             _ = tick.tick() => {}
             _ = shared.shutdown.cancelled() => return,
         }
-        match shared.dispatcher.liveness.write(&shared.store).await {
+        match shared
+            .dispatcher
+            .liveness
+            .write(&shared.store, shared.config.leases.silent_after())
+            .await
+        {
             Ok(w) if w.renewed + w.lost + w.labs > 0 => {
                 tracing::debug!(
                     labs = w.labs,
@@ -167,6 +172,47 @@ pub(super) async fn watch_revocations(shared: Arc<Shared>, before: Vec<String>) 
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
             _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Follows the admins' say over devices, whichever replica took it: when the labs change
+/// (`store::watch`; a maintenance, retirement or resume anywhere), each lab with an agent
+/// connected here gets the health that counts of its devices in this replica's picture, and
+/// a resume is told to its agent at its next heartbeat, not only when it next advertises
+/// its devices.
+pub(super) async fn watch_admin_health(shared: Arc<Shared>) {
+    let mut changed = shared.store.labs_changed();
+    loop {
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = shared.shutdown.cancelled() => return,
+        }
+        for (lab, session) in shared.connected_labs() {
+            let name = lab.as_str().to_string();
+            let read = shared
+                .store
+                .read(move |c| crate::store::health::counted(c, &name))
+                .await;
+            let devices = match read {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(lab = %lab, error = %e, "cannot read the lab's device health");
+                    continue;
+                }
+            };
+            for d in &devices {
+                let here = session.devices.iter().find(|s| s.name == d.device);
+                if here.is_some_and(|s| s.health != d.health || s.health_reason != d.reason) {
+                    crate::grpc::health::apply_health(
+                        &shared, &lab, &d.device, d.health, &d.reason,
+                    )
+                    .await;
+                }
+            }
+            if devices.iter().any(|d| d.resumed) {
+                shared.dispatcher.note_resume(&lab);
+            }
         }
     }
 }

@@ -141,6 +141,7 @@ pub async fn serve_with_http(
     upkeep.spawn(follow::refresh_stats(shared.clone()));
     upkeep.spawn(follow::watch_revocations(shared.clone(), revoked));
     upkeep.spawn(follow::write_liveness(shared.clone()));
+    upkeep.spawn(follow::watch_admin_health(shared.clone()));
     if store.backend() == Backend::Postgres {
         upkeep.spawn(follow::follow_jobs(shared.clone(), follow_from));
         upkeep.spawn(follow::refresh_remote_labs(shared.clone()));
@@ -206,7 +207,12 @@ pub async fn serve_with_http(
     .await;
     services.abort_all();
     // What heartbeats left in memory reaches the store before the process ends.
-    match shared.dispatcher.liveness.write(&shared.store).await {
+    match shared
+        .dispatcher
+        .liveness
+        .write(&shared.store, shared.config.leases.silent_after())
+        .await
+    {
         Ok(w) => tracing::info!(
             labs = w.labs,
             renewed = w.renewed,

@@ -79,6 +79,46 @@ pub(crate) fn device_names(conn: &super::db::Connection, lab: &str) -> Result<Ve
     )
 }
 
+/// One device's health that counts, as every replica should see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Counted {
+    /// The device.
+    pub(crate) device: String,
+    /// The health that counts.
+    pub(crate) health: Health,
+    /// Its reason.
+    pub(crate) reason: String,
+    /// An admin resumed it and its agent has not heard yet.
+    pub(crate) resumed: bool,
+}
+
+/// The health that counts of every device of `lab`.
+pub(crate) fn counted(conn: &super::db::Connection, lab: &str) -> Result<Vec<Counted>> {
+    let rows = conn.query_map(
+        "SELECT device, health, reason, resumed FROM device_health \
+         WHERE lab = ?1 ORDER BY device",
+        params![lab],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        },
+    )?;
+    rows.into_iter()
+        .map(|(device, h, reason, resumed)| {
+            Ok(Counted {
+                device,
+                health: health(&h)?,
+                reason,
+                resumed: resumed != 0,
+            })
+        })
+        .collect()
+}
+
 /// The health changes of `lab`'s devices after `since`, oldest first.
 #[cfg(test)]
 pub(crate) fn health_log(
@@ -322,6 +362,16 @@ impl Write<'_> {
                 why.clone()
             };
             self.log_change(lab, device, &old.device_type, Some(old.health), h, &why)?;
+        }
+        // Every replica hears of it (`store::watch`) and updates its picture of the lab, and
+        // the one its agent is connected to tells the agent of a resume at once
+        // (`server::follow::watch_admin_health`).
+        self.labs_changed = true;
+        if self.conn().backend() == super::db::Backend::Postgres {
+            self.conn().execute(
+                "SELECT pg_notify(?1, ?2)",
+                params![super::watch::LABS_CHANNEL, lab],
+            )?;
         }
         // The stored advertisement, which placement on every replica reads.
         let devices: Option<String> = self.conn().query_opt(

@@ -1,6 +1,6 @@
 //! The lab report (`labwire report lab LAB --since 7d`): each device's time good, bad, in
-//! maintenance, retired and offline over a period (from `device_health_log` and the lab's
-//! last seen time), the jobs it ran, the share of them that ended with an infrastructure
+//! maintenance, retired and offline over a period (from `device_health_log`, the lab's
+//! earlier silences in `lab_silences` and its last seen time), the jobs it ran, the share of them that ended with an infrastructure
 //! error code and the mean boot time (the agent's `login_ms`); the same totals per device
 //! type; the worst devices first.
 
@@ -135,6 +135,24 @@ fn push_span(t: &mut Vec<Span>, from: i64, to: i64, health: Option<Health>) {
     }
 }
 
+/// `spans` with the times in `off` (sorted, not overlapping) made offline.
+fn offline_during(spans: Vec<Span>, off: &[(i64, i64)]) -> Vec<Span> {
+    let mut out = Vec::with_capacity(spans.len());
+    for s in spans {
+        let (mut a, b) = (micros(s.from), micros(s.to));
+        for &(x, y) in off {
+            if y <= a || x >= b {
+                continue;
+            }
+            push_span(&mut out, a, x.max(a), s.health);
+            push_span(&mut out, x.max(a), y.min(b), None);
+            a = y.min(b);
+        }
+        push_span(&mut out, a, b, s.health);
+    }
+    out
+}
+
 /// Sorts the worst first.
 fn worst_first(v: &mut [Availability]) {
     v.sort_by(|a, b| {
@@ -208,10 +226,7 @@ pub(crate) fn lab_report(
         let (cur, cursor) = walk.entry(device.clone()).or_insert((None, from_us));
         let at_c = at.clamp(from_us, end_us);
         if at_c > *cursor {
-            devices
-                .entry(device.clone())
-                .or_default()
-                .credit(*cur, at_c - *cursor);
+            devices.entry(device.clone()).or_default();
             push_span(
                 timelines.entry(device.clone()).or_default(),
                 *cursor,
@@ -222,14 +237,35 @@ pub(crate) fn lab_report(
         }
         *cur = Some(h);
     }
+    // The lab's earlier silences: offline from `offline_after` after its last call before
+    // each until its next call.
+    let offline_after_us = offline_after.num_microseconds().unwrap_or(i64::MAX);
+    let silences: Vec<(i64, i64)> = conn
+        .query_map(
+            "SELECT started, ended FROM lab_silences WHERE lab = ?1 AND ended > ?2 \
+             AND started < ?3 ORDER BY started, id",
+            params![lab, from_us, end_us],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )?
+        .into_iter()
+        .map(|(s, e)| {
+            (
+                s.saturating_add(offline_after_us).clamp(from_us, end_us),
+                e.clamp(from_us, end_us),
+            )
+        })
+        .filter(|(s, e)| s < e)
+        .collect();
     for (name, a) in devices.iter_mut() {
         a.name.clone_from(name);
         let (cur, cursor) = walk.get(name).copied().unwrap_or((None, from_us));
-        a.credit(cur, end_us.saturating_sub(cursor).max(0));
-        a.credit(None, (micros(to) - end_us).max(0));
         let t = timelines.entry(name.clone()).or_default();
         push_span(t, cursor, end_us, cur);
         push_span(t, end_us.max(cursor), micros(to), None);
+        *t = offline_during(std::mem::take(t), &silences);
+        for s in t.iter() {
+            a.credit(s.health, micros(s.to) - micros(s.from));
+        }
     }
     let jobs = conn.query_map(
         "SELECT j.device, n.data FROM jobs j JOIN nodes n ON n.id = j.node_id \

@@ -147,3 +147,96 @@ fn figures_from_known_health_changes_and_jobs() {
         .unwrap();
     assert!(none.is_none());
 }
+
+#[test]
+fn earlier_silences_count_as_offline() {
+    let (_d, store) = temp_store();
+    fill(&store);
+    // lab-r went silent after a call at hour 6 until hour 8:30, and from hour -3 to 0:30;
+    // a silence that ended before the period does not count.
+    store
+        .write_blocking(|w| {
+            for (s, e) in [(-20 * H, -19 * H), (-3 * H, H / 2), (6 * H, 8 * H + H / 2)] {
+                w.conn().execute(
+                    "INSERT INTO lab_silences (lab, started, ended) VALUES ('lab-r', ?1, ?2)",
+                    params![micros(t(0)) + s, micros(t(0)) + e],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let r = store
+        .read_blocking(|c| lab_report(c, "lab-r", t(0), t(12), Duration::hours(1)))
+        .unwrap()
+        .expect("lab-r is known");
+    let a = r.devices.iter().find(|a| a.name == "board-a").unwrap();
+    // Offline 0:00-0:30 (an hour after -3:00 is before the period) and 7:00-8:30, and from
+    // hour 11 as before.
+    let m = |mins: i64| mins * 60;
+    assert_eq!(
+        (a.good_s, a.bad_s, a.maintenance_s, a.offline_s),
+        (m(8 * 60 - 30 - 90), m(60), m(120), m(30 + 90 + 60))
+    );
+    assert_eq!(a.total_s(), m(12 * 60));
+    let spans: Vec<_> = r.timelines["board-a"]
+        .iter()
+        .map(|s| (s.from, s.to, s.health))
+        .collect();
+    let half = |h: i64| from_micros(micros(t(h)) + H / 2);
+    assert_eq!(
+        spans,
+        [
+            (t(0), half(0), None),
+            (half(0), t(2), Some(Health::Good)),
+            (t(2), t(3), Some(Health::Bad)),
+            (t(3), t(5), Some(Health::Maintenance)),
+            (t(5), t(7), Some(Health::Good)),
+            (t(7), half(8), None),
+            (half(8), t(11), Some(Health::Good)),
+            (t(11), t(12), None),
+        ]
+    );
+}
+
+#[test]
+fn a_call_after_a_silence_records_it() {
+    let clock = crate::clock::Clock::manual(t(0));
+    let (_d, store) = crate::store::temp_store_with_clock(clock.clone());
+    let lab = crate::model::LabName::new("lab-s");
+    store
+        .write_blocking(|w| w.register_lab_cert("lab-s", "ss", None))
+        .unwrap();
+    let gap = Duration::seconds(35);
+    let touch = |l: crate::model::LabName| {
+        store
+            .write_blocking(move |w| w.touch_lab(&l, None, None, gap))
+            .unwrap()
+    };
+    // The first call ends no silence; calls within 35 s of each other neither.
+    touch(lab.clone());
+    clock.advance(Duration::seconds(30));
+    touch(lab.clone());
+    clock.advance(Duration::minutes(10));
+    touch(lab.clone());
+    // A late batch of liveness for an older call records nothing.
+    let l = lab.clone();
+    store
+        .write_blocking(move |w| w.touch_lab_at(&l, t(0), 1, gap))
+        .unwrap();
+    clock.advance(Duration::minutes(2));
+    let (l, at) = (lab.clone(), clock.now());
+    store
+        .write_blocking(move |w| w.touch_lab_at(&l, at, 1, gap))
+        .unwrap();
+    let rows: Vec<(i64, i64)> = store
+        .read_blocking(|c| {
+            c.query_map(
+                "SELECT started, ended FROM lab_silences WHERE lab = 'lab-s' ORDER BY id",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .unwrap();
+    let s = |secs: i64| micros(t(0)) + secs * 1_000_000;
+    assert_eq!(rows, [(s(30), s(630)), (s(630), s(750))]);
+}

@@ -288,14 +288,18 @@ impl Write<'_> {
         Ok(())
     }
 
-    /// Records an agent's call: last seen, and its advertisement when given.
+    /// Records an agent's call: last seen, and its advertisement when given. A call more
+    /// than `silent_after` after the lab's last one ends a silence, recorded for the lab
+    /// report.
     pub(crate) fn touch_lab(
         &mut self,
         lab: &LabName,
         devices: Option<&serde_json::Value>,
         free_slots: Option<u32>,
+        silent_after: chrono::Duration,
     ) -> Result<()> {
         let devices = devices.map(|d| d.to_string());
+        self.note_silence(lab, self.now, silent_after)?;
         self.tx.execute(
             "UPDATE labs SET last_seen = ?2, devices = COALESCE(?3, devices), \
                  free_slots = COALESCE(?4, free_slots) WHERE name = ?1",
@@ -305,17 +309,36 @@ impl Write<'_> {
     }
 
     /// Records a lab's call made at `at` with `free_slots` (liveness written in batches, see
-    /// `dispatch::liveness`); an older call never overwrites a newer one.
+    /// `dispatch::liveness`); an older call never overwrites a newer one. A silence it ends
+    /// is recorded as by [`Write::touch_lab`].
     pub(crate) fn touch_lab_at(
         &mut self,
         lab: &LabName,
         at: DateTime<Utc>,
         free_slots: u32,
+        silent_after: chrono::Duration,
     ) -> Result<()> {
+        self.note_silence(lab, at, silent_after)?;
         self.tx.execute(
             "UPDATE labs SET last_seen = ?2, free_slots = ?3 \
              WHERE name = ?1 AND (last_seen IS NULL OR last_seen < ?2)",
             params![lab, micros(at), free_slots],
+        )?;
+        Ok(())
+    }
+
+    /// Records the silence a call of `lab` at `at` ends: its last call before it, when that
+    /// was more than `silent_after` earlier (table `lab_silences`).
+    fn note_silence(
+        &mut self,
+        lab: &LabName,
+        at: DateTime<Utc>,
+        silent_after: chrono::Duration,
+    ) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO lab_silences (lab, started, ended) SELECT name, last_seen, ?2 \
+             FROM labs WHERE name = ?1 AND last_seen IS NOT NULL AND last_seen < ?3",
+            params![lab, micros(at), micros(at - silent_after)],
         )?;
         Ok(())
     }

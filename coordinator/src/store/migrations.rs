@@ -46,6 +46,11 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         include_str!("0007_health.sql"),
         include_str!("pg/0007_health.sql"),
     ),
+    (
+        "0010_health_alerts",
+        include_str!("0010_health_alerts.sql"),
+        include_str!("pg/0010_health_alerts.sql"),
+    ),
 ];
 
 /// A session-level advisory lock key, so that two `migrate` runs on one PostgreSQL database

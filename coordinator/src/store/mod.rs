@@ -13,6 +13,7 @@
 //! row locks (a job is claimed with `FOR UPDATE SKIP LOCKED`, a node is read `FOR UPDATE`
 //! before it changes).
 
+pub(crate) mod alerts;
 pub(crate) mod copy;
 pub(crate) mod cursor;
 pub mod db;
