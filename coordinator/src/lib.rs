@@ -5,6 +5,7 @@
 //! them; every public item is documented.
 
 pub(crate) mod auth;
+pub(crate) mod borrow;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,8 +1,10 @@
 //! The gRPC services: what agents call (AgentService, by client certificate) and what
-//! clients call (NodeService, EventService, AdminService, by bearer token).
+//! clients call (NodeService, EventService, AdminService, BorrowService, by bearer
+//! token).
 
 mod admin;
 mod agent;
+pub(crate) mod borrow;
 mod events;
 mod health;
 mod nodes;
@@ -10,6 +12,7 @@ mod session;
 
 pub(crate) use admin::AdminApi;
 pub(crate) use agent::AgentApi;
+pub(crate) use borrow::BorrowApi;
 pub(crate) use events::EventApi;
 pub(crate) use nodes::NodeApi;
 

@@ -81,6 +81,7 @@ pub(super) async fn heartbeat(
         cancel: job_refs(lost),
         lease_until: Some(convert::timestamp(until)),
         resumed,
+        reserved: shared.dispatcher.reserved.of(lab),
     })
 }
 

@@ -46,6 +46,11 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         include_str!("0007_health.sql"),
         include_str!("pg/0007_health.sql"),
     ),
+    (
+        "0009_reservations",
+        include_str!("0009_reservations.sql"),
+        include_str!("pg/0009_reservations.sql"),
+    ),
 ];
 
 /// A session-level advisory lock key, so that two `migrate` runs on one PostgreSQL database
