@@ -71,6 +71,10 @@ pub(super) async fn open(agent: &Arc<Agent>, session: &str) -> Opened {
                             agent.withdraw(&c.jobs);
                             None
                         }
+                        Some(coordinator_message::Kind::Reserved(r)) => {
+                            agent.set_reserved(&r.devices);
+                            None
+                        }
                         // A kind this agent does not know (a newer coordinator).
                         None => None,
                     };
