@@ -29,6 +29,7 @@ pub(crate) async fn refresh(shared: &Shared) -> Result<()> {
         let n = shared.dispatcher.links.reserved(&lab, devices.clone());
         tracing::debug!(lab = %lab, reserved = ?devices, streams = n, "reserved devices told");
     }
+    crate::console::close_unreserved(shared).await;
     Ok(())
 }
 

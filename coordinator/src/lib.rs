@@ -9,6 +9,7 @@ pub(crate) mod borrow;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub(crate) mod console;
 pub(crate) mod dispatch;
 pub mod error;
 pub(crate) mod files;

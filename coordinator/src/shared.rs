@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) config: CoordinatorConfig,
     /// Cancelled when the coordinator shuts down; long calls end early.
     pub(crate) shutdown: CancellationToken,
+    /// The console relays of borrowed boards.
+    pub(crate) consoles: crate::console::Consoles,
 }
 
 impl Shared {

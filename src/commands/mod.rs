@@ -5,6 +5,7 @@
 
 mod admin;
 mod borrow;
+mod console;
 mod device;
 mod export;
 mod generate;
@@ -151,6 +152,17 @@ enum Command {
         /// LAB/DEVICE.
         target: String,
     },
+    /// A reserved board's console in this terminal (console scope; its owner or an admin
+    /// types, others watch). `~.` after a newline leaves. With stdin piped, bytes go as
+    /// they are.
+    Console(console::ConsoleArgs),
+    /// Switch a reserved board's power: on, off or reset (its owner or an admin).
+    Power {
+        /// LAB/DEVICE.
+        target: String,
+        /// on, off or reset.
+        action: String,
+    },
     /// List the live reservations (console scope).
     Reservations {
         /// Only this lab.
@@ -264,6 +276,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reserve(a) => borrow::reserve(c, a, json).await?,
         Command::Release { target } => borrow::release(c, target, json).await?,
         Command::Reservations { lab } => borrow::list(c, lab, json).await?,
+        Command::Console(a) => return console::console(c, a).await,
+        Command::Power { target, action } => console::power(c, target, action).await?,
         Command::Cancel { job, reason } => admin::cancel(c, job, reason, json).await?,
         Command::Revoke { lab } => admin::revoke(c, lab, json).await?,
         Command::Report {

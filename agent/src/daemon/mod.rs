@@ -3,6 +3,7 @@
 //! and delivers everything through the outbox. On shutdown it drains: stops pulling, lets
 //! running jobs finish (up to `limits.drain_timeout`, then stops them), flushes the outbox.
 
+mod console;
 mod health_check;
 mod job;
 mod link;
@@ -81,6 +82,8 @@ struct State {
     /// Whether the coordinator told the reserved devices since the agent started: until it
     /// has, no health check claims a device.
     reservations_known: bool,
+    /// The console relays the coordinator attached, by relay id.
+    consoles: HashMap<u64, console::Relay>,
 }
 
 /// The running agent.

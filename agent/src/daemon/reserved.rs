@@ -40,6 +40,7 @@ impl Agent {
     /// the board is powered off; then it takes jobs again. A device still running a job
     /// (reserved and released while the job ran) is left alone.
     fn return_to_pool(self: &Arc<Self>, device: String) {
+        super::console::detach_device(self, &device);
         let Some(d) = self.device(&device) else {
             return;
         };

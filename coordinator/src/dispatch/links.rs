@@ -133,6 +133,15 @@ impl Links {
         })
     }
 
+    /// The sender of the newest open stream of `lab`, for what must wait for room rather
+    /// than be dropped (console bytes).
+    pub(crate) fn sender(&self, lab: &LabName) -> Option<mpsc::Sender<v1::CoordinatorMessage>> {
+        self.lock()
+            .get(lab)
+            .and_then(|v| v.iter().rev().find(|l| !l.tx.is_closed()))
+            .map(|l| l.tx.clone())
+    }
+
     /// Ends every stream of `lab` (it was revoked): dropping the senders ends them.
     pub(crate) fn drop_lab(&self, lab: &LabName) {
         self.lock().remove(lab);

@@ -188,6 +188,26 @@ impl BorrowService for BorrowApi {
         }))
     }
 
+    type ConsoleStream = super::console::ConsoleStream;
+
+    async fn console(
+        &self,
+        req: Request<tonic::Streaming<v1::ConsoleRequest>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        let who = self.shared.auth.token(&req, Scope::Console).await?;
+        let s = super::console::console(self.shared.clone(), who, req.into_inner()).await?;
+        Ok(Response::new(s))
+    }
+
+    async fn power(
+        &self,
+        req: Request<v1::PowerRequest>,
+    ) -> Result<Response<v1::PowerResponse>, Status> {
+        let who = self.shared.auth.token(&req, Scope::Console).await?;
+        super::console::power(&self.shared, &who, req.into_inner()).await?;
+        Ok(Response::new(v1::PowerResponse {}))
+    }
+
     async fn list_reservations(
         &self,
         req: Request<v1::ListReservationsRequest>,

@@ -5,6 +5,7 @@
 mod admin;
 mod agent;
 pub(crate) mod borrow;
+mod console;
 mod events;
 mod health;
 mod nodes;

@@ -135,6 +135,7 @@ pub async fn serve_with_http(
         sessions: Default::default(),
         config: cfg.clone(),
         shutdown: shutdown.clone(),
+        consoles: Default::default(),
     });
 
     crate::pipeline::check(&shared)?;

@@ -77,6 +77,7 @@ impl StoredEvent {
                 "extend" => "org.labwire.device.reservation_extended",
                 "release" => "org.labwire.device.released",
                 "expire" => "org.labwire.device.reservation_expired",
+                "console" => "org.labwire.device.console",
                 _ => "org.labwire.device.health",
             }
         } else if self.op == "create" {
