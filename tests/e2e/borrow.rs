@@ -169,10 +169,6 @@ impl Console {
         String::from_utf8_lossy(&self.err.lock().expect("err")).into_owned()
     }
 
-    fn len(&self) -> usize {
-        self.out.lock().expect("out").len()
-    }
-
     /// Waits until the output after byte `from` contains `what`; returns where it ends.
     fn wait_out(&self, from: usize, what: &str, within: Duration) -> usize {
         let end = Instant::now() + within;
