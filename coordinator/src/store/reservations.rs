@@ -70,6 +70,10 @@ pub(crate) fn live(
     )
 }
 
+/// A reservation of the past or present: when and how it ended (`released`, `expired`).
+#[cfg(test)]
+pub(crate) type Past = (Reservation, Option<DateTime<Utc>>, Option<String>);
+
 /// Every reservation of one device, newest first, at most `limit` (its history; read by
 /// the tests so far).
 #[cfg(test)]
@@ -78,7 +82,7 @@ pub(crate) fn history(
     lab: &str,
     device: &str,
     limit: usize,
-) -> Result<Vec<(Reservation, Option<DateTime<Utc>>, Option<String>)>> {
+) -> Result<Vec<Past>> {
     conn.query_map(
         &format!(
             "SELECT {COLUMNS}, ended, end_reason FROM reservations WHERE lab = ?1 \
