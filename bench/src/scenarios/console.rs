@@ -36,6 +36,27 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Puts the pty in raw mode from the start (no echo by the line discipline, no line
+/// editing), as the agent's console engine sets it when it opens the tty.
+fn make_raw(fd: &std::os::fd::OwnedFd) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed termios is a valid value for tcgetattr to fill; the fd is open and
+    // owned by the caller for the duration of these calls.
+    let ok = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(fd.as_raw_fd(), &mut t) == 0 && {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t) == 0
+        }
+    };
+    anyhow::ensure!(
+        ok,
+        "cannot set the pty raw: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 /// The next bytes the client receives (from `output` replies), or an error if the console
 /// closed or was silent for 30 s.
 async fn next_output(inbound: &mut tonic::Streaming<v1::ConsoleReply>) -> anyhow::Result<Vec<u8>> {
@@ -58,7 +79,8 @@ pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
     let cert = rig.issue_labs("console-", 1)?.remove(0);
     let bundle = rig.write_bundle(&cert)?;
     rig.start()?;
-    let (master, _slave, pty) = openpty()?;
+    let (master, slave, pty) = openpty()?;
+    make_raw(&slave)?;
     let yaml = format!(
         "lab: {lab}\ncoordinator:\n  url: {url}\n  ca: {b}/ca.pem\n  cert: {b}/agent.pem\n  key: {b}/agent.key\nstate_dir: {b}/state\n\
          devices:\n\
@@ -82,6 +104,7 @@ pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
         .spawn()
         .context("cannot start the agent")?;
     let result = measure(o, &rig, &cert.lab, master).await;
+    drop(slave);
     let _ = agent.kill();
     let _ = agent.wait();
     let (lat, rates) = result?;
@@ -145,21 +168,29 @@ async fn measure(
             Err(s) => anyhow::bail!("cannot reserve the device: {s}"),
         }
     }
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tx.send(v1::ConsoleRequest {
-        kind: Some(console_request::Kind::Open(v1::ConsoleOpen {
-            lab: lab.into(),
-            device: "board".into(),
-            watch: false,
-        })),
-    })
-    .await?;
-    let mut inbound = c
-        .borrow
-        .console(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .context("cannot open the console")?
-        .into_inner();
+    // The agent opens its session stream at its first heartbeat after Register.
+    let (tx, mut inbound) = loop {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tx.send(v1::ConsoleRequest {
+            kind: Some(console_request::Kind::Open(v1::ConsoleOpen {
+                lab: lab.into(),
+                device: "board".into(),
+                watch: false,
+            })),
+        })
+        .await?;
+        match c
+            .borrow
+            .console(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => break (tx, r.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < end => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => anyhow::bail!("cannot open the console: {s}"),
+        }
+    };
     match inbound.message().await?.and_then(|m| m.kind) {
         Some(console_reply::Kind::Opened(op)) if op.typing => {}
         other => anyhow::bail!("the console did not open for typing: {other:?}"),
