@@ -10,8 +10,14 @@ use labwire_proto::v1;
 /// `labwire reserve` arguments.
 #[derive(Debug, clap::Args)]
 pub(super) struct ReserveArgs {
-    /// LAB/DEVICE.
-    target: String,
+    /// LAB/DEVICE; with --criteria, nothing or a LAB to pick in.
+    #[arg(required_unless_present = "criteria")]
+    target: Option<String>,
+    /// Any device in good health, not reserved, that meets these instead of a named one
+    /// (repeatable): `device_type=`, `arch=`, `driver=`, `tag=`, `feature=`, or any other
+    /// device-type property as KEY=VALUE.
+    #[arg(long = "criteria", value_name = "KEY=VALUE", conflicts_with = "extend")]
+    criteria: Vec<String>,
     /// How long the lease lasts from now (`30m`, `2h`, `1d`; at most 7 days).
     #[arg(long = "for", value_name = "DURATION")]
     duration: String,
@@ -59,9 +65,44 @@ fn json(r: &v1::Reservation) -> serde_json::Value {
     })
 }
 
-/// `labwire reserve LAB/DEVICE --for 2h [--reason ..] [--now] [--extend]`.
+/// `--criteria KEY=VALUE...` as criteria.
+fn criteria(pairs: &[String]) -> anyhow::Result<v1::Criteria> {
+    let mut c = v1::Criteria::default();
+    for p in pairs {
+        let Some((k, v)) = p
+            .split_once('=')
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        else {
+            bail!("--criteria `{p}`: expected KEY=VALUE");
+        };
+        let v = v.to_string();
+        match k {
+            "device_type" => c.device_type = v,
+            "arch" => c.arch = v,
+            "driver" => c.driver = v,
+            "tag" => c.tags.push(v),
+            "feature" => c.features.push(v),
+            _ => {
+                c.properties.insert(k.to_string(), v);
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// `labwire reserve LAB/DEVICE|--criteria .. --for 2h [--reason ..] [--now] [--extend]`.
 pub(super) async fn reserve(c: &mut Clients, a: ReserveArgs, as_json: bool) -> anyhow::Result<()> {
-    let (lab, device) = target(&a.target)?;
+    let (lab, device, crit) = if a.criteria.is_empty() {
+        let t = a.target.as_deref().context("LAB/DEVICE or --criteria")?;
+        let (lab, device) = target(t)?;
+        (lab, device, None)
+    } else {
+        let lab = a.target.clone().unwrap_or_default();
+        if lab.contains('/') {
+            bail!("with --criteria, give no device: `{lab}` (a LAB alone picks in that lab)");
+        }
+        (lab, String::new(), Some(criteria(&a.criteria)?))
+    };
     let r = c
         .borrow
         .reserve(v1::ReserveRequest {
@@ -71,6 +112,7 @@ pub(super) async fn reserve(c: &mut Clients, a: ReserveArgs, as_json: bool) -> a
             reason: a.reason,
             now: a.now,
             extend: a.extend,
+            criteria: crit,
         })
         .await?
         .into_inner();
@@ -173,5 +215,21 @@ mod tests {
         assert!(seconds("0s").is_err());
         assert!(seconds("8d").is_err());
         assert!(seconds("soon").is_err());
+    }
+
+    #[test]
+    fn criteria_pairs_become_criteria() {
+        let c = criteria(&[
+            "device_type=qemu-x86_64".into(),
+            "tag=borrow".into(),
+            "tag=x86".into(),
+            "mach=pc".into(),
+        ])
+        .expect("criteria");
+        assert_eq!(c.device_type, "qemu-x86_64");
+        assert_eq!(c.tags, ["borrow", "x86"]);
+        assert_eq!(c.properties.get("mach").map(String::as_str), Some("pc"));
+        assert!(criteria(&["tag".into()]).is_err());
+        assert!(criteria(&["=x".into()]).is_err());
     }
 }

@@ -403,8 +403,39 @@ async fn a_reservation_survives_restarts_and_its_lease_runs_out_by_itself() {
             .contains(BOARD)
     });
 
-    s.at("reserve, then restart the coordinator and SIGKILL the agent");
-    labwire_ok(&rig, &ana, &["reserve", BOARD, "--for", "10m"]);
+    s.at("reserve by criteria, then restart the coordinator and SIGKILL the agent");
+    let (ok, _, err) = labwire(
+        &rig,
+        &ana,
+        &[
+            "reserve",
+            "--criteria",
+            "tag=nothing-has-it",
+            "--for",
+            "10m",
+        ],
+    );
+    assert!(!ok && err.contains("meets the criteria"), "{err}");
+    let out = labwire_ok(
+        &rig,
+        &ana,
+        &[
+            "--json",
+            "reserve",
+            "--criteria",
+            "tag=borrow",
+            "--criteria",
+            "arch=x86_64",
+            "--for",
+            "10m",
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(
+        (r["lab"].as_str(), r["device"].as_str()),
+        (Some(LAB), Some("qemu-1")),
+        "{r}"
+    );
     agent.signal(nix::sys::signal::Signal::SIGKILL);
     drop(agent);
     assert!(coord.terminate(Duration::from_secs(20)).is_some());

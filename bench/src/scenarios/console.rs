@@ -158,6 +158,7 @@ async fn measure(
                 reason: "labwire-bench".into(),
                 now: false,
                 extend: false,
+                criteria: None,
             })
             .await;
         match r {

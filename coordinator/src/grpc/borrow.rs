@@ -80,6 +80,49 @@ impl BorrowApi {
             .iter()
             .any(|l| l.row.name == lab && l.devices.iter().any(|d| d.name == device)))
     }
+
+    /// The devices that meet `criteria` (in `lab`, if not empty), not reserved and in good
+    /// health: idle ones in connected labs first.
+    async fn candidates(
+        &self,
+        lab: &str,
+        criteria: &labwire_common::Criteria,
+    ) -> Result<Vec<(String, String)>, Status> {
+        let labs = crate::shared::lab_overview(&self.shared).await?;
+        let leased = self
+            .shared
+            .store
+            .read(|c| crate::store::jobs::list_jobs(c, Some(JobStatus::Leased), 10_000))
+            .await?;
+        let busy = |l: &str, d: &str| {
+            leased
+                .iter()
+                .any(|j| j.lease_owner.as_deref() == Some(l) && j.device.as_deref() == Some(d))
+        };
+        let mut out: Vec<(bool, bool, String, String)> = Vec::new();
+        for l in labs
+            .iter()
+            .filter(|l| l.row.revoked_at.is_none() && (lab.is_empty() || l.row.name == lab))
+        {
+            for d in l.devices.iter().filter(|d| criteria.matches(d)) {
+                if !self
+                    .shared
+                    .dispatcher
+                    .reserved
+                    .contains(&l.row.name, &d.name)
+                {
+                    out.push((
+                        !l.connected,
+                        busy(&l.row.name, &d.name),
+                        l.row.name.clone(),
+                        d.name.clone(),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        Ok(out.into_iter().map(|(_, _, l, d)| (l, d)).collect())
+    }
 }
 
 #[tonic::async_trait]
@@ -89,7 +132,26 @@ impl BorrowService for BorrowApi {
         req: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
         let who = self.shared.auth.token(&req, Scope::Console).await?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
+        if let Some(c) = r.criteria.take() {
+            if !r.device.is_empty() || r.extend {
+                return Err(Status::invalid_argument(
+                    "criteria: give either a device or criteria, and extend a device by name",
+                ));
+            }
+            if !r.lab.is_empty() {
+                name("lab", &r.lab)?;
+            }
+            let crit = convert::criteria_from_proto(&c);
+            let found = self.candidates(&r.lab, &crit).await?;
+            let Some((lab, device)) = found.into_iter().next() else {
+                return Err(Status::not_found(
+                    "no device in good health and not reserved meets the criteria",
+                ));
+            };
+            r.lab = lab;
+            r.device = device;
+        }
         name("lab", &r.lab)?;
         name("device", &r.device)?;
         if !(1..=MAX_LEASE_SECONDS).contains(&r.seconds) {
