@@ -40,7 +40,7 @@ trap 'cargo run -q -p labwire-testpg -- stop >/dev/null 2>&1 || true' EXIT
 # The coordinator's behaviour tests run twice: on SQLite (the default), then on PostgreSQL
 # (LABWIRE_TEST_STORE=postgres: each test gets a fresh database on the private server).
 # (Modules of the one end-to-end test binary, tests/e2e/.)
-pg_tests=(skeleton reliability scheduling http trigger report failover dashboard hostile_queue hostile_net kernelci health liveness lab_report)
+pg_tests=(skeleton reliability scheduling http trigger report failover dashboard hostile_queue hostile_net kernelci health liveness lab_report borrow)
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
     # nextest does not run doc tests; run them first.

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use labwire_proto::MAX_MESSAGE_BYTES;
 use labwire_proto::v1::admin_service_client::AdminServiceClient;
+use labwire_proto::v1::borrow_service_client::BorrowServiceClient;
 use labwire_proto::v1::event_service_client::EventServiceClient;
 use labwire_proto::v1::node_service_client::NodeServiceClient;
 use std::path::Path;
@@ -26,7 +27,7 @@ impl Interceptor for Bearer {
 
 type Svc = InterceptedService<Channel, Bearer>;
 
-/// Clients of the three client-facing services over one channel.
+/// Clients of the client-facing services over one channel.
 #[derive(Clone)]
 pub struct Clients {
     /// Nodes and jobs.
@@ -35,6 +36,8 @@ pub struct Clients {
     pub events: EventServiceClient<Svc>,
     /// Administration.
     pub admin: AdminServiceClient<Svc>,
+    /// Borrowing boards: reservations.
+    pub borrow: BorrowServiceClient<Svc>,
 }
 
 /// Opens a channel to `server` trusting `ca_pem`, sending `token`.
@@ -54,7 +57,8 @@ pub async fn connect(server: &str, ca_pem: &[u8], token: &str) -> anyhow::Result
         nodes: NodeServiceClient::with_interceptor(channel.clone(), bearer.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         events: EventServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-        admin: AdminServiceClient::with_interceptor(channel, bearer),
+        admin: AdminServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+        borrow: BorrowServiceClient::with_interceptor(channel, bearer),
     })
 }
 

@@ -46,6 +46,7 @@ impl AgentService for StandIn {
             heartbeat_interval_ms: 500,
             lease_ms: 30_000,
             lost_jobs: Vec::new(),
+            reserved: Vec::new(),
         }))
     }
 

@@ -30,6 +30,9 @@ pub enum Scenario {
     Dispatch,
     /// Time from an admin's cancel to the running agent hearing of it.
     Cancel,
+    /// A borrowed board's console through the coordinator: keystroke-to-echo latency and
+    /// relay throughput (real coordinator and agent, a pty as the board).
+    Console,
     /// Full job cycles per second with many simulated agents.
     Throughput,
     /// Node queries with filters on a large store.
@@ -53,9 +56,10 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every concrete scenario, in run order.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Dispatch,
         Scenario::Cancel,
+        Scenario::Console,
         Scenario::Throughput,
         Scenario::Queries,
         Scenario::Events,
@@ -200,7 +204,8 @@ pub struct Opts {
     /// Parsers: MB of generated KTAP log per run.
     #[arg(long, default_value_t = 200)]
     pub log_mb: usize,
-    /// Serial: MB of log sent through the pty at full speed per run.
+    /// Serial and console: MB sent through the pty (and the console relay) at full speed per
+    /// run.
     #[arg(long, default_value_t = 20)]
     pub console_mb: usize,
     /// Serial: how long the log is sent at 115200 baud to measure CPU.
@@ -234,6 +239,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
             Scenario::All => unreachable!("expanded above"),
             Scenario::Dispatch => scenarios::dispatch::run(opts).await,
             Scenario::Cancel => scenarios::cancel::run(opts).await,
+            Scenario::Console => scenarios::console::run(opts).await,
             Scenario::Throughput => scenarios::throughput::run(opts).await,
             Scenario::Queries | Scenario::Events => {
                 if store.is_none() {
@@ -282,6 +288,7 @@ pub fn check_store_use(list: &[Scenario], store: &StoreChoice) -> anyhow::Result
                 Scenario::Queries | Scenario::Events => "queries/events",
                 Scenario::Dispatch => "dispatch",
                 Scenario::Cancel => "cancel",
+                Scenario::Console => "console",
                 Scenario::Throughput => "throughput",
                 Scenario::Footprint => "footprint",
                 Scenario::Idle => "idle",
@@ -341,7 +348,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("dispatch, cancel, throughput, queries/events, footprint, idle"),
+            e.contains("dispatch, cancel, console, throughput, queries/events, footprint, idle"),
             "{e}"
         );
         assert!(!e.contains("secret"), "{e}");

@@ -5,9 +5,11 @@
 //! them; every public item is documented.
 
 pub(crate) mod auth;
+pub(crate) mod borrow;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub(crate) mod console;
 pub(crate) mod dispatch;
 pub mod error;
 pub(crate) mod files;

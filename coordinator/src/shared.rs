@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) config: CoordinatorConfig,
     /// Cancelled when the coordinator shuts down; long calls end early.
     pub(crate) shutdown: CancellationToken,
+    /// The console relays of borrowed boards.
+    pub(crate) consoles: crate::console::Consoles,
 }
 
 impl Shared {
@@ -100,16 +102,20 @@ pub(crate) struct LabOverview {
     pub(crate) connected: bool,
     /// Jobs leased to it.
     pub(crate) jobs_in_flight: u32,
+    /// The live reservations of its devices.
+    pub(crate) reservations: Vec<crate::store::reservations::Reservation>,
 }
 
 /// Every lab with its devices, connection and jobs in flight.
 pub(crate) async fn lab_overview(shared: &Shared) -> Result<Vec<LabOverview>, crate::error::Error> {
-    let (labs, leases) = shared
+    let now = shared.store.clock().now();
+    let (labs, leases, reservations) = shared
         .store
-        .read(|c| {
+        .read(move |c| {
             Ok((
                 crate::store::labs::list_labs(c)?,
                 crate::store::jobs::leases_by_lab(c)?,
+                crate::store::reservations::live(c, None, now)?,
             ))
         })
         .await?;
@@ -120,6 +126,11 @@ pub(crate) async fn lab_overview(shared: &Shared) -> Result<Vec<LabOverview>, cr
             devices: serde_json::from_value(row.devices.clone()).unwrap_or_default(),
             connected: connected.contains_key(row.name.as_str()),
             jobs_in_flight: leases.get(&row.name).copied().unwrap_or(0),
+            reservations: reservations
+                .iter()
+                .filter(|r| r.lab == row.name)
+                .cloned()
+                .collect(),
             row,
         })
         .collect())

@@ -12,7 +12,7 @@ use labwire_proto::v1;
 #[derive(Debug, Subcommand)]
 pub(super) enum DeviceCommand {
     /// List the devices of every lab (or of one) with their health, its reason, the last
-    /// health check and the infrastructure-failure streak.
+    /// health check, the infrastructure-failure streak and who holds a reservation of it.
     List {
         /// Only this lab.
         lab: Option<String>,
@@ -52,7 +52,7 @@ pub(super) enum DeviceCommand {
 }
 
 /// Splits `LAB/DEVICE`.
-fn target(t: &str) -> anyhow::Result<(String, String)> {
+pub(super) fn target(t: &str) -> anyhow::Result<(String, String)> {
     match t.split_once('/') {
         Some((lab, dev)) if !lab.is_empty() && !dev.is_empty() && !dev.contains('/') => {
             Ok((lab.to_string(), dev.to_string()))
@@ -62,9 +62,13 @@ fn target(t: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// Runs a `labwire device` command.
-pub(super) async fn device(c: &mut Clients, cmd: DeviceCommand) -> anyhow::Result<()> {
+pub(super) async fn device(
+    c: &mut Clients,
+    cmd: DeviceCommand,
+    global_json: bool,
+) -> anyhow::Result<()> {
     let (t, state, reason, now) = match cmd {
-        DeviceCommand::List { lab, json } => return list(c, lab, json).await,
+        DeviceCommand::List { lab, json } => return list(c, lab, json || global_json).await,
         DeviceCommand::Maintenance {
             target,
             reason,
@@ -114,12 +118,13 @@ async fn list(c: &mut Clients, only: Option<String>, json: bool) -> anyhow::Resu
         .labs;
     if !json {
         outln!(
-            "{:<32} {:<20} {:<12} {:<20} {:<6} REASON",
+            "{:<32} {:<20} {:<12} {:<20} {:<6} {:<36} REASON",
             "DEVICE",
             "TYPE",
             "HEALTH",
             "LAST CHECK",
-            "STREAK"
+            "STREAK",
+            "RESERVED"
         )?;
     }
     for l in labs
@@ -127,6 +132,11 @@ async fn list(c: &mut Clients, only: Option<String>, json: bool) -> anyhow::Resu
         .filter(|l| only.as_deref().is_none_or(|o| o == l.name))
     {
         for d in &l.devices {
+            let res = l.reservations.iter().find(|r| r.device == d.name);
+            let until = res.and_then(|r| r.expires.as_ref()).and_then(|t| {
+                chrono::DateTime::from_timestamp(t.seconds, 0)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            });
             let check = if d.last_check > 0 {
                 chrono::DateTime::from_timestamp(d.last_check, 0)
                     .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -144,16 +154,23 @@ async fn list(c: &mut Clients, only: Option<String>, json: bool) -> anyhow::Resu
                         "reason": d.health_reason,
                         "last_check": (d.last_check > 0).then_some(d.last_check),
                         "failure_streak": d.failure_streak,
+                        "reserved_by": res.map(|r| r.owner.as_str()),
+                        "reserved_until": until,
                     })
                 )?;
             } else {
+                let reserved = match (res, &until) {
+                    (Some(r), Some(u)) => format!("{} until {u}", r.owner),
+                    _ => "-".into(),
+                };
                 outln!(
-                    "{:<32} {:<20} {:<12} {:<20} {:<6} {}",
+                    "{:<32} {:<20} {:<12} {:<20} {:<6} {:<36} {}",
                     format!("{}/{}", l.name, d.name),
                     d.device_type,
                     health_name(d.health),
                     check,
                     d.failure_streak,
+                    reserved,
                     d.health_reason
                 )?;
             }

@@ -4,6 +4,8 @@
 //! [`admin`] (labs, jobs, cancel, revoke), [`export`] (report, KCIDB).
 
 mod admin;
+mod borrow;
+mod console;
 mod device;
 mod export;
 mod generate;
@@ -142,6 +144,30 @@ enum Command {
     /// retire LAB/DEVICE`, `device resume LAB/DEVICE`.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// Borrow a board (console scope): it leaves the pool when its current job ends (or at
+    /// once with --now) and comes back when you release it or the lease runs out.
+    Reserve(borrow::ReserveArgs),
+    /// End your reservation of a board now (console scope; an admin may end anyone's).
+    Release {
+        /// LAB/DEVICE.
+        target: String,
+    },
+    /// A reserved board's console in this terminal (console scope; its owner or an admin
+    /// types, others watch). `~.` after a newline leaves. With stdin piped, bytes go as
+    /// they are.
+    Console(console::ConsoleArgs),
+    /// Switch a reserved board's power: on, off or reset (its owner or an admin).
+    Power {
+        /// LAB/DEVICE.
+        target: String,
+        /// on, off or reset.
+        action: String,
+    },
+    /// List the live reservations (console scope).
+    Reservations {
+        /// Only this lab.
+        lab: Option<String>,
+    },
     /// Cancel a job (admin).
     Cancel {
         /// The job id.
@@ -246,7 +272,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs { status, limit, .. } => {
             admin::jobs(c, status.as_deref(), limit, json).await?
         }
-        Command::Device(d) => device::device(c, d).await?,
+        Command::Device(d) => device::device(c, d, json).await?,
+        Command::Reserve(a) => borrow::reserve(c, a, json).await?,
+        Command::Release { target } => borrow::release(c, target, json).await?,
+        Command::Reservations { lab } => borrow::list(c, lab, json).await?,
+        Command::Console(a) => return console::console(c, a).await,
+        Command::Power { target, action } => console::power(c, target, action).await?,
         Command::Cancel { job, reason } => admin::cancel(c, job, reason, json).await?,
         Command::Revoke { lab } => admin::revoke(c, lab, json).await?,
         Command::Report {

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod borrow;
 mod cli;
 mod configs;
 mod dashboard;

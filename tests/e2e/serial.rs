@@ -72,7 +72,7 @@ pub(crate) fn serial_agent(rig: &Rig, lab: &str, devices: &str, board: &Path) ->
     p
 }
 
-fn board_job(
+pub(crate) fn board_job(
     name: &str,
     tag: &str,
     board: &Path,
@@ -107,7 +107,7 @@ fn board_job(
     }
 }
 
-fn qemu_running(rig: &Rig, device: &str) -> bool {
+pub(crate) fn qemu_running(rig: &Rig, device: &str) -> bool {
     let pidfile = rig.path(&format!("run-{device}/qemu.pid"));
     let Ok(pid) = std::fs::read_to_string(pidfile) else {
         return false;

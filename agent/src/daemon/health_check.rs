@@ -71,7 +71,10 @@ pub(super) async fn check_loop(agent: Arc<Agent>) {
                 if seen.insert(name.clone()) || periodic {
                     newly_due |= st.checks_due.insert(name.clone());
                 }
-                if !st.checks_due.contains(name) {
+                if !st.checks_due.contains(name)
+                    || !st.reservations_known
+                    || st.reserved.contains(name)
+                {
                     false
                 } else {
                     match st.devs.get_mut(name) {

@@ -1,6 +1,7 @@
 //! The session stream (`AgentService.Session`): opened after Register, it carries the
 //! agent's heartbeats up and brings down, at once, what the coordinator must say between two
-//! heartbeats (a cancel: the job is stopped the moment it arrives). A coordinator without
+//! heartbeats (a cancel: the job is stopped the moment it arrives; the reserved devices; a
+//! borrowed board's console relay and power switch, [`super::console`]). A coordinator without
 //! the stream answers `UNIMPLEMENTED`; the agent then heartbeats with the Heartbeat call and
 //! hears of cancels in its answers, as before.
 
@@ -55,6 +56,7 @@ pub(super) async fn open(agent: &Arc<Agent>, session: &str) -> Opened {
     };
     let (ack_tx, acks) = mpsc::channel(4);
     let reader_agent = agent.clone();
+    let up = tx.clone();
     tokio::spawn(async move {
         let agent = reader_agent;
         loop {
@@ -69,6 +71,26 @@ pub(super) async fn open(agent: &Arc<Agent>, session: &str) -> Opened {
                         Some(coordinator_message::Kind::Cancel(c)) => {
                             tracing::info!(jobs = c.jobs.len(), reason = %c.reason, "the coordinator cancelled jobs");
                             agent.withdraw(&c.jobs);
+                            None
+                        }
+                        Some(coordinator_message::Kind::Reserved(r)) => {
+                            agent.set_reserved(&r.devices);
+                            None
+                        }
+                        Some(coordinator_message::Kind::ConsoleAttach(a)) => {
+                            super::console::attach(&agent, a, up.clone());
+                            None
+                        }
+                        Some(coordinator_message::Kind::ConsoleInput(d)) => {
+                            super::console::input(&agent, d).await;
+                            None
+                        }
+                        Some(coordinator_message::Kind::ConsoleDetach(d)) => {
+                            super::console::detach(&agent, d.console);
+                            None
+                        }
+                        Some(coordinator_message::Kind::Power(p)) => {
+                            super::console::power(&agent, p, up.clone());
                             None
                         }
                         // A kind this agent does not know (a newer coordinator).

@@ -3,11 +3,13 @@
 //! and delivers everything through the outbox. On shutdown it drains: stops pulling, lets
 //! running jobs finish (up to `limits.drain_timeout`, then stops them), flushes the outbox.
 
+mod console;
 mod health_check;
 mod job;
 mod link;
 mod pull;
 mod reload;
+mod reserved;
 mod sender;
 mod session;
 mod upkeep;
@@ -76,6 +78,14 @@ struct State {
     /// The devices whose health check must run before they take another job (agent start,
     /// resume, quarantine, interval): not offered meanwhile.
     checks_due: std::collections::HashSet<String>,
+    /// The devices the coordinator says are reserved (lent to a person): offered for no job
+    /// and no health check ([`reserved`]).
+    reserved: std::collections::HashSet<String>,
+    /// Whether the coordinator told the reserved devices since the agent started: until it
+    /// has, no health check claims a device.
+    reservations_known: bool,
+    /// The console relays the coordinator attached, by relay id.
+    consoles: HashMap<u64, console::Relay>,
 }
 
 /// The running agent.
@@ -139,11 +149,12 @@ impl Agent {
     }
 
     /// Whether a device may take jobs: its back end says so (a LAVA device type with usable
-    /// devices) and the agent has not quarantined it.
+    /// devices), the agent has not quarantined it, and it is not reserved.
     fn usable(&self, d: &Device) -> bool {
-        d.info.health.usable()
-            && self.health_book().get(&d.info.name).health.usable()
-            && !self.lock().checks_due.contains(&d.info.name)
+        d.info.health.usable() && self.health_book().get(&d.info.name).health.usable() && {
+            let st = self.lock();
+            !st.checks_due.contains(&d.info.name) && !st.reserved.contains(&d.info.name)
+        }
     }
 
     /// Advertises the devices at once (a device's health changed) and wakes the pull loop.

@@ -42,6 +42,7 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                             tracing::warn!(config = %agent.cfg.lab, certificate = %r.lab, "the certificate names another lab than the config; the certificate wins");
                         }
                         agent.withdraw(&r.lost_jobs);
+                        agent.set_reserved(&r.reserved);
                         stream = None;
                         streams = true;
                         let hb = Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(100)));
@@ -128,6 +129,7 @@ pub(super) async fn keep_session(agent: Arc<Agent>) {
                             agent.bump();
                         }
                         agent.withdraw(&resp.cancel);
+                        agent.set_reserved(&resp.reserved);
                         let mut changed = false;
                         for d in &resp.resumed {
                             changed |= health_check::resumed(&agent, d);

@@ -79,6 +79,17 @@ impl Outcome {
     }
 }
 
+/// What a borrower asks of a board's power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    /// Power on.
+    On,
+    /// Power off.
+    Off,
+    /// Off and on again, or the board's hard reset.
+    Reset,
+}
+
 /// A kind of device driver.
 pub trait Driver: Send + Sync {
     /// The driver's name (`shell`, ...), as advertised to the coordinator.
@@ -92,6 +103,24 @@ pub trait Driver: Send + Sync {
     /// interrupted (a board is powered off). Errors are only logged.
     fn recover(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// Opens the device's console for a person who borrowed it (`labwire console`), as a
+    /// job opens it; a tty that appears at power-on is waited for up to `wait`. Drivers
+    /// with no console keep the default, which refuses.
+    fn open_console(
+        &self,
+        _wait: Duration,
+    ) -> BoxFuture<'_, Result<crate::serial::Console, String>> {
+        let kind = self.kind();
+        Box::pin(async move { Err(format!("the `{kind}` driver offers no console to borrow")) })
+    }
+
+    /// Switches the device's power for a person who borrowed it (`labwire power`). Drivers
+    /// with no power control keep the default, which refuses.
+    fn power(&self, _action: PowerAction) -> BoxFuture<'_, Result<(), String>> {
+        let kind = self.kind();
+        Box::pin(async move { Err(format!("the `{kind}` driver offers no power control")) })
     }
 
     /// Follows again a job that an earlier run of the agent started and that goes on

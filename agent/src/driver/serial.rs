@@ -6,6 +6,8 @@
 //! board engine's ([`super::board`]); this driver adds the power (commands or pdudaemon),
 //! the TFTP staging of the job's files ([`crate::tftp`]) and the console.
 
+mod borrow;
+
 use super::board::config::BootPreset;
 use super::board::config::{
     BootConfig, LoginConfig, default_command_timeout, default_max_download,
@@ -433,6 +435,23 @@ impl Driver for SerialDriver {
 
     fn recover(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(self.power_off_now())
+    }
+
+    fn open_console(
+        &self,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<crate::serial::Console, String>> {
+        Box::pin(self.borrowed_console(wait))
+    }
+
+    fn power(&self, action: super::PowerAction) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            match action {
+                super::PowerAction::On => self.borrowed_power_on().await,
+                super::PowerAction::Off => self.power_off_now().await,
+                super::PowerAction::Reset => self.borrowed_reset().await,
+            }
+        })
     }
 
     fn run<'a>(&'a self, ctx: &'a mut JobContext) -> BoxFuture<'a, Outcome> {

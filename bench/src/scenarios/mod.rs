@@ -3,6 +3,7 @@
 pub mod bigstore;
 pub mod board;
 pub mod cancel;
+pub mod console;
 pub mod dispatch;
 pub mod events;
 pub mod footprint;

@@ -16,14 +16,14 @@ use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-fn fnv(h: u64, data: &[u8]) -> u64 {
+pub(crate) fn fnv(h: u64, data: &[u8]) -> u64 {
     data.iter()
         .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
 }
 
 /// Opens a pty; returns the master and the slave's path (the slave fd is kept open too, so
 /// the pty does not hang up between the reader's reads).
-fn openpty() -> anyhow::Result<(std::fs::File, OwnedFd, String)> {
+pub(crate) fn openpty() -> anyhow::Result<(std::fs::File, OwnedFd, String)> {
     let (mut m, mut s) = (0, 0);
     // SAFETY: openpty writes two fds into the given ints; the other arguments may be null.
     let rc = unsafe {

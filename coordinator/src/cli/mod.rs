@@ -116,7 +116,7 @@ pub enum TokenCommand {
     Create {
         /// A unique name for the token (who or what uses it).
         name: String,
-        /// Scopes: read, submit, admin (comma-separated or repeated).
+        /// Scopes: read, submit, console, admin (comma-separated or repeated).
         #[arg(long = "scope", value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },

@@ -117,6 +117,31 @@ impl Links {
         })
     }
 
+    /// Tells every stream of `lab` its reserved devices now (the whole list). Returns on how
+    /// many streams it was queued (0: its next heartbeat tells it).
+    pub(crate) fn reserved(&self, lab: &LabName, devices: Vec<String>) -> usize {
+        let msg = v1::CoordinatorMessage {
+            kind: Some(v1::coordinator_message::Kind::Reserved(
+                v1::ReservedDevices { devices },
+            )),
+        };
+        let map = self.lock();
+        map.get(lab).map_or(0, |v| {
+            v.iter()
+                .filter(|l| l.tx.try_send(msg.clone()).is_ok())
+                .count()
+        })
+    }
+
+    /// The sender of the newest open stream of `lab`, for what must wait for room rather
+    /// than be dropped (console bytes).
+    pub(crate) fn sender(&self, lab: &LabName) -> Option<mpsc::Sender<v1::CoordinatorMessage>> {
+        self.lock()
+            .get(lab)
+            .and_then(|v| v.iter().rev().find(|l| !l.tx.is_closed()))
+            .map(|l| l.tx.clone())
+    }
+
     /// Ends every stream of `lab` (it was revoked): dropping the senders ends them.
     pub(crate) fn drop_lab(&self, lab: &LabName) {
         self.lock().remove(lab);

@@ -21,6 +21,7 @@ mod explain;
 pub(crate) mod links;
 pub(crate) mod liveness;
 pub(crate) mod queue;
+pub(crate) mod reserved;
 mod rules;
 mod state;
 #[cfg(test)]
@@ -67,6 +68,8 @@ pub(crate) struct Dispatcher {
     /// Labs with a device an admin resumed through this replica: their next heartbeat
     /// reads the store for it (a heartbeat otherwise writes nothing).
     resumes: std::sync::Mutex<std::collections::HashSet<LabName>>,
+    /// The devices reserved now: no job is placed on them.
+    pub(crate) reserved: reserved::Reserved,
 }
 
 impl Dispatcher {
@@ -77,15 +80,19 @@ impl Dispatcher {
         heartbeat: Duration,
         placement: Placement,
     ) -> Result<Self> {
-        let (jobs, leased, stats) = store
-            .read(|c| {
+        let now = store.clock().now();
+        let (jobs, leased, stats, reservations) = store
+            .read(move |c| {
                 Ok((
                     crate::store::jobs::queued_jobs(c)?,
                     crate::store::jobs::list_jobs(c, Some(JobStatus::Leased), usize::MAX >> 1)?,
                     crate::store::jobs::job_stats(c)?,
+                    crate::store::reservations::live(c, None, now)?,
                 ))
             })
             .await?;
+        let reserved = reserved::Reserved::default();
+        reserved.replace(reservations.into_iter().map(|r| (r.lab, r.device)));
         let mut state = State {
             stats,
             ..Default::default()
@@ -129,6 +136,7 @@ impl Dispatcher {
             liveness: Default::default(),
             links: Default::default(),
             resumes: Default::default(),
+            reserved,
         })
     }
 

@@ -123,6 +123,18 @@ impl Dispatcher {
             .get(RETRY_DEVICES)
             .cloned()
             .unwrap_or_default();
+        // A reserved device takes no job, whatever its agent offers (it may not have heard).
+        let free: Vec<DeviceInfo>;
+        let devices = if devices.iter().any(|d| self.reserved.contains(lab, &d.name)) {
+            free = devices
+                .iter()
+                .filter(|d| !self.reserved.contains(lab, &d.name))
+                .cloned()
+                .collect();
+            &free[..]
+        } else {
+            devices
+        };
         let name = first_match(&crit, &soft, lab, devices)?;
         let d = devices.iter().find(|d| d.name == name).cloned()?;
         Some((crit, d))

@@ -37,6 +37,7 @@ impl AdminService for AdminApi {
                      devices,
                      connected,
                      jobs_in_flight,
+                     reservations,
                  }| {
                     v1::Lab {
                         fingerprints: l
@@ -58,6 +59,10 @@ impl AdminService for AdminApi {
                         free_slots: l.free_slots,
                         revoked: l.revoked_at.is_some(),
                         connected,
+                        reservations: reservations
+                            .iter()
+                            .map(|r| super::borrow::to_proto(r, false))
+                            .collect(),
                         jobs_in_flight,
                         name: l.name,
                     }

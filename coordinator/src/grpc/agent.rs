@@ -141,7 +141,9 @@ impl AgentService for AgentApi {
                 },
             );
         let cfg = &self.shared.config.leases;
+        let reserved = self.shared.dispatcher.reserved.of(&lab);
         Ok(Response::new(v1::RegisterResponse {
+            reserved,
             lab: lab.into(),
             session: session.to_string(),
             heartbeat_interval_ms: cfg.heartbeat.as_millis() as u32,

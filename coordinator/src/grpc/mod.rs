@@ -1,8 +1,11 @@
 //! The gRPC services: what agents call (AgentService, by client certificate) and what
-//! clients call (NodeService, EventService, AdminService, by bearer token).
+//! clients call (NodeService, EventService, AdminService, BorrowService, by bearer
+//! token).
 
 mod admin;
 mod agent;
+pub(crate) mod borrow;
+mod console;
 mod events;
 pub(crate) mod health;
 mod nodes;
@@ -10,6 +13,7 @@ mod session;
 
 pub(crate) use admin::AdminApi;
 pub(crate) use agent::AgentApi;
+pub(crate) use borrow::BorrowApi;
 pub(crate) use events::EventApi;
 pub(crate) use nodes::NodeApi;
 

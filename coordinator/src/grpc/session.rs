@@ -82,6 +82,7 @@ pub(super) async fn heartbeat(
         cancel: job_refs(lost),
         lease_until: Some(convert::timestamp(until)),
         resumed,
+        reserved: shared.dispatcher.reserved.of(lab),
     })
 }
 
@@ -121,9 +122,30 @@ pub(super) async fn open(
                     Ok(Some(v1::AgentMessage {
                         kind: Some(agent_message::Kind::Heartbeat(hb)),
                     })) => hb,
+                    Ok(Some(v1::AgentMessage {
+                        kind: Some(agent_message::Kind::ConsoleOutput(d)),
+                    })) => {
+                        shared.consoles.output(&lab, d.console, &d.data);
+                        continue;
+                    }
+                    Ok(Some(v1::AgentMessage {
+                        kind: Some(agent_message::Kind::ConsoleEnded(e)),
+                    })) => {
+                        let why: String = e.reason.chars().take(300).collect();
+                        shared.consoles.ended(&lab, e.console, &why);
+                        continue;
+                    }
+                    Ok(Some(v1::AgentMessage {
+                        kind: Some(agent_message::Kind::PowerDone(p)),
+                    })) => {
+                        let why: String = p.error.chars().take(500).collect();
+                        shared.consoles.power_done(&lab, p.request, why);
+                        continue;
+                    }
                     Ok(Some(_)) => {
                         let _ = fail.send(Status::invalid_argument(
-                            "a session stream takes `hello` once, then heartbeats",
+                            "a session stream takes `hello` once, then heartbeats and console \
+                             relays",
                         ));
                         return;
                     }

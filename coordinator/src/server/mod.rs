@@ -9,7 +9,7 @@ mod leader;
 use crate::auth::Auth;
 use crate::config::CoordinatorConfig;
 use crate::dispatch::{Dispatcher, JobQueue};
-use crate::grpc::{AdminApi, AgentApi, EventApi, NodeApi};
+use crate::grpc::{AdminApi, AgentApi, BorrowApi, EventApi, NodeApi};
 use crate::shared::Shared;
 use crate::store::Backend;
 use crate::store::cursor::EventCursor;
@@ -17,6 +17,7 @@ use anyhow::Context;
 use labwire_proto::MAX_MESSAGE_BYTES;
 use labwire_proto::v1::admin_service_server::AdminServiceServer;
 use labwire_proto::v1::agent_service_server::AgentServiceServer;
+use labwire_proto::v1::borrow_service_server::BorrowServiceServer;
 use labwire_proto::v1::event_service_server::EventServiceServer;
 use labwire_proto::v1::node_service_server::NodeServiceServer;
 use std::sync::Arc;
@@ -134,6 +135,7 @@ pub async fn serve_with_http(
         sessions: Default::default(),
         config: cfg.clone(),
         shutdown: shutdown.clone(),
+        consoles: Default::default(),
     });
 
     crate::pipeline::check(&shared)?;
@@ -142,6 +144,8 @@ pub async fn serve_with_http(
     upkeep.spawn(follow::watch_revocations(shared.clone(), revoked));
     upkeep.spawn(follow::write_liveness(shared.clone()));
     upkeep.spawn(follow::watch_admin_health(shared.clone()));
+    // Reservations whose lease ran out end here (on every replica; the store lets one win).
+    upkeep.spawn(crate::borrow::sweep(shared.clone()));
     if store.backend() == Backend::Postgres {
         upkeep.spawn(follow::follow_jobs(shared.clone(), follow_from));
         upkeep.spawn(follow::refresh_remote_labs(shared.clone()));
@@ -170,6 +174,7 @@ pub async fn serve_with_http(
         )
         .add_service(EventServiceServer::new(EventApi::new(shared.clone())))
         .add_service(AdminServiceServer::new(AdminApi::new(shared.clone())))
+        .add_service(BorrowServiceServer::new(BorrowApi::new(shared.clone())))
         // Server reflection, so grpcurl and other tools can list and call the services
         // (v1, and v1alpha for older tools).
         .add_service(

@@ -36,7 +36,8 @@ pub(crate) struct StoredEvent {
     /// The node after the change (for a device health event, an empty node nobody reads:
     /// only readers that ask for device events get those, and they read `health`).
     pub(crate) node: Node,
-    /// For a device health event: `{lab, device, device_type, from, to, reason}`.
+    /// For a device event: health `{lab, device, device_type, from, to, reason}`, or a
+    /// reservation's `{lab, device, owner, reason, created, expires, by}`.
     pub(crate) health: Option<serde_json::Value>,
 }
 
@@ -71,7 +72,14 @@ impl StoredEvent {
     /// The CloudEvents `type` of this event.
     pub(crate) fn event_type(&self) -> &'static str {
         if self.health.is_some() {
-            "org.labwire.device.health"
+            match self.op.as_str() {
+                "reserve" => "org.labwire.device.reserved",
+                "extend" => "org.labwire.device.reservation_extended",
+                "release" => "org.labwire.device.released",
+                "expire" => "org.labwire.device.reservation_expired",
+                "console" => "org.labwire.device.console",
+                _ => "org.labwire.device.health",
+            }
         } else if self.op == "create" {
             "org.labwire.node.created"
         } else {

@@ -28,7 +28,8 @@ pub(crate) struct LabRow {
     pub(crate) revoked_at: Option<DateTime<Utc>>,
 }
 
-/// What a client token allows. `admin` includes `submit`, which includes `read`.
+/// What a client token allows. `admin` includes every other scope; `submit` and `console`
+/// each include `read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Scope {
     /// Read nodes, events and logs.
@@ -37,6 +38,8 @@ pub(crate) enum Scope {
     Submit,
     /// Labs, jobs, revocation.
     Admin,
+    /// Borrow boards: reserve, release, watch and type on a reserved board's console.
+    Console,
 }
 
 impl fmt::Display for Scope {
@@ -45,6 +48,7 @@ impl fmt::Display for Scope {
             Scope::Read => "read",
             Scope::Submit => "submit",
             Scope::Admin => "admin",
+            Scope::Console => "console",
         })
     }
 }
@@ -56,8 +60,9 @@ impl FromStr for Scope {
             "read" => Ok(Scope::Read),
             "submit" => Ok(Scope::Submit),
             "admin" => Ok(Scope::Admin),
+            "console" => Ok(Scope::Console),
             other => Err(format!(
-                "`{other}` is not a scope (expected read, submit or admin)"
+                "`{other}` is not a scope (expected read, submit, console or admin)"
             )),
         }
     }
@@ -77,9 +82,14 @@ pub(crate) struct TokenInfo {
 }
 
 impl TokenInfo {
-    /// Whether the token allows `scope` (admin allows everything, submit allows read).
+    /// Whether the token allows `scope` (admin allows everything, submit and console allow
+    /// read).
     pub(crate) fn allows(&self, scope: Scope) -> bool {
-        self.scopes.iter().any(|s| *s >= scope)
+        self.scopes.iter().any(|s| {
+            *s == scope
+                || *s == Scope::Admin
+                || (scope == Scope::Read && matches!(s, Scope::Submit | Scope::Console))
+        })
     }
 }
 

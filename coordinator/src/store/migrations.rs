@@ -47,6 +47,11 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         include_str!("pg/0007_health.sql"),
     ),
     (
+        "0009_reservations",
+        include_str!("0009_reservations.sql"),
+        include_str!("pg/0009_reservations.sql"),
+    ),
+    (
         "0010_health_alerts",
         include_str!("0010_health_alerts.sql"),
         include_str!("pg/0010_health_alerts.sql"),

@@ -30,6 +30,7 @@ pub(crate) mod migrations;
 pub(crate) mod nodes;
 mod pg;
 pub(crate) mod reports;
+pub(crate) mod reservations;
 pub(crate) mod scheduled;
 pub(crate) mod timeouts;
 pub(crate) mod trigger;

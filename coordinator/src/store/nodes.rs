@@ -366,14 +366,19 @@ impl Write<'_> {
         Ok(after)
     }
 
-    /// Appends one event for `node`; it is inserted when the transaction commits.
     /// Appends a device health event (`data`: its JSON) to this transaction's events.
     pub(crate) fn append_device_event(&mut self, data: String) {
+        self.append_device_event_op("health", data);
+    }
+
+    /// Appends a device event of kind `op` (`health`, or a reservation's `reserve`,
+    /// `extend`, `release`, `expire`) to this transaction's events.
+    pub(crate) fn append_device_event_op(&mut self, op: &'static str, data: String) {
         self.events.push(PendingEvent {
             time: micros(self.now),
             node_id: 0,
             kind: super::events::DEVICE_KIND,
-            op: "health",
+            op,
             previous_state: None,
             previous_result: None,
             node: data,

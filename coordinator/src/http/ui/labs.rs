@@ -1,8 +1,8 @@
 //! `GET /ui/labs`: every lab with its connection, queue-wait estimate and free slots, and its
 //! devices by type with their health (its reason, the last health check, the
-//! infrastructure-failure streak), the job each one runs and its availability over the
-//! last week as a server-rendered SVG timeline (one coloured bar per stretch of one health,
-//! from the lab report's figures in [`crate::store::lab_report`]).
+//! infrastructure-failure streak), the job each one runs, its live reservation, and its
+//! availability over the last week as a server-rendered SVG timeline (one coloured bar per
+//! stretch of one health, from the lab report's figures in [`crate::store::lab_report`]).
 
 use super::view::{Time, secs};
 use super::{Page, fail, last_seq, page_auth, show};
@@ -52,6 +52,16 @@ struct Device {
     available: String,
     /// The bars of its timeline.
     timeline: Vec<Bar>,
+    /// Its live reservation, if it is lent to someone.
+    reserved: Option<Reserved>,
+}
+
+/// A device's live reservation, as shown.
+#[derive(Serialize)]
+struct Reserved {
+    owner: String,
+    until: String,
+    reason: String,
 }
 
 /// One stretch of one health in a device's timeline, in SVG units (0 to [`WIDTH`]).
@@ -132,6 +142,7 @@ pub(super) async fn page(State(shared): State<SharedRef>, headers: HeaderMap) ->
                  devices,
                  connected,
                  jobs_in_flight,
+                 reservations,
              }| {
                 // Queue wait estimate: the lab's moving averages, weighted by runs.
                 let (runs, wait) = stats
@@ -164,6 +175,13 @@ pub(super) async fn page(State(shared): State<SharedRef>, headers: HeaderMap) ->
                         available: a
                             .map_or("-".into(), |a| format!("{:.1} %", 100.0 * a.availability())),
                         timeline: spans.map_or(Vec::new(), |s| bars(s, from_s, to_s)),
+                        reserved: reservations.iter().find(|r| r.device == d.name).map(|r| {
+                            Reserved {
+                                owner: r.owner.clone(),
+                                until: r.expires.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                                reason: r.reason.clone(),
+                            }
+                        }),
                     });
                 }
                 Lab {
