@@ -567,6 +567,7 @@ fn ctx(dir: &std::path::Path, name: &str, params: &[(&str, &str)]) -> JobContext
         cancel: CancellationToken::new(),
         timeout: Duration::from_secs(60),
         artifacts: Default::default(),
+        left_on: false,
     }
 }
 

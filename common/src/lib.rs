@@ -14,3 +14,8 @@ pub mod stdout;
 pub use criteria::{Criteria, DeviceInfo, Health, Mismatch};
 pub use error_code::ErrorCode;
 pub use result::{NodeResult, TestNode};
+
+/// The shortest hold of a failed job's board (`hold_on_failure`), in seconds.
+pub const MIN_HOLD_ON_FAILURE_SECONDS: u32 = 60;
+/// The longest hold of a failed job's board (`hold_on_failure`), in seconds: a day.
+pub const MAX_HOLD_ON_FAILURE_SECONDS: u32 = 24 * 3600;

@@ -135,6 +135,17 @@ pub fn check_spec(spec: &v1::JobSpec) -> Result<()> {
     if let Err(e) = names::check(&spec.name) {
         return Err(invalid(format!("spec.name {} {e}", shown(&spec.name))));
     }
+    let hold = spec.hold_on_failure_seconds;
+    if hold != 0
+        && !(labwire_common::MIN_HOLD_ON_FAILURE_SECONDS
+            ..=labwire_common::MAX_HOLD_ON_FAILURE_SECONDS)
+            .contains(&hold)
+    {
+        return Err(invalid(format!(
+            "spec.hold_on_failure_seconds is {hold}: a failed job's board is held from 1 minute \
+             to 24 hours (60 to 86400 seconds), or not at all (0)"
+        )));
+    }
     count("spec.params", spec.params.len(), MAX_PARAMS)?;
     let mut total = 0;
     for (k, v) in &spec.params {

@@ -50,6 +50,14 @@ pub(crate) struct JobFile {
     /// The parent node's id (a checkout or kbuild).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<i64>,
+    /// Keep the board reserved for the submitter, powered and logged in, this long (seconds
+    /// or a duration such as `30m`) when the job fails.
+    #[serde(
+        default,
+        deserialize_with = "de_timeout",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hold_on_failure: Option<u32>,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -259,6 +267,7 @@ impl JobFile {
             commands: self.commands.clone(),
             timeout_seconds: self.timeout.unwrap_or(0),
             priority: self.priority,
+            hold_on_failure_seconds: self.hold_on_failure.unwrap_or(0),
             parser: self
                 .parser
                 .map(|p| p.as_str().to_string())

@@ -55,6 +55,10 @@ pub(super) struct SubmitArgs {
     /// Time limit: seconds or a duration (10m).
     #[arg(long, value_parser = parse_timeout)]
     timeout: Option<u32>,
+    /// When the job fails, keep its board reserved for you, powered and logged in, this
+    /// long (a duration such as 30m; 1m to 24h).
+    #[arg(long, value_parser = parse_timeout, value_name = "DURATION")]
+    hold_on_failure: Option<u32>,
     /// Parent node id.
     #[arg(long)]
     parent: Option<i64>,
@@ -127,6 +131,9 @@ impl SubmitArgs {
         }
         if self.parent.is_some() {
             j.parent = self.parent;
+        }
+        if self.hold_on_failure.is_some() {
+            j.hold_on_failure = self.hold_on_failure;
         }
         Ok(j)
     }

@@ -210,6 +210,7 @@ async fn check_outcome(
         cancel,
         timeout: check.timeout,
         artifacts: Default::default(),
+        left_on: false,
     };
     let mut outcome = device.driver.run(&mut ctx).await;
     watcher.abort();

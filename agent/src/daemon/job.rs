@@ -194,6 +194,7 @@ pub(super) async fn run_job(
                 cancel,
                 timeout,
                 artifacts: Default::default(),
+                left_on: false,
             };
             let mut outcome = if resume {
                 device.driver.resume(&mut ctx).await
@@ -202,6 +203,15 @@ pub(super) async fn run_job(
             };
             if let Some(report) = ctx.log.finish_parse() {
                 merge_report(&mut outcome, report);
+            }
+            if ctx.left_on {
+                if outcome.result == NodeResult::Fail && outcome.error_code.is_none() {
+                    ctx.log.note("hold on failure: the board stays powered and logged in, reserved for the submitter");
+                    tracing::info!(device = %device.info.name, "job failed; its board is held for its submitter");
+                } else if let Err(e) = device.driver.recover().await {
+                    ctx.log.note(&format!("power off: {e}"));
+                    tracing::error!(device = %device.info.name, error = %e, "power off failed");
+                }
             }
             ctx.log.finish();
             (outcome, ctx.log.len())

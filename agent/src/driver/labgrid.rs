@@ -585,6 +585,7 @@ mod tests {
             cancel: CancellationToken::new(),
             timeout: Duration::from_secs(60),
             artifacts: Default::default(),
+            left_on: false,
         };
         let t = Instant::now();
         let o = driver.run(&mut ctx).await;

@@ -38,6 +38,10 @@ pub struct JobContext {
     pub timeout: Duration,
     /// Artifacts downloaded for the job, by role (drivers that need them fetch them).
     pub artifacts: std::collections::BTreeMap<String, PathBuf>,
+    /// Set by a driver that left the board powered and logged in at the end of the run
+    /// (`hold_on_failure` and no infrastructure error): the caller powers it off unless
+    /// the job's final result is `fail`.
+    pub left_on: bool,
 }
 
 /// How a run ended, as the driver sees it. Parsed test results are added by the caller.

@@ -489,10 +489,20 @@ impl Driver for SerialDriver {
             let res = self
                 .boot_and_test(ctx, &artifacts, staged.as_ref(), &mut steps)
                 .await;
-            // Always: the board goes off, whatever happened above.
-            self.power_off(ctx, &artifacts).await;
+            let out = steps.outcome(res, &mut ctx.log);
+            // The board goes off, whatever happened above; unless the job asks to hold its
+            // board on failure and no infrastructure error ended it: then it stays powered
+            // and logged in, and the caller decides once the log's results are known.
+            if ctx.spec.hold_on_failure_seconds > 0
+                && out.error_code.is_none()
+                && !ctx.cancel.is_cancelled()
+            {
+                ctx.left_on = true;
+            } else {
+                self.power_off(ctx, &artifacts).await;
+            }
             drop(staged);
-            steps.outcome(res, &mut ctx.log)
+            out
         })
     }
 }

@@ -314,6 +314,13 @@ impl AgentService for AgentApi {
             }
             ReportOutcome::Applied(node) => {
                 tracing::info!(job = %job, %attempt, lab = %lab, result = %node.result.unwrap_or(NodeResult::Incomplete), "job finished");
+                // A failed job may have left its board held (`hold_on_failure`): the lab
+                // learns its reserved devices at once.
+                if node.result == Some(NodeResult::Fail)
+                    && let Err(e) = crate::borrow::refresh(&self.shared).await
+                {
+                    tracing::warn!(error = %e, "cannot read the reservations");
+                }
             }
             ReportOutcome::Duplicate => {
                 tracing::debug!(job = %job, %attempt, "duplicate result report acknowledged");

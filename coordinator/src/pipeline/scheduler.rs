@@ -249,6 +249,7 @@ fn make_job(
                 .map_or(0, |t| t.as_secs().min(u32::MAX as u64) as u32),
             priority: job.priority.unwrap_or(0),
             parser: job.parser.clone().unwrap_or_default(),
+            hold_on_failure_seconds: 0,
         },
         parent: Some(parent.id),
         submitter: "scheduler".into(),

@@ -155,6 +155,19 @@ impl Write<'_> {
         reason: &str,
         until: DateTime<Utc>,
     ) -> Result<Reservation> {
+        self.reserve_as(lab, device, owner, reason, until, owner)
+    }
+
+    /// [`Write::reserve`], the event naming `by` as who made it.
+    fn reserve_as(
+        &mut self,
+        lab: &str,
+        device: &str,
+        owner: &str,
+        reason: &str,
+        until: DateTime<Utc>,
+        by: &str,
+    ) -> Result<Reservation> {
         if let Some(old) = self.live_row(lab, device)? {
             if old.expires > self.now() {
                 let until = old
@@ -190,8 +203,41 @@ impl Write<'_> {
             created: from_micros(now),
             expires: from_micros(micros(until)),
         };
-        self.reservation_event("reserve", &r, owner);
+        self.reservation_event("reserve", &r, by);
         Ok(r)
+    }
+
+    /// Holds the device of a job that failed (`hold_on_failure_seconds`, 0: none) for the
+    /// token that submitted it (the node's `owner`, never its free-text `submitter`):
+    /// a reservation "held after job N failed", made in the result's transaction. A device
+    /// someone holds already, or a job without an owner, is not held (logged).
+    pub(crate) fn hold_after_failure(
+        &mut self,
+        lab: &str,
+        device: &str,
+        job: &crate::model::Node,
+        seconds: u32,
+    ) -> Result<()> {
+        if seconds == 0 {
+            return Ok(());
+        }
+        if job.owner.is_empty() {
+            tracing::warn!(job = %job.id, lab, device, "the failed job has no owner; its board is not held");
+            return Ok(());
+        }
+        let until = self.now() + chrono::Duration::seconds(i64::from(seconds));
+        let reason = format!("held after job {} failed", job.id);
+        match self.reserve_as(lab, device, &job.owner, &reason, until, "coordinator") {
+            Ok(r) => {
+                tracing::info!(job = %job.id, lab, device, owner = %r.owner, until = %r.expires, "the failed job's board is held for its submitter");
+                Ok(())
+            }
+            Err(e @ (Error::AlreadyExists(_) | Error::Refused(_))) => {
+                tracing::info!(job = %job.id, lab, device, error = %e, "the failed job's board is reserved already; not held");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The live reservation of a device that `who` may change, or why not.

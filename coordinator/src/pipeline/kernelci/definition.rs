@@ -401,6 +401,7 @@ pub(crate) fn translate(
                 timeout_seconds: timeout.min(u32::MAX as u64) as u32,
                 priority: cfg.priority,
                 parser: String::new(),
+                hold_on_failure_seconds: 0,
             },
             submitter: format!("kernelci:{}", origin.runtime),
             owner: "kernelci".into(),

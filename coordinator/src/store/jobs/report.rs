@@ -169,6 +169,12 @@ impl Write<'_> {
         }
         insert_tests(self, &node, tests)?;
         self.finish_job_row(job)?;
+        if result == NodeResult::Fail
+            && error_code.is_empty()
+            && let Some(device) = &row.device
+        {
+            self.hold_after_failure(lab, device, &node, row.spec.hold_on_failure_seconds)?;
+        }
         let mut data = extra;
         if !error_code.is_empty() {
             data.insert("error_code".into(), error_code.into());
