@@ -7,6 +7,8 @@
 //! board off, and a queued job runs on it; a reservation survives a coordinator restart and
 //! an agent SIGKILL, and no board stays out of the pool without a live reservation.
 
+mod hold;
+
 use crate::common;
 use crate::serial::{board_dir, board_job, qemu_running, serial_agent, serial_device};
 
