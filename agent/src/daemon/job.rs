@@ -208,6 +208,7 @@ pub(super) async fn run_job(
                 if outcome.result == NodeResult::Fail && outcome.error_code.is_none() {
                     ctx.log.note("hold on failure: the board stays powered and logged in, reserved for the submitter");
                     tracing::info!(device = %device.info.name, "job failed; its board is held for its submitter");
+                    agent.hold(&device.info.name);
                 } else if let Err(e) = device.driver.recover().await {
                     ctx.log.note(&format!("power off: {e}"));
                     tracing::error!(device = %device.info.name, error = %e, "power off failed");

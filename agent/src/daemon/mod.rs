@@ -84,6 +84,9 @@ struct State {
     /// Whether the coordinator told the reserved devices since the agent started: until it
     /// has, no health check claims a device.
     reservations_known: bool,
+    /// The boards left powered and logged in after a failed job with `hold_on_failure`,
+    /// since when: reserved here until the coordinator's list names them ([`reserved`]).
+    held: HashMap<String, std::time::Instant>,
     /// The console relays the coordinator attached, by relay id.
     consoles: HashMap<u64, console::Relay>,
 }

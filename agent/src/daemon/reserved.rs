@@ -7,18 +7,49 @@
 //! The list lives only in memory: after a restart the agent learns it again from its
 //! Register answer, and claims no device for a check or a job before that.
 
+//!
+//! A board held after a failed job (`hold_on_failure`) is reserved here at once, before its
+//! result is even sent, so that it takes no other job meanwhile; a list that does not name
+//! it yet (sent before the coordinator stored the result) leaves it reserved for up to
+//! [`HOLD_CONFIRM`], after which it goes back to the pool as a released one.
+
 use super::Agent;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a held board waits for the coordinator's list to name it.
+const HOLD_CONFIRM: Duration = Duration::from_secs(60);
 
 impl Agent {
+    /// The job on `device` failed and left it powered for its submitter: it takes no job
+    /// until the coordinator's reservation of it ends.
+    pub(super) fn hold(&self, device: &str) {
+        let mut st = self.lock();
+        st.reserved.insert(device.to_string());
+        st.held.insert(device.to_string(), Instant::now());
+    }
+
     /// Takes the coordinator's whole list of reserved devices; the devices that left it go
     /// back to the pool.
     pub(super) fn set_reserved(self: &Arc<Self>, list: &[String]) {
-        let new: HashSet<String> = list.iter().cloned().collect();
+        let mut new: HashSet<String> = list.iter().cloned().collect();
         let (released, taken) = {
             let mut st = self.lock();
             st.reservations_known = true;
+            // A held board stays reserved until the list names it (then the list decides),
+            // or for HOLD_CONFIRM.
+            st.held.retain(|d, since| {
+                if new.contains(d) {
+                    return false;
+                }
+                if since.elapsed() < HOLD_CONFIRM {
+                    new.insert(d.clone());
+                    return true;
+                }
+                tracing::warn!(device = %d, "the coordinator did not reserve the held board; it goes back to the pool");
+                false
+            });
             if st.reserved == new {
                 return;
             }
