@@ -325,6 +325,14 @@ mod tests {
         assert!(e.to_string().contains("artifacts.kernel"), "{e}");
         let e = JobFile::parse(r#"{"name": "x", "parser": "perl"}"#, true).unwrap_err();
         assert!(e.to_string().contains("parser"), "{e}");
+        let j = JobFile::parse("name: x\nhold_on_failure: 30m\n", false).unwrap();
+        assert_eq!(j.to_spec().unwrap().hold_on_failure_seconds, 1800);
+        let j = JobFile::parse("name: x\nhold_on_failure: 25h\n", false).unwrap();
+        let e = j.to_spec().unwrap_err().to_string();
+        assert!(
+            e.contains("spec.hold_on_failure_seconds") && e.contains("24 hours"),
+            "{e}"
+        );
         let e = JobFile::parse("name: x\ntimeout: soon\n", false).unwrap_err();
         assert!(e.to_string().contains("timeout"), "{e}");
         let no_name = JobFile::parse("commands: [true]\n", false).expect("parses");

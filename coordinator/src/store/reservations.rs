@@ -423,4 +423,84 @@ mod tests {
             ]
         );
     }
+
+    /// A job with `hold` seconds of hold on failure, submitted by the token `owner` (the
+    /// free-text submitter says someone else), leased to `lab`'s device `dev`.
+    fn leased_job(store: &crate::store::Store, owner: &str, hold: u32) -> crate::model::NodeId {
+        let job = crate::store::jobs::NewJob {
+            spec: labwire_proto::v1::JobSpec {
+                name: "held".into(),
+                hold_on_failure_seconds: hold,
+                ..Default::default()
+            },
+            submitter: "mallory".into(),
+            owner: owner.into(),
+            ..Default::default()
+        };
+        let (node, _) = store
+            .write_blocking(move |w| w.submit_job(job))
+            .expect("submit");
+        let id = node.id;
+        store
+            .write_blocking(move |w| w.claim_for_test(id, "lab", at(10_000)))
+            .expect("claim")
+            .expect("claimed");
+        id
+    }
+
+    #[test]
+    fn a_failed_job_holds_its_device_for_the_token_that_submitted_it() {
+        use labwire_common::NodeResult;
+        let clock = Clock::manual(at(0));
+        let (_t, store) = temp_store_with_clock(clock.clone());
+        let report = |id, result| {
+            store
+                .write_blocking(move |w| w.report_for_test("lab", id, 1, result, vec![]))
+                .expect("report");
+        };
+        let live_now = || {
+            store
+                .read_blocking(|c| live(c, Some("lab"), at(1)))
+                .expect("live")
+        };
+        // Passed or incomplete: nothing held.
+        for result in [NodeResult::Pass, NodeResult::Incomplete] {
+            let id = leased_job(&store, "ana", 600);
+            report(id, result);
+            assert!(live_now().is_empty(), "{result:?} held the device");
+        }
+        // Failed without the flag: nothing held.
+        let id = leased_job(&store, "ana", 0);
+        report(id, NodeResult::Fail);
+        assert!(live_now().is_empty());
+        // Failed with it: held for the token's name, in the result's transaction.
+        let id = leased_job(&store, "ana", 600);
+        report(id, NodeResult::Fail);
+        let held = live_now();
+        assert_eq!(held.len(), 1);
+        let r = &held[0];
+        assert_eq!(
+            (r.device.as_str(), r.owner.as_str(), r.expires),
+            ("dev", "ana", at(600))
+        );
+        assert_eq!(r.reason, format!("held after job {id} failed"));
+        // A device someone holds already is not taken from them.
+        let admin = Caller {
+            name: "root",
+            admin: true,
+        };
+        store
+            .write_blocking(move |w| w.release_reservation("lab", "dev", admin))
+            .expect("released");
+        store
+            .write_blocking(|w| w.reserve("lab", "dev", "bob", "bisect", at(900)))
+            .expect("bob reserves");
+        let id = leased_job(&store, "ana", 600);
+        report(id, NodeResult::Fail);
+        let held = live_now();
+        assert_eq!(
+            held.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>(),
+            ["bob"]
+        );
+    }
 }
