@@ -141,3 +141,58 @@ fn commit(inner: &Inner, batch: Vec<Job>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{NewNode, events, temp_store};
+    use crate::error::Error;
+    use crate::model::NodeKind;
+
+    /// Many writes at once, every tenth failing after it wrote: each caller gets its own
+    /// answer, a failed write leaves nothing behind, and the events of the others are
+    /// numbered without a gap, in commit order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_commit_together_and_fail_alone() {
+        let (_t, store) = temp_store();
+        let tasks: Vec<_> = (0..300)
+            .map(|i| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    s.write(move |w| {
+                        w.create_node(NewNode::new(NodeKind::Checkout, format!("n{i}")))?;
+                        if i % 10 == 0 {
+                            return Err(Error::Refused(format!("write {i} refuses")));
+                        }
+                        Ok(i)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut want = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.expect("task") {
+                Ok(got) => {
+                    assert_ne!(i % 10, 0, "write {i} should have failed");
+                    assert_eq!(got, i);
+                    want.push(format!("n{i}"));
+                }
+                Err(e) => {
+                    assert_eq!(i % 10, 0, "write {i} failed: {e}");
+                    assert_eq!(e.to_string(), format!("write {i} refuses"));
+                }
+            }
+        }
+        let evs = store
+            .read(|c| events::events_after(c, 0, 1000, None, false))
+            .await
+            .expect("events");
+        let seqs: Vec<i64> = evs.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=270).collect::<Vec<_>>());
+        let mut names: Vec<String> = evs.into_iter().map(|e| e.node.name).collect();
+        names.sort();
+        want.sort();
+        assert_eq!(names, want);
+        assert_eq!(*store.last_seq().borrow(), 270);
+    }
+}
