@@ -32,6 +32,8 @@ pub enum Scenario {
     Cancel,
     /// Full job cycles per second with many simulated agents.
     Throughput,
+    /// A 150,000-test result stored while other labs keep calling.
+    Bigresult,
     /// Node queries with filters on a large store.
     Queries,
     /// Replay of the stored events to a subscriber.
@@ -53,10 +55,11 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every concrete scenario, in run order.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Dispatch,
         Scenario::Cancel,
         Scenario::Throughput,
+        Scenario::Bigresult,
         Scenario::Queries,
         Scenario::Events,
         Scenario::Footprint,
@@ -176,6 +179,9 @@ pub struct Opts {
     /// Throughput: child tests in each result.
     #[arg(long, default_value_t = 10)]
     pub tests: usize,
+    /// Bigresult: tests in the big result (in suites of 500).
+    #[arg(long, default_value_t = 150_000)]
+    pub big_tests: usize,
     /// Queries and events: nodes in the store (every node change is one stored event).
     #[arg(long, default_value_t = 1_000_000)]
     pub nodes: usize,
@@ -235,6 +241,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
             Scenario::Dispatch => scenarios::dispatch::run(opts).await,
             Scenario::Cancel => scenarios::cancel::run(opts).await,
             Scenario::Throughput => scenarios::throughput::run(opts).await,
+            Scenario::Bigresult => scenarios::bigresult::run(opts).await,
             Scenario::Queries | Scenario::Events => {
                 if store.is_none() {
                     store =
@@ -283,6 +290,7 @@ pub fn check_store_use(list: &[Scenario], store: &StoreChoice) -> anyhow::Result
                 Scenario::Dispatch => "dispatch",
                 Scenario::Cancel => "cancel",
                 Scenario::Throughput => "throughput",
+                Scenario::Bigresult => "bigresult",
                 Scenario::Footprint => "footprint",
                 Scenario::Idle => "idle",
                 _ => "other",
