@@ -349,7 +349,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("dispatch, cancel, throughput, queries/events, footprint, idle"),
+            e.contains("dispatch, cancel, throughput, bigresult, queries/events, footprint, idle"),
             "{e}"
         );
         assert!(!e.contains("secret"), "{e}");
