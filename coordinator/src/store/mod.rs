@@ -228,6 +228,11 @@ impl Store {
                     Error::Internal(format!("cannot create {}: {e}", path.display()))
                 })?;
                 let writer = open_sqlite(path)?;
+                if let Connection::Sqlite(c) = &writer {
+                    // A big transaction (a result of 150,000 tests, a batch of writes) stays
+                    // in memory up to 64 MiB instead of spilling pages to the WAL as it goes.
+                    c.pragma_update(None, "cache_size", -65536)?;
+                }
                 Kind::Sqlite {
                     path: path.clone(),
                     writer: Mutex::new(writer),
