@@ -58,7 +58,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every concrete scenario, in run order.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Dispatch,
         Scenario::Cancel,
         Scenario::Console,
