@@ -35,6 +35,8 @@ pub enum Scenario {
     Console,
     /// Full job cycles per second with many simulated agents.
     Throughput,
+    /// A 150,000-test result stored while other labs keep calling.
+    Bigresult,
     /// Node queries with filters on a large store.
     Queries,
     /// Replay of the stored events to a subscriber.
@@ -56,11 +58,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every concrete scenario, in run order.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Dispatch,
         Scenario::Cancel,
         Scenario::Console,
         Scenario::Throughput,
+        Scenario::Bigresult,
         Scenario::Queries,
         Scenario::Events,
         Scenario::Footprint,
@@ -180,6 +183,9 @@ pub struct Opts {
     /// Throughput: child tests in each result.
     #[arg(long, default_value_t = 10)]
     pub tests: usize,
+    /// Bigresult: tests in the big result (in suites of 500).
+    #[arg(long, default_value_t = 150_000)]
+    pub big_tests: usize,
     /// Queries and events: nodes in the store (every node change is one stored event).
     #[arg(long, default_value_t = 1_000_000)]
     pub nodes: usize,
@@ -241,6 +247,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Vec<Figure>> {
             Scenario::Cancel => scenarios::cancel::run(opts).await,
             Scenario::Console => scenarios::console::run(opts).await,
             Scenario::Throughput => scenarios::throughput::run(opts).await,
+            Scenario::Bigresult => scenarios::bigresult::run(opts).await,
             Scenario::Queries | Scenario::Events => {
                 if store.is_none() {
                     store =
@@ -290,6 +297,7 @@ pub fn check_store_use(list: &[Scenario], store: &StoreChoice) -> anyhow::Result
                 Scenario::Cancel => "cancel",
                 Scenario::Console => "console",
                 Scenario::Throughput => "throughput",
+                Scenario::Bigresult => "bigresult",
                 Scenario::Footprint => "footprint",
                 Scenario::Idle => "idle",
                 _ => "other",
@@ -348,7 +356,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("dispatch, cancel, console, throughput, queries/events, footprint, idle"),
+            e.contains(
+                "dispatch, cancel, console, throughput, bigresult, queries/events, footprint, idle"
+            ),
             "{e}"
         );
         assert!(!e.contains("secret"), "{e}");

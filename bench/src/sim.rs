@@ -202,6 +202,55 @@ impl SimAgent {
         })
     }
 
+    /// Heartbeats on the session stream (as the real agent does) every interval until
+    /// `stop`, starting after `phase`; each heartbeat's answer is read from the stream.
+    /// Returns how many heartbeats went unanswered (the stream failed or ended).
+    pub fn spawn_stream_heartbeats(
+        &self,
+        stop: CancellationToken,
+        phase: Duration,
+    ) -> tokio::task::JoinHandle<u64> {
+        use v1::{agent_message, coordinator_message};
+        let me = self.clone();
+        tokio::spawn(async move {
+            let Ok((up, mut down)) = me.open_stream().await else {
+                return 1;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(phase) => {}
+                _ = stop.cancelled() => return 0,
+            }
+            let mut tick = tokio::time::interval(me.heartbeat);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return 0,
+                }
+                let hb = v1::AgentMessage {
+                    kind: Some(agent_message::Kind::Heartbeat(v1::HeartbeatRequest {
+                        session: me.session.clone(),
+                        free_slots: me.devices.len() as u32,
+                        ..Default::default()
+                    })),
+                };
+                if up.send(hb).await.is_err() {
+                    return 1;
+                }
+                // Until its answer (a cancel would come first; none does here).
+                loop {
+                    match down.message().await {
+                        Ok(Some(m)) => {
+                            if let Some(coordinator_message::Kind::Heartbeat(_)) = m.kind {
+                                break;
+                            }
+                        }
+                        _ => return 1,
+                    }
+                }
+            }
+        })
+    }
+
     /// Keeps an AcquireJob long poll open until `stop` (an idle agent waiting for work),
     /// re-issuing it when it runs out. Returns an error if a job arrives (none should).
     pub fn spawn_idle_poll(

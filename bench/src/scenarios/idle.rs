@@ -1,6 +1,6 @@
 //! Idle agents: many simulated agents, each its own lab with its own certificate and
-//! connection, registered, heartbeating at the coordinator's interval and each holding an
-//! AcquireJob long poll open, as an idle real agent does; no job flows. Measures the
+//! connection, registered, heartbeating at the coordinator's interval on its session stream
+//! and each holding an AcquireJob long poll open, as an idle real agent does; no job flows. Measures the
 //! coordinator's RSS and CPU over a window once every agent is connected and has sent at
 //! least one heartbeat.
 
@@ -45,7 +45,7 @@ pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
     let mut polls = Vec::new();
     for (i, a) in agents.iter().enumerate() {
         let phase = o.heartbeat.mul_f64((i * 7919 % n) as f64 / n as f64);
-        hbs.push(a.spawn_heartbeats(stop.clone(), phase));
+        hbs.push(a.spawn_stream_heartbeats(stop.clone(), phase));
         polls.push(a.spawn_idle_poll(stop.clone(), Duration::from_secs(30)));
     }
     // One full heartbeat interval so that every agent is in its steady rhythm.
@@ -64,7 +64,7 @@ pub async fn run(o: &Opts) -> anyhow::Result<Vec<Figure>> {
     anyhow::ensure!(failures == 0, "{failures} heartbeats failed");
     let mib = |x: u64| x as f64 / 1048576.0;
     let note = format!(
-        "{n} agents (one lab and TLS connection each), heartbeat every {hb}, each with a long poll open; \
+        "{n} agents (one lab and TLS connection each), heartbeat every {hb} on its session stream, each with a long poll open; \
          measured over {:.0}s after one interval; connecting and registering all took {connect_secs:.0}s",
         b.at.duration_since(a.at).as_secs_f64()
     );

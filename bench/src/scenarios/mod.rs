@@ -1,5 +1,6 @@
 //! The benchmark scenarios; each returns its figures.
 
+pub mod bigresult;
 pub mod bigstore;
 pub mod board;
 pub mod cancel;

@@ -197,7 +197,7 @@ impl Dispatcher {
         if let Some(v) = st.labs.get_mut(lab) {
             v.devices.iter_mut().for_each(patch);
         }
-        for w in st.waiters.iter_mut().filter(|w| &w.lab == lab) {
+        for w in st.waiters.values_mut().filter(|w| &w.lab == lab) {
             w.devices.iter_mut().for_each(patch);
         }
     }
@@ -372,12 +372,12 @@ impl Dispatcher {
         {
             v.retain(|(id, _, _)| *id != job.id);
         }
-        st.waiters.retain(|w| !w.tx.is_closed());
+        st.waiters.retain(|_, w| !w.tx.is_closed());
         // Candidate waiters, best lab first.
         let mut tried: Vec<u64> = Vec::new();
         loop {
-            let mut pick: Option<(usize, DeviceInfo, Criteria)> = None;
-            for (i, w) in st.waiters.iter().enumerate() {
+            let mut pick: Option<(u64, DeviceInfo, Criteria)> = None;
+            for (&i, w) in st.waiters.iter() {
                 if tried.contains(&w.id) {
                     continue;
                 }
@@ -392,7 +392,9 @@ impl Dispatcher {
                 break;
             }
             let Some((i, device, crit)) = pick else { break };
-            let w = st.waiters.remove(i);
+            let Some(w) = st.waiters.remove(&i) else {
+                break;
+            };
             tried.push(w.id);
             match self.claim(job.id, &w.lab, &w.session, &device).await {
                 Ok(Some(mut claim)) => {
@@ -537,7 +539,7 @@ impl Dispatcher {
         self.links.drop_lab(lab);
         let mut st = self.state.lock().await;
         st.labs.remove(lab);
-        st.waiters.retain(|w| &w.lab != lab);
+        st.waiters.retain(|_, w| &w.lab != lab);
     }
 
     /// Fails the queued runs whose variant cannot be met any more (strict mode).
@@ -618,13 +620,16 @@ impl Dispatcher {
             let (tx, rx) = oneshot::channel();
             st.next_waiter += 1;
             let id = st.next_waiter;
-            st.waiters.push(Waiter {
+            st.waiters.insert(
                 id,
-                lab: lab.clone(),
-                session: session.clone(),
-                devices,
-                tx,
-            });
+                Waiter {
+                    id,
+                    lab: lab.clone(),
+                    session: session.clone(),
+                    devices,
+                    tx,
+                },
+            );
             (rx, id)
         };
         let mut rx = rx;
@@ -634,9 +639,7 @@ impl Dispatcher {
             Err(_) => {
                 // Timed out: leave the list, unless an assignment raced in.
                 let mut st = self.state.lock().await;
-                let before = st.waiters.len();
-                st.waiters.retain(|w| w.id != waiter_id);
-                if st.waiters.len() == before {
+                if st.waiters.remove(&waiter_id).is_none() {
                     drop(st);
                     return Ok(rx.try_recv().ok());
                 }

@@ -40,8 +40,9 @@ pub(super) struct LabView {
 pub(super) struct State {
     /// Queued jobs keyed by (priority descending, id ascending): dispatch order.
     pub(super) queue: BTreeMap<(Reverse<i32>, i64), JobRow>,
-    /// Agents waiting for work, oldest first.
-    pub(super) waiters: Vec<Waiter>,
+    /// Agents waiting for work by waiter id, so oldest first; a map, so that a long poll
+    /// that runs out leaves it without a pass over every other waiter.
+    pub(super) waiters: BTreeMap<u64, Waiter>,
     pub(super) next_waiter: u64,
     /// Labs by name, as last heard from.
     pub(super) labs: HashMap<LabName, LabView>,
@@ -208,7 +209,7 @@ impl State {
     /// The names of the devices of `lab`'s waiting agents.
     pub(super) fn waiting_devices(&self, lab: &str) -> Vec<String> {
         self.waiters
-            .iter()
+            .values()
             .filter(|w| w.lab.as_str() == lab && !w.tx.is_closed())
             .flat_map(|w| w.devices.iter().map(|d| d.name.clone()))
             .collect()

@@ -2,9 +2,11 @@
 //! default, one coordinator process) or a PostgreSQL database (several coordinator replicas
 //! may share it). Every query is written once against [`db::Connection`].
 //!
-//! Each change is one transaction ([`Store::write`]); reads take a connection of their own
-//! ([`Store::read`]). Both run on tokio's blocking pool so that the async services never block
-//! on the database. Every node change appends its event in the same transaction; the events
+//! Each change is one transaction ([`Store::write`]), or on SQLite one savepoint in a
+//! transaction shared with the changes waiting at the same time (group commit, [`group`]);
+//! reads take a connection of their own ([`Store::read`]). Both run off the async threads
+//! (the writer thread, tokio's blocking pool) so that the async services never block on the
+//! database. Every node change appends its event in the same transaction; the events
 //! are inserted at commit time (see [`events`] for how sequence numbers stay gap-free across
 //! replicas).
 //!
@@ -18,6 +20,7 @@ pub(crate) mod copy;
 pub(crate) mod cursor;
 pub mod db;
 pub mod events;
+mod group;
 pub(crate) mod health;
 pub(crate) mod jobs;
 pub(crate) mod kernelci;
@@ -97,6 +100,8 @@ struct Inner {
     /// Whether the SQLite watcher runs.
     watching: std::sync::atomic::AtomicBool,
     clock: Clock,
+    /// SQLite: the queue of the writer thread that commits writes in groups ([`group`]).
+    group: Option<std::sync::mpsc::Sender<group::Job>>,
 }
 
 /// An event written by a transaction, inserted when it commits.
@@ -225,6 +230,11 @@ impl Store {
                     Error::Internal(format!("cannot create {}: {e}", path.display()))
                 })?;
                 let writer = open_sqlite(path)?;
+                if let Connection::Sqlite(c) = &writer {
+                    // A big transaction (a result of 150,000 tests, a batch of writes) stays
+                    // in memory up to 64 MiB instead of spilling pages to the WAL as it goes.
+                    c.pragma_update(None, "cache_size", -65536)?;
+                }
                 Kind::Sqlite {
                     path: path.clone(),
                     writer: Mutex::new(writer),
@@ -249,6 +259,13 @@ impl Store {
         };
         let (last_seq, _) = tokio::sync::watch::channel(0);
         let (labs, _) = tokio::sync::watch::channel(0);
+        let (group, jobs) = match kind {
+            Kind::Sqlite { .. } => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                (Some(tx), Some(rx))
+            }
+            Kind::Pg { .. } => (None, None),
+        };
         let inner = Arc::new(Inner {
             kind,
             location: location.clone(),
@@ -256,7 +273,11 @@ impl Store {
             labs,
             watching: Default::default(),
             clock,
+            group,
         });
+        if let Some(jobs) = jobs {
+            group::start(Arc::downgrade(&inner), jobs)?;
+        }
         inner.with_conn(true, |c| match schema {
             Schema::Migrate => migrations::apply(c).map(|_| ()),
             Schema::Check => migrations::check(c),
@@ -309,11 +330,18 @@ impl Store {
 
     /// Like [`Store::write`], and returns the queue changes the transaction made, in order,
     /// for the dispatcher to follow.
+    ///
+    /// On SQLite the write is committed together with the others waiting at the same time
+    /// ([`group`]): it runs in a savepoint of their shared transaction, and this returns
+    /// once that transaction has committed.
     pub(crate) async fn write_queue<T, F>(&self, f: F) -> Result<(T, Vec<QueueChange>)>
     where
         T: Send + 'static,
         F: FnOnce(&mut Write<'_>) -> Result<T> + Send + 'static,
     {
+        if let Some(to) = &self.inner.group {
+            return group::write(to, f).await;
+        }
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.write_blocking(f))
             .await
