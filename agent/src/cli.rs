@@ -37,6 +37,16 @@ pub enum Command {
     },
 }
 
+/// Gives standard output a 1 MiB pipe buffer when it is a pipe. `parse --output jsonl`
+/// writes hundreds of MB; through the default 64 KiB pipe the command and its reader wake
+/// each other for every 64 KiB, which cost the command more CPU than its own writing
+/// (docs/performance.md). Best effort: on anything but a pipe, or above the system's
+/// `fs.pipe-max-size`, the call fails and nothing changes.
+fn widen_stdout_pipe() {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let _ = fcntl(std::io::stdout(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -46,7 +56,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             spawn_signal_handler(shutdown.clone());
             crate::daemon::run(cfg, Some(config), shutdown).await
         }
-        Command::Parse(args) => labwire_parsers::cli::run(&args),
+        Command::Parse(args) => {
+            widen_stdout_pipe();
+            labwire_parsers::cli::run(&args)
+        }
         Command::CheckConfig { config } => {
             let cfg = AgentConfig::load(&config)?;
             let sources = cfg.labgrid.len() + cfg.lava.len();
