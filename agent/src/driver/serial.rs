@@ -27,7 +27,6 @@ use labwire_common::ErrorCode;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// The serial driver: the agent is the dispatcher. Power commands use the vocabulary of
@@ -237,35 +236,7 @@ impl SerialDriver {
         let Some(cmd) = &self.cfg.power_off_command else {
             return self.pdu("off", None).await;
         };
-        let empty = BTreeMap::new();
-        let params = Default::default();
-        let dir = std::env::temp_dir();
-        let v = Values {
-            params: &params,
-            device: &self.device,
-            job: 0,
-            attempt: 0,
-            dir: &dir,
-            artifacts: &empty,
-            tftp: None,
-        };
-        let argv = expand_argv(cmd, &v)?;
-        let out = tokio::time::timeout(
-            self.cfg.command_timeout,
-            tokio::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .envs(&self.cfg.command_env)
-                .stdin(Stdio::null())
-                .output(),
-        )
-        .await
-        .map_err(|_| "power off timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("power off failed ({})", out.status))
-        }
+        self.run_power("power off", cmd).await
     }
 
     /// The boot settings of this job: the device's, with the TFTP boot typed by the agent

@@ -27,10 +27,11 @@ impl SerialDriver {
         expand_argv(argv, &v)
     }
 
-    /// Runs one power command of the device (no job log: the agent's log says it).
-    async fn run_power(&self, what: &str, argv: &[String]) -> Result<(), String> {
+    /// Runs one power command of the device outside a job (no job log: the agent's log
+    /// says it), for a borrower or after a restart found the board journalled as on.
+    pub(super) async fn run_power(&self, what: &str, argv: &[String]) -> Result<(), String> {
         let argv = self.argv_without_job(argv)?;
-        tracing::info!(device = %self.device.name, command = ?argv, "{what} for a borrower");
+        tracing::info!(device = %self.device.name, command = ?argv, "{what} outside a job");
         let out = tokio::time::timeout(
             self.cfg.command_timeout,
             tokio::process::Command::new(&argv[0])
